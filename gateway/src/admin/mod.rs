@@ -1,0 +1,143 @@
+//! Administration: every CLI command other than `init`, `run` and `demo` is an admin [`Request`].
+//!
+//! While `rxgate run` is up it holds the store, so commands reach it over a Unix socket in
+//! `data_dir` (mode 0600: whoever can read the data directory administers the gateway). With no
+//! daemon running, the CLI opens the store itself and runs the very same [`execute`], so a command
+//! behaves identically either way.
+//!
+//! Wire format: one JSON [`Request`] per connection, one line; one JSON [`Response`] back, one
+//! line. Requests are bounded to [`MAX_REQUEST_BYTES`].
+
+mod client;
+mod server;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::call;
+pub use server::AdminServer;
+
+use crate::error::{Error, Result};
+use crate::registry::{Actor, DeviceRecord, Registry, TokenInfo};
+
+/// Largest admin request accepted.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A command to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    TokenCreate {
+        device: String,
+        kind: String,
+        /// Seconds; the configured `enroll.token_ttl` when absent.
+        ttl_secs: Option<u64>,
+    },
+    TokenList,
+    TokenRevoke {
+        id: String,
+    },
+    DeviceList,
+    DeviceRevoke {
+        id: String,
+        reason: String,
+    },
+}
+
+/// What a successful command returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Status),
+    TokenCreated { token: TokenInfo, secret: String },
+    Tokens { tokens: Vec<TokenInfo> },
+    Token { token: TokenInfo },
+    Devices { devices: Vec<DeviceRecord> },
+    Device { device: DeviceRecord },
+}
+
+/// The reply on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(Reply),
+    Error { message: String },
+}
+
+/// `rxgate status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub site: String,
+    /// Whether a daemon answered (false: the CLI read the store itself).
+    pub running: bool,
+    pub clock_synced: bool,
+    /// Addresses the running daemon listens on, by listener name (`enroll`, `mqtt`, ...).
+    #[serde(default)]
+    pub listeners: Vec<(String, String)>,
+    pub devices_active: usize,
+    pub devices_pending: usize,
+    pub devices_revoked: usize,
+}
+
+/// What [`execute`] works with.
+#[derive(Clone)]
+pub struct Context {
+    pub registry: Registry,
+    pub site: String,
+    pub default_token_ttl: Duration,
+    /// Set by the daemon: listener names and addresses.
+    pub listeners: Vec<(String, String)>,
+    pub running: bool,
+}
+
+/// Runs one admin request. Used by the daemon's socket and by the CLI when no daemon runs.
+pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
+    let actor = Actor::cli();
+    match request {
+        Request::Status => {
+            let devices = ctx.registry.devices()?;
+            let count = |s| devices.iter().filter(|d| d.status == s).count();
+            use crate::registry::DeviceStatus::*;
+            Ok(Reply::Status(Status {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                site: ctx.site.clone(),
+                running: ctx.running,
+                clock_synced: ctx.registry.clock().synced(),
+                listeners: ctx.listeners.clone(),
+                devices_active: count(Active),
+                devices_pending: count(Pending),
+                devices_revoked: count(Revoked),
+            }))
+        }
+        Request::TokenCreate {
+            device,
+            kind,
+            ttl_secs,
+        } => {
+            let ttl = ttl_secs.map_or(ctx.default_token_ttl, Duration::from_secs);
+            if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(30 * 86400) {
+                return Err(Error::Invalid(format!(
+                    "token lifetime {} is out of range: use between 1s and 30d",
+                    humantime::format_duration(ttl)
+                )));
+            }
+            let (token, secret) = ctx.registry.create_token(&device, &kind, ttl, &actor)?;
+            Ok(Reply::TokenCreated { token, secret })
+        }
+        Request::TokenList => Ok(Reply::Tokens {
+            tokens: ctx.registry.tokens()?,
+        }),
+        Request::TokenRevoke { id } => Ok(Reply::Token {
+            token: ctx.registry.revoke_token(&id, &actor)?,
+        }),
+        Request::DeviceList => Ok(Reply::Devices {
+            devices: ctx.registry.devices()?,
+        }),
+        Request::DeviceRevoke { id, reason } => Ok(Reply::Device {
+            device: ctx.registry.revoke_device(&id, &reason, &actor)?,
+        }),
+    }
+}

@@ -1,0 +1,236 @@
+//! The `rxgate` command line: parse, dispatch, print. Logic lives in the library modules.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::admin::{self, Request};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::pki::{self, InitOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rxgate",
+    version,
+    about = "Secure IoT gateway for pharmacies: device identity, telemetry, cold-chain alerts, audit trail",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "RXGATE_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the CA, the gateway's server certificate and the store under data_dir.
+    Init {
+        /// Replace an existing CA (every enrolled device must then enroll again).
+        #[arg(long)]
+        force: bool,
+        /// Import an intermediate CA certificate (PEM) from the pharmacy chain's PKI instead
+        /// of creating a root.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// Private key of --ca-cert (PEM, PKCS#8).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Certificates above --ca-cert up to the root (PEM); `cacerts` then returns the chain.
+        #[arg(long, requires = "ca_cert")]
+        ca_chain: Option<PathBuf>,
+    },
+    /// Run the gateway.
+    Run,
+    /// A guided tour on loopback: gateway, simulated devices and a stand-in cloud broker.
+    Demo,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Enrolled devices.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Whether the daemon runs, where it listens, how many devices it knows.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration; print every error with its key and value.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a one-time enrollment token for a device (only the token, on stdout).
+    Create {
+        /// Device id: 1-64 letters, digits, '.', '_' or '-'.
+        #[arg(long)]
+        device: String,
+        /// Device kind: fridge, cabinet or sensor.
+        #[arg(long)]
+        kind: String,
+        /// Lifetime (e.g. 30m, 2h); default: [enroll].token_ttl.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a pending token, by token id or device id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// List devices: id, kind, status, serial, expiry, last seen.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: its certificates are refused everywhere from now on.
+    Revoke {
+        id: String,
+        /// Why (kept in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Entry point of the `rxgate` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|errors| {
+        anyhow::anyhow!(
+            "invalid configuration {}:\n{errors}\n(run `rxgate --config {} config check` to see every problem)",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => Ok(config_check(&cli.config)),
+        Command::Demo => {
+            crate::logging::init("warn");
+            runtime()?.block_on(crate::demo::run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
+            force,
+            ca_cert,
+            ca_key,
+            ca_chain,
+        } => {
+            let config = load(&cli.config)?;
+            let options = InitOptions {
+                force,
+                ca_cert,
+                ca_key,
+                ca_chain,
+            };
+            let clock = crate::clock::system(config.gateway.assume_clock_synced);
+            let report = pki::init(&config, &options, clock.as_ref())?;
+            output::init(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let config = load(&cli.config)?;
+            crate::logging::init(&config.gateway.log);
+            let clock = crate::clock::system(config.gateway.assume_clock_synced);
+            runtime()?.block_on(crate::daemon::run(config, clock))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let config = load(&cli.config)?;
+            let reply = admin::call(&config, Request::Status)?;
+            output::reply(&reply, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { command } => {
+            let config = load(&cli.config)?;
+            let (request, json) = match command {
+                TokenCommand::Create { device, kind, ttl } => (
+                    Request::TokenCreate {
+                        device,
+                        kind,
+                        ttl_secs: ttl.map(|t| t.as_secs()),
+                    },
+                    false,
+                ),
+                TokenCommand::List { json } => (Request::TokenList, json),
+                TokenCommand::Revoke { id } => (Request::TokenRevoke { id }, false),
+            };
+            let reply = admin::call(&config, request)?;
+            output::reply(&reply, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Device { command } => {
+            let config = load(&cli.config)?;
+            let (request, json) = match command {
+                DeviceCommand::List { json } => (Request::DeviceList, json),
+                DeviceCommand::Revoke { id, reason } => {
+                    (Request::DeviceRevoke { id, reason }, false)
+                }
+            };
+            let reply = admin::call(&config, request)?;
+            output::reply(&reply, json);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config_check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                println!("error: {e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! How command results are printed: tables for people, `--json` for scripts.
+
+use crate::admin::Reply;
+use crate::clock::rfc3339_seconds as rfc3339;
+use crate::pki::InitReport;
+
+fn opt_time(t: Option<time::OffsetDateTime>) -> String {
+    t.map(rfc3339).unwrap_or_else(|| "-".to_owned())
+}
+
+/// Prints rows as left-aligned columns.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
+    }
+}
+
+pub fn reply(reply: &Reply, as_json: bool) {
+    match reply {
+        // Only the secret on stdout, so `TOKEN=$(rxgate token create ...)` just works.
+        Reply::TokenCreated { token, secret } => {
+            println!("{secret}");
+            eprintln!(
+                "token {} for {} device {} expires at {}; it can be used once and is not shown again",
+                token.id,
+                token.kind,
+                token.device,
+                rfc3339(token.expires_at)
+            );
+        }
+        Reply::Tokens { tokens } if as_json => json(tokens),
+        Reply::Tokens { tokens } => table(
+            &["ID", "DEVICE", "KIND", "STATE", "EXPIRES", "FAILED"],
+            tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.device.clone(),
+                        t.kind.clone(),
+                        t.state.clone(),
+                        rfc3339(t.expires_at),
+                        t.failed_attempts.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::Token { token } => {
+            println!("token {} for device {} revoked", token.id, token.device)
+        }
+        Reply::Devices { devices } if as_json => json(devices),
+        Reply::Devices { devices } => table(
+            &["ID", "KIND", "STATUS", "SERIAL", "NOT_AFTER", "LAST_SEEN"],
+            devices
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.clone(),
+                        d.kind.clone(),
+                        d.status.to_string(),
+                        d.serial.clone().unwrap_or_else(|| "-".to_owned()),
+                        opt_time(d.not_after),
+                        opt_time(d.last_seen),
+                    ]
+                })
+                .collect(),
+        ),
+        Reply::Device { device } => println!("device {} is now {}", device.id, device.status),
+        Reply::Status(status) if as_json => json(status),
+        Reply::Status(status) => {
+            println!("rxgate {} at site {}", status.version, status.site);
+            if status.running {
+                println!("daemon: running");
+                for (name, addr) in &status.listeners {
+                    println!("  {name:<8} {addr}");
+                }
+            } else {
+                println!("daemon: not running");
+            }
+            println!(
+                "clock synchronised: {}",
+                if status.clock_synced { "yes" } else { "no" }
+            );
+            println!(
+                "devices: {} active, {} pending, {} revoked",
+                status.devices_active, status.devices_pending, status.devices_revoked
+            );
+        }
+    }
+}
+
+pub fn init(report: &InitReport) {
+    println!("Initialised {}", report.data_dir.display());
+    println!(
+        "  CA:          {} ({})",
+        report.ca_subject,
+        if report.imported {
+            "imported intermediate"
+        } else {
+            "new root"
+        }
+    );
+    println!("  CA SHA-256:  {}", report.ca_sha256);
+    println!("  server names: {}", report.server_names.join(", "));
+    println!(
+        "Next: `rxgate run`, then `rxgate token create --device ID --kind KIND` for each device."
+    );
+}

@@ -1,0 +1,264 @@
+//! The gateway's configuration: one TOML file, every key documented in `config/gateway.toml`.
+//!
+//! Loading is pure: [`Config::parse`] turns text into typed values and resolves relative paths
+//! against the config file's folder; nothing here binds sockets or opens files other than the
+//! config file itself ([`Config::load`]). [`Config::check`] collects *every* problem, each naming
+//! its key and the offending value, so `rxgate config check` can print them all at once.
+
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint};
+
+/// Where the CLI looks for the config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rxgate/gateway.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Site identity and where persistent state lives.
+    pub gateway: GatewayConfig,
+    /// EST enrollment listener and certificate issuance.
+    #[serde(default)]
+    pub enroll: EnrollConfig,
+    /// Device-facing MQTT listener.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// The cloud broker; without it events wait in the outbox.
+    pub cloud: Option<CloudConfig>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Site id (e.g. `store-0042`), part of every cloud topic and of every device certificate.
+    pub site: String,
+    /// CA, store, sockets: everything persistent. Created by `rxgate init` with mode 0700.
+    #[serde(default = "defaults::data_dir")]
+    pub data_dir: PathBuf,
+    /// Extra DNS names and IP addresses devices use to reach the gateway; they go into the
+    /// gateway's server certificate next to `localhost` and `127.0.0.1`.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Log filter, in `tracing` env-filter syntax (`info`, `rxgate=debug,info`). `RUST_LOG`
+    /// overrides it.
+    #[serde(default = "defaults::log")]
+    pub log: String,
+    /// Treat the system clock as synchronised even when the kernel does not say so (hardware
+    /// with a battery-backed RTC, containers). When false, certificate expiry is not enforced
+    /// and timestamps are marked `clock_synced: false` until NTP has set the clock.
+    #[serde(default)]
+    pub assume_clock_synced: bool,
+}
+
+/// `[enroll]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// Address of the EST listener (HTTPS).
+    #[serde(default = "defaults::enroll_listen")]
+    pub listen: SocketAddr,
+    /// Lifetime of device certificates issued by enrollment and renewal.
+    #[serde(default = "defaults::cert_validity", with = "humantime_serde")]
+    pub cert_validity: Duration,
+    /// How far back `notBefore` is set, so a device whose clock lags a little accepts its
+    /// certificate at once.
+    #[serde(default = "defaults::cert_backdate", with = "humantime_serde")]
+    pub cert_backdate: Duration,
+    /// Lifetime of the gateway's own TLS server certificate; it is re-issued at start-up when
+    /// less than a tenth of this is left.
+    #[serde(default = "defaults::server_cert_validity", with = "humantime_serde")]
+    pub server_cert_validity: Duration,
+    /// Default lifetime of an enrollment token (`rxgate token create --ttl` overrides it).
+    #[serde(default = "defaults::token_ttl", with = "humantime_serde")]
+    pub token_ttl: Duration,
+    /// Failed attempts after which a device's pending token is burnt.
+    #[serde(default = "defaults::max_failed_attempts")]
+    pub max_failed_attempts: NonZeroU32,
+    /// Largest request body accepted; larger requests get 413.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: NonZeroUsize,
+    /// Requests one source address may make per minute before getting 429.
+    #[serde(default = "defaults::rate_per_minute")]
+    pub rate_per_minute: NonZeroU32,
+    /// Requests one source address may make in a burst above the per-minute rate.
+    #[serde(default = "defaults::rate_burst")]
+    pub rate_burst: NonZeroU32,
+    /// Time allowed for a client to finish the TLS handshake.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel's backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: NonZeroUsize,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the device-facing MQTT listener (TLS with client certificates only).
+    #[serde(default = "defaults::mqtt_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[cloud]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// Broker URL, `mqtts://host:port` (TLS) or `mqtt://host:port` (loopback testing only).
+    pub url: String,
+    /// CA certificate(s) that verify the cloud broker (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// The gateway's client certificate towards the cloud (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Private key for `cert_file` (PEM, PKCS#8 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// Defaults live here, in one place.
+mod defaults {
+    use super::*;
+
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("/var/lib/rxgate")
+    }
+    pub fn log() -> String {
+        "info".to_owned()
+    }
+    pub fn enroll_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8443))
+    }
+    pub fn mqtt_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8883))
+    }
+    pub fn cert_validity() -> Duration {
+        Duration::from_secs(30 * 24 * 3600)
+    }
+    pub fn cert_backdate() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn server_cert_validity() -> Duration {
+        Duration::from_secs(398 * 24 * 3600)
+    }
+    pub fn token_ttl() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn max_failed_attempts() -> NonZeroU32 {
+        NonZeroU32::new(5).expect("5 is not zero")
+    }
+    pub fn max_body_bytes() -> NonZeroUsize {
+        NonZeroUsize::new(64 * 1024).expect("64 KiB is not zero")
+    }
+    pub fn rate_per_minute() -> NonZeroU32 {
+        NonZeroU32::new(60).expect("60 is not zero")
+    }
+    pub fn rate_burst() -> NonZeroU32 {
+        NonZeroU32::new(30).expect("30 is not zero")
+    }
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_connections() -> NonZeroUsize {
+        NonZeroUsize::new(64).expect("64 is not zero")
+    }
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            listen: defaults::enroll_listen(),
+            cert_validity: defaults::cert_validity(),
+            cert_backdate: defaults::cert_backdate(),
+            server_cert_validity: defaults::server_cert_validity(),
+            token_ttl: defaults::token_ttl(),
+            max_failed_attempts: defaults::max_failed_attempts(),
+            max_body_bytes: defaults::max_body_bytes(),
+            rate_per_minute: defaults::rate_per_minute(),
+            rate_burst: defaults::rate_burst(),
+            handshake_timeout: defaults::handshake_timeout(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: defaults::mqtt_listen(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses the file at `path`; relative paths inside resolve against its folder.
+    /// Returns every problem found, not just the first.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single(ConfigError::file(format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            )))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let config = Config::parse(&text, base)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses config text; `base` is the folder relative paths are resolved against.
+    /// Each section is deserialised on its own so that one bad section does not hide another.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors::single(ConfigError::syntax(&e)))?;
+        validate::parse_sections(table, base)
+    }
+
+    /// The semantic checks that serde cannot express, all of them at once.
+    pub fn check(&self) -> Result<(), ConfigErrors> {
+        validate::check(self)
+    }
+
+    /// The file layout under `data_dir`.
+    pub fn paths(&self) -> crate::paths::DataPaths {
+        crate::paths::DataPaths::new(&self.gateway.data_dir)
+    }
+
+    /// A config for a gateway on loopback with ephemeral ports under `data_dir`: what `rxgate
+    /// demo` and tests start from.
+    pub fn loopback(site: &str, data_dir: &Path) -> Config {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            gateway: GatewayConfig {
+                site: site.to_owned(),
+                data_dir: data_dir.to_owned(),
+                server_names: Vec::new(),
+                log: defaults::log(),
+                assume_clock_synced: false,
+            },
+            enroll: EnrollConfig {
+                listen: loopback,
+                ..EnrollConfig::default()
+            },
+            mqtt: MqttConfig { listen: loopback },
+            cloud: None,
+        }
+    }
+}
+
+impl fmt::Display for CloudConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests;

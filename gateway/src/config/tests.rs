@@ -1,0 +1,167 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let config = Config::parse(text, Path::new("/etc/rxgate"))?;
+    config.check()?;
+    Ok(config)
+}
+
+fn keys(errors: &ConfigErrors) -> Vec<&str> {
+    errors.0.iter().map(|e| e.key.as_str()).collect()
+}
+
+#[test]
+fn example_config_in_repo_loads_and_passes_every_check() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("config/gateway.toml: {e}"));
+    assert_eq!(config.gateway.site, "store-0042");
+    assert_eq!(config.enroll.listen, "0.0.0.0:8443".parse().unwrap());
+    assert_eq!(config.mqtt.listen, "0.0.0.0:8883".parse().unwrap());
+    assert!(config.cloud.is_some());
+}
+
+#[test]
+fn example_config_states_every_default_explicitly_and_correctly() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let example = Config::load(&path).unwrap();
+    let minimal = parse("[gateway]\nsite = \"store-0042\"\n").unwrap();
+    assert_eq!(
+        format!("{:?}", example.enroll),
+        format!("{:?}", minimal.enroll)
+    );
+    assert_eq!(example.gateway.data_dir, minimal.gateway.data_dir);
+    assert_eq!(example.gateway.log, minimal.gateway.log);
+}
+
+#[test]
+fn minimal_config_needs_only_the_site() {
+    let config = parse("[gateway]\nsite = \"s1\"\n").unwrap();
+    assert_eq!(config.gateway.data_dir, Path::new("/var/lib/rxgate"));
+    assert_eq!(config.enroll.cert_validity, Duration::from_secs(30 * 86400));
+    assert!(config.cloud.is_none());
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let config = parse(
+        "[gateway]\nsite = \"s1\"\ndata_dir = \"data\"\n[cloud]\nurl = \"mqtts://c:8883\"\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.gateway.data_dir, Path::new("/etc/rxgate/data"));
+    assert_eq!(
+        config.cloud.unwrap().ca_file.unwrap(),
+        Path::new("/etc/rxgate/ca.pem")
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_naming_section_and_key() {
+    let errors = parse("[gateway]\nsite = \"s1\"\nsitee = 3\n").unwrap_err();
+    assert_eq!(keys(&errors), ["gateway"]);
+    assert!(
+        errors.0[0].message.contains("unknown field `sitee`"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn unknown_sections_are_refused() {
+    let errors = parse("[gateway]\nsite = \"s1\"\n[enrol]\nlisten = \"x\"\n").unwrap_err();
+    assert_eq!(keys(&errors), ["enrol"]);
+}
+
+#[test]
+fn errors_in_several_sections_are_all_reported() {
+    let errors = parse(
+        "[gateway]\nsite = \"s1\"\n[enroll]\nlisten = \"not an address\"\n[mqtt]\nlisten = 5\n",
+    )
+    .unwrap_err();
+    assert_eq!(keys(&errors), ["enroll", "mqtt"], "{errors}");
+    assert!(
+        errors.0[0].message.contains("invalid socket address"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn semantic_errors_are_all_collected_with_key_and_value() {
+    let errors = parse(
+        r#"
+[gateway]
+site = "store 42"
+server_names = ["ok.example", "bad name!"]
+[enroll]
+cert_validity = "5m"
+token_ttl = "90d"
+max_body_bytes = 100
+[cloud]
+url = "http://cloud.example"
+cert_file = "c.pem"
+"#,
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&errors),
+        [
+            "gateway.site",
+            "gateway.server_names",
+            "enroll.cert_validity",
+            "enroll.token_ttl",
+            "enroll.max_body_bytes",
+            "cloud.url",
+            "cloud.cert_file"
+        ],
+        "{errors}"
+    );
+    let text = errors.to_string();
+    assert!(
+        text.contains(r#"gateway.site = "store 42": must be"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"gateway.server_names = "bad name!""#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"enroll.cert_validity = "5m": must be between 1h and"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn mqtts_cloud_without_ca_file_is_refused() {
+    let errors = parse("[gateway]\nsite = \"s\"\n[cloud]\nurl = \"mqtts://c\"\n").unwrap_err();
+    assert_eq!(keys(&errors), ["cloud.ca_file"]);
+}
+
+#[test]
+fn syntax_errors_say_where() {
+    let errors = parse("[gateway\nsite = 1").unwrap_err();
+    assert!(errors.to_string().starts_with("invalid TOML"), "{errors}");
+    assert!(errors.to_string().contains("line 1"), "{errors}");
+}
+
+#[test]
+fn missing_gateway_section_is_an_error() {
+    let errors = parse("[mqtt]\n").unwrap_err();
+    assert_eq!(keys(&errors), ["gateway"]);
+}
+
+#[test]
+fn cloud_endpoint_parses_scheme_host_and_default_port() {
+    use validate::cloud_endpoint;
+    let e = cloud_endpoint("mqtts://broker.example").unwrap();
+    assert_eq!(
+        (e.tls, e.host.as_str(), e.port),
+        (true, "broker.example", 8883)
+    );
+    let e = cloud_endpoint("mqtt://127.0.0.1:18830").unwrap();
+    assert_eq!(
+        (e.tls, e.host.as_str(), e.port),
+        (false, "127.0.0.1", 18830)
+    );
+    assert!(cloud_endpoint("mqtts://h:99999").is_err());
+    assert!(cloud_endpoint("mqtts://user@h:1").is_err());
+}

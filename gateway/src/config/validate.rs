@@ -1,0 +1,352 @@
+//! Turning TOML into [`Config`] and checking it, collecting every error with its key and value.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::{CloudConfig, Config, EnrollConfig, GatewayConfig, MqttConfig};
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key (`enroll.listen`), or the section (`enroll`) when serde only knew that much,
+    /// or empty for a problem with the file as a whole.
+    pub key: String,
+    /// The offending value as written, when there is one.
+    pub value: Option<String>,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            key: key.into(),
+            value: Some(value.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn section(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_owned(),
+            value: None,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn file(message: String) -> Self {
+        ConfigError {
+            key: String::new(),
+            value: None,
+            message,
+        }
+    }
+
+    pub(crate) fn syntax(e: &toml::de::Error) -> Self {
+        ConfigError::file(format!("invalid TOML: {}", e.to_string().trim_end()))
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&*self.key, &self.value) {
+            ("", _) => f.write_str(&self.message),
+            (key, Some(value)) => write!(f, "{key} = {value}: {}", self.message),
+            (key, None) => write!(f, "{key}: {}", self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub(crate) fn single(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+fn section<T: DeserializeOwned>(
+    table: &mut toml::Table,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Option<T>> {
+    let Some(value) = table.remove(key) else {
+        return Some(None);
+    };
+    match value.try_into::<T>() {
+        Ok(parsed) => Some(Some(parsed)),
+        Err(e) => {
+            errors.push(ConfigError::section(key, e.message().trim_end().to_owned()));
+            None
+        }
+    }
+}
+
+pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let gateway = section::<GatewayConfig>(&mut table, "gateway", &mut errors);
+    let enroll = section::<EnrollConfig>(&mut table, "enroll", &mut errors);
+    let mqtt = section::<MqttConfig>(&mut table, "mqtt", &mut errors);
+    let cloud = section::<CloudConfig>(&mut table, "cloud", &mut errors);
+    for unknown in table.keys() {
+        errors.push(ConfigError::section(
+            unknown,
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`",
+        ));
+    }
+    if let Some(None) = gateway {
+        errors.push(ConfigError::section(
+            "gateway",
+            "missing section; at least `[gateway]` with `site = \"...\"` is required",
+        ));
+    }
+    let (Some(Some(mut gateway)), Some(enroll), Some(mqtt), Some(mut cloud)) =
+        (gateway, enroll, mqtt, cloud)
+    else {
+        return Err(ConfigErrors(errors));
+    };
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    gateway.data_dir = base.join(&gateway.data_dir);
+    if let Some(cloud) = cloud.as_mut() {
+        for path in [
+            &mut cloud.ca_file,
+            &mut cloud.cert_file,
+            &mut cloud.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = base.join(&*path);
+        }
+    }
+    Ok(Config {
+        gateway,
+        enroll: enroll.unwrap_or_default(),
+        mqtt: mqtt.unwrap_or_default(),
+        cloud,
+    })
+}
+
+/// Site ids and device ids share one alphabet: they appear in topics, URIs and file names.
+pub(crate) fn is_identifier(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !s.starts_with(['.', '-'])
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+fn duration_within(
+    errors: &mut Vec<ConfigError>,
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) {
+    if value < min || value > max {
+        errors.push(ConfigError::new(
+            key,
+            quoted(&humantime::format_duration(value).to_string()),
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let g = &config.gateway;
+    if !is_identifier(&g.site) {
+        errors.push(ConfigError::new(
+            "gateway.site",
+            quoted(&g.site),
+            "must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'",
+        ));
+    }
+    for name in &g.server_names {
+        if name.parse::<std::net::IpAddr>().is_err() && !is_dns_name(name) {
+            errors.push(ConfigError::new(
+                "gateway.server_names",
+                quoted(name),
+                "is neither a DNS name nor an IP address",
+            ));
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&g.log) {
+        errors.push(ConfigError::new(
+            "gateway.log",
+            quoted(&g.log),
+            format!("not a log filter: {e}"),
+        ));
+    }
+
+    let e = &config.enroll;
+    duration_within(
+        &mut errors,
+        "enroll.cert_validity",
+        e.cert_validity,
+        HOUR,
+        825 * DAY,
+    );
+    duration_within(
+        &mut errors,
+        "enroll.cert_backdate",
+        e.cert_backdate,
+        Duration::ZERO,
+        DAY,
+    );
+    duration_within(
+        &mut errors,
+        "enroll.server_cert_validity",
+        e.server_cert_validity,
+        DAY,
+        3650 * DAY,
+    );
+    duration_within(
+        &mut errors,
+        "enroll.token_ttl",
+        e.token_ttl,
+        MINUTE,
+        30 * DAY,
+    );
+    duration_within(
+        &mut errors,
+        "enroll.handshake_timeout",
+        e.handshake_timeout,
+        Duration::from_secs(1),
+        MINUTE,
+    );
+    if e.max_body_bytes.get() < 4096 || e.max_body_bytes.get() > 1 << 20 {
+        errors.push(ConfigError::new(
+            "enroll.max_body_bytes",
+            e.max_body_bytes,
+            "must be between 4096 and 1048576 (a CSR is a few KiB at most)",
+        ));
+    }
+
+    if e.listen.port() != 0 && e.listen == config.mqtt.listen {
+        errors.push(ConfigError::new(
+            "mqtt.listen",
+            quoted(&config.mqtt.listen.to_string()),
+            "is the same address as enroll.listen",
+        ));
+    }
+
+    if let Some(cloud) = &config.cloud {
+        check_cloud(cloud, &mut errors);
+    }
+
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn check_cloud(cloud: &CloudConfig, errors: &mut Vec<ConfigError>) {
+    match cloud_endpoint(&cloud.url) {
+        Err(message) => errors.push(ConfigError::new("cloud.url", quoted(&cloud.url), message)),
+        Ok(endpoint) => {
+            if endpoint.tls && cloud.ca_file.is_none() {
+                errors.push(ConfigError::section(
+                    "cloud.ca_file",
+                    "is required with an mqtts:// url: it is how the gateway knows it talks to the right broker",
+                ));
+            }
+        }
+    }
+    if cloud.cert_file.is_some() != cloud.key_file.is_some() {
+        errors.push(ConfigError::section(
+            "cloud.cert_file",
+            "cert_file and key_file go together: set both or neither",
+        ));
+    }
+}
+
+/// A parsed `[cloud].url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEndpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Parses `mqtts://host:port` or `mqtt://host:port` (port defaults to 8883 / 1883).
+pub fn cloud_endpoint(url: &str) -> Result<CloudEndpoint, String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err("must start with mqtts:// (or mqtt:// for a broker on loopback)".to_owned());
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') || rest.is_empty() {
+        return Err("must be scheme://host[:port] with no path or credentials".to_owned());
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("port {port:?} is not a number between 1 and 65535"))?;
+            (host.trim_start_matches('[').trim_end_matches(']'), port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || port == 0 {
+        return Err("must name a host and a non-zero port".to_owned());
+    }
+    Ok(CloudEndpoint {
+        tls,
+        host: host.to_owned(),
+        port,
+    })
+}

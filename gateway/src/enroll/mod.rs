@@ -1,0 +1,146 @@
+//! Device enrollment over EST (RFC 7030), HTTPS on `[enroll].listen`.
+//!
+//! - `GET  /.well-known/est/cacerts`: the CA chain, base64 DER PKCS#7 certs-only.
+//! - `POST /.well-known/est/simpleenroll`: HTTP Basic (user = device id, password = one-time
+//!   token), body base64 DER PKCS#10; answers the new certificate as base64 PKCS#7 certs-only.
+//! - `POST /.well-known/est/simplereenroll`: authenticated by the device's current certificate
+//!   (TLS client certificate, optional on this listener), same body and answer.
+//!
+//! Bad input is answered with a plain-text reason and the right status (400, 401, 403, 413, 429)
+//! and never reaches anything that could take the daemon down.
+
+mod est;
+mod limit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::net::{self, Limits};
+use crate::pki::GatewayPki;
+use crate::registry::{IssuePolicy, Registry};
+use crate::tls::{DeviceCertVerifier, server_config};
+
+pub use limit::RateLimiter;
+
+/// The EST listener, bound and ready to run.
+pub struct EnrollServer {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: axum::Router,
+    limits: Limits,
+}
+
+/// What a request handler knows about its connection.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    pub client_cert: Option<CertificateDer<'static>>,
+}
+
+impl EnrollServer {
+    /// Binds `[enroll].listen` and prepares the TLS and HTTP stacks.
+    pub async fn build(
+        config: &Config,
+        registry: Registry,
+        pki: &GatewayPki,
+    ) -> Result<EnrollServer> {
+        let e = &config.enroll;
+        let listener = TcpListener::bind(e.listen)
+            .await
+            .map_err(|source| Error::Io {
+                action: "cannot listen for EST on",
+                path: e.listen.to_string().into(),
+                source,
+            })?;
+        let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), false)?;
+        let tls = server_config(
+            pki.server_chain.clone(),
+            pki.server_key.clone_key(),
+            verifier,
+            &[b"http/1.1"],
+        )?;
+        let state = est::Est::new(
+            registry,
+            pki.ca.clone(),
+            IssuePolicy {
+                site: config.gateway.site.clone(),
+                validity: e.cert_validity,
+                backdate: e.cert_backdate,
+                max_failed_attempts: e.max_failed_attempts.get(),
+            },
+            RateLimiter::new(e.rate_per_minute.get(), e.rate_burst.get()),
+            e.max_body_bytes.get(),
+        )?;
+        Ok(EnrollServer {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            router: est::router(Arc::new(state)),
+            limits: Limits {
+                handshake_timeout: e.handshake_timeout,
+                max_pending_handshakes: 256,
+                max_pending_per_source: 64,
+                max_connections: e.max_connections.get(),
+                max_connections_per_source: e.max_connections.get().div_ceil(2),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|source| Error::Io {
+            action: "cannot read the address of",
+            path: "the EST listener".into(),
+            source,
+        })
+    }
+
+    /// Serves until `shutdown`, then lets requests in flight finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let router = self.router;
+        let header_timeout = self.limits.handshake_timeout;
+        let conn_shutdown = shutdown.clone();
+        net::serve_tls(
+            "enroll",
+            self.listener,
+            self.acceptor,
+            self.limits,
+            shutdown,
+            |peer, why| tracing::debug!(%peer, reason = why.as_str(), "EST connection dropped."),
+            move |tls, peer| {
+                let info = ConnInfo {
+                    peer,
+                    client_cert: crate::tls::peer_certificate(tls.get_ref().1),
+                };
+                let app = router.clone().layer(axum::Extension(info));
+                let shutdown = conn_shutdown.clone();
+                async move {
+                    let service = TowerToHyperService::new(app);
+                    let mut builder = hyper::server::conn::http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        result = conn.as_mut() => {
+                            if let Err(e) = result {
+                                tracing::debug!(%peer, error = %e, "EST connection error.");
+                            }
+                        }
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+                        }
+                    }
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,24 @@
+//! rxgate: the gateway daemon and its command line.
+//!
+//! Components, each in its folder: `enroll` (EST), `registry` (devices, tokens, certificates),
+//! `audit` (hash-chained trail), `admin` (the CLI's way into a running daemon), `store` (redb).
+//! `daemon` wires them together; `cli` is the thin command-line layer over all of it.
+
+pub mod admin;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod enroll;
+pub mod error;
+pub mod logging;
+pub mod net;
+pub mod paths;
+pub mod pki;
+pub mod registry;
+pub mod store;
+pub mod tls;
+
+pub use error::{Error, Result};

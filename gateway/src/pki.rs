@@ -1,0 +1,242 @@
+//! The gateway's own PKI material under `data_dir`: `rxgate init`, loading at start-up, and
+//! keeping the server certificate fresh.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rxgate_certs::CertificateAuthority;
+use time::OffsetDateTime;
+
+use crate::audit::{self, Kind, Record};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::paths::{DataPaths, create_private_dir, write_atomic};
+use crate::store::Store;
+
+const PRIVATE: u32 = 0o600;
+const PUBLIC: u32 = 0o644;
+
+/// Options of `rxgate init`.
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// Replace an existing CA.
+    pub force: bool,
+    /// Import this intermediate CA (PEM) instead of creating a root.
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    /// Parents of the imported CA, up to the pharmacy chain's root (PEM).
+    pub ca_chain: Option<PathBuf>,
+}
+
+/// What `rxgate init` did.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    pub data_dir: PathBuf,
+    pub imported: bool,
+    pub ca_subject: String,
+    pub ca_sha256: String,
+    pub server_names: Vec<String>,
+}
+
+fn read(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(Error::io("cannot read", path))
+}
+
+/// `rxgate init`: creates `data_dir` (0700), the CA, the server certificate and the store.
+pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result<InitReport> {
+    let paths = config.paths();
+    if options.ca_cert.is_some() != options.ca_key.is_some() {
+        return Err(Error::Invalid(
+            "--ca-cert and --ca-key go together".to_owned(),
+        ));
+    }
+    if options.ca_chain.is_some() && options.ca_cert.is_none() {
+        return Err(Error::Invalid(
+            "--ca-chain is only meaningful with --ca-cert and --ca-key".to_owned(),
+        ));
+    }
+    if paths.ca_cert().exists() && !options.force {
+        return Err(Error::AlreadyInitialised {
+            data_dir: paths.root.clone(),
+        });
+    }
+    for dir in [
+        paths.root.clone(),
+        paths.root.join("ca"),
+        paths.root.join("tls"),
+    ] {
+        create_private_dir(&dir, 0o700).map_err(Error::io("cannot create", &dir))?;
+    }
+    // The store first: if a daemon holds it, fail before touching any key.
+    let store = Store::create(&paths.store())?;
+    let now = clock.now();
+
+    let ca = match (&options.ca_cert, &options.ca_key) {
+        (Some(cert), Some(key)) => {
+            let chain = options.ca_chain.as_deref().map(read).transpose()?;
+            CertificateAuthority::from_pem(&read(cert)?, &read(key)?, chain.as_deref())?
+        }
+        _ => CertificateAuthority::generate(&format!("rxgate CA {}", config.gateway.site), now)?,
+    };
+    write_atomic(&paths.ca_key(), ca.key_pem().as_bytes(), PRIVATE)
+        .map_err(Error::io("cannot write", paths.ca_key()))?;
+    write_atomic(&paths.ca_cert(), ca.cert_pem().as_bytes(), PUBLIC)
+        .map_err(Error::io("cannot write", paths.ca_cert()))?;
+    let parents = rxgate_certs::certs_to_pem(&ca.chain_der()[1..]);
+    if parents.is_empty() {
+        match std::fs::remove_file(paths.ca_chain()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", paths.ca_chain())(e)),
+        }
+    } else {
+        write_atomic(&paths.ca_chain(), parents.as_bytes(), PUBLIC)
+            .map_err(Error::io("cannot write", paths.ca_chain()))?;
+    }
+    let names = server_names(config);
+    issue_server_cert(&paths, &ca, &names, config.enroll.server_cert_validity, now)?;
+
+    let ca_sha256 = rxgate_certs::fingerprint_sha256(ca.cert_der());
+    let imported = options.ca_cert.is_some();
+    store.write(|txn| {
+        audit::append(
+            txn,
+            now,
+            clock.synced(),
+            Record::new(Kind::GatewayInitialised, "cli").detail(serde_json::json!({
+                "ca_sha256": ca_sha256,
+                "imported_ca": imported,
+                "replaced": options.force,
+                "server_names": names,
+            })),
+        )
+    })?;
+    Ok(InitReport {
+        data_dir: paths.root.clone(),
+        imported,
+        ca_subject: ca.subject().to_owned(),
+        ca_sha256,
+        server_names: names,
+    })
+}
+
+/// The names in the server certificate: `localhost`, `127.0.0.1`, then `[gateway].server_names`.
+pub fn server_names(config: &Config) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    for name in &config.gateway.server_names {
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+fn issue_server_cert(
+    paths: &DataPaths,
+    ca: &CertificateAuthority,
+    names: &[String],
+    validity: Duration,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let issued = ca.issue_server(names, validity, now)?;
+    write_atomic(&paths.server_key(), issued.key_pem.as_bytes(), PRIVATE)
+        .map_err(Error::io("cannot write", paths.server_key()))?;
+    write_atomic(&paths.server_cert(), issued.cert.pem.as_bytes(), PUBLIC)
+        .map_err(Error::io("cannot write", paths.server_cert()))?;
+    Ok(())
+}
+
+/// The PKI material a running gateway needs.
+pub struct GatewayPki {
+    pub ca: Arc<CertificateAuthority>,
+    /// Server certificate followed by the CA chain.
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: PrivateKeyDer<'static>,
+}
+
+impl GatewayPki {
+    /// Loads the CA and server certificate, re-issuing the server certificate first when it is
+    /// missing, lacks a configured name, or has less than a tenth of its lifetime left. Time
+    /// decisions are only taken on a synchronised clock.
+    pub fn load(config: &Config, clock: &dyn Clock) -> Result<GatewayPki> {
+        let paths = config.paths();
+        for required in [paths.ca_cert(), paths.ca_key()] {
+            if !required.exists() {
+                return Err(Error::NotInitialised { missing: required });
+            }
+        }
+        let chain = paths.ca_chain();
+        let chain = if chain.exists() {
+            Some(read(&chain)?)
+        } else {
+            None
+        };
+        let ca = CertificateAuthority::from_pem(
+            &read(&paths.ca_cert())?,
+            &read(&paths.ca_key())?,
+            chain.as_deref(),
+        )?;
+        let names = server_names(config);
+        let validity = config.enroll.server_cert_validity;
+        if let Some(reason) = server_cert_needs_renewal(&paths, &names, validity, clock) {
+            tracing::info!(reason, "Issuing a new server certificate.");
+            issue_server_cert(&paths, &ca, &names, validity, clock.now())?;
+        }
+        let mut server_chain = crate::tls::load_certs(&paths.server_cert())?;
+        server_chain.truncate(1);
+        server_chain.extend(ca.chain_der());
+        let server_key = crate::tls::load_key(&paths.server_key())?;
+        Ok(GatewayPki {
+            ca: Arc::new(ca),
+            server_chain,
+            server_key,
+        })
+    }
+}
+
+fn server_cert_needs_renewal(
+    paths: &DataPaths,
+    names: &[String],
+    validity: Duration,
+    clock: &dyn Clock,
+) -> Option<&'static str> {
+    if !paths.server_cert().exists() || !paths.server_key().exists() {
+        return Some("server certificate missing");
+    }
+    let Ok(certs) = crate::tls::load_certs(&paths.server_cert()) else {
+        return Some("server certificate unreadable");
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&certs[0]) else {
+        return Some("server certificate unparsable");
+    };
+    let mut present: Vec<String> = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(n) => present.push((*n).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    if let Ok(v4) = <[u8; 4]>::try_from(*ip) {
+                        present.push(std::net::Ipv4Addr::from(v4).to_string());
+                    } else if let Ok(v6) = <[u8; 16]>::try_from(*ip) {
+                        present.push(std::net::Ipv6Addr::from(v6).to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.iter().any(|n| !present.contains(n)) {
+        return Some("server_names changed");
+    }
+    if clock.synced() {
+        let not_after = cert.validity().not_after.timestamp();
+        let left = not_after - clock.now().unix_timestamp();
+        if left < (validity.as_secs() / 10) as i64 {
+            return Some("server certificate close to expiry");
+        }
+    }
+    None
+}

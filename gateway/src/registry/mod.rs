@@ -1,0 +1,601 @@
+//! The device registry: enrollment tokens, devices and the certificates issued to them.
+//!
+//! # Tables (JSON values, see the record types)
+//! - `tokens`: device id → [`TokenRecord`]. At most one token per device; creating a new one
+//!   replaces the old. Only a SHA-256 hash of the secret is kept: a token is 256 random bits, so a
+//!   fast hash is as strong as a slow one, and the secret itself never touches disk or logs.
+//! - `devices`: device id → [`DeviceRecord`].
+//! - `certs`: serial (lowercase hex) → [`CertRecord`]; what the listeners consult at every
+//!   connection to refuse revoked certificates.
+//!
+//! Every change is written together with its audit entry in one transaction.
+
+mod tokens;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use rxgate_certs::{CertificateAuthority, CheckedCsr, DeviceIdentity, DeviceProfile, IssuedCert};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::audit::{self, Kind, Record};
+use crate::clock::SharedClock;
+use crate::error::{Error, Result};
+use crate::store::{self, Store, to_json};
+
+pub use tokens::{TokenInfo, TokenRecord, TokenState};
+
+pub(crate) const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+pub(crate) const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+pub(crate) const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// A token exists; the device has not enrolled yet.
+    Pending,
+    /// Enrolled, holding a valid certificate.
+    Active,
+    /// Revoked: every certificate it holds is refused; only a new token brings it back.
+    Revoked,
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Active => "active",
+            DeviceStatus::Revoked => "revoked",
+        })
+    }
+}
+
+/// A device as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub kind: String,
+    pub status: DeviceStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Serial of the newest certificate.
+    pub serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub reason: String,
+    pub by: String,
+}
+
+/// State of one issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// The device's newest certificate.
+    Current,
+    /// Replaced by a renewal; still accepted until it expires so a device can switch over.
+    Superseded,
+    /// Refused everywhere.
+    Revoked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial: String,
+    pub device: String,
+    pub status: CertStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// Why the registry refuses a certificate presented by a device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRefusal {
+    #[error("certificate {serial} was not issued by this gateway's registry")]
+    Unknown { serial: String },
+    #[error("certificate {serial} of device {device} is revoked")]
+    Revoked { device: String, serial: String },
+    #[error("device {device} is revoked")]
+    DeviceRevoked { device: String },
+    #[error("certificate {serial} belongs to device {owner}, not {device}")]
+    WrongDevice {
+        device: String,
+        owner: String,
+        serial: String,
+    },
+    #[error("certificate {serial} expired at {not_after}")]
+    Expired { serial: String, not_after: String },
+    #[error("certificate {serial} was issued for site {site}, this gateway is {expected}")]
+    WrongSite {
+        serial: String,
+        site: String,
+        expected: String,
+    },
+}
+
+/// Why an enrollment or renewal is refused; the EST layer maps these to HTTP statuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 401: missing, wrong, used, expired, burnt or revoked token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the device is revoked.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 400: the request itself is wrong (a CSR for another device).
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// A registry change the running daemon's components react to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Drop every live session of this device.
+    Revoked { device: String },
+}
+
+/// Who asks, from where: recorded in the audit trail.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub source: Option<IpAddr>,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        Actor {
+            name: "cli".to_owned(),
+            source: None,
+        }
+    }
+
+    pub fn device(id: &str, source: IpAddr) -> Self {
+        Actor {
+            name: id.to_owned(),
+            source: Some(source),
+        }
+    }
+
+    fn record(&self, kind: Kind) -> Record {
+        let record = Record::new(kind, &self.name);
+        match self.source {
+            Some(ip) => record.source(ip),
+            None => record,
+        }
+    }
+}
+
+/// Certificate issuance settings taken from `[enroll]`.
+#[derive(Debug, Clone)]
+pub struct IssuePolicy {
+    pub site: String,
+    pub validity: Duration,
+    pub backdate: Duration,
+    pub max_failed_attempts: u32,
+}
+
+/// The registry: the store plus the clock, and a channel announcing changes to live components.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    clock: SharedClock,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Registry {
+    pub fn new(store: Store, clock: SharedClock) -> Self {
+        let (changes, _) = broadcast::channel(64);
+        Registry {
+            store,
+            clock,
+            changes,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Changes as they happen (revocations), for components holding live sessions.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    fn audit(&self, txn: &WriteTransaction, record: Record) -> Result<u64> {
+        audit::append(txn, self.clock.now(), self.clock.synced(), record)
+    }
+
+    /// All devices, ordered by id.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.store.read(|txn| store::all_json(txn, DEVICES))
+    }
+
+    pub fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        self.store.read(|txn| match txn.open_table(DEVICES) {
+            Ok(t) => store::get_json(&t, "devices", id),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// Revokes a device and every certificate it holds; live sessions are dropped by whoever
+    /// listens to [`Registry::subscribe`]. A pending token for it is revoked too.
+    pub fn revoke_device(&self, id: &str, reason: &str, actor: &Actor) -> Result<DeviceRecord> {
+        if reason.trim().is_empty() {
+            return Err(Error::Invalid(
+                "a revocation needs a reason (--reason TEXT)".to_owned(),
+            ));
+        }
+        let now = self.clock.now();
+        let record = self.store.write(|txn| {
+            let mut devices = txn.open_table(DEVICES)?;
+            let mut device: DeviceRecord =
+                store::get_json(&devices, "devices", id)?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "no device {id:?} in the registry; see `rxgate device list`"
+                    ))
+                })?;
+            if device.status == DeviceStatus::Revoked {
+                return Err(Error::Invalid(format!("device {id} is already revoked")));
+            }
+            device.status = DeviceStatus::Revoked;
+            device.revoked = Some(Revocation {
+                at: now,
+                reason: reason.to_owned(),
+                by: actor.name.clone(),
+            });
+            devices.insert(id, to_json(&device).as_slice())?;
+            let serials = revoke_certs_of(txn, id)?;
+            tokens::revoke_pending(txn, id)?;
+            self.audit(
+                txn,
+                actor
+                    .record(Kind::DeviceRevoked)
+                    .device(id)
+                    .detail(serde_json::json!({ "reason": reason, "serials": serials })),
+            )?;
+            Ok(device)
+        })?;
+        let _ = self.changes.send(Change::Revoked {
+            device: id.to_owned(),
+        });
+        tracing::info!(device = %id, reason, "Device revoked.");
+        Ok(record)
+    }
+
+    /// Checks a certificate presented by a device against the registry: known, not revoked,
+    /// device active, same site, not expired (expiry is only enforced while the clock is
+    /// synchronised: a Pi booting without network must not lock out every device).
+    pub fn check_certificate(
+        &self,
+        identity: &DeviceIdentity,
+        site: &str,
+    ) -> Result<Result<(), CertRefusal>> {
+        if identity.site != site {
+            return Ok(Err(CertRefusal::WrongSite {
+                serial: identity.serial.clone(),
+                site: identity.site.clone(),
+                expected: site.to_owned(),
+            }));
+        }
+        if self.clock.synced() && identity.not_after < self.clock.now() {
+            return Ok(Err(CertRefusal::Expired {
+                serial: identity.serial.clone(),
+                not_after: crate::clock::rfc3339(identity.not_after),
+            }));
+        }
+        self.store.read(|txn| {
+            let cert: Option<CertRecord> = match txn.open_table(CERTS) {
+                Ok(t) => store::get_json(&t, "certs", identity.serial.as_str())?,
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(cert) = cert else {
+                return Ok(Err(CertRefusal::Unknown {
+                    serial: identity.serial.clone(),
+                }));
+            };
+            if cert.device != identity.device_id {
+                return Ok(Err(CertRefusal::WrongDevice {
+                    device: identity.device_id.clone(),
+                    owner: cert.device,
+                    serial: cert.serial,
+                }));
+            }
+            let device: Option<DeviceRecord> =
+                store::get_json(&txn.open_table(DEVICES)?, "devices", cert.device.as_str())?;
+            if device.is_none_or(|d| d.status == DeviceStatus::Revoked) {
+                return Ok(Err(CertRefusal::DeviceRevoked {
+                    device: cert.device,
+                }));
+            }
+            if cert.status == CertStatus::Revoked {
+                return Ok(Err(CertRefusal::Revoked {
+                    device: cert.device,
+                    serial: cert.serial,
+                }));
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    /// Enrollment with a token (EST `simpleenroll`). The token is checked and consumed, the
+    /// certificate built from our profile and recorded, all in one transaction: two requests
+    /// racing with the same token cannot both succeed. A token-based enrollment is a
+    /// (re-)commissioning: earlier certificates of the device are revoked.
+    pub fn enroll(
+        &self,
+        device: &str,
+        secret: &str,
+        csr: &CheckedCsr,
+        ca: &CertificateAuthority,
+        policy: &IssuePolicy,
+        source: IpAddr,
+    ) -> Result<Result<IssuedCert, Refusal>> {
+        let now = self.clock.now();
+        let actor = Actor::device(device, source);
+        self.store.write(|txn| {
+            let token = match tokens::verify(txn, device, secret, now, policy.max_failed_attempts)? {
+                Ok(token) => token,
+                Err(refused) => {
+                    let revoked = matches!(load_device(txn, device)?, Some(d) if d.status == DeviceStatus::Revoked);
+                    let refusal = if revoked && refused.no_token {
+                        Refusal::Forbidden(format!(
+                            "device {device} is revoked; an administrator must create a new token to re-commission it"
+                        ))
+                    } else {
+                        Refusal::Unauthorized(refused.reason)
+                    };
+                    self.audit(
+                        txn,
+                        actor.record(Kind::EnrollRefused).device(device).detail(serde_json::json!({
+                            "endpoint": "simpleenroll",
+                            "reason": refusal.to_string(),
+                        })),
+                    )?;
+                    if refused.burnt_now {
+                        self.audit(txn, Record::new(Kind::TokenBurnt, "gateway").device(device))?;
+                    }
+                    return Ok(Err(refusal));
+                }
+            };
+            if csr.common_name != device {
+                // The token stays usable: the installer only needs to fix the CSR.
+                let refusal = Refusal::BadRequest(format!(
+                    "the CSR's subject CN is {:?} but the token is for device {device:?}",
+                    csr.common_name
+                ));
+                self.audit(
+                    txn,
+                    actor
+                        .record(Kind::EnrollRefused)
+                        .device(device)
+                        .detail(serde_json::json!({"endpoint": "simpleenroll", "reason": refusal.to_string()})),
+                )?;
+                return Ok(Err(refusal));
+            }
+            let kind = token.kind.clone();
+            tokens::mark_used(txn, token, now)?;
+            let revoked_serials = revoke_certs_of(txn, device)?;
+            let issued = ca.issue_device(csr, &profile(policy, &kind, device, now))?;
+            let previous = load_device(txn, device)?;
+            let record = DeviceRecord {
+                id: device.to_owned(),
+                kind: kind.clone(),
+                status: DeviceStatus::Active,
+                created_at: previous.as_ref().map_or(now, |d| d.created_at),
+                serial: Some(issued.serial.clone()),
+                not_after: Some(issued.not_after),
+                last_seen: Some(now),
+                revoked: None,
+            };
+            txn.open_table(DEVICES)?.insert(device, to_json(&record).as_slice())?;
+            insert_cert(txn, device, &issued)?;
+            let mut detail = serde_json::json!({
+                "serial": issued.serial,
+                "kind": kind,
+                "not_after": crate::clock::rfc3339(issued.not_after),
+                "key": csr.key.to_string(),
+            });
+            if !revoked_serials.is_empty() {
+                detail["replaced_serials"] = serde_json::json!(revoked_serials);
+            }
+            if !csr.requested_extensions.is_empty() {
+                detail["ignored_extensions"] = serde_json::json!(csr.requested_extensions);
+            }
+            self.audit(txn, actor.record(Kind::DeviceEnrolled).device(device).detail(detail))?;
+            Ok(Ok(issued))
+        })
+    }
+
+    /// Renewal (EST `simplereenroll`), authenticated by the device's current certificate.
+    pub fn renew(
+        &self,
+        identity: &DeviceIdentity,
+        csr: &CheckedCsr,
+        ca: &CertificateAuthority,
+        policy: &IssuePolicy,
+        source: IpAddr,
+    ) -> Result<Result<IssuedCert, Refusal>> {
+        let device = identity.device_id.as_str();
+        let actor = Actor::device(device, source);
+        let now = self.clock.now();
+        let check = self.check_certificate(identity, &policy.site)?;
+        self.store.write(|txn| {
+            let refusal = match check {
+                Err(CertRefusal::DeviceRevoked { .. } | CertRefusal::Revoked { .. }) => {
+                    Some(Refusal::Forbidden(format!("device {device} or its certificate is revoked")))
+                }
+                Err(other) => Some(Refusal::Unauthorized(other.to_string())),
+                Ok(()) if csr.common_name != device => Some(Refusal::BadRequest(format!(
+                    "the CSR's subject CN is {:?} but the client certificate is for device {device:?}",
+                    csr.common_name
+                ))),
+                Ok(()) => None,
+            };
+            if let Some(refusal) = refusal {
+                self.audit(
+                    txn,
+                    actor
+                        .record(Kind::EnrollRefused)
+                        .device(device)
+                        .detail(serde_json::json!({"endpoint": "simplereenroll", "serial": identity.serial, "reason": refusal.to_string()})),
+                )?;
+                return Ok(Err(refusal));
+            }
+            let Some(mut record) = load_device(txn, device)? else {
+                return Ok(Err(Refusal::Unauthorized(format!("device {device} is not registered"))));
+            };
+            let issued = ca.issue_device(csr, &profile(policy, &record.kind, device, now))?;
+            supersede_current(txn, device)?;
+            insert_cert(txn, device, &issued)?;
+            record.serial = Some(issued.serial.clone());
+            record.not_after = Some(issued.not_after);
+            record.last_seen = Some(now);
+            txn.open_table(DEVICES)?.insert(device, to_json(&record).as_slice())?;
+            self.audit(
+                txn,
+                actor.record(Kind::DeviceRenewed).device(device).detail(serde_json::json!({
+                    "serial": issued.serial,
+                    "previous_serial": identity.serial,
+                    "not_after": crate::clock::rfc3339(issued.not_after),
+                })),
+            )?;
+            Ok(Ok(issued))
+        })
+    }
+
+    /// Records a refused EST request that never reached the token or certificate checks
+    /// (malformed or oversized body).
+    pub fn record_refusal(
+        &self,
+        device: &str,
+        source: IpAddr,
+        endpoint: &str,
+        reason: &str,
+    ) -> Result<()> {
+        self.store.write(|txn| {
+            self.audit(
+                txn,
+                Actor::device(device, source)
+                    .record(Kind::EnrollRefused)
+                    .device(device)
+                    .detail(serde_json::json!({ "endpoint": endpoint, "reason": reason })),
+            )
+            .map(drop)
+        })
+    }
+
+    /// Records that a device was seen (connected, published). Best effort; never fails a caller.
+    pub fn touch(&self, device: &str) {
+        let now = self.clock.now();
+        let result = self.store.write(|txn| {
+            let mut devices = txn.open_table(DEVICES)?;
+            let record: Option<DeviceRecord> = store::get_json(&devices, "devices", device)?;
+            if let Some(mut record) = record {
+                record.last_seen = Some(now);
+                devices.insert(device, to_json(&record).as_slice())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!(device, error = %e, "Could not record last-seen time.");
+        }
+    }
+}
+
+fn profile(policy: &IssuePolicy, kind: &str, device: &str, now: OffsetDateTime) -> DeviceProfile {
+    DeviceProfile {
+        site: policy.site.clone(),
+        kind: kind.to_owned(),
+        device_id: device.to_owned(),
+        validity: policy.validity,
+        backdate: policy.backdate,
+        now,
+    }
+}
+
+fn load_device(txn: &WriteTransaction, id: &str) -> Result<Option<DeviceRecord>> {
+    store::get_json(&txn.open_table(DEVICES)?, "devices", id)
+}
+
+fn insert_cert(txn: &WriteTransaction, device: &str, issued: &IssuedCert) -> Result<()> {
+    let record = CertRecord {
+        serial: issued.serial.clone(),
+        device: device.to_owned(),
+        status: CertStatus::Current,
+        not_after: issued.not_after,
+    };
+    txn.open_table(CERTS)?
+        .insert(issued.serial.as_str(), to_json(&record).as_slice())?;
+    Ok(())
+}
+
+fn certs_of(txn: &WriteTransaction, device: &str) -> Result<Vec<CertRecord>> {
+    let table = txn.open_table(CERTS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let record: CertRecord =
+            serde_json::from_slice(value.value()).map_err(|e| Error::Corrupt {
+                table: "certs".to_owned(),
+                key: key.value().to_owned(),
+                reason: e.to_string(),
+            })?;
+        if record.device == device {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+fn set_cert_status(
+    txn: &WriteTransaction,
+    records: Vec<CertRecord>,
+    status: CertStatus,
+) -> Result<Vec<String>> {
+    let mut table = txn.open_table(CERTS)?;
+    let mut serials = Vec::new();
+    for mut record in records {
+        record.status = status;
+        table.insert(record.serial.as_str(), to_json(&record).as_slice())?;
+        serials.push(record.serial);
+    }
+    Ok(serials)
+}
+
+fn revoke_certs_of(txn: &WriteTransaction, device: &str) -> Result<Vec<String>> {
+    let live = certs_of(txn, device)?
+        .into_iter()
+        .filter(|c| c.status != CertStatus::Revoked)
+        .collect();
+    set_cert_status(txn, live, CertStatus::Revoked)
+}
+
+fn supersede_current(txn: &WriteTransaction, device: &str) -> Result<()> {
+    let current = certs_of(txn, device)?
+        .into_iter()
+        .filter(|c| c.status == CertStatus::Current)
+        .collect();
+    set_cert_status(txn, current, CertStatus::Superseded).map(drop)
+}
+
+#[cfg(test)]
+mod tests;

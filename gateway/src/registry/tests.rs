@@ -1,0 +1,352 @@
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rxgate_certs::{
+    CertificateAuthority, CheckedCsr, KeyAlg, check_csr, device_identity, new_device_csr,
+};
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+use super::*;
+use crate::clock::ManualClock;
+
+const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
+const SITE: &str = "store-1";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    registry: Registry,
+    ca: CertificateAuthority,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s.redb")).unwrap();
+    let clock = ManualClock::new(T0, true);
+    let registry = Registry::new(store, clock.clone());
+    let ca = CertificateAuthority::generate("test CA", T0).unwrap();
+    Fixture {
+        _dir: dir,
+        clock,
+        registry,
+        ca,
+    }
+}
+
+fn policy() -> IssuePolicy {
+    IssuePolicy {
+        site: SITE.to_owned(),
+        validity: Duration::from_secs(30 * 86400),
+        backdate: Duration::from_secs(3600),
+        max_failed_attempts: 5,
+    }
+}
+
+fn csr(device: &str) -> CheckedCsr {
+    let (_key, der) = new_device_csr(device, KeyAlg::P256).unwrap();
+    check_csr(&der).unwrap()
+}
+
+const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+impl Fixture {
+    fn token(&self, device: &str) -> String {
+        self.registry
+            .create_token(device, "fridge", Duration::from_secs(600), &Actor::cli())
+            .unwrap()
+            .1
+    }
+
+    fn enroll(&self, device: &str, secret: &str) -> Result<IssuedCert, Refusal> {
+        self.registry
+            .enroll(device, secret, &csr(device), &self.ca, &policy(), SOURCE)
+            .unwrap()
+    }
+
+    fn identity(&self, cert: &IssuedCert) -> DeviceIdentity {
+        device_identity(&cert.der).unwrap()
+    }
+}
+
+#[test]
+fn a_token_is_stored_only_as_a_hash_and_listed_without_it() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    assert!(
+        secret.starts_with("rxg_") && secret.len() >= 4 + 43,
+        "{secret}"
+    );
+    let tokens = f.registry.tokens().unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].state, "pending");
+    let stored = f
+        .registry
+        .store()
+        .read(|txn| store::all_json::<TokenRecord>(txn, TOKENS))
+        .unwrap();
+    assert_ne!(stored[0].secret_sha256, secret);
+    assert!(
+        !stored[0]
+            .secret_sha256
+            .contains(secret.trim_start_matches("rxg_"))
+    );
+    assert_eq!(
+        f.registry.device("fridge-1").unwrap().unwrap().status,
+        DeviceStatus::Pending
+    );
+}
+
+#[test]
+fn enrollment_consumes_the_token_and_a_second_use_is_unauthorized() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    let cert = f.enroll("fridge-1", &secret).unwrap();
+    let device = f.registry.device("fridge-1").unwrap().unwrap();
+    assert_eq!(device.status, DeviceStatus::Active);
+    assert_eq!(device.serial.as_deref(), Some(cert.serial.as_str()));
+    assert!(
+        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("already used"))
+    );
+}
+
+#[test]
+fn the_fifth_wrong_secret_burns_the_token_and_is_audited() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    for attempt in 1..=5 {
+        let refusal = f.enroll("fridge-1", "rxg_wrong").unwrap_err();
+        assert!(
+            matches!(&refusal, Refusal::Unauthorized(r) if r.contains("wrong token")),
+            "{attempt}: {refusal}"
+        );
+    }
+    assert!(
+        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("burnt"))
+    );
+    let kinds: Vec<_> = crate::audit::entries(f.registry.store(), 1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == Kind::TokenBurnt).count(), 1);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == Kind::EnrollRefused).count(),
+        6
+    );
+}
+
+#[test]
+fn an_expired_token_is_refused_even_with_the_right_secret() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    f.clock.advance(Duration::from_secs(601));
+    assert!(
+        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("expired"))
+    );
+    assert_eq!(f.registry.tokens().unwrap()[0].state, "expired");
+}
+
+#[test]
+fn a_csr_for_another_device_is_a_bad_request_and_keeps_the_token() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    let foreign = f
+        .registry
+        .enroll(
+            "fridge-1",
+            &secret,
+            &csr("fridge-2"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap();
+    assert!(matches!(foreign, Err(Refusal::BadRequest(_))));
+    assert!(f.enroll("fridge-1", &secret).is_ok());
+}
+
+#[test]
+fn revoking_refuses_every_certificate_of_the_device_and_announces_it() {
+    let f = fixture();
+    let mut changes = f.registry.subscribe();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    let identity = f.identity(&cert);
+    assert_eq!(
+        f.registry.check_certificate(&identity, SITE).unwrap(),
+        Ok(())
+    );
+    f.registry
+        .revoke_device("fridge-1", "lost", &Actor::cli())
+        .unwrap();
+    assert!(matches!(
+        f.registry.check_certificate(&identity, SITE).unwrap(),
+        Err(CertRefusal::DeviceRevoked { .. })
+    ));
+    assert_eq!(
+        changes.try_recv().unwrap(),
+        Change::Revoked {
+            device: "fridge-1".to_owned()
+        }
+    );
+    let renewal = f
+        .registry
+        .renew(&identity, &csr("fridge-1"), &f.ca, &policy(), SOURCE)
+        .unwrap();
+    assert!(matches!(renewal, Err(Refusal::Forbidden(_))));
+    // Without a new token, enrollment is forbidden rather than unauthorized.
+    assert!(matches!(
+        f.enroll("fridge-1", "rxg_x"),
+        Err(Refusal::Forbidden(_))
+    ));
+}
+
+#[test]
+fn recommissioning_with_a_new_token_revokes_the_old_certificate() {
+    let f = fixture();
+    let old = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.registry
+        .revoke_device("fridge-1", "replaced", &Actor::cli())
+        .unwrap();
+    let new = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&new), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    assert!(matches!(
+        f.registry
+            .check_certificate(&f.identity(&old), SITE)
+            .unwrap(),
+        Err(CertRefusal::Revoked { .. })
+    ));
+}
+
+#[test]
+fn renewal_issues_a_new_serial_and_the_old_certificate_stays_valid_until_expiry() {
+    let f = fixture();
+    let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    let second = f
+        .registry
+        .renew(
+            &f.identity(&first),
+            &csr("fridge-1"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap()
+        .unwrap();
+    assert_ne!(first.serial, second.serial);
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&first), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&second), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        f.registry
+            .device("fridge-1")
+            .unwrap()
+            .unwrap()
+            .serial
+            .as_deref(),
+        Some(second.serial.as_str())
+    );
+}
+
+#[test]
+fn expiry_is_enforced_only_while_the_clock_is_synchronised() {
+    let f = fixture();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.clock.advance(Duration::from_secs(31 * 86400));
+    assert!(matches!(
+        f.registry
+            .check_certificate(&f.identity(&cert), SITE)
+            .unwrap(),
+        Err(CertRefusal::Expired { .. })
+    ));
+    f.clock.set_synced(false);
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&cert), SITE)
+            .unwrap(),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_certificate_from_another_site_or_unknown_serial_is_refused() {
+    let f = fixture();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    assert!(matches!(
+        f.registry
+            .check_certificate(&f.identity(&cert), "store-2")
+            .unwrap(),
+        Err(CertRefusal::WrongSite { .. })
+    ));
+    let mut unknown = f.identity(&cert);
+    unknown.serial = "00ff".to_owned();
+    assert!(matches!(
+        f.registry.check_certificate(&unknown, SITE).unwrap(),
+        Err(CertRefusal::Unknown { .. })
+    ));
+}
+
+#[test]
+fn a_token_for_an_active_device_of_another_kind_is_refused() {
+    let f = fixture();
+    f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    let err = f
+        .registry
+        .create_token(
+            "fridge-1",
+            "cabinet",
+            Duration::from_secs(60),
+            &Actor::cli(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("revoke it first"), "{err}");
+}
+
+#[test]
+fn every_change_is_in_a_verifiable_audit_chain() {
+    let f = fixture();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.registry
+        .renew(
+            &f.identity(&cert),
+            &csr("fridge-1"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap()
+        .unwrap();
+    f.registry
+        .revoke_device("fridge-1", "test", &Actor::cli())
+        .unwrap();
+    let kinds: Vec<_> = crate::audit::entries(f.registry.store(), 1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::TokenCreated,
+            Kind::DeviceEnrolled,
+            Kind::DeviceRenewed,
+            Kind::DeviceRevoked
+        ]
+    );
+    assert_eq!(crate::audit::verify(f.registry.store()).unwrap(), Ok(4));
+}
