@@ -1,0 +1,337 @@
+//! Harness for end-to-end tests: the real `rxgate` and `rxgate-sim` binaries, and real outside
+//! peers (`openssl`, `curl`, `mosquitto`), on ephemeral loopback ports in temporary folders.
+//!
+//! Every test gets its own [`Gateway`] (its own data dir and ports), so tests run in parallel.
+//! Waiting is always polling with a deadline ([`wait_until`]), never a bare sleep.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
+
+/// Path of a workspace binary, built (once per test process) if needed, in the same profile as
+/// the running test.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        // target/<profile>/deps/<test-exe>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable lives in target/<profile>/deps")
+            .to_owned();
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args([
+            "build",
+            "--quiet",
+            "-p",
+            "rxgate",
+            "-p",
+            "rxgate-sim",
+            "--bins",
+        ]);
+        if release {
+            cargo.arg("--release");
+        }
+        cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
+        let status = cargo.status().expect("run cargo build for the binaries");
+        assert!(
+            status.success(),
+            "cargo build of rxgate and rxgate-sim failed"
+        );
+        profile_dir
+    });
+    dir.join(name)
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion, capturing its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Output as text, stdout then stderr, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs `openssl` with `args` in `dir`; panics if it fails.
+pub fn openssl(dir: &Path, args: &[&str]) -> Output {
+    let output = run(Command::new("openssl").args(args).current_dir(dir));
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        text(&output)
+    );
+    output
+}
+
+/// A gateway under test: config, data dir and the running `rxgate run` process.
+pub struct Gateway {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    /// EST listener.
+    pub enroll: SocketAddr,
+}
+
+/// The default test config (loopback, ephemeral ports, trusted clock) with `extra` (TOML) merged
+/// over it, key by key.
+pub fn config_text(site: &str, extra: &str) -> String {
+    let base = format!(
+        "[gateway]\nsite = \"{site}\"\ndata_dir = \"data\"\nassume_clock_synced = true\n\
+         [enroll]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n"
+    );
+    let mut base: toml::Table = base.parse().expect("base config");
+    let extra: toml::Table = extra
+        .parse()
+        .unwrap_or_else(|e| panic!("extra config: {e}"));
+    merge(&mut base, extra);
+    base.to_string()
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// Writes a config, runs `rxgate init`, but does not start the daemon.
+    pub fn init(extra: &str) -> Gateway {
+        Self::init_with(&config_text("store-0042", extra), &[])
+    }
+
+    /// Like [`Gateway::init`] with the whole config text and extra `init` arguments.
+    pub fn init_with(config_text: &str, init_args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, config_text).expect("write config");
+        let gateway = Gateway {
+            dir,
+            config,
+            child: None,
+            enroll: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let output = gateway.cli(&[&["init"], init_args].concat());
+        assert!(
+            output.status.success(),
+            "rxgate init failed: {}",
+            text(&output)
+        );
+        gateway
+    }
+
+    /// Initialises and starts a gateway, returning once its listeners are up.
+    pub fn start(extra: &str) -> Gateway {
+        let mut gateway = Self::init(extra);
+        gateway.spawn();
+        gateway
+    }
+
+    /// Starts `rxgate run` and waits until the admin socket reports the listeners.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let child = Command::new(bin("rxgate"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn rxgate run");
+        self.child = Some(child);
+        let status = wait_until(
+            Duration::from_secs(20),
+            "the gateway to report its listeners",
+            || {
+                if let Some(child) = self.child.as_mut()
+                    && let Ok(Some(exit)) = child.try_wait()
+                {
+                    panic!("rxgate run exited with {exit}:\n{}", self.logs());
+                }
+                let output = self.cli(&["status", "--json"]);
+                if !output.status.success() {
+                    return None;
+                }
+                let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+                status["running"].as_bool().filter(|r| *r).map(|_| status)
+            },
+        );
+        for pair in status["listeners"].as_array().into_iter().flatten() {
+            let name = pair[0].as_str().unwrap_or_default();
+            let addr: SocketAddr = pair[1]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .expect("listener address");
+            if name == "enroll" {
+                self.enroll = addr;
+            }
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("rxgate.log")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `rxgate --config <config> args...`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("rxgate"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args))
+    }
+
+    /// Runs a CLI command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "rxgate {args:?} failed: {}",
+            text(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A fresh one-time token for `device`.
+    pub fn token(&self, device: &str, kind: &str) -> String {
+        self.cli_ok(&["token", "create", "--device", device, "--kind", kind])
+            .trim()
+            .to_owned()
+    }
+
+    /// `https://127.0.0.1:<port>` of the EST listener.
+    pub fn est_url(&self) -> String {
+        format!("https://{}", self.enroll)
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.data_dir().join("ca/ca.crt")
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let status = wait_until(Duration::from_secs(15), "the gateway to stop", || {
+            child.try_wait().ok().flatten()
+        });
+        status.success()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP answer as curl saw it.
+#[derive(Debug)]
+pub struct Http {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub headers: String,
+}
+
+impl Http {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Runs curl with `args` (URL included) and returns status, headers and body. curl failures
+/// (connection refused, TLS errors) panic with curl's message.
+pub fn curl(dir: &Path, args: &[&str]) -> Http {
+    let headers = tempfile::NamedTempFile::new_in(dir).expect("temp file");
+    let body = tempfile::NamedTempFile::new_in(dir).expect("temp file");
+    let output = run(Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-D"])
+        .arg(headers.path())
+        .arg("-o")
+        .arg(body.path())
+        .args(["-w", "%{http_code}"])
+        .args(args)
+        .current_dir(dir));
+    assert!(
+        output.status.success(),
+        "curl {args:?} failed: {}",
+        text(&output)
+    );
+    Http {
+        status: String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("http status"),
+        body: std::fs::read(body.path()).expect("body"),
+        headers: std::fs::read_to_string(headers.path()).unwrap_or_default(),
+    }
+}
+
+/// Like [`curl`] but returns curl's own failure instead of panicking.
+pub fn curl_raw(dir: &Path, args: &[&str]) -> Output {
+    run(Command::new("curl")
+        .args(["-sS", "--max-time", "30"])
+        .args(args)
+        .current_dir(dir))
+}
