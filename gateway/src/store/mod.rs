@@ -85,6 +85,18 @@ impl Store {
         Ok(result)
     }
 
+    /// Like [`Store::write`] but the commit is not fsynced: it becomes durable with the next
+    /// durable commit, and may be lost in a power cut before that. For changes that are safe to
+    /// lose (deleting records the cloud already acknowledged: they are merely sent again).
+    pub fn write_lazy<R>(&self, f: impl FnOnce(&WriteTransaction) -> Result<R>) -> Result<R> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| Error::Invalid(format!("store: {e}")))?;
+        let result = f(&txn)?;
+        txn.commit()?;
+        Ok(result)
+    }
+
     /// Runs `f` on a consistent snapshot.
     pub fn read<R>(&self, f: impl FnOnce(&ReadTransaction) -> Result<R>) -> Result<R> {
         let txn = self.db.begin_read()?;

@@ -1,0 +1,271 @@
+//! The pipeline task: takes submissions, shapes them into cloud messages and appends them to the
+//! outbox in groups, then tells each intake its outcome.
+//!
+//! Group commit: the first submission opens a batch; the batch closes when it holds `batch_max`
+//! submissions or `batch_delay` has passed, and is written in one durable transaction. Under load
+//! batches fill at once; a lone reading waits at most `batch_delay`.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
+use super::{Accepted, Intake, Refused, Submission};
+use crate::outbox::{NewRecord, Outbox, Priority};
+
+/// The running pipeline.
+pub struct Pipeline {
+    rx: mpsc::Receiver<Submission>,
+    outbox: Outbox,
+    site: String,
+    batch_max: usize,
+    batch_delay: Duration,
+}
+
+impl Pipeline {
+    pub fn new(
+        rx: mpsc::Receiver<Submission>,
+        outbox: Outbox,
+        site: &str,
+        batch_max: usize,
+        batch_delay: Duration,
+    ) -> Self {
+        Pipeline {
+            rx,
+            outbox,
+            site: site.to_owned(),
+            batch_max: batch_max.max(1),
+            batch_delay,
+        }
+    }
+
+    /// Runs until `shutdown`; then takes what is already queued, so no intake waits forever.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                first = self.rx.recv() => match first {
+                    Some(first) => first,
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.batch_delay;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(next)) => batch.push(next),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.commit(batch).await;
+        }
+        self.rx.close();
+        let mut rest = Vec::new();
+        while let Ok(next) = self.rx.try_recv() {
+            rest.push(next);
+        }
+        if !rest.is_empty() {
+            self.commit(rest).await;
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Submission>) {
+        let mut records = Vec::with_capacity(batch.len());
+        let mut waiting = Vec::with_capacity(batch.len());
+        for submission in batch {
+            let (record, id) = shape(
+                &self.site,
+                submission.intake,
+                submission.received_at,
+                submission.clock_synced,
+            );
+            records.push(record);
+            waiting.push((submission.reply, id));
+        }
+        let outbox = self.outbox.clone();
+        let outcome = tokio::task::spawn_blocking(move || outbox.append(records)).await;
+        match outcome {
+            Ok(Ok(results)) => {
+                for ((reply, id), result) in waiting.into_iter().zip(results) {
+                    let _ = reply.send(match result {
+                        Ok(_) => Ok(Accepted { id }),
+                        Err(full) => Err(Refused::Unavailable(full.to_string())),
+                    });
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Outbox write failed; the submitters will resend.");
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(Refused::Unavailable(format!(
+                        "the outbox could not be written: {e}"
+                    ))));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Outbox write task failed.");
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(Refused::Unavailable("internal error".to_owned())));
+                }
+            }
+        }
+    }
+}
+
+fn accepted_ms(at: time::OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Turns an intake into its outbox record.
+fn shape(
+    site: &str,
+    intake: Intake,
+    received_at: time::OffsetDateTime,
+    clock_synced: bool,
+) -> (NewRecord, uuid::Uuid) {
+    let site = site.to_owned();
+    match intake {
+        Intake::Telemetry(reading) => {
+            let stamp = Stamp::new(reading.device_ts, received_at, clock_synced);
+            let id = stamp.id;
+            let topic = envelope::device_topic(&site, &reading.device, Stream::Telemetry);
+            let body = TelemetryBody {
+                points: reading.points,
+            };
+            let device = reading.device;
+            let record = NewRecord {
+                priority: Priority::Normal,
+                topic,
+                retain: false,
+                accepted_ms: accepted_ms(received_at),
+                payload: Box::new(move |seq| {
+                    envelope::encode(&site, Some(&device), "telemetry", &stamp, seq, &body)
+                }),
+            };
+            (record, id)
+        }
+        Intake::Event {
+            device,
+            device_ts,
+            body,
+        } => {
+            let stamp = Stamp::new(device_ts, received_at, clock_synced);
+            let id = stamp.id;
+            let topic = envelope::device_topic(&site, &device, Stream::Events);
+            let body = EventBody { event: body };
+            let record = NewRecord {
+                priority: Priority::High,
+                topic,
+                retain: false,
+                accepted_ms: accepted_ms(received_at),
+                payload: Box::new(move |seq| {
+                    envelope::encode(&site, Some(&device), "event", &stamp, seq, &body)
+                }),
+            };
+            (record, id)
+        }
+        Intake::Status {
+            device,
+            online,
+            reason,
+        } => {
+            let stamp = Stamp::new(None, received_at, clock_synced);
+            let id = stamp.id;
+            let topic = envelope::device_topic(&site, &device, Stream::Status);
+            let body = StatusBody { online, reason };
+            let record = NewRecord {
+                priority: Priority::High,
+                topic,
+                retain: true,
+                accepted_ms: accepted_ms(received_at),
+                payload: Box::new(move |seq| {
+                    envelope::encode(&site, Some(&device), "status", &stamp, seq, &body)
+                }),
+            };
+            (record, id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::pipeline::{Ingest, Point, Reading, Value};
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn submissions_are_durable_before_they_are_accepted_and_carry_the_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox =
+            Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+        let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
+        let (ingest, rx) = Ingest::channel(16, clock);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(
+            Pipeline::new(rx, outbox.clone(), "store-1", 8, Duration::from_millis(5))
+                .run(shutdown.clone()),
+        );
+
+        let mut points = BTreeMap::new();
+        points.insert(
+            "temperature_c".to_owned(),
+            Point::good(Value::Number(4.5), Some("°C")),
+        );
+        let accepted = ingest
+            .submit(Intake::Telemetry(Reading {
+                device: "fridge-1".to_owned(),
+                device_ts: None,
+                points,
+            }))
+            .await
+            .unwrap();
+
+        let records = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].topic,
+            "rxgate/v1/store-1/devices/fridge-1/telemetry"
+        );
+        let message: serde_json::Value = serde_json::from_slice(&records[0].payload).unwrap();
+        assert_eq!(message["id"], accepted.id.to_string());
+        assert_eq!(message["seq"], 1);
+        assert_eq!(message["type"], "telemetry");
+        assert_eq!(message["device"], "fridge-1");
+        assert_eq!(message["gateway_ts"], "2026-05-01T08:00:00Z");
+        assert_eq!(message["clock_synced"], true);
+        assert_eq!(message["device_ts"], serde_json::Value::Null);
+        assert_eq!(message["points"]["temperature_c"]["value"], 4.5);
+        assert_eq!(message["points"]["temperature_c"]["quality"], "good");
+        assert_eq!(accepted.id.get_version_num(), 7);
+
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_refuses_as_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), 10).unwrap();
+        let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
+        let (ingest, rx) = Ingest::channel(16, clock);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(
+            Pipeline::new(rx, outbox, "s", 8, Duration::from_millis(1)).run(shutdown.clone()),
+        );
+        let status = |online| Intake::Status {
+            device: "d".to_owned(),
+            online,
+            reason: "test".to_owned(),
+        };
+        assert!(ingest.submit(status(true)).await.is_ok());
+        assert!(matches!(
+            ingest.submit(status(false)).await,
+            Err(Refused::Unavailable(_))
+        ));
+        shutdown.cancel();
+    }
+}
