@@ -1,0 +1,204 @@
+//! Metrics: every name and its help text live here; the rest of the code calls the functions.
+//! Served as Prometheus text on `[metrics].listen` at `/metrics`, next to `/health`.
+//!
+//! Labels are low-cardinality by design: reasons and sources, never device ids.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
+use crate::outbox::Outbox;
+use crate::uplink::{self, State as UplinkState};
+
+const MESSAGES_IN: &str = "rxgate_messages_in_total";
+const MESSAGES_OUT: &str = "rxgate_messages_out_total";
+const REFUSALS: &str = "rxgate_refusals_total";
+const OUTBOX_RECORDS: &str = "rxgate_outbox_depth";
+const OUTBOX_BYTES: &str = "rxgate_outbox_bytes";
+const OUTBOX_AGE: &str = "rxgate_outbox_oldest_age_seconds";
+const DEVICES_ONLINE: &str = "rxgate_devices_online";
+const UPLINK_CONNECTED: &str = "rxgate_uplink_connected";
+const UPLINK_DISCONNECTS: &str = "rxgate_uplink_disconnects_total";
+
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Fails only if a recorder is already installed (tests starting several gateways in
+        // one process): then that one keeps counting.
+        let _ = metrics::set_global_recorder(recorder);
+        describe_counter!(
+            MESSAGES_IN,
+            "Messages accepted from devices, by source (mqtt, modbus)."
+        );
+        describe_counter!(MESSAGES_OUT, "Messages acknowledged by the cloud broker.");
+        describe_counter!(
+            REFUSALS,
+            "Connections, messages and requests refused, by reason."
+        );
+        describe_gauge!(
+            OUTBOX_RECORDS,
+            "Messages waiting in the outbox for the cloud."
+        );
+        describe_gauge!(OUTBOX_BYTES, Unit::Bytes, "Bytes the outbox holds.");
+        describe_gauge!(
+            OUTBOX_AGE,
+            Unit::Seconds,
+            "Age of the oldest message in the outbox."
+        );
+        describe_gauge!(
+            DEVICES_ONLINE,
+            "Devices currently connected (MQTT) or answering (Modbus)."
+        );
+        describe_gauge!(UPLINK_CONNECTED, "1 while the cloud connection is up.");
+        describe_counter!(UPLINK_DISCONNECTS, "Cloud connections lost.");
+        handle
+    })
+}
+
+/// A message accepted from a device.
+pub fn message_in(source: &'static str) {
+    counter!(MESSAGES_IN, "source" => source).increment(1);
+}
+
+/// The cloud acknowledged a message.
+pub fn uplink_sent() {
+    counter!(MESSAGES_OUT).increment(1);
+}
+
+/// Something was refused; `reason` is a short stable word (`topic_denied`, `bad_payload`, ...).
+pub fn refused(reason: &'static str) {
+    counter!(REFUSALS, "reason" => reason).increment(1);
+}
+
+pub fn device_online(delta: f64) {
+    gauge!(DEVICES_ONLINE).increment(delta);
+}
+
+pub fn uplink_state(state: UplinkState) {
+    gauge!(UPLINK_CONNECTED).set(if state == UplinkState::Connected {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+pub fn uplink_disconnect() {
+    counter!(UPLINK_DISCONNECTS).increment(1);
+}
+
+#[derive(Clone)]
+struct Scrape {
+    outbox: Outbox,
+    uplink: uplink::Status,
+    clock: crate::clock::SharedClock,
+}
+
+/// The metrics and health endpoint, bound.
+pub struct MetricsServer {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl MetricsServer {
+    pub async fn build(
+        listen: SocketAddr,
+        outbox: Outbox,
+        uplink: uplink::Status,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Self> {
+        handle();
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Io {
+                action: "cannot listen for metrics on",
+                path: listen.to_string().into(),
+                source,
+            })?;
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/health", get(health))
+            .with_state(Scrape {
+                outbox,
+                uplink,
+                clock,
+            });
+        Ok(MetricsServer { listener, router })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|source| Error::Io {
+            action: "cannot read the address of",
+            path: "the metrics listener".into(),
+            source,
+        })
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "Metrics endpoint failed.");
+        }
+    }
+}
+
+fn depth(scrape: &Scrape) -> (u64, u64, f64) {
+    let Ok(depth) = scrape.outbox.depth() else {
+        return (0, 0, 0.0);
+    };
+    let now_ms = scrape.clock.now().unix_timestamp_nanos() / 1_000_000;
+    let age = depth.oldest_ms.map_or(0.0, |oldest| {
+        ((now_ms - i128::from(oldest)).max(0) as f64) / 1000.0
+    });
+    (depth.records, depth.bytes, age)
+}
+
+async fn metrics(State(scrape): State<Scrape>) -> Response {
+    let (records, bytes, age) = tokio::task::spawn_blocking({
+        let scrape = scrape.clone();
+        move || depth(&scrape)
+    })
+    .await
+    .unwrap_or((0, 0, 0.0));
+    gauge!(OUTBOX_RECORDS).set(records as f64);
+    gauge!(OUTBOX_BYTES).set(bytes as f64);
+    gauge!(OUTBOX_AGE).set(age);
+    uplink_state(scrape.uplink.get());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle().render(),
+    )
+        .into_response()
+}
+
+async fn health(State(scrape): State<Scrape>) -> Response {
+    let (records, _, age) = tokio::task::spawn_blocking({
+        let scrape = scrape.clone();
+        move || depth(&scrape)
+    })
+    .await
+    .unwrap_or((0, 0, 0.0));
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uplink": scrape.uplink.get().as_str(),
+        "outbox_depth": records,
+        "outbox_oldest_age_seconds": age,
+        "clock_synced": scrape.clock.synced(),
+    }))
+    .into_response()
+}

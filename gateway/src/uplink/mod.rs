@@ -1,0 +1,389 @@
+//! The uplink: drains the outbox to the cloud broker (rumqttc, QoS 1, mTLS).
+//!
+//! rumqttc keeps nothing across restarts and drops unacknowledged messages when a session is not
+//! resumed, so the outbox is the source of truth: each connection starts a fresh rumqttc event
+//! loop with a clean session, sends every record still in the outbox from the start, and deletes
+//! a record only when the broker's PUBACK for it arrives. A reconnect therefore resends whatever
+//! was in flight (at-least-once; consumers de-duplicate on `id`).
+//!
+//! rumqttc assigns packet ids inside its event loop, in the order publishes were requested, and
+//! reports each as `Outgoing::Publish(pkid)`. [`Inflight`] pairs those, in order, with the
+//! outbox keys we requested, and PUBACKs with keys by packet id.
+
+mod inflight;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, QoS,
+    TlsConfiguration, Transport,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{SharedClock, rfc3339};
+use crate::config::{CloudConfig, cloud_endpoint};
+use crate::error::{Error, Result};
+use crate::outbox::{Key, LANES, Outbox};
+use crate::pipeline::envelope;
+pub use inflight::Inflight;
+
+/// Acknowledged records are deleted in batches of this size, or every [`DELETE_EVERY`].
+const DELETE_BATCH: usize = 256;
+const DELETE_EVERY: Duration = Duration::from_millis(200);
+
+/// Connection state, for `rxgate status` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    /// No `[cloud]` configured: messages wait in the outbox.
+    Disabled = 0,
+    Connecting = 1,
+    Connected = 2,
+    /// Waiting before the next attempt.
+    Backoff = 3,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Disabled => "disabled",
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Backoff => "backoff",
+        }
+    }
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            1 => State::Connecting,
+            2 => State::Connected,
+            3 => State::Backoff,
+            _ => State::Disabled,
+        }
+    }
+}
+
+/// Shared view of the uplink's state.
+#[derive(Debug, Clone, Default)]
+pub struct Status(Arc<AtomicU8>);
+
+impl Status {
+    pub fn get(&self) -> State {
+        State::from_u8(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, state: State) {
+        self.0.store(state as u8, Ordering::Relaxed);
+        crate::metrics::uplink_state(state);
+    }
+}
+
+/// The uplink, ready to run.
+pub struct Uplink {
+    options: MqttOptions,
+    outbox: Outbox,
+    site: String,
+    clock: SharedClock,
+    window: usize,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    status: Status,
+}
+
+/// Builds the rustls client config from `[cloud]`: trust `ca_file`, present `cert_file`/`key_file`.
+fn tls_config(cloud: &CloudConfig) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &cloud.ca_file {
+        for cert in crate::tls::load_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| Error::Invalid(format!("cloud.ca_file {}: {e}", ca.display())))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Invalid(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (&cloud.cert_file, &cloud.key_file) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(crate::tls::load_certs(cert)?, crate::tls::load_key(key)?)
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "cloud.cert_file and cloud.key_file do not fit together: {e}"
+                ))
+            })?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+fn status_payload(online: bool, reason: &str, at: time::OffsetDateTime, synced: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "online": online,
+        "reason": reason,
+        "gateway_ts": rfc3339(at),
+        "clock_synced": synced,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .unwrap_or_default()
+}
+
+impl Uplink {
+    /// Prepares the connection described by `[cloud]` (reads its certificate files; no network).
+    pub fn build(
+        site: &str,
+        cloud: &CloudConfig,
+        outbox: Outbox,
+        clock: SharedClock,
+        status: Status,
+    ) -> Result<Uplink> {
+        let endpoint =
+            cloud_endpoint(&cloud.url).map_err(|e| Error::Invalid(format!("cloud.url: {e}")))?;
+        let client_id = cloud
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("rxgate-{site}"));
+        let mut options = MqttOptions::new(client_id, endpoint.host.clone(), endpoint.port);
+        options
+            .set_keep_alive(cloud.keep_alive)
+            .set_clean_session(true)
+            .set_inflight(u16::try_from(cloud.max_inflight.get()).unwrap_or(u16::MAX))
+            .set_request_channel_capacity(cloud.max_inflight.get() + 8)
+            .set_max_packet_size(256 * 1024, 1024 * 1024);
+        if endpoint.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls_config(cloud)?,
+            )));
+        }
+        Ok(Uplink {
+            options,
+            outbox,
+            site: site.to_owned(),
+            clock,
+            window: cloud.max_inflight.get(),
+            backoff_min: cloud.reconnect_min,
+            backoff_max: cloud.reconnect_max,
+            status,
+        })
+    }
+
+    /// Connects, drains the outbox, reconnects with backoff and jitter, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = self.backoff_min;
+        loop {
+            self.status.set(State::Connecting);
+            let started = tokio::time::Instant::now();
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cloud connection lost; will reconnect.");
+                    crate::metrics::uplink_disconnect();
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = self.backoff_min;
+            }
+            self.status.set(State::Backoff);
+            let wait = jitter(backoff);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(self.backoff_max);
+        }
+        self.status.set(State::Disabled);
+    }
+
+    /// One connection. `Ok` only when shutdown ended it.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), ConnectionError> {
+        // The last will is stamped when it is registered, at CONNECT: the closest the broker
+        // lets us get to the moment the connection is lost.
+        let mut options = self.options.clone();
+        options.set_last_will(LastWill::new(
+            envelope::gateway_status_topic(&self.site),
+            status_payload(
+                false,
+                "connection lost",
+                self.clock.now(),
+                self.clock.synced(),
+            ),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut events) = AsyncClient::new(options, self.window + 8);
+        let mut network = events.network_options();
+        network.set_connection_timeout(10);
+        network.set_tcp_nodelay(true);
+        events.set_network_options(network);
+
+        // Wait for CONNACK before sending anything.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                event = events.poll() => match event? {
+                    Event::Incoming(Packet::ConnAck(_)) => break,
+                    _ => continue,
+                },
+            }
+        }
+        self.status.set(State::Connected);
+        tracing::info!(broker = %self.options.broker_address().0, "Connected to the cloud broker.");
+        let status_topic = envelope::gateway_status_topic(&self.site);
+        let mut inflight = Inflight::new(self.window);
+        inflight.request(None);
+        let _ = client.try_publish(
+            status_topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            status_payload(true, "connected", self.clock.now(), self.clock.synced()),
+        );
+        let mut cursors: [Option<u64>; LANES] = [None; LANES];
+        let mut acked: Vec<Key> = Vec::new();
+        let mut flush = tokio::time::interval(DELETE_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let result = loop {
+            if let Err(e) = self.fill(&client, &mut inflight, &mut cursors) {
+                tracing::error!(error = %e, "Cannot read the outbox.");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = self.outbox.appended(), if inflight.has_room() => {}
+                _ = flush.tick() => self.delete(&mut acked).await,
+                event = events.poll() => match event {
+                    Err(e) => break Err(e),
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(key) = inflight.acked(ack.pkid) {
+                            crate::metrics::uplink_sent();
+                            acked.push(key);
+                            if acked.len() >= DELETE_BATCH {
+                                self.delete(&mut acked).await;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                },
+            }
+        };
+        self.delete(&mut acked).await;
+        if result.is_ok() {
+            // Say goodbye so subscribers see `offline` now rather than after the keep-alive.
+            let _ = client.try_publish(
+                status_topic,
+                QoS::AtLeastOnce,
+                true,
+                status_payload(false, "shutdown", self.clock.now(), self.clock.synced()),
+            );
+            // Wait for the broker to take it, then disconnect cleanly (no last will) and keep
+            // polling until the DISCONNECT is on the wire and the connection is closed.
+            // Publishes requested before it get their packet ids first.
+            let mut before = inflight.unassigned();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut status_pkid = None;
+                loop {
+                    match events.poll().await {
+                        Ok(Event::Outgoing(Outgoing::Publish(pkid))) if status_pkid.is_none() => {
+                            if before == 0 {
+                                status_pkid = Some(pkid);
+                            } else {
+                                before -= 1;
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack)))
+                            if Some(ack.pkid) == status_pkid =>
+                        {
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+                let _ = client.try_disconnect();
+                while events.poll().await.is_ok() {}
+            })
+            .await;
+        }
+        result
+    }
+
+    /// Requests publishes for the next records, highest priority lane first, up to the window.
+    fn fill(
+        &self,
+        client: &AsyncClient,
+        inflight: &mut Inflight,
+        cursors: &mut [Option<u64>; LANES],
+    ) -> Result<()> {
+        for (lane, cursor) in cursors.iter_mut().enumerate() {
+            while inflight.has_room() {
+                let records = self
+                    .outbox
+                    .read_after(lane as u8, *cursor, inflight.room())?;
+                if records.is_empty() {
+                    break;
+                }
+                for record in records {
+                    let key = record.key;
+                    match client.try_publish(
+                        record.topic,
+                        QoS::AtLeastOnce,
+                        record.retain,
+                        record.payload,
+                    ) {
+                        Ok(()) => {
+                            *cursor = Some(key.1);
+                            inflight.request(Some(key));
+                        }
+                        Err(e) => {
+                            // The request channel is full: send it on the next connection.
+                            tracing::debug!(error = %e, "Publish request not queued.");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, acked: &mut Vec<Key>) {
+        if acked.is_empty() {
+            return;
+        }
+        let keys = std::mem::take(acked);
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.delete(&keys)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Cannot delete acknowledged records; they will be sent again.")
+            }
+            Err(e) => tracing::error!(error = %e, "Outbox delete task failed."),
+        }
+    }
+}
+
+/// `base` ± 25 %, so a site's gateways do not reconnect in lockstep after a broker restart.
+fn jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    let factor = 0.75 + f64::from(byte[0]) / 255.0 * 0.5;
+    base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter_of_the_base() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(8));
+            assert!(
+                j >= Duration::from_secs(6) && j <= Duration::from_secs(10),
+                "{j:?}"
+            );
+        }
+    }
+}
