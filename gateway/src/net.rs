@@ -32,19 +32,20 @@ pub struct Limits {
 }
 
 /// Why a connection was closed before it was handed to the protocol, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dropped {
     HandshakeTimeout,
-    HandshakeFailed,
+    /// With rustls's reason (no client certificate, unknown issuer, ...).
+    HandshakeFailed(String),
     Evicted,
     TooManyFromSource,
 }
 
 impl Dropped {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Dropped::HandshakeTimeout => "handshake_timeout",
-            Dropped::HandshakeFailed => "handshake_failed",
+            Dropped::HandshakeFailed(_) => "handshake_failed",
             Dropped::Evicted => "handshake_evicted",
             Dropped::TooManyFromSource => "too_many_connections",
         }
@@ -189,7 +190,7 @@ pub async fn serve_tls<H, Fut>(
                     Err(_) => Err(Dropped::HandshakeTimeout),
                     Ok(Err(e)) => {
                         tracing::debug!(listener = name, %peer, error = %e, "TLS handshake failed.");
-                        Err(Dropped::HandshakeFailed)
+                        Err(Dropped::HandshakeFailed(e.to_string()))
                     }
                     Ok(Ok(tls)) => Ok(tls),
                 },

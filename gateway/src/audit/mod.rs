@@ -12,6 +12,8 @@
 //! Entries are written in the same store transaction as the change they record, so an action and
 //! its audit entry are durable together or not at all.
 
+mod refusals;
+
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use ring::digest;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,8 @@ use time::OffsetDateTime;
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::store::Store;
+
+pub use refusals::{Refusal, RefusalLog, Refusals};
 
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
@@ -45,6 +49,12 @@ pub enum Kind {
     EnrollRefused,
     #[serde(rename = "gateway.initialised")]
     GatewayInitialised,
+    #[serde(rename = "connection.refused")]
+    ConnectionRefused,
+    #[serde(rename = "message.refused")]
+    MessageRefused,
+    #[serde(rename = "subscription.refused")]
+    SubscriptionRefused,
 }
 
 /// One entry as stored (without its hash).

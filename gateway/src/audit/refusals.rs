@@ -1,0 +1,213 @@
+//! Recording refusals without letting a misbehaving device flood the store.
+//!
+//! Listeners report each refusal (a bad certificate, a topic outside the device's namespace, a
+//! malformed payload) through [`Refusals::record`], which never blocks. [`RefusalLog`] writes them
+//! to the audit trail once a second, folding identical refusals (same kind, device, source and
+//! reason class) into one entry with a `count`: a device sending 5 000 bad messages a second costs
+//! one audit entry a second, not 5 000 fsyncs.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Kind, Record};
+use crate::clock::SharedClock;
+use crate::store::Store;
+
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const QUEUE: usize = 4096;
+
+/// One refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: Kind,
+    pub device: Option<String>,
+    pub source: Option<IpAddr>,
+    /// Short, stable reason class: also the metric label (`topic_denied`, `bad_payload`, ...).
+    pub class: &'static str,
+    /// The full reason, for people.
+    pub reason: String,
+}
+
+/// Where listeners report refusals. Cheap to clone.
+#[derive(Clone)]
+pub struct Refusals {
+    tx: mpsc::Sender<Refusal>,
+}
+
+impl Refusals {
+    /// Counts the refusal in the metrics and queues it for the audit trail. If the queue is full
+    /// (a flood), the refusal is only counted.
+    pub fn record(&self, refusal: Refusal) {
+        tracing::info!(
+            device = refusal.device.as_deref().unwrap_or("-"),
+            source = ?refusal.source,
+            class = refusal.class,
+            reason = %refusal.reason,
+            "Refused."
+        );
+        crate::metrics::refused(refusal.class);
+        if self.tx.try_send(refusal).is_err() {
+            crate::metrics::refused("audit_queue_full");
+        }
+    }
+}
+
+/// The task writing refusals to the audit trail.
+pub struct RefusalLog {
+    rx: mpsc::Receiver<Refusal>,
+    store: Store,
+    clock: SharedClock,
+}
+
+impl RefusalLog {
+    pub fn new(store: Store, clock: SharedClock) -> (Refusals, RefusalLog) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Refusals { tx }, RefusalLog { rx, store, clock })
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: Vec<Refusal> = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.rx.recv() => match received {
+                    Some(refusal) => pending.push(refusal),
+                    None => break,
+                },
+                _ = tick.tick() => self.flush(&mut pending).await,
+            }
+        }
+        while let Ok(refusal) = self.rx.try_recv() {
+            pending.push(refusal);
+        }
+        self.flush(&mut pending).await;
+    }
+
+    async fn flush(&self, pending: &mut Vec<Refusal>) {
+        if pending.is_empty() {
+            return;
+        }
+        let batch = fold(std::mem::take(pending));
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            store.write(|txn| {
+                for (refusal, count) in batch {
+                    let mut record = Record::new(
+                        refusal.kind,
+                        refusal
+                            .device
+                            .clone()
+                            .unwrap_or_else(|| "unknown".to_owned()),
+                    )
+                    .detail(serde_json::json!({
+                        "class": refusal.class,
+                        "reason": refusal.reason,
+                        "count": count,
+                    }));
+                    if let Some(device) = refusal.device {
+                        record = record.device(device);
+                    }
+                    if let Some(source) = refusal.source {
+                        record = record.source(source);
+                    }
+                    super::append(txn, clock.now(), clock.synced(), record)?;
+                }
+                Ok(())
+            })
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Cannot write refusals to the audit trail."),
+            Err(e) => tracing::error!(error = %e, "Refusal log task failed."),
+        }
+    }
+}
+
+/// What makes two refusals "the same" for folding.
+type FoldKey = (String, Option<String>, Option<IpAddr>, &'static str);
+
+/// Folds identical refusals into (first occurrence, count), in order of first occurrence.
+fn fold(refusals: Vec<Refusal>) -> Vec<(Refusal, u64)> {
+    let mut index: BTreeMap<FoldKey, usize> = BTreeMap::new();
+    let mut out: Vec<(Refusal, u64)> = Vec::new();
+    for refusal in refusals {
+        let key = (
+            format!("{:?}", refusal.kind),
+            refusal.device.clone(),
+            refusal.source,
+            refusal.class,
+        );
+        match index.get(&key) {
+            Some(&i) => out[i].1 += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push((refusal, 1));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(device: &str, class: &'static str) -> Refusal {
+        Refusal {
+            kind: Kind::MessageRefused,
+            device: Some(device.to_owned()),
+            source: None,
+            class,
+            reason: format!("{class} from {device}"),
+        }
+    }
+
+    #[test]
+    fn identical_refusals_fold_into_one_entry_with_a_count() {
+        let folded = fold(vec![
+            refusal("a", "bad_payload"),
+            refusal("b", "bad_payload"),
+            refusal("a", "bad_payload"),
+            refusal("a", "topic_denied"),
+            refusal("a", "bad_payload"),
+        ]);
+        let summary: Vec<_> = folded
+            .iter()
+            .map(|(r, n)| (r.device.as_deref().unwrap(), r.class, *n))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("a", "bad_payload", 3),
+                ("b", "bad_payload", 1),
+                ("a", "topic_denied", 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_refusals_becomes_a_few_audit_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.redb")).unwrap();
+        let clock = crate::clock::ManualClock::new(time::OffsetDateTime::UNIX_EPOCH, true);
+        let (refusals, log) = RefusalLog::new(store.clone(), clock);
+        let shutdown = CancellationToken::new();
+        for _ in 0..1000 {
+            refusals.record(refusal("flooder", "bad_payload"));
+        }
+        shutdown.cancel();
+        log.run(shutdown).await;
+        let entries = super::super::entries(&store, 1, 100).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].detail["count"], 1000);
+        assert_eq!(entries[0].kind, Kind::MessageRefused);
+    }
+}

@@ -1,0 +1,243 @@
+//! Device-facing MQTT on `[mqtt].listen`: TLS with gateway-issued client certificates only.
+//!
+//! rxgate terminates TLS itself (rumqttd 0.20 loads no CRL, handshakes inside its accept loop
+//! with no timeout, has no per-topic ACL and its auth hook never sees the certificate; see
+//! DESIGN.md). Each authenticated session is relayed to an embedded rumqttd on a loopback port
+//! that only rxgate can log in to (a random password made at start-up). On the way, rxgate:
+//! - binds identity: the CONNECT client id must be the certificate's device id;
+//! - confines the device to `devices/<id>/` for PUBLISH, SUBSCRIBE and its last will;
+//! - takes telemetry and events off the relay, makes them durable through the pipeline and only
+//!   then acknowledges them itself (rumqttd gets a QoS 0 copy for local subscribers);
+//! - drops the session the moment the device is revoked.
+//!
+//! Everything else (subscriptions, retained messages, deliveries to the device) is rumqttd's.
+
+mod acl;
+pub mod payload;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Kind, Refusal, Refusals};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::net::{self, Dropped, Limits};
+use crate::pipeline::Ingest;
+use crate::pki::GatewayPki;
+use crate::registry::Registry;
+use crate::tls::{DeviceCertVerifier, server_config};
+
+pub use acl::{Denied, PublishKind};
+
+/// Largest MQTT packet accepted from a device.
+const MAX_PACKET: usize = 256 * 1024;
+/// User name rxgate logs in to the embedded broker with.
+const RELAY_USER: &str = "rxgate-relay";
+
+/// Settings every session shares.
+pub(crate) struct Shared {
+    pub registry: Registry,
+    pub ingest: Ingest,
+    pub refusals: Refusals,
+    pub site: String,
+    pub relay: SocketAddr,
+    pub relay_password: String,
+    pub connect_timeout: Duration,
+    /// Session generation per device: only the newest session of a device reports it offline.
+    pub sessions: Mutex<HashMap<String, u64>>,
+}
+
+/// The device MQTT listener and its embedded broker, ready to run.
+pub struct DeviceBroker {
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    limits: Limits,
+    shared: Arc<Shared>,
+}
+
+fn random_password() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| Error::Invalid("the system random number generator failed".to_owned()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A free loopback port for the embedded broker (rumqttd binds by address, inside its own
+/// thread, and cannot report an ephemeral port back).
+fn free_loopback_port() -> Result<SocketAddr> {
+    let probe = StdTcpListener::bind(("127.0.0.1", 0)).map_err(|source| Error::Io {
+        action: "cannot find a loopback port for",
+        path: "the embedded broker".into(),
+        source,
+    })?;
+    probe.local_addr().map_err(|source| Error::Io {
+        action: "cannot read the address of",
+        path: "the embedded broker probe".into(),
+        source,
+    })
+}
+
+/// rumqttd settings sized for a Raspberry Pi.
+fn relay_config(listen: SocketAddr, password: &str, max_connections: usize) -> rumqttd::Config {
+    let mut auth = HashMap::new();
+    auth.insert(RELAY_USER.to_owned(), password.to_owned());
+    let server = rumqttd::ServerSettings {
+        name: "rxgate-relay".to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: MAX_PACKET,
+            max_inflight_count: 64,
+            auth: Some(auth),
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let mut v4 = HashMap::new();
+    v4.insert("relay".to_owned(), server);
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: max_connections + 16,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 4,
+            ..Default::default()
+        },
+        v4: Some(v4),
+        ..Default::default()
+    }
+}
+
+impl DeviceBroker {
+    /// Starts the embedded broker on loopback and binds `[mqtt].listen`.
+    pub async fn build(
+        config: &Config,
+        registry: Registry,
+        pki: &GatewayPki,
+        ingest: Ingest,
+        refusals: Refusals,
+    ) -> Result<DeviceBroker> {
+        let listener = TcpListener::bind(config.mqtt.listen)
+            .await
+            .map_err(|source| Error::Io {
+                action: "cannot listen for device MQTT on",
+                path: config.mqtt.listen.to_string().into(),
+                source,
+            })?;
+        let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), true)?;
+        let tls = server_config(
+            pki.server_chain.clone(),
+            pki.server_key.clone_key(),
+            verifier,
+            &[b"mqtt"],
+        )?;
+        let m = &config.mqtt;
+
+        let password = random_password()?;
+        let relay = free_loopback_port()?;
+        let mut broker =
+            rumqttd::Broker::new(relay_config(relay, &password, m.max_connections.get()));
+        std::thread::Builder::new()
+            .name("rumqttd".to_owned())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "The embedded broker stopped.");
+                }
+            })
+            .map_err(|source| Error::Io {
+                action: "cannot start a thread for",
+                path: "the embedded broker".into(),
+                source,
+            })?;
+        wait_for(relay).await?;
+
+        Ok(DeviceBroker {
+            listener,
+            acceptor: TlsAcceptor::from(tls),
+            limits: Limits {
+                handshake_timeout: m.handshake_timeout,
+                max_pending_handshakes: m.max_pending_handshakes.get(),
+                max_pending_per_source: m.max_pending_handshakes.get().div_ceil(2),
+                max_connections: m.max_connections.get(),
+                max_connections_per_source: m.max_connections_per_source.get(),
+            },
+            shared: Arc::new(Shared {
+                registry,
+                ingest,
+                refusals,
+                site: config.gateway.site.clone(),
+                relay,
+                relay_password: password,
+                connect_timeout: m.connect_timeout,
+                sessions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|source| Error::Io {
+            action: "cannot read the address of",
+            path: "the device MQTT listener".into(),
+            source,
+        })
+    }
+
+    /// Serves devices until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let refusals = self.shared.refusals.clone();
+        let shared = self.shared.clone();
+        let session_shutdown = shutdown.clone();
+        net::serve_tls(
+            "mqtt",
+            self.listener,
+            self.acceptor,
+            self.limits,
+            shutdown,
+            move |peer, why| match why {
+                Dropped::HandshakeFailed(reason) => refusals.record(Refusal {
+                    kind: Kind::ConnectionRefused,
+                    device: None,
+                    source: Some(peer.ip()),
+                    class: "tls_handshake",
+                    reason: format!("TLS handshake failed: {reason}"),
+                }),
+                other => {
+                    crate::metrics::refused(other.as_str());
+                    tracing::debug!(%peer, reason = other.as_str(), "Device connection dropped.");
+                }
+            },
+            move |tls, peer| session::serve(shared.clone(), tls, peer, session_shutdown.clone()),
+        )
+        .await;
+    }
+}
+
+/// Waits until the embedded broker accepts connections.
+async fn wait_for(addr: SocketAddr) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => return Ok(()),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "the embedded broker did not start on",
+                    path: addr.to_string().into(),
+                    source,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The device payload contract (`docs/device-contract.md`), parsed strictly: a malformed message
+//! is refused with a reason the device's developer can act on.
+//!
+//! - `devices/<id>/telemetry`: `{"ts": RFC 3339 (optional), "points": {"name": number | bool}}`
+//! - `devices/<id>/events`: a JSON object with a string `type` and an optional RFC 3339 `ts`;
+//!   its fields are checked by the policy engine.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::pipeline::{Point, Quality, Value};
+
+/// Largest payload accepted on `telemetry` or `events`.
+pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// Most points in one telemetry message.
+pub const MAX_POINTS: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    ts: Option<String>,
+    points: BTreeMap<String, serde_json::Value>,
+}
+
+/// A parsed telemetry message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    pub ts: Option<OffsetDateTime>,
+    pub points: BTreeMap<String, Point>,
+}
+
+/// A parsed event message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub ts: Option<OffsetDateTime>,
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+fn is_point_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn parse_ts(ts: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(ts, &Rfc3339)
+        .map_err(|e| format!("\"ts\" {ts:?} is not an RFC 3339 timestamp: {e}"))
+}
+
+fn check_size(payload: &[u8]) -> Result<(), String> {
+    if payload.len() > MAX_PAYLOAD {
+        return Err(format!(
+            "payload of {} bytes is over the {MAX_PAYLOAD}-byte limit",
+            payload.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a telemetry payload.
+pub fn telemetry(payload: &[u8]) -> Result<Telemetry, String> {
+    check_size(payload)?;
+    let raw: RawTelemetry =
+        serde_json::from_slice(payload).map_err(|e| format!("not a telemetry message: {e}"))?;
+    if raw.points.is_empty() {
+        return Err("\"points\" is empty; send at least one point".to_owned());
+    }
+    if raw.points.len() > MAX_POINTS {
+        return Err(format!(
+            "{} points in one message; at most {MAX_POINTS}",
+            raw.points.len()
+        ));
+    }
+    let mut points = BTreeMap::new();
+    for (name, value) in raw.points {
+        if !is_point_name(&name) {
+            return Err(format!(
+                "point name {name:?} must be 1-64 letters, digits, '_', '.' or '-'"
+            ));
+        }
+        let value = match value {
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if f.is_finite() => Value::Number(f),
+                _ => return Err(format!("point {name:?}: {n} is not a finite number")),
+            },
+            other => {
+                return Err(format!(
+                    "point {name:?}: {other} is neither a number nor a boolean"
+                ));
+            }
+        };
+        points.insert(
+            name,
+            Point {
+                value: Some(value),
+                unit: None,
+                quality: Quality::Good,
+            },
+        );
+    }
+    let ts = raw.ts.as_deref().map(parse_ts).transpose()?;
+    Ok(Telemetry { ts, points })
+}
+
+/// Parses an event payload (its fields are the policy engine's business).
+pub fn event(payload: &[u8]) -> Result<Event, String> {
+    check_size(payload)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
+    let serde_json::Value::Object(body) = value else {
+        return Err("an event must be a JSON object".to_owned());
+    };
+    match body.get("type") {
+        Some(serde_json::Value::String(_)) => {}
+        Some(other) => return Err(format!("\"type\" must be a string, not {other}")),
+        None => return Err("an event needs a \"type\"".to_owned()),
+    }
+    let ts = match body.get("ts") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(ts)) => Some(parse_ts(ts)?),
+        Some(other) => return Err(format!("\"ts\" must be an RFC 3339 string, not {other}")),
+    };
+    Ok(Event { ts, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn a_telemetry_message_parses_into_good_points() {
+        let t = telemetry(
+            br#"{"ts":"2026-05-01T08:00:00Z","points":{"temperature_c":4.5,"door_open":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.ts, Some(time::macros::datetime!(2026-05-01 08:00 UTC)));
+        assert_eq!(t.points["temperature_c"].value, Some(Value::Number(4.5)));
+        assert_eq!(t.points["door_open"].value, Some(Value::Bool(false)));
+        assert!(telemetry(br#"{"points":{"t":1}}"#).unwrap().ts.is_none());
+    }
+
+    #[test]
+    fn malformed_telemetry_is_refused_with_a_reason_naming_the_problem() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"not json", "not a telemetry message"),
+            (br#"{"points":{}}"#, "empty"),
+            (
+                br#"{"points":{"t":"4.5"}}"#,
+                "neither a number nor a boolean",
+            ),
+            (
+                br#"{"points":{"t":null}}"#,
+                "neither a number nor a boolean",
+            ),
+            (br#"{"points":{"bad name":1}}"#, "point name"),
+            (br#"{"ts":"yesterday","points":{"t":1}}"#, "RFC 3339"),
+            (
+                br#"{"points":{"t":1},"extra":true}"#,
+                "unknown field `extra`",
+            ),
+            (br#"{"pts":{"t":1}}"#, "unknown field `pts`"),
+            (br#"[1,2]"#, "not a telemetry message"),
+        ];
+        for (payload, expected) in cases {
+            let err = telemetry(payload).unwrap_err();
+            assert!(
+                err.contains(expected),
+                "{}: {err}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_payloads_and_too_many_points_are_refused() {
+        let big = vec![b' '; MAX_PAYLOAD + 1];
+        assert!(telemetry(&big).unwrap_err().contains("limit"));
+        let many: String = (0..=MAX_POINTS)
+            .map(|i| format!("\"p{i}\":1"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(
+            telemetry(format!("{{\"points\":{{{many}}}}}").as_bytes())
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
+
+    #[test]
+    fn an_event_needs_a_string_type_and_a_valid_ts() {
+        let e = event(br#"{"type":"access","action":"remove","ts":"2026-05-01T08:00:00+02:00"}"#)
+            .unwrap();
+        assert_eq!(e.body["action"], "remove");
+        assert!(e.ts.is_some());
+        assert!(
+            event(br#"{"action":"remove"}"#)
+                .unwrap_err()
+                .contains("needs a \"type\"")
+        );
+        assert!(
+            event(br#"{"type":3}"#)
+                .unwrap_err()
+                .contains("must be a string")
+        );
+        assert!(event(br#""access""#).unwrap_err().contains("JSON object"));
+        assert!(
+            event(br#"{"type":"access","ts":12}"#)
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+    }
+
+    proptest! {
+        /// Property-based fuzzing of the device payload parsers: any bytes give Ok or a reason,
+        /// never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_payload_parsers(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = telemetry(&bytes);
+            let _ = event(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_json_shaped_input_never_panics(s in r#"\{("(ts|points|type|x)":(\{("[a-z ]{0,3}":(-?[0-9]{1,3}(\.[0-9])?|true|null|"x"),?){0,3}\}|"[0-9TZ:-]{0,20}"|[0-9]+),?){0,3}\}"#) {
+            let _ = telemetry(s.as_bytes());
+            let _ = event(s.as_bytes());
+        }
+    }
+}
