@@ -5,8 +5,10 @@
 //! config file itself ([`Config::load`]). [`Config::check`] collects *every* problem, each naming
 //! its key and the offending value, so `rxgate config check` can print them all at once.
 
+mod devices;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -15,6 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use devices::{
+    DataType, DeviceConfig, Function, ModelFile, Parity, RegisterConfig, Transport, WordOrder,
+};
 pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint};
 
 /// Where the CLI looks for the config when `--config` is not given.
@@ -34,6 +39,15 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The cloud broker; without it events wait in the outbox.
     pub cloud: Option<CloudConfig>,
+    /// The durable queue of messages for the cloud.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    /// Prometheus metrics and health endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Per-device settings, by device id: Modbus polling, cold-chain limits.
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceConfig>,
 }
 
 /// `[gateway]`
@@ -108,6 +122,22 @@ pub struct MqttConfig {
     /// Address of the device-facing MQTT listener (TLS with client certificates only).
     #[serde(default = "defaults::mqtt_listen")]
     pub listen: SocketAddr,
+    /// Time a device has to complete the TLS handshake.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Time a device has, after the handshake, to send its MQTT CONNECT.
+    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// TLS handshakes in progress at once; beyond it the oldest is dropped (a silent
+    /// connection cannot keep a real device out).
+    #[serde(default = "defaults::max_pending_handshakes")]
+    pub max_pending_handshakes: NonZeroUsize,
+    /// Device sessions at once.
+    #[serde(default = "defaults::mqtt_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// Device sessions from one source address at once.
+    #[serde(default = "defaults::mqtt_max_per_source")]
+    pub max_connections_per_source: NonZeroUsize,
 }
 
 /// `[cloud]`
@@ -122,6 +152,46 @@ pub struct CloudConfig {
     pub cert_file: Option<PathBuf>,
     /// Private key for `cert_file` (PEM, PKCS#8 or SEC1).
     pub key_file: Option<PathBuf>,
+    /// MQTT client id (default `rxgate-<site>`).
+    pub client_id: Option<String>,
+    /// MQTT keep-alive interval.
+    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Messages sent but not yet acknowledged by the broker, at most.
+    #[serde(default = "defaults::max_inflight")]
+    pub max_inflight: NonZeroUsize,
+    /// First wait before reconnecting after a failure; doubles up to `reconnect_max`.
+    #[serde(default = "defaults::reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts.
+    #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+/// `[outbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Space the outbox may use, in MiB. When it is full new messages are refused (devices
+    /// resend later); nothing already accepted is dropped.
+    #[serde(default = "defaults::outbox_max_mib")]
+    pub max_mib: NonZeroU32,
+    /// Messages written together in one durable commit, at most.
+    #[serde(default = "defaults::batch_max")]
+    pub batch_max: NonZeroUsize,
+    /// Longest a message waits for its batch to fill before it is committed.
+    #[serde(default = "defaults::batch_delay", with = "humantime_serde")]
+    pub batch_delay: Duration,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the plain-HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
+    /// Loopback by default: put it on the LAN only behind a firewall you trust.
+    #[serde(default = "defaults::metrics_listen")]
+    pub listen: SocketAddr,
 }
 
 /// Defaults live here, in one place.
@@ -170,6 +240,39 @@ mod defaults {
     pub fn max_connections() -> NonZeroUsize {
         NonZeroUsize::new(64).expect("64 is not zero")
     }
+    pub fn max_pending_handshakes() -> NonZeroUsize {
+        NonZeroUsize::new(256).expect("256 is not zero")
+    }
+    pub fn mqtt_max_connections() -> NonZeroUsize {
+        NonZeroUsize::new(512).expect("512 is not zero")
+    }
+    pub fn mqtt_max_per_source() -> NonZeroUsize {
+        NonZeroUsize::new(128).expect("128 is not zero")
+    }
+    pub fn keep_alive() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_inflight() -> NonZeroUsize {
+        NonZeroUsize::new(64).expect("64 is not zero")
+    }
+    pub fn reconnect_min() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn reconnect_max() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn outbox_max_mib() -> NonZeroU32 {
+        NonZeroU32::new(1024).expect("1024 is not zero")
+    }
+    pub fn batch_max() -> NonZeroUsize {
+        NonZeroUsize::new(256).expect("256 is not zero")
+    }
+    pub fn batch_delay() -> Duration {
+        Duration::from_millis(20)
+    }
+    pub fn metrics_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9880))
+    }
 }
 
 impl Default for EnrollConfig {
@@ -190,10 +293,33 @@ impl Default for EnrollConfig {
     }
 }
 
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_mib: defaults::outbox_max_mib(),
+            batch_max: defaults::batch_max(),
+            batch_delay: defaults::batch_delay(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: defaults::metrics_listen(),
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             listen: defaults::mqtt_listen(),
+            handshake_timeout: defaults::handshake_timeout(),
+            connect_timeout: defaults::handshake_timeout(),
+            max_pending_handshakes: defaults::max_pending_handshakes(),
+            max_connections: defaults::mqtt_max_connections(),
+            max_connections_per_source: defaults::mqtt_max_per_source(),
         }
     }
 }
@@ -248,8 +374,14 @@ impl Config {
                 listen: loopback,
                 ..EnrollConfig::default()
             },
-            mqtt: MqttConfig { listen: loopback },
+            mqtt: MqttConfig {
+                listen: loopback,
+                ..MqttConfig::default()
+            },
             cloud: None,
+            outbox: OutboxConfig::default(),
+            metrics: MetricsConfig { listen: loopback },
+            devices: BTreeMap::new(),
         }
     }
 }

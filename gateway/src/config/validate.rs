@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::{CloudConfig, Config, EnrollConfig, GatewayConfig, MqttConfig};
+use super::{
+    CloudConfig, Config, DeviceConfig, EnrollConfig, GatewayConfig, MetricsConfig, MqttConfig,
+    OutboxConfig,
+};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +114,13 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let enroll = section::<EnrollConfig>(&mut table, "enroll", &mut errors);
     let mqtt = section::<MqttConfig>(&mut table, "mqtt", &mut errors);
     let cloud = section::<CloudConfig>(&mut table, "cloud", &mut errors);
+    let outbox = section::<OutboxConfig>(&mut table, "outbox", &mut errors);
+    let metrics = section::<MetricsConfig>(&mut table, "metrics", &mut errors);
+    let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -123,8 +129,14 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
             "missing section; at least `[gateway]` with `site = \"...\"` is required",
         ));
     }
-    let (Some(Some(mut gateway)), Some(enroll), Some(mqtt), Some(mut cloud)) =
-        (gateway, enroll, mqtt, cloud)
+    let (
+        Some(Some(mut gateway)),
+        Some(enroll),
+        Some(mqtt),
+        Some(mut cloud),
+        Some(outbox),
+        Some(metrics),
+    ) = (gateway, enroll, mqtt, cloud, outbox, metrics)
     else {
         return Err(ConfigErrors(errors));
     };
@@ -149,7 +161,48 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         enroll: enroll.unwrap_or_default(),
         mqtt: mqtt.unwrap_or_default(),
         cloud,
+        outbox: outbox.unwrap_or_default(),
+        metrics: metrics.unwrap_or_default(),
+        devices,
     })
+}
+
+/// Each device on its own, so errors name `devices.<id>`.
+fn parse_devices(
+    table: &mut toml::Table,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> std::collections::BTreeMap<String, DeviceConfig> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(value) = table.remove("devices") else {
+        return out;
+    };
+    let toml::Value::Table(devices) = value else {
+        errors.push(ConfigError::section(
+            "devices",
+            "must be a table of `[devices.<id>]` sections",
+        ));
+        return out;
+    };
+    for (id, device) in devices {
+        let key = format!("devices.{id}");
+        match device.try_into::<DeviceConfig>() {
+            Ok(mut device) => {
+                for path in [&mut device.model, &mut device.ca_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    *path = base.join(&*path);
+                }
+                out.insert(id, device);
+            }
+            Err(e) => errors.push(ConfigError::section(
+                &key,
+                e.message().trim_end().to_owned(),
+            )),
+        }
+    }
+    out
 }
 
 /// Site ids and device ids share one alphabet: they appear in topics, URIs and file names.
@@ -283,6 +336,25 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     if let Some(cloud) = &config.cloud {
         check_cloud(cloud, &mut errors);
     }
+    let o = &config.outbox;
+    duration_within(
+        &mut errors,
+        "outbox.batch_delay",
+        o.batch_delay,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    if o.batch_max.get() > 10_000 {
+        errors.push(ConfigError::new(
+            "outbox.batch_max",
+            o.batch_max,
+            "must be at most 10000",
+        ));
+    }
+    for (id, device) in &config.devices {
+        super::devices::check_device(id, device, &mut errors);
+    }
+    super::devices::check_serial_buses(&config.devices, &mut errors);
 
     if errors.is_empty() {
         Ok(())
@@ -302,6 +374,34 @@ fn check_cloud(cloud: &CloudConfig, errors: &mut Vec<ConfigError>) {
                 ));
             }
         }
+    }
+    duration_within(
+        errors,
+        "cloud.keep_alive",
+        cloud.keep_alive,
+        Duration::from_secs(5),
+        Duration::from_secs(3600),
+    );
+    duration_within(
+        errors,
+        "cloud.reconnect_min",
+        cloud.reconnect_min,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    duration_within(
+        errors,
+        "cloud.reconnect_max",
+        cloud.reconnect_max,
+        cloud.reconnect_min,
+        Duration::from_secs(3600),
+    );
+    if cloud.max_inflight.get() > 1000 {
+        errors.push(ConfigError::new(
+            "cloud.max_inflight",
+            cloud.max_inflight,
+            "must be at most 1000",
+        ));
     }
     if cloud.cert_file.is_some() != cloud.key_file.is_some() {
         errors.push(ConfigError::section(
