@@ -1,6 +1,7 @@
 //! `rxgate-sim`: simulated pharmacy devices. This file only parses arguments and calls the
 //! library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rxgate_certs::KeyAlg;
 use rxgate_sim::est::{self, EnrollOptions, RenewOptions, RenewOutcome, Trust};
+use rxgate_sim::fridge::{FridgeOptions, FridgeSim, ScheduledFault, TlsOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +81,54 @@ enum Command {
         /// The limit for each request.
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Simulate a medication fridge (ACME FR-400 register map, config/devices/acme-fr400.toml)
+    /// serving Modbus/TCP, Modbus/TCP Security and/or RTU on a pseudo-terminal. Prints one line
+    /// `ready tcp=ADDR tls=ADDR rtu=PATH` on stdout once serving, then runs until Ctrl-C.
+    Fridge {
+        /// Serve Modbus/TCP here (port 0: any free port). Default 127.0.0.1:1502 when neither
+        /// --tls nor --rtu is given.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<SocketAddr>,
+        /// Serve Modbus/TCP Security (TLS) here; needs --cert and --key.
+        #[arg(long, value_name = "ADDR", requires_all = ["cert", "key"])]
+        tls: Option<SocketAddr>,
+        /// The fridge's TLS certificate chain (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// The key of --cert (PEM).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Require client certificates issued by this CA (PEM): mutual TLS, as Modbus/TCP
+        /// Security asks.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
+        /// Serve Modbus RTU on a new pseudo-terminal (its path is printed).
+        #[arg(long)]
+        rtu: bool,
+        /// Unit id answered on RTU.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// Simulated seconds per real second (60: an hour passes in a minute; 0 freezes).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Thermostat setpoint, °C.
+        #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+        setpoint: f64,
+        /// Room temperature, °C.
+        #[arg(long, default_value_t = 22.0, allow_negative_numbers = true)]
+        ambient: f64,
+        /// Temperature at start, °C (default: the setpoint).
+        #[arg(long, allow_negative_numbers = true)]
+        initial: Option<f64>,
+        /// Inject a fault: NAME@START[+DURATION] in simulated time, NAME one of
+        /// compressor-failure, power-cut, sensor-fault, comms-loss, door-open. Repeatable, like
+        /// --fault compressor-failure@60s --fault comms-loss@30s+20s.
+        #[arg(long = "fault", value_name = "SPEC")]
+        faults: Vec<ScheduledFault>,
+        /// Open the door for 30 s this often (simulated time), like 20m.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        door_every: Option<Duration>,
     },
 }
 
@@ -242,6 +292,67 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     rfc3339(not_after)
                 ),
             }
+        }
+        Command::Fridge {
+            tcp,
+            tls,
+            cert,
+            key,
+            ca,
+            rtu,
+            unit,
+            speed,
+            setpoint,
+            ambient,
+            initial,
+            faults,
+            door_every,
+        } => {
+            let tls = match (tls, cert, key) {
+                (Some(listen), Some(cert), Some(key)) => {
+                    Some(TlsOptions::from_files(listen, &cert, &key, ca.as_deref())?)
+                }
+                _ => None,
+            };
+            let tcp = match tcp {
+                None if tls.is_none() && !rtu => Some(SocketAddr::from(([127, 0, 0, 1], 1502))),
+                other => other,
+            };
+            let fridge = FridgeSim::start(FridgeOptions {
+                tcp,
+                tls,
+                rtu,
+                unit,
+                speed,
+                setpoint_c: setpoint,
+                ambient_c: ambient,
+                initial_c: initial,
+                schedule: faults,
+                door_every,
+                ..FridgeOptions::default()
+            })
+            .await
+            .context("cannot start the simulated fridge")?;
+            println!("{}", fridge.ready_line());
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let mut report = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = report.tick() => {
+                        let f = fridge.snapshot();
+                        tracing::info!(
+                            sim_time = %humantime::format_duration(Duration::from_secs(f.sim_time_s as u64)),
+                            temperature_c = format_args!("{:.1}", f.temperature_c),
+                            compressor = f.compressor_relay,
+                            door_open = f.door_open(),
+                            faults = f.fault_mask(),
+                            "Fridge."
+                        );
+                    }
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            fridge.stop().await;
         }
     }
     Ok(())
