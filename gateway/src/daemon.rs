@@ -8,22 +8,40 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminServer};
+use crate::audit::RefusalLog;
+use crate::broker::DeviceBroker;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::enroll::EnrollServer;
 use crate::error::Result;
+use crate::metrics::MetricsServer;
+use crate::modbus::{ModbusPoller, ModbusTlsIdentity};
+use crate::outbox::Outbox;
+use crate::pipeline::{Ingest, Pipeline};
 use crate::pki::GatewayPki;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::uplink::{self, Uplink};
 
 /// Time components get to finish after shutdown is signalled.
 pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Submissions waiting for the pipeline, at most; beyond it intakes wait (back-pressure).
+const INGEST_QUEUE: usize = 1024;
 
 /// A gateway whose listeners are bound and whose store is open: ready to run.
 pub struct Gateway {
     admin: AdminServer,
     enroll: EnrollServer,
+    broker: DeviceBroker,
+    modbus: ModbusPoller,
+    pipeline: Pipeline,
+    refusal_log: RefusalLog,
+    uplink: Option<Uplink>,
+    metrics: MetricsServer,
     registry: Registry,
+    outbox: Outbox,
+    ingest: Ingest,
     addresses: Vec<(String, SocketAddr)>,
 }
 
@@ -34,9 +52,54 @@ impl Gateway {
         let paths = config.paths();
         let store = open_store(&paths.store()).await?;
         let pki = GatewayPki::load(config, clock.as_ref())?;
-        let registry = Registry::new(store, clock);
+        let registry = Registry::new(store.clone(), clock.clone());
+        let outbox = Outbox::open(
+            store.clone(),
+            u64::from(config.outbox.max_mib.get()) * 1024 * 1024,
+        )?;
+        let (ingest, submissions) = Ingest::channel(INGEST_QUEUE, clock.clone());
+        let pipeline = Pipeline::new(
+            submissions,
+            outbox.clone(),
+            &config.gateway.site,
+            config.outbox.batch_max.get(),
+            config.outbox.batch_delay,
+        );
+        let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
         let enroll = EnrollServer::build(config, registry.clone(), &pki).await?;
-        let addresses = vec![("enroll".to_owned(), enroll.local_addr()?)];
+        let broker =
+            DeviceBroker::build(config, registry.clone(), &pki, ingest.clone(), refusals).await?;
+        let modbus = ModbusPoller::build(
+            config,
+            ingest.clone(),
+            Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
+        )?;
+        let uplink_status = uplink::Status::default();
+        let uplink = match &config.cloud {
+            Some(cloud) => Some(Uplink::build(
+                &config.gateway.site,
+                cloud,
+                outbox.clone(),
+                clock.clone(),
+                uplink_status.clone(),
+            )?),
+            None => {
+                tracing::warn!("No [cloud] configured: messages wait in the outbox.");
+                None
+            }
+        };
+        let metrics = MetricsServer::build(
+            config.metrics.listen,
+            outbox.clone(),
+            uplink_status,
+            clock.clone(),
+        )
+        .await?;
+        let addresses = vec![
+            ("enroll".to_owned(), enroll.local_addr()?),
+            ("mqtt".to_owned(), broker.local_addr()?),
+            ("metrics".to_owned(), metrics.local_addr()?),
+        ];
         let context = admin::Context {
             registry: registry.clone(),
             site: config.gateway.site.clone(),
@@ -51,7 +114,15 @@ impl Gateway {
         Ok(Gateway {
             admin,
             enroll,
+            broker,
+            modbus,
+            pipeline,
+            refusal_log,
+            uplink,
+            metrics,
             registry,
+            outbox,
+            ingest,
             addresses,
         })
     }
@@ -65,18 +136,55 @@ impl Gateway {
         &self.registry
     }
 
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Where intakes submit (for in-process tools like the demo).
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
     /// Runs until `shutdown` fires, then waits up to [`GRACE`] for every task to end.
+    ///
+    /// Intakes stop first (they feed the pipeline), then the pipeline drains what it holds,
+    /// then the uplink and the logs.
     pub async fn run(self, shutdown: CancellationToken) {
-        let tasks = TaskTracker::new();
+        let intakes = CancellationToken::new();
+        let core = CancellationToken::new();
+        let intake_tasks = TaskTracker::new();
+        let core_tasks = TaskTracker::new();
         for (name, addr) in &self.addresses {
             tracing::info!(listener = %name, %addr, "Listening.");
         }
-        tasks.spawn(self.enroll.run(shutdown.clone()));
-        tasks.spawn(self.admin.run(shutdown.clone()));
-        tasks.close();
+        intake_tasks.spawn(self.enroll.run(intakes.clone()));
+        intake_tasks.spawn(self.broker.run(intakes.clone()));
+        intake_tasks.spawn(self.modbus.run(intakes.clone()));
+        intake_tasks.spawn(self.admin.run(intakes.clone()));
+        intake_tasks.close();
+        core_tasks.spawn(self.pipeline.run(core.clone()));
+        core_tasks.spawn(self.refusal_log.run(core.clone()));
+        core_tasks.spawn(self.metrics.run(core.clone()));
+        if let Some(uplink) = self.uplink {
+            core_tasks.spawn(uplink.run(core.clone()));
+        }
+        core_tasks.close();
+
         shutdown.cancelled().await;
         tracing::info!("Shutting down.");
-        if tokio::time::timeout(GRACE, tasks.wait()).await.is_err() {
+        let deadline = tokio::time::Instant::now() + GRACE;
+        intakes.cancel();
+        if tokio::time::timeout_at(deadline, intake_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Some connections did not close in time.");
+        }
+        core.cancel();
+        if tokio::time::timeout_at(deadline, core_tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(grace = ?GRACE, "Some tasks did not stop in time.");
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -14,11 +15,16 @@ pub mod demo;
 pub mod enroll;
 pub mod error;
 pub mod logging;
+pub mod metrics;
+pub mod modbus;
 pub mod net;
+pub mod outbox;
 pub mod paths;
+pub mod pipeline;
 pub mod pki;
 pub mod registry;
 pub mod store;
 pub mod tls;
+pub mod uplink;
 
 pub use error::{Error, Result};

@@ -4,8 +4,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `default` applies when `RUST_LOG` is unset.
 pub fn init(default: &str) {
+    // The embedded broker logs every relay connection at info: keep it to warnings.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(default))
+        .or_else(|_| EnvFilter::try_new(format!("rumqttd=warn,{default}")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 pub use tempfile::TempDir;
 
+pub mod cloud;
+
 /// Path of a workspace binary, built (once per test process) if needed, in the same profile as
 /// the running test.
 pub fn bin(name: &str) -> PathBuf {
@@ -98,6 +100,10 @@ pub struct Gateway {
     pub child: Option<Child>,
     /// EST listener.
     pub enroll: SocketAddr,
+    /// Device MQTT listener.
+    pub mqtt: SocketAddr,
+    /// Metrics and health endpoint.
+    pub metrics: SocketAddr,
 }
 
 /// The default test config (loopback, ephemeral ports, trusted clock) with `extra` (TOML) merged
@@ -105,7 +111,8 @@ pub struct Gateway {
 pub fn config_text(site: &str, extra: &str) -> String {
     let base = format!(
         "[gateway]\nsite = \"{site}\"\ndata_dir = \"data\"\nassume_clock_synced = true\n\
-         [enroll]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n"
+         [enroll]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [outbox]\nbatch_delay = \"5ms\"\n"
     );
     let mut base: toml::Table = base.parse().expect("base config");
     let extra: toml::Table = extra
@@ -142,6 +149,8 @@ impl Gateway {
             config,
             child: None,
             enroll: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let output = gateway.cli(&[&["init"], init_args].concat());
         assert!(
@@ -197,8 +206,11 @@ impl Gateway {
                 .unwrap_or_default()
                 .parse()
                 .expect("listener address");
-            if name == "enroll" {
-                self.enroll = addr;
+            match name {
+                "enroll" => self.enroll = addr,
+                "mqtt" => self.mqtt = addr,
+                "metrics" => self.metrics = addr,
+                _ => {}
             }
         }
     }
@@ -252,6 +264,53 @@ impl Gateway {
 
     pub fn ca_cert(&self) -> PathBuf {
         self.data_dir().join("ca/ca.crt")
+    }
+
+    /// Enrolls `device` with `rxgate-sim enroll` (the gateway must be running); returns the folder
+    /// holding `device.key`, `device.crt` and `ca.crt`.
+    pub fn enroll_with_sim(&self, device: &str, kind: &str) -> PathBuf {
+        let token = self.token(device, kind);
+        let out = self.path(&format!("sim-{device}"));
+        let output = run(Command::new(bin("rxgate-sim"))
+            .args([
+                "enroll",
+                "--est",
+                &self.est_url(),
+                "--device",
+                device,
+                "--token",
+                &token,
+                "--out",
+            ])
+            .arg(&out)
+            .arg("--ca")
+            .arg(self.ca_cert()));
+        assert!(
+            output.status.success(),
+            "rxgate-sim enroll failed: {}",
+            text(&output)
+        );
+        out
+    }
+
+    /// Runs `mosquitto_pub` as `device` with the credentials in `creds` (from
+    /// [`Gateway::enroll_with_sim`]); returns its output.
+    pub fn mosquitto_pub(
+        &self,
+        creds: &Path,
+        client_id: &str,
+        topic: &str,
+        message: &str,
+    ) -> Output {
+        run(Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt.port().to_string()])
+            .arg("--cafile")
+            .arg(creds.join("ca.crt"))
+            .arg("--cert")
+            .arg(creds.join("device.crt"))
+            .arg("--key")
+            .arg(creds.join("device.key"))
+            .args(["-i", client_id, "-t", topic, "-m", message, "-q", "1"]))
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited cleanly.

@@ -44,22 +44,46 @@ pub enum Request {
         id: String,
         reason: String,
     },
+    /// Audit entries with `from <= ts < to` (RFC 3339 bounds, both optional), oldest first.
+    AuditExport {
+        from: Option<String>,
+        to: Option<String>,
+    },
+    AuditVerify,
 }
 
 /// What a successful command returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum Reply {
     Status(Status),
-    TokenCreated { token: TokenInfo, secret: String },
-    Tokens { tokens: Vec<TokenInfo> },
-    Token { token: TokenInfo },
-    Devices { devices: Vec<DeviceRecord> },
-    Device { device: DeviceRecord },
+    TokenCreated {
+        token: TokenInfo,
+        secret: String,
+    },
+    Tokens {
+        tokens: Vec<TokenInfo>,
+    },
+    Token {
+        token: TokenInfo,
+    },
+    Devices {
+        devices: Vec<DeviceRecord>,
+    },
+    Device {
+        device: DeviceRecord,
+    },
+    Audit {
+        entries: Vec<crate::audit::AuditBody>,
+    },
+    AuditVerified {
+        entries: u64,
+        broken: Option<(u64, String)>,
+    },
 }
 
 /// The reply on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Ok(Reply),
@@ -139,5 +163,51 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
         Request::DeviceRevoke { id, reason } => Ok(Reply::Device {
             device: ctx.registry.revoke_device(&id, &reason, &actor)?,
         }),
+        Request::AuditExport { from, to } => {
+            let parse = |bound: Option<String>,
+                         name: &str|
+             -> Result<Option<time::OffsetDateTime>> {
+                bound
+                    .map(|b| {
+                        parse_bound(&b).map_err(|e| Error::Invalid(format!("--{name} {b:?}: {e}")))
+                    })
+                    .transpose()
+            };
+            let (from, to) = (parse(from, "from")?, parse(to, "to")?);
+            let entries = crate::audit::entries(ctx.registry.store(), 1, usize::MAX)?
+                .into_iter()
+                .filter(|e| {
+                    let ts = time::OffsetDateTime::parse(
+                        &e.ts,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok();
+                    ts.is_none_or(|ts| from.is_none_or(|f| ts >= f) && to.is_none_or(|t| ts < t))
+                })
+                .collect();
+            Ok(Reply::Audit { entries })
+        }
+        Request::AuditVerify => match crate::audit::verify(ctx.registry.store())? {
+            Ok(entries) => Ok(Reply::AuditVerified {
+                entries,
+                broken: None,
+            }),
+            Err(broken) => Ok(Reply::AuditVerified {
+                entries: broken.seq.saturating_sub(1),
+                broken: Some((broken.seq, broken.reason)),
+            }),
+        },
     }
+}
+
+/// A time bound: an RFC 3339 timestamp or a date (`2026-05-01`, meaning its midnight UTC).
+fn parse_bound(text: &str) -> Result<time::OffsetDateTime, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(ts) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(ts);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text, &format)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|_| "expected a date (2026-05-01) or an RFC 3339 timestamp".to_owned())
 }

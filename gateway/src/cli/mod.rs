@@ -65,11 +65,39 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// The tamper-evident audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Whether the daemon runs, where it listens, how many devices it knows.
     Status {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain; exits non-zero naming the first entry that does not verify.
+    Verify,
+    /// Print entries (oldest first) as JSON or CSV.
+    Export {
+        /// First day (2026-05-01) or instant (RFC 3339) to include.
+        #[arg(long)]
+        from: Option<String>,
+        /// Day or instant to stop before.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Json)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +207,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let clock = crate::clock::system(config.gateway.assume_clock_synced);
             runtime()?.block_on(crate::daemon::run(config, clock))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            let config = load(&cli.config)?;
+            match command {
+                AuditCommand::Verify => {
+                    let reply = admin::call(&config, Request::AuditVerify)?;
+                    Ok(output::audit_verified(&reply))
+                }
+                AuditCommand::Export { from, to, format } => {
+                    let reply = admin::call(&config, Request::AuditExport { from, to })?;
+                    output::audit_export(&reply, format);
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Status { json } => {
             let config = load(&cli.config)?;

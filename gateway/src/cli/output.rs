@@ -91,6 +91,10 @@ pub fn reply(reply: &Reply, as_json: bool) {
                 .collect(),
         ),
         Reply::Device { device } => println!("device {} is now {}", device.id, device.status),
+        Reply::Audit { .. } => audit_export(reply, super::ExportFormat::Json),
+        Reply::AuditVerified { .. } => {
+            audit_verified(reply);
+        }
         Reply::Status(status) if as_json => json(status),
         Reply::Status(status) => {
             println!("rxgate {} at site {}", status.version, status.site);
@@ -130,4 +134,67 @@ pub fn init(report: &InitReport) {
     println!(
         "Next: `rxgate run`, then `rxgate token create --device ID --kind KIND` for each device."
     );
+}
+
+/// `rxgate audit verify`: exit status tells whether the chain is intact.
+pub fn audit_verified(reply: &Reply) -> std::process::ExitCode {
+    match reply {
+        Reply::AuditVerified {
+            entries,
+            broken: None,
+        } => {
+            println!("audit trail intact: {entries} entries verified");
+            std::process::ExitCode::SUCCESS
+        }
+        Reply::AuditVerified {
+            entries,
+            broken: Some((seq, reason)),
+        } => {
+            println!("audit trail BROKEN at entry {seq}: {reason}");
+            eprintln!(
+                "{entries} entries before it verified; entry {seq} and everything after it cannot be trusted"
+            );
+            std::process::ExitCode::FAILURE
+        }
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `rxgate audit export`.
+pub fn audit_export(reply: &Reply, format: super::ExportFormat) {
+    let Reply::Audit { entries } = reply else {
+        return;
+    };
+    match format {
+        super::ExportFormat::Json => json(entries),
+        super::ExportFormat::Csv => {
+            println!("seq,ts,clock_synced,kind,actor,device,source,detail,prev");
+            for e in entries {
+                let kind = serde_json::to_value(e.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                println!(
+                    "{},{},{},{},{},{},{},{},{}",
+                    e.seq,
+                    e.ts,
+                    e.clock_synced,
+                    kind,
+                    csv_field(&e.actor),
+                    csv_field(e.device.as_deref().unwrap_or("")),
+                    csv_field(e.source.as_deref().unwrap_or("")),
+                    csv_field(&e.detail.to_string()),
+                    e.prev
+                );
+            }
+        }
+    }
 }
