@@ -108,7 +108,7 @@ impl EventGenerator {
         };
         let patient = matches!(action, "remove" | "return" | "waste" | "override")
             .then(|| format!("MRN-{:07}", self.next_u64() % 10_000_000));
-        json!({
+        let mut event = json!({
             "type": "access",
             "action": action,
             "user": user,
@@ -117,11 +117,18 @@ impl EventGenerator {
             "item": item,
             "schedule": schedule,
             "quantity": 1 + self.next_u64() % 3,
-            "patient_id": patient,
-            "witness": witness,
             "auth": auth,
             "ts": now.format(&Rfc3339).unwrap_or_default(),
-        })
+        });
+        // Absent, not null: a policy rule asking whether an event has a witness should not
+        // have to tell the two apart.
+        if let Some(patient) = patient {
+            event["patient_id"] = patient.into();
+        }
+        if let Some(witness) = witness {
+            event["witness"] = witness.into();
+        }
+        event
     }
 }
 
@@ -166,7 +173,20 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|e| e["action"] == "override" && e["witness"].is_null())
+                .any(|e| e["action"] == "override" && e.get("witness").is_none())
         );
+    }
+
+    #[test]
+    fn absent_fields_are_left_out_rather_than_null() {
+        let mut g = EventGenerator::new(5, Scenario::Suspicious);
+        for _ in 0..200 {
+            let e = g.next(OffsetDateTime::UNIX_EPOCH);
+            let object = e.as_object().unwrap();
+            assert!(object.values().all(|v| !v.is_null()), "{e}");
+            let with_patient =
+                ["remove", "return", "waste", "override"].contains(&e["action"].as_str().unwrap());
+            assert_eq!(object.contains_key("patient_id"), with_patient, "{e}");
+        }
     }
 }
