@@ -4,9 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `default` applies when `RUST_LOG` is unset.
 pub fn init(default: &str) {
-    // The embedded broker logs every relay connection at info: keep it to warnings.
+    // The embedded broker reports every ordinary disconnect as an ERROR; rxgate logs sessions
+    // itself. `RUST_LOG=rumqttd=debug` brings its logs back when needed.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("rumqttd=warn,{default}")))
+        .or_else(|_| EnvFilter::try_new(format!("rumqttd=off,{default}")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -41,6 +41,26 @@ pub fn bin(name: &str) -> PathBuf {
             cargo.arg("--release");
         }
         cargo.current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Cargo gives the test process the variables of *this* package; build scripts that
+        // watch them (ring's watches CARGO_MANIFEST_DIR) would see a change and rebuild
+        // everything. Run the inner cargo with the environment an ordinary build has.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            {
+                cargo.env_remove(name.as_ref());
+            }
+        }
         let status = cargo.status().expect("run cargo build for the binaries");
         assert!(
             status.success(),

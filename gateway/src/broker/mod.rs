@@ -56,6 +56,7 @@ pub(crate) struct Shared {
 
 /// The device MQTT listener and its embedded broker, ready to run.
 pub struct DeviceBroker {
+    local: Option<rumqttd::local::LinkTx>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
@@ -147,6 +148,14 @@ impl DeviceBroker {
         let relay = free_loopback_port()?;
         let mut broker =
             rumqttd::Broker::new(relay_config(relay, &password, m.max_connections.get()));
+        // A local link for rxgate's own messages to devices (alerts for their displays).
+        let (local, mut local_rx) = broker
+            .link("rxgate-local")
+            .map_err(|e| Error::Invalid(format!("embedded broker: {e}")))?;
+        tokio::spawn(async move {
+            // Nothing is subscribed on this link; drain what the router sends back.
+            while local_rx.next().await.is_ok() {}
+        });
         std::thread::Builder::new()
             .name("rumqttd".to_owned())
             .spawn(move || {
@@ -159,9 +168,10 @@ impl DeviceBroker {
                 path: "the embedded broker".into(),
                 source,
             })?;
-        wait_for(relay).await?;
+        wait_for(relay, &password).await?;
 
         Ok(DeviceBroker {
+            local: Some(local),
             listener,
             acceptor: TlsAcceptor::from(tls),
             limits: Limits {
@@ -182,6 +192,11 @@ impl DeviceBroker {
                 sessions: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The link publishing into the embedded broker as rxgate itself (taken once).
+    pub fn take_local_link(&mut self) -> Option<rumqttd::local::LinkTx> {
+        self.local.take()
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -222,12 +237,12 @@ impl DeviceBroker {
     }
 }
 
-/// Waits until the embedded broker accepts connections.
-async fn wait_for(addr: SocketAddr) -> Result<()> {
+/// Waits until the embedded broker accepts an MQTT session (connect, CONNACK, disconnect).
+async fn wait_for(addr: SocketAddr, password: &str) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => return Ok(()),
+        match probe(addr, password).await {
+            Ok(()) => return Ok(()),
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
@@ -240,4 +255,27 @@ async fn wait_for(addr: SocketAddr) -> Result<()> {
             }
         }
     }
+}
+
+async fn probe(addr: SocketAddr, password: &str) -> std::io::Result<()> {
+    use rumqttc::mqttbytes::v4::{Connect, Login, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut connect = Connect::new("rxgate-probe");
+    connect.login = Some(Login::new(RELAY_USER, password));
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect)
+        .write(&mut out, 1024)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    stream.write_all(&out).await?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other(
+            "the embedded broker refused the probe",
+        ));
+    }
+    stream.write_all(&[0xE0, 0x00]).await?;
+    let _ = stream.read(&mut connack).await;
+    Ok(())
 }

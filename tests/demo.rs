@@ -1,0 +1,35 @@
+//! `rxgate demo`, the first thing a newcomer runs, works with no config and shows the whole path.
+
+use std::process::Command;
+
+use rxgate_e2e::{bin, run, text};
+
+#[test]
+fn the_demo_runs_with_no_config_and_shows_telemetry_and_events_reaching_the_cloud() {
+    let home = tempfile::tempdir().unwrap();
+    let output = run(Command::new(bin("rxgate"))
+        .args(["demo", "--duration", "12s"])
+        .env("RXGATE_CONFIG", home.path().join("does-not-exist.toml"))
+        .env("TMPDIR", home.path()));
+    assert!(output.status.success(), "{}", text(&output));
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.contains("cabinet-01 enrolled with one-time token"),
+        "{out}"
+    );
+    for expected in [
+        "fridge-01   telemetry",
+        "fridge-02   telemetry",
+        "cabinet-01  event",
+        "gateway     status",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    assert!(out.contains("temperature_c"), "{out}");
+    assert!(out.contains("Demo over."), "{out}");
+    let leftovers: Vec<_> = std::fs::read_dir(home.path()).unwrap().collect();
+    assert!(
+        leftovers.is_empty(),
+        "the demo cleans up its temporary folder: {leftovers:?}"
+    );
+}
