@@ -1,0 +1,11 @@
+//! Cold-chain monitoring: judging temperatures against a profile, raising and clearing alarms,
+//! keeping excursion records and the daily minimum and maximum per device.
+
+pub mod engine;
+pub mod mkt;
+pub mod profile;
+
+pub use engine::{
+    AlertKind, Change, DailyStats, ExcursionRecord, Input, Severity, State, next_deadline, step,
+};
+pub use profile::{Limits, Profile};
