@@ -202,3 +202,17 @@ async fn health(State(scrape): State<Scrape>) -> Response {
     }))
     .into_response()
 }
+
+const GPIO_OUTPUT: &str = "rxgate_gpio_output";
+
+/// The GPIO outputs as they are now set: `rxgate_gpio_output{output="buzzer|relay|led"}` is 1
+/// while the output is on.
+pub fn gpio_outputs(outputs: &crate::alerts::notify::gpio::Outputs) {
+    describe_gauge!(
+        GPIO_OUTPUT,
+        "1 while the alarm output (buzzer, relay, led) is on."
+    );
+    for (output, on) in outputs.each() {
+        gauge!(GPIO_OUTPUT, "output" => output).set(if on { 1.0 } else { 0.0 });
+    }
+}

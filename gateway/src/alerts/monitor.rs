@@ -1,0 +1,631 @@
+//! The monitor task: steps each monitored device's cold-chain engine on its readings and at its
+//! deadlines, turns the engine's changes into alerts, excursion records and daily statistics,
+//! queues notifications durably, drives the GPIO outputs, and escalates alerts nobody
+//! acknowledges. It is the only writer of alerts while the daemon runs; acknowledgements reach
+//! it as [`Command`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::history::{self, Bucket};
+use super::notify::gpio::{Outputs, Signals};
+use super::queue::{Channel, NotifyQueue};
+use super::record::{Alert, AlertState, Event, Notification};
+use crate::audit::{self, Kind, Record};
+use crate::clock::SharedClock;
+use crate::coldchain::{self, AlertKind, Change, Input, Limits, Severity, State};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pipeline::{Point, Quality, Value};
+use crate::store::Store;
+
+/// How often buckets, engine states and the day's statistics are written even without news.
+const FLUSH_EVERY: Duration = Duration::from_secs(60);
+/// Readings waiting for the monitor, at most (the pipeline waits beyond it).
+pub const OBSERVATIONS_QUEUE: usize = 1024;
+
+/// A telemetry reading accepted by the pipeline.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub device: String,
+    pub at: OffsetDateTime,
+    pub points: BTreeMap<String, Point>,
+}
+
+/// Requests to the monitor.
+#[derive(Debug)]
+pub enum Command {
+    Ack {
+        id: Uuid,
+        by: String,
+        note: String,
+        reply: oneshot::Sender<Result<Alert>>,
+    },
+    /// A channel delivered a notification about alert `id`.
+    Delivered { id: Uuid, channel: Channel },
+}
+
+/// How the rest of the gateway talks to the running monitor. Cheap to clone.
+#[derive(Clone)]
+pub struct AlertsHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl AlertsHandle {
+    /// Acknowledges alert `id` on behalf of `by`, with the corrective action taken.
+    pub async fn ack(&self, id: Uuid, by: String, note: String) -> Result<Alert> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Ack {
+                id,
+                by,
+                note,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Invalid("the alert monitor has stopped".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| Error::Invalid("the alert monitor has stopped".to_owned()))?
+    }
+
+    /// Tells the monitor a channel delivered a notification (never blocks; best effort).
+    pub fn delivered(&self, id: Uuid, channel: Channel) {
+        let _ = self.commands.try_send(Command::Delivered { id, channel });
+    }
+}
+
+/// Applies an acknowledgement to `alert`; pure.
+pub fn acknowledge(alert: &mut Alert, by: &str, note: &str, now: OffsetDateTime) -> Result<()> {
+    if by.trim().is_empty() || note.trim().is_empty() {
+        return Err(Error::Invalid(
+            "an acknowledgement needs who (--by NAME) and the corrective action taken (--note TEXT)".to_owned(),
+        ));
+    }
+    if alert.acknowledged_at.is_some() {
+        return Err(Error::Invalid(format!(
+            "alert {} was already acknowledged by {}",
+            alert.id,
+            alert.acknowledged_by.as_deref().unwrap_or("someone")
+        )));
+    }
+    alert.acknowledged_at = Some(now);
+    alert.acknowledged_by = Some(by.trim().to_owned());
+    alert.ack_note = Some(note.trim().to_owned());
+    alert.state = if alert.active {
+        AlertState::Acknowledged
+    } else {
+        AlertState::Resolved
+    };
+    Ok(())
+}
+
+/// Acknowledges an alert directly in the store, for the CLI when no daemon runs: the same change
+/// and the same notifications as through the monitor.
+pub fn acknowledge_in_store(
+    store: &Store,
+    queue: &NotifyQueue,
+    clock: &SharedClock,
+    id: Uuid,
+    by: &str,
+    note: &str,
+) -> Result<Alert> {
+    let now = clock.now();
+    let alert = store.write(|txn| {
+        let table = txn.open_table(history::ALERTS)?;
+        let mut alert: Alert = crate::store::get_json(&table, "alerts", id.to_string().as_str())?
+            .ok_or_else(|| {
+            Error::NotFound(format!("no alert {id}; see `rxgate alerts list`"))
+        })?;
+        drop(table);
+        acknowledge(&mut alert, by, note, now)?;
+        history::save_alert(txn, &alert)?;
+        record_ack(txn, &alert, now, clock.synced())?;
+        queue.enqueue(
+            txn,
+            &notification(Event::Acknowledged, &alert, false, now, clock.synced()),
+        )?;
+        Ok(alert)
+    })?;
+    queue.wake();
+    Ok(alert)
+}
+
+fn record_ack(
+    txn: &redb::WriteTransaction,
+    alert: &Alert,
+    now: OffsetDateTime,
+    synced: bool,
+) -> Result<u64> {
+    audit::append(
+        txn,
+        now,
+        synced,
+        Record::new(
+            Kind::AlertAcknowledged,
+            alert.acknowledged_by.clone().unwrap_or_default(),
+        )
+        .device(&alert.device)
+        .detail(serde_json::json!({
+            "alert": alert.id,
+            "kind": alert.kind,
+            "note": alert.ack_note,
+        })),
+    )
+}
+
+fn notification(
+    event: Event,
+    alert: &Alert,
+    escalation: bool,
+    at: OffsetDateTime,
+    clock_synced: bool,
+) -> Notification {
+    Notification {
+        event,
+        alert: alert.clone(),
+        escalation,
+        at,
+        clock_synced,
+    }
+}
+
+/// The running monitor.
+pub struct Monitor {
+    store: Store,
+    clock: SharedClock,
+    site: String,
+    limits: HashMap<String, Limits>,
+    states: HashMap<String, State>,
+    buckets: HashMap<String, Bucket>,
+    /// Alerts not yet resolved, by id.
+    open: HashMap<Uuid, Alert>,
+    queue: NotifyQueue,
+    signals: Arc<dyn Signals>,
+    escalate_after: Duration,
+    observations: mpsc::Receiver<Observation>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Monitor {
+    /// Loads what was persisted (engine states, open alerts) and sets the outputs accordingly,
+    /// so an alarm sounding before a restart sounds again after it.
+    pub fn build(
+        config: &Config,
+        store: Store,
+        clock: SharedClock,
+        queue: NotifyQueue,
+        signals: Arc<dyn Signals>,
+    ) -> Result<(Monitor, AlertsHandle, mpsc::Sender<Observation>)> {
+        let limits: HashMap<String, Limits> = config
+            .devices
+            .iter()
+            .filter_map(|(id, device)| Limits::of(device).map(|l| (id.clone(), l)))
+            .collect();
+        let states = history::states(&store)?
+            .into_iter()
+            .filter(|(device, _)| limits.contains_key(device))
+            .collect();
+        let open = history::open_alerts(&store)?
+            .into_iter()
+            .map(|a| (a.id, a))
+            .collect();
+        let (observe_tx, observations) = mpsc::channel(OBSERVATIONS_QUEUE);
+        let (command_tx, commands) = mpsc::channel(64);
+        let monitor = Monitor {
+            store,
+            clock,
+            site: config.gateway.site.clone(),
+            limits,
+            states,
+            buckets: HashMap::new(),
+            open,
+            queue,
+            signals,
+            escalate_after: config.alerts.escalate_after,
+            observations,
+            commands,
+        };
+        monitor.drive_outputs();
+        Ok((
+            monitor,
+            AlertsHandle {
+                commands: command_tx,
+            },
+            observe_tx,
+        ))
+    }
+
+    /// Devices under cold-chain monitoring.
+    pub fn monitored(&self) -> Vec<String> {
+        self.limits.keys().cloned().collect()
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.tick().await;
+        loop {
+            let wait = self.next_deadline().map(|deadline| {
+                let left = (deadline - self.clock.now()).max(time::Duration::ZERO);
+                Duration::try_from(left).unwrap_or(Duration::ZERO)
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(observation) = self.observations.recv() => self.observe(observation),
+                Some(command) = self.commands.recv() => self.command(command),
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => self.tick(),
+                _ = flush.tick() => self.flush(),
+            }
+        }
+        while let Ok(observation) = self.observations.try_recv() {
+            self.observe(observation);
+        }
+        self.flush();
+    }
+
+    fn next_deadline(&self) -> Option<OffsetDateTime> {
+        let engine = self
+            .states
+            .iter()
+            .filter_map(|(device, state)| coldchain::next_deadline(state, self.limits.get(device)?))
+            .min();
+        let escalation = self
+            .open
+            .values()
+            .filter(|a| matches!(a.state, AlertState::Raised | AlertState::Notified))
+            .map(|a| a.raised_at + self.escalate_after)
+            .min();
+        [engine, escalation].into_iter().flatten().min()
+    }
+
+    fn observe(&mut self, observation: Observation) {
+        let Some(limits) = self.limits.get(&observation.device).cloned() else {
+            return;
+        };
+        let good = |name: &str| {
+            observation
+                .points
+                .get(name)
+                .filter(|p| p.quality == Quality::Good)
+                .and_then(|p| p.value)
+        };
+        let temperature = match good(&limits.point) {
+            Some(Value::Number(t)) => Some(t),
+            _ => None,
+        };
+        let door_open = match good(&limits.door_point) {
+            Some(Value::Bool(open)) => Some(open),
+            Some(Value::Number(n)) => Some(n != 0.0),
+            None => None,
+        };
+        if let Some(t) = temperature
+            .filter(|t| t.is_finite() && (limits.probe_min..=limits.probe_max).contains(t))
+        {
+            let start = history::bucket_start(observation.at);
+            match self.buckets.get_mut(&observation.device) {
+                Some(bucket) if bucket.start == start => bucket.add(t),
+                _ => {
+                    if let Some(done) = self
+                        .buckets
+                        .insert(observation.device.clone(), Bucket::new(start, t))
+                    {
+                        self.write(|txn| history::save_bucket(txn, &observation.device, &done));
+                    }
+                }
+            }
+        }
+        self.step(
+            &observation.device,
+            Input::Reading {
+                temperature,
+                door_open,
+            },
+            observation.at,
+            &limits,
+        );
+    }
+
+    fn tick(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<(String, Limits)> = self
+            .states
+            .iter()
+            .filter_map(|(device, state)| {
+                let limits = self.limits.get(device)?;
+                coldchain::next_deadline(state, limits)
+                    .filter(|d| *d <= now)
+                    .map(|_| (device.clone(), limits.clone()))
+            })
+            .collect();
+        for (device, limits) in due {
+            self.step(&device, Input::Tick, now, &limits);
+        }
+        self.escalate(now);
+    }
+
+    fn step(&mut self, device: &str, input: Input, now: OffsetDateTime, limits: &Limits) {
+        let state = self.states.remove(device).unwrap_or_default();
+        let (state, changes) = coldchain::step(state, input, now, limits);
+        let important = !changes.is_empty();
+        self.states.insert(device.to_owned(), state);
+        if important {
+            self.apply(device, changes, now, limits);
+        }
+    }
+
+    /// Turns engine changes into stored alerts and queued notifications, in one transaction.
+    fn apply(&mut self, device: &str, changes: Vec<Change>, now: OffsetDateTime, limits: &Limits) {
+        let synced = self.clock.synced();
+        let state = self.states.get(device).cloned().unwrap_or_default();
+        let mut updated: Vec<Alert> = Vec::new();
+        let mut notifications: Vec<Notification> = Vec::new();
+        let mut excursions = Vec::new();
+        let mut days = Vec::new();
+        for change in changes {
+            match change {
+                Change::Raised {
+                    kind,
+                    severity,
+                    started,
+                    value,
+                    limit,
+                } => {
+                    let alert = Alert {
+                        id: crate::pipeline::envelope::new_id(now),
+                        site: self.site.clone(),
+                        device: device.to_owned(),
+                        kind,
+                        severity,
+                        state: AlertState::Raised,
+                        active: true,
+                        started,
+                        ended: None,
+                        raised_at: now,
+                        value,
+                        limit,
+                        min: None,
+                        max: None,
+                        mkt: None,
+                        low: Some(limits.low),
+                        high: Some(limits.high),
+                        escalated_at: None,
+                        acknowledged_at: None,
+                        acknowledged_by: None,
+                        ack_note: None,
+                        notified: Vec::new(),
+                    };
+                    tracing::warn!(alert = %alert.id, device, kind = kind.as_str(), severity = ?severity, "{}", alert.headline());
+                    notifications.push(notification(Event::Raised, &alert, false, now, synced));
+                    self.open.insert(alert.id, alert.clone());
+                    updated.push(alert);
+                }
+                Change::Escalated { kind, value } => {
+                    if let Some(alert) = self.active_mut(device, kind) {
+                        alert.severity = Severity::Critical;
+                        alert.value = Some(value);
+                        alert.limit = if kind == AlertKind::TemperatureLow {
+                            limits.critical_low
+                        } else {
+                            limits.critical_high
+                        };
+                        tracing::warn!(alert = %alert.id, device, "{}", alert.headline());
+                        notifications.push(notification(
+                            Event::Worsened,
+                            alert,
+                            false,
+                            now,
+                            synced,
+                        ));
+                        updated.push(alert.clone());
+                    }
+                }
+                Change::Cleared {
+                    kind,
+                    ended,
+                    excursion,
+                } => {
+                    if let Some(alert) = self.active_mut(device, kind) {
+                        alert.active = false;
+                        alert.ended = Some(ended);
+                        if let Some(record) = &excursion {
+                            alert.min = Some(record.min);
+                            alert.max = Some(record.max);
+                            alert.mkt = record.mkt;
+                        }
+                        if alert.acknowledged_at.is_some() {
+                            alert.state = AlertState::Resolved;
+                        }
+                        tracing::info!(alert = %alert.id, device, kind = kind.as_str(), "Alert condition over.");
+                        notifications.push(notification(Event::Cleared, alert, false, now, synced));
+                        updated.push(alert.clone());
+                    }
+                    if let Some(record) = excursion {
+                        excursions.push(record);
+                    }
+                }
+                Change::DayClosed(day) => days.push(day),
+            }
+        }
+        let queue = self.queue.clone();
+        let written = self.write(|txn| {
+            for alert in &updated {
+                history::save_alert(txn, alert)?;
+            }
+            for notification in &notifications {
+                queue.enqueue(txn, notification)?;
+            }
+            for record in &excursions {
+                history::save_excursion(txn, device, record)?;
+            }
+            for day in &days {
+                history::save_day(txn, device, day)?;
+            }
+            if !days.is_empty() {
+                history::prune(txn, now)?;
+            }
+            history::save_state(txn, device, &state)
+        });
+        if written {
+            self.queue.wake();
+        }
+        self.open.retain(|_, a| a.state != AlertState::Resolved);
+        self.drive_outputs();
+    }
+
+    fn active_mut(&mut self, device: &str, kind: AlertKind) -> Option<&mut Alert> {
+        self.open
+            .values_mut()
+            .find(|a| a.device == device && a.kind == kind && a.active)
+    }
+
+    /// Notifies the escalation contacts of alerts nobody acknowledged in time.
+    fn escalate(&mut self, now: OffsetDateTime) {
+        let synced = self.clock.synced();
+        let due: Vec<Uuid> = self
+            .open
+            .values()
+            .filter(|a| {
+                matches!(a.state, AlertState::Raised | AlertState::Notified)
+                    && a.raised_at + self.escalate_after <= now
+            })
+            .map(|a| a.id)
+            .collect();
+        for id in due {
+            let Some(alert) = self.open.get_mut(&id) else {
+                continue;
+            };
+            alert.state = AlertState::Escalated;
+            alert.escalated_at = Some(now);
+            tracing::warn!(alert = %id, device = %alert.device, "Alert not acknowledged in time: escalated.");
+            let snapshot = alert.clone();
+            let queue = self.queue.clone();
+            if self.write(|txn| {
+                history::save_alert(txn, &snapshot)?;
+                queue.enqueue(
+                    txn,
+                    &notification(Event::Escalated, &snapshot, true, now, synced),
+                )
+            }) {
+                self.queue.wake();
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Ack {
+                id,
+                by,
+                note,
+                reply,
+            } => {
+                let _ = reply.send(self.ack(id, &by, &note));
+            }
+            Command::Delivered { id, channel } => {
+                let Some(alert) = self.open.get_mut(&id) else {
+                    return;
+                };
+                let name = channel.as_str().to_owned();
+                if alert.notified.contains(&name) && alert.state != AlertState::Raised {
+                    return;
+                }
+                if !alert.notified.contains(&name) {
+                    alert.notified.push(name);
+                }
+                if alert.state == AlertState::Raised {
+                    alert.state = AlertState::Notified;
+                }
+                let snapshot = alert.clone();
+                self.write(|txn| history::save_alert(txn, &snapshot));
+            }
+        }
+    }
+
+    fn ack(&mut self, id: Uuid, by: &str, note: &str) -> Result<Alert> {
+        let now = self.clock.now();
+        let synced = self.clock.synced();
+        let mut alert = match self.open.get(&id) {
+            Some(alert) => alert.clone(),
+            None => history::alert(&self.store, id)?.ok_or_else(|| {
+                Error::NotFound(format!("no alert {id}; see `rxgate alerts list`"))
+            })?,
+        };
+        acknowledge(&mut alert, by, note, now)?;
+        let queue = self.queue.clone();
+        self.store.write(|txn| {
+            history::save_alert(txn, &alert)?;
+            record_ack(txn, &alert, now, synced)?;
+            queue.enqueue(
+                txn,
+                &notification(Event::Acknowledged, &alert, false, now, synced),
+            )
+        })?;
+        self.queue.wake();
+        tracing::info!(alert = %id, device = %alert.device, by, "Alert acknowledged.");
+        if alert.state == AlertState::Resolved {
+            self.open.remove(&id);
+        } else {
+            self.open.insert(id, alert.clone());
+        }
+        self.drive_outputs();
+        Ok(alert)
+    }
+
+    /// Buzzer while an active alarm is unacknowledged; relay while a critical one is active;
+    /// LED while any alert is unresolved.
+    fn drive_outputs(&self) {
+        let outputs = Outputs {
+            buzzer: self
+                .open
+                .values()
+                .any(|a| a.active && a.acknowledged_at.is_none()),
+            relay: self
+                .open
+                .values()
+                .any(|a| a.active && a.severity == Severity::Critical),
+            led: !self.open.is_empty(),
+        };
+        if let Err(e) = self.signals.set(outputs) {
+            tracing::error!(error = %e, "Cannot drive the GPIO outputs.");
+        }
+    }
+
+    /// Writes buckets, engine states and the days in progress.
+    fn flush(&mut self) {
+        let states = self.states.clone();
+        let buckets = self.buckets.clone();
+        self.write(|txn| {
+            for (device, state) in &states {
+                history::save_state(txn, device, state)?;
+                if let Some(day) = &state.day {
+                    history::save_day(txn, device, day)?;
+                }
+            }
+            for (device, bucket) in &buckets {
+                history::save_bucket(txn, device, bucket)?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Runs a store write; a failure is logged (the monitor keeps running on what it holds).
+    fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> bool {
+        match self.store.write(f) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot write cold-chain records.");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

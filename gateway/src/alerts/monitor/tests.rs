@@ -1,0 +1,295 @@
+//! The monitor on tokio's paused clock: alerts are raised exactly when their delay has passed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::macros::datetime;
+
+use super::*;
+use crate::alerts::notify::gpio::RecordingSignals;
+use crate::clock::TokioClock;
+use crate::pipeline::Point;
+
+const T0: OffsetDateTime = datetime!(2026-05-01 08:00 UTC);
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    signals: Arc<RecordingSignals>,
+    queue: NotifyQueue,
+    handle: AlertsHandle,
+    observe: mpsc::Sender<Observation>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    clock: SharedClock,
+}
+
+fn config() -> Config {
+    let mut config: Config = Config::parse(
+        "[gateway]\nsite = \"store-1\"\n[alerts]\nescalate_after = \"30m\"\n[devices.fridge-01]\nprofile = \"refrigerator\"\nalarm_delay = \"15m\"\nexpected_interval = \"1m\"\nmissed_readings = 100\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    config.check().unwrap();
+    config.gateway.data_dir = "/nonexistent".into();
+    config
+}
+
+fn start(dir: tempfile::TempDir) -> Fixture {
+    let store = Store::create(&dir.path().join("s.redb")).unwrap();
+    start_on(dir, store)
+}
+
+fn start_on(dir: tempfile::TempDir, store: Store) -> Fixture {
+    let clock: SharedClock = TokioClock::new(T0);
+    let signals = Arc::new(RecordingSignals::new());
+    let queue = NotifyQueue::open(store.clone(), vec![Channel::Cloud, Channel::Email]).unwrap();
+    let (monitor, handle, observe) = Monitor::build(
+        &config(),
+        store.clone(),
+        clock.clone(),
+        queue.clone(),
+        signals.clone(),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(monitor.run(shutdown.clone()));
+    Fixture {
+        _dir: dir,
+        store,
+        signals,
+        queue,
+        handle,
+        observe,
+        shutdown,
+        task,
+        clock,
+    }
+}
+
+impl Fixture {
+    async fn reading(&self, t: f64) {
+        let mut points = BTreeMap::new();
+        points.insert(
+            "temperature_c".to_owned(),
+            Point::good(Value::Number(t), Some("°C")),
+        );
+        self.observe
+            .send(Observation {
+                device: "fridge-01".to_owned(),
+                at: self.clock.now(),
+                points,
+            })
+            .await
+            .unwrap();
+        // Let the monitor take it.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    fn alerts(&self) -> Vec<Alert> {
+        history::alerts(&self.store).unwrap()
+    }
+
+    async fn stop(self) -> (tempfile::TempDir, Store) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+        (self._dir, self.store)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compressor_failure_is_raised_exactly_when_the_alarm_delay_has_passed() {
+    let f = start(tempfile::tempdir().unwrap());
+    // Readings every minute; the compressor failed: +0.5 °C a minute from 5 °C.
+    let mut first_high = None;
+    for minute in 0..30 {
+        let t = 5.0 + 0.5 * minute as f64;
+        if t > 8.0 && first_high.is_none() {
+            first_high = Some(f.clock.now());
+        }
+        f.reading(t).await;
+        let delay_passed =
+            first_high.is_some_and(|s| f.clock.now() - s >= time::Duration::minutes(15));
+        assert_eq!(
+            !f.alerts().is_empty(),
+            delay_passed,
+            "minute {minute}: {:?}",
+            f.alerts()
+        );
+        tokio::time::sleep(Duration::from_secs(60) - Duration::from_millis(1)).await;
+    }
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "one alert per excursion, not per reading");
+    let alert = &alerts[0];
+    assert_eq!(alert.kind, AlertKind::TemperatureHigh);
+    assert_eq!(alert.started, first_high.unwrap());
+    assert_eq!(alert.raised_at - alert.started, time::Duration::minutes(15));
+    assert!(f.signals.current().buzzer && f.signals.current().led);
+    assert_eq!(f.queue.depth(Channel::Email).unwrap(), 1);
+    assert_eq!(f.queue.depth(Channel::Cloud).unwrap(), 1);
+    let (_, queued) = f.queue.head(Channel::Email).unwrap().unwrap();
+    assert_eq!(queued.event, Event::Raised);
+    assert_eq!(queued.alert.device, "fridge-01");
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_alarm_is_raised_at_its_deadline_even_without_another_reading() {
+    let f = start(tempfile::tempdir().unwrap());
+    f.reading(9.0).await;
+    tokio::time::sleep(Duration::from_secs(15 * 60 - 1)).await;
+    assert!(f.alerts().is_empty());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].raised_at, T0 + time::Duration::minutes(15));
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_acknowledgement_the_alert_is_escalated_after_the_set_time_and_acknowledgement_stops_it()
+ {
+    let f = start(tempfile::tempdir().unwrap());
+    f.reading(-0.5).await; // freezing: critical at once
+    assert_eq!(f.alerts().len(), 1);
+    assert!(f.signals.current().relay, "critical: the relay is on");
+    tokio::time::sleep(Duration::from_secs(30 * 60 + 1)).await;
+    let escalated = &f.alerts()[0];
+    assert_eq!(escalated.state, AlertState::Escalated);
+    let events: Vec<Notification> = std::iter::from_fn({
+        let queue = f.queue.clone();
+        move || {
+            let (n, notification) = queue.head(Channel::Email).unwrap()?;
+            queue.remove(Channel::Email, n).unwrap();
+            Some(notification)
+        }
+    })
+    .collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|n| (n.event, n.escalation))
+            .collect::<Vec<_>>(),
+        [(Event::Raised, false), (Event::Escalated, true)]
+    );
+
+    // A second alert, acknowledged in time, is never escalated.
+    let f2 = start(tempfile::tempdir().unwrap());
+    f2.reading(-0.5).await;
+    let id = f2.alerts()[0].id;
+    let acked = f2
+        .handle
+        .ack(
+            id,
+            "J. Alvarez".to_owned(),
+            "moved stock to backup fridge".to_owned(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.state, AlertState::Acknowledged);
+    assert!(
+        !f2.signals.current().buzzer,
+        "acknowledged: the buzzer stops"
+    );
+    assert!(
+        f2.signals.current().relay,
+        "still critical and active: the relay stays on"
+    );
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    assert_eq!(f2.alerts()[0].state, AlertState::Acknowledged);
+    let audit = crate::audit::entries(&f2.store, 1, 100).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.kind == crate::audit::Kind::AlertAcknowledged && e.actor == "J. Alvarez")
+    );
+    f.stop().await;
+    f2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_mid_excursion_gives_one_alert_and_one_continuous_excursion_record() {
+    let f = start(tempfile::tempdir().unwrap());
+    f.reading(5.0).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..20 {
+        f.reading(10.0).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(f.alerts().len(), 1);
+    let (dir, store) = f.stop().await;
+
+    let f = start_on(dir, store);
+    assert!(
+        f.signals.current().buzzer,
+        "the alarm sounds again after the restart"
+    );
+    for _ in 0..10 {
+        f.reading(10.0).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    f.reading(5.0).await;
+    let alerts = f.alerts();
+    assert_eq!(alerts.len(), 1, "not raised twice: {alerts:?}");
+    assert!(!alerts[0].active);
+    let records = history::excursions(
+        &f.store,
+        "fridge-01",
+        T0 - time::Duration::days(1),
+        T0 + time::Duration::days(1),
+    )
+    .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].started, alerts[0].started,
+        "one continuous excursion"
+    );
+    assert_eq!(records[0].max, 10.0);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_moves_the_alert_to_notified() {
+    let f = start(tempfile::tempdir().unwrap());
+    f.reading(-1.0).await;
+    let id = f.alerts()[0].id;
+    f.handle.delivered(id, Channel::Email);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let alert = &f.alerts()[0];
+    assert_eq!(alert.state, AlertState::Notified);
+    assert_eq!(alert.notified, ["email"]);
+    f.stop().await;
+}
+
+#[test]
+fn an_acknowledgement_needs_a_name_and_a_note() {
+    let mut alert = Alert {
+        id: Uuid::nil(),
+        site: "s".to_owned(),
+        device: "d".to_owned(),
+        kind: AlertKind::DoorOpen,
+        severity: Severity::Warning,
+        state: AlertState::Raised,
+        active: false,
+        started: T0,
+        ended: Some(T0),
+        raised_at: T0,
+        value: None,
+        limit: None,
+        min: None,
+        max: None,
+        mkt: None,
+        low: None,
+        high: None,
+        escalated_at: None,
+        acknowledged_at: None,
+        acknowledged_by: None,
+        ack_note: None,
+        notified: Vec::new(),
+    };
+    assert!(acknowledge(&mut alert, "", "note", T0).is_err());
+    assert!(acknowledge(&mut alert, "me", " ", T0).is_err());
+    acknowledge(&mut alert, "me", "closed the door", T0).unwrap();
+    assert_eq!(alert.state, AlertState::Resolved, "already over: resolved");
+    assert!(acknowledge(&mut alert, "me", "again", T0).is_err());
+}
