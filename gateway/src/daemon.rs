@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminServer};
+use crate::alerts::channels::{CloudChannel, LocalChannel};
+use crate::alerts::notify::Worker;
+use crate::alerts::{self, AlertsHandle, Channel, Monitor, NotifyQueue};
 use crate::audit::RefusalLog;
 use crate::broker::DeviceBroker;
 use crate::clock::SharedClock;
@@ -36,6 +39,8 @@ pub struct Gateway {
     broker: DeviceBroker,
     modbus: ModbusPoller,
     pipeline: Pipeline,
+    monitor: Monitor,
+    notifiers: Vec<Notifier>,
     refusal_log: RefusalLog,
     uplink: Option<Uplink>,
     metrics: MetricsServer,
@@ -66,14 +71,21 @@ impl Gateway {
             config.outbox.batch_delay,
         );
         let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
+        let queue = NotifyQueue::open(store.clone(), alerts::configured_channels(config))?;
+        let signals = alerts::notify::gpio::build(config.alerts.gpio.as_ref())?;
+        let (monitor, alerts_handle, observations) =
+            Monitor::build(config, store.clone(), clock.clone(), queue.clone(), signals)?;
+        let pipeline =
+            pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
         let enroll = EnrollServer::build(config, registry.clone(), &pki).await?;
-        let broker =
+        let mut broker =
             DeviceBroker::build(config, registry.clone(), &pki, ingest.clone(), refusals).await?;
         let modbus = ModbusPoller::build(
             config,
             ingest.clone(),
             Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
         )?;
+        let notifiers = notifiers(config, &queue, &outbox, &mut broker, &alerts_handle, &clock)?;
         let uplink_status = uplink::Status::default();
         let uplink = match &config.cloud {
             Some(cloud) => Some(Uplink::build(
@@ -100,16 +112,13 @@ impl Gateway {
             ("mqtt".to_owned(), broker.local_addr()?),
             ("metrics".to_owned(), metrics.local_addr()?),
         ];
-        let context = admin::Context {
-            registry: registry.clone(),
-            site: config.gateway.site.clone(),
-            default_token_ttl: config.enroll.token_ttl,
-            listeners: addresses
-                .iter()
-                .map(|(n, a)| (n.clone(), a.to_string()))
-                .collect(),
-            running: true,
-        };
+        let mut context = admin::Context::new(config, registry.clone());
+        context.running = true;
+        context.alerts = Some(alerts_handle);
+        context.listeners = addresses
+            .iter()
+            .map(|(n, a)| (n.clone(), a.to_string()))
+            .collect();
         let admin = AdminServer::bind(&paths.admin_socket(), context).await?;
         Ok(Gateway {
             admin,
@@ -117,6 +126,8 @@ impl Gateway {
             broker,
             modbus,
             pipeline,
+            monitor,
+            notifiers,
             refusal_log,
             uplink,
             metrics,
@@ -150,9 +161,13 @@ impl Gateway {
     /// Intakes stop first (they feed the pipeline), then the pipeline drains what it holds,
     /// then the uplink and the logs.
     pub async fn run(self, shutdown: CancellationToken) {
+        // Stopped in order: intakes (nothing new comes in), then the pipeline (what came in is
+        // durable, readings reach the monitor), then everything downstream.
         let intakes = CancellationToken::new();
+        let pipeline = CancellationToken::new();
         let core = CancellationToken::new();
         let intake_tasks = TaskTracker::new();
+        let pipeline_task = TaskTracker::new();
         let core_tasks = TaskTracker::new();
         for (name, addr) in &self.addresses {
             tracing::info!(listener = %name, %addr, "Listening.");
@@ -162,7 +177,12 @@ impl Gateway {
         intake_tasks.spawn(self.modbus.run(intakes.clone()));
         intake_tasks.spawn(self.admin.run(intakes.clone()));
         intake_tasks.close();
-        core_tasks.spawn(self.pipeline.run(core.clone()));
+        pipeline_task.spawn(self.pipeline.run(pipeline.clone()));
+        pipeline_task.close();
+        core_tasks.spawn(self.monitor.run(core.clone()));
+        for notifier in self.notifiers {
+            core_tasks.spawn(notifier.run(core.clone()));
+        }
         core_tasks.spawn(self.refusal_log.run(core.clone()));
         core_tasks.spawn(self.metrics.run(core.clone()));
         if let Some(uplink) = self.uplink {
@@ -180,6 +200,8 @@ impl Gateway {
         {
             tracing::warn!("Some connections did not close in time.");
         }
+        pipeline.cancel();
+        let _ = tokio::time::timeout_at(deadline, pipeline_task.wait()).await;
         core.cancel();
         if tokio::time::timeout_at(deadline, core_tasks.wait())
             .await
@@ -188,6 +210,71 @@ impl Gateway {
             tracing::warn!(grace = ?GRACE, "Some tasks did not stop in time.");
         }
     }
+}
+
+/// A notification channel's worker, whatever its channel: started with the shutdown token.
+pub struct Notifier(Box<dyn FnOnce(CancellationToken) -> BoxFuture + Send>);
+
+type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Notifier {
+    fn new<D: alerts::notify::Deliver>(worker: Worker<D>) -> Notifier {
+        Notifier(Box::new(move |shutdown| Box::pin(worker.run(shutdown))))
+    }
+
+    fn run(self, shutdown: CancellationToken) -> BoxFuture {
+        (self.0)(shutdown)
+    }
+}
+
+/// One worker per configured channel, each on its own so a dead SMTP server delays nothing else.
+fn notifiers(
+    config: &Config,
+    queue: &NotifyQueue,
+    outbox: &Outbox,
+    broker: &mut DeviceBroker,
+    handle: &AlertsHandle,
+    clock: &SharedClock,
+) -> Result<Vec<Notifier>> {
+    let delivered = || -> alerts::notify::OnDelivered {
+        let handle = handle.clone();
+        Box::new(move |id, channel| handle.delivered(id, channel))
+    };
+    let mut out = Vec::new();
+    for channel in queue.channels() {
+        let q = queue.clone();
+        match channel {
+            Channel::Cloud => out.push(Notifier::new(Worker::new(
+                q,
+                CloudChannel::new(outbox.clone()),
+                delivered(),
+            ))),
+            Channel::Local => {
+                if let Some(link) = broker.take_local_link() {
+                    out.push(Notifier::new(Worker::new(
+                        q,
+                        LocalChannel::new(link),
+                        delivered(),
+                    )));
+                }
+            }
+            Channel::Email => {
+                if let Some(email) = &config.alerts.email {
+                    let deliverer =
+                        alerts::notify::email::EmailDeliverer::build(email, &config.gateway.site)?;
+                    out.push(Notifier::new(Worker::new(q, deliverer, delivered())));
+                }
+            }
+            Channel::Webhook => {
+                if let Some(webhook) = &config.alerts.webhook {
+                    let deliverer =
+                        alerts::notify::webhook::WebhookDeliverer::build(webhook, clock.clone())?;
+                    out.push(Notifier::new(Worker::new(q, deliverer, delivered())));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Opens the store, waiting a little if a CLI command run directly holds it right now.

@@ -5,10 +5,12 @@
 //! `daemon` wires them together; `cli` is the thin command-line layer over all of it.
 
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod clock;
+pub mod coldchain;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -23,6 +25,7 @@ pub mod paths;
 pub mod pipeline;
 pub mod pki;
 pub mod registry;
+pub mod report;
 pub mod store;
 pub mod tls;
 pub mod uplink;

@@ -28,16 +28,11 @@ pub fn call(config: &Config, request: Request) -> Result<Reply> {
         }
         match Store::open(&config.paths().store()) {
             Ok(store) => {
-                let context = Context {
-                    registry: Registry::new(
-                        store,
-                        crate::clock::system(config.gateway.assume_clock_synced),
-                    ),
-                    site: config.gateway.site.clone(),
-                    default_token_ttl: config.enroll.token_ttl,
-                    listeners: Vec::new(),
-                    running: false,
-                };
+                let registry = Registry::new(
+                    store,
+                    crate::clock::system(config.gateway.assume_clock_synced),
+                );
+                let context = Context::new(config, registry);
                 return execute(&context, request);
             }
             Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
@@ -67,7 +62,7 @@ fn over_socket(mut stream: UnixStream, request: &Request) -> Result<Result<Reply
         .read_line(&mut reply)
         .map_err(|e| format!("no answer from the daemon: {e}"))?;
     match serde_json::from_str::<Response>(&reply) {
-        Ok(Response::Ok(reply)) => Ok(Ok(reply)),
+        Ok(Response::Ok(reply)) => Ok(Ok(*reply)),
         Ok(Response::Error { message }) => Ok(Err(message)),
         Err(e) => Err(format!(
             "unintelligible answer from the daemon ({e}); is it the same rxgate version?"

@@ -50,6 +50,21 @@ pub enum Request {
         to: Option<String>,
     },
     AuditVerify,
+    /// Alerts, newest first; all of them, or only those not yet resolved.
+    AlertList {
+        all: bool,
+    },
+    AlertAck {
+        id: String,
+        by: String,
+        note: String,
+    },
+    /// What `rxgate report temperatures` needs for one device and a span of days.
+    Report {
+        device: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// What a successful command returns.
@@ -80,13 +95,20 @@ pub enum Reply {
         entries: u64,
         broken: Option<(u64, String)>,
     },
+    Alerts {
+        alerts: Vec<crate::alerts::Alert>,
+    },
+    Alert {
+        alert: crate::alerts::Alert,
+    },
+    Report(crate::report::ReportData),
 }
 
 /// The reply on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Ok(Reply),
+    Ok(Box<Reply>),
     Error { message: String },
 }
 
@@ -115,6 +137,32 @@ pub struct Context {
     /// Set by the daemon: listener names and addresses.
     pub listeners: Vec<(String, String)>,
     pub running: bool,
+    /// Alert channels configured (for notifications queued by an acknowledgement).
+    pub alert_channels: Vec<crate::alerts::Channel>,
+    /// The running alert monitor, when the daemon runs.
+    pub alerts: Option<crate::alerts::AlertsHandle>,
+    /// Cold-chain limits by device, for reports.
+    pub limits: std::collections::HashMap<String, crate::coldchain::Limits>,
+}
+
+impl Context {
+    /// The context for `config`, without a running daemon's extras.
+    pub fn new(config: &crate::config::Config, registry: Registry) -> Context {
+        Context {
+            registry,
+            site: config.gateway.site.clone(),
+            default_token_ttl: config.enroll.token_ttl,
+            listeners: Vec::new(),
+            running: false,
+            alert_channels: crate::alerts::configured_channels(config),
+            alerts: None,
+            limits: config
+                .devices
+                .iter()
+                .filter_map(|(id, d)| crate::coldchain::Limits::of(d).map(|l| (id.clone(), l)))
+                .collect(),
+        }
+    }
 }
 
 /// Runs one admin request. Used by the daemon's socket and by the CLI when no daemon runs.
@@ -187,6 +235,54 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                 .collect();
             Ok(Reply::Audit { entries })
         }
+        Request::AlertList { all } => {
+            let mut alerts = if all {
+                crate::alerts::history::alerts(ctx.registry.store())?
+            } else {
+                crate::alerts::history::open_alerts(ctx.registry.store())?
+            };
+            alerts.reverse();
+            Ok(Reply::Alerts { alerts })
+        }
+        Request::AlertAck { id, by, note } => {
+            let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| {
+                Error::Invalid(format!(
+                    "{id:?} is not an alert id; see `rxgate alerts list`"
+                ))
+            })?;
+            let alert = match &ctx.alerts {
+                Some(handle) => {
+                    tokio::runtime::Handle::current().block_on(handle.ack(id, by, note))?
+                }
+                None => {
+                    let store = ctx.registry.store().clone();
+                    let queue = crate::alerts::NotifyQueue::open(
+                        store.clone(),
+                        ctx.alert_channels.clone(),
+                    )?;
+                    crate::alerts::monitor::acknowledge_in_store(
+                        &store,
+                        &queue,
+                        ctx.registry.clock(),
+                        id,
+                        &by,
+                        &note,
+                    )?
+                }
+            };
+            Ok(Reply::Alert { alert })
+        }
+        Request::Report { device, from, to } => {
+            let (from, to) = (parse_day(&from, "from")?, parse_day(&to, "to")?);
+            let limits = ctx.limits.get(&device);
+            Ok(Reply::Report(crate::report::ReportData::load(
+                ctx.registry.store(),
+                &device,
+                limits,
+                from,
+                to,
+            )?))
+        }
         Request::AuditVerify => match crate::audit::verify(ctx.registry.store())? {
             Ok(entries) => Ok(Reply::AuditVerified {
                 entries,
@@ -210,4 +306,14 @@ fn parse_bound(text: &str) -> Result<time::OffsetDateTime, String> {
     time::Date::parse(text, &format)
         .map(|d| d.midnight().assume_utc())
         .map_err(|_| "expected a date (2026-05-01) or an RFC 3339 timestamp".to_owned())
+}
+
+/// A report bound: a date, `2026-05-01`.
+fn parse_day(text: &str, name: &str) -> Result<time::Date> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text.trim(), &format).map_err(|_| {
+        Error::Invalid(format!(
+            "--{name} {text:?}: expected a date like 2026-05-01"
+        ))
+    })
 }

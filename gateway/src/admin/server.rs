@@ -115,7 +115,7 @@ async fn serve(
                         if is_mutation {
                             tracing::info!(command = %name, "Admin command done.");
                         }
-                        Response::Ok(reply)
+                        Response::Ok(Box::new(reply))
                     }
                     Ok(Err(e)) => Response::Error {
                         message: e.to_string(),

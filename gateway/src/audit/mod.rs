@@ -55,6 +55,8 @@ pub enum Kind {
     MessageRefused,
     #[serde(rename = "subscription.refused")]
     SubscriptionRefused,
+    #[serde(rename = "alert.acknowledged")]
+    AlertAcknowledged,
 }
 
 /// One entry as stored (without its hash).

@@ -49,7 +49,11 @@ pub enum Command {
     /// Run the gateway.
     Run,
     /// A guided tour on loopback: gateway, simulated devices and a stand-in cloud broker.
-    Demo,
+    Demo {
+        /// Stop by itself after this long (e.g. 30s); default: run until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -65,6 +69,16 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Cold-chain alerts.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
+    /// Reports for pharmacists and inspectors.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
     /// The tamper-evident audit trail.
     Audit {
         #[command(subcommand)]
@@ -75,6 +89,55 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Alerts not yet resolved (--all: every alert), newest first.
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge an alert: who takes charge and what was done. Stops escalation and silences
+    /// the buzzer.
+    Ack {
+        /// The alert id, from `rxgate alerts list`.
+        id: String,
+        /// Who acknowledges.
+        #[arg(long)]
+        by: String,
+        /// The corrective action taken (kept with the alert and in the audit trail).
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Daily minimum/maximum log (CSV) or chart (SVG) of one device's temperatures.
+    Temperatures {
+        #[arg(long)]
+        device: String,
+        /// First day, like 2026-05-01 (UTC days).
+        #[arg(long)]
+        from: String,
+        /// Last day, included.
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Svg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,9 +241,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check,
         } => Ok(config_check(&cli.config)),
-        Command::Demo => {
+        Command::Demo { duration } => {
+            // The demo's own output is the show.
             crate::logging::init("warn");
-            runtime()?.block_on(crate::demo::run())?;
+            let options = crate::demo::DemoOptions { duration };
+            runtime()?.block_on(crate::demo::run(options, crate::clock::system(false)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init {
@@ -206,6 +271,45 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::logging::init(&config.gateway.log);
             let clock = crate::clock::system(config.gateway.assume_clock_synced);
             runtime()?.block_on(crate::daemon::run(config, clock))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Alerts { command } => {
+            let config = load(&cli.config)?;
+            let (request, json) = match command {
+                AlertsCommand::List { all, json } => (Request::AlertList { all }, json),
+                AlertsCommand::Ack { id, by, note } => (Request::AlertAck { id, by, note }, false),
+            };
+            let reply = admin::call(&config, request)?;
+            output::reply(&reply, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            command:
+                ReportCommand::Temperatures {
+                    device,
+                    from,
+                    to,
+                    format,
+                    out,
+                },
+        } => {
+            let config = load(&cli.config)?;
+            let reply = admin::call(&config, Request::Report { device, from, to })?;
+            let admin::Reply::Report(data) = reply else {
+                anyhow::bail!("unexpected answer from the gateway");
+            };
+            let text = match format {
+                ReportFormat::Csv => data.csv(),
+                ReportFormat::Svg => data.svg(),
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, text)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{text}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => {

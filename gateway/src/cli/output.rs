@@ -92,6 +92,43 @@ pub fn reply(reply: &Reply, as_json: bool) {
         ),
         Reply::Device { device } => println!("device {} is now {}", device.id, device.status),
         Reply::Audit { .. } => audit_export(reply, super::ExportFormat::Json),
+        Reply::Alerts { alerts } if as_json => json(alerts),
+        Reply::Alerts { alerts } => {
+            if alerts.is_empty() {
+                println!("no alerts");
+                return;
+            }
+            table(
+                &[
+                    "ID", "DEVICE", "KIND", "SEVERITY", "STATE", "ACTIVE", "STARTED", "VALUE",
+                ],
+                alerts
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.to_string(),
+                            a.device.clone(),
+                            a.kind.as_str().to_owned(),
+                            format!("{:?}", a.severity).to_lowercase(),
+                            a.state.as_str().to_owned(),
+                            if a.active { "yes" } else { "no" }.to_owned(),
+                            rfc3339(a.started),
+                            a.value
+                                .map(|v| format!("{v:.1} °C"))
+                                .unwrap_or_else(|| "-".to_owned()),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
+        Reply::Alert { alert } => println!(
+            "alert {} ({}) acknowledged by {}: now {}",
+            alert.id,
+            alert.headline(),
+            alert.acknowledged_by.as_deref().unwrap_or("-"),
+            alert.state.as_str()
+        ),
+        Reply::Report(data) => print!("{}", data.csv()),
         Reply::AuditVerified { .. } => {
             audit_verified(reply);
         }

@@ -77,6 +77,49 @@ pub struct DeviceConfig {
     /// Failed polls in a row after which the device is reported offline (1 to 1000).
     #[serde(default = "defaults::offline_after")]
     pub offline_after: u32,
+
+    // --- Cold chain ---------------------------------------------------------------------------
+    /// Temperature profile: `refrigerator` (2–8 °C), `freezer` (−50 to −15 °C), `ultra-cold`
+    /// (−90 to −60 °C) or `room` (20–25 °C). Absent: the device is not monitored.
+    pub profile: Option<crate::coldchain::Profile>,
+    /// Lowest allowed temperature, °C (default: the profile's).
+    pub low: Option<f64>,
+    /// Highest allowed temperature, °C (default: the profile's).
+    pub high: Option<f64>,
+    /// At or below this an alarm is raised at once, without the delay (default: 0 °C for a
+    /// refrigerator, as freezing destroys vaccines; none otherwise).
+    pub critical_low: Option<f64>,
+    /// At or above this an alarm is raised at once (default: −5 °C for a freezer, −40 °C for
+    /// ultra-cold; none otherwise).
+    pub critical_high: Option<f64>,
+    /// How long a temperature may stay out of range before it is an alarm: a door opened to take
+    /// stock is not an excursion worth waking anyone for.
+    #[serde(default = "defaults::alarm_delay", with = "humantime_serde")]
+    pub alarm_delay: Duration,
+    /// An excursion ends only once the temperature is back inside the range by this much, °C,
+    /// so a reading hovering at a limit raises one alarm, not many.
+    #[serde(default = "defaults::hysteresis")]
+    pub hysteresis: f64,
+    /// The point holding the temperature.
+    #[serde(default = "defaults::point")]
+    pub point: String,
+    /// The point saying the door is open (a boolean), when the device reports one.
+    #[serde(default = "defaults::door_point")]
+    pub door_point: String,
+    /// A door open longer than this raises an alarm.
+    #[serde(default = "defaults::door_open_limit", with = "humantime_serde")]
+    pub door_open_limit: Duration,
+    /// How often readings are expected (default: `poll_interval` for Modbus devices, 1 minute
+    /// for devices that publish over MQTT).
+    #[serde(default, with = "humantime_serde")]
+    pub expected_interval: Option<Duration>,
+    /// The sensor is reported offline after this many expected readings are missed.
+    #[serde(default = "defaults::missed_readings")]
+    pub missed_readings: u32,
+    /// Readings outside these bounds, °C, are a probe fault rather than a temperature (default
+    /// depends on the profile, e.g. −40 to 60 °C for a refrigerator).
+    pub probe_min: Option<f64>,
+    pub probe_max: Option<f64>,
 }
 
 /// How a Modbus device is reached.
@@ -767,6 +810,25 @@ pub(crate) fn check_serial_buses(
 }
 
 mod defaults {
+    pub fn alarm_delay() -> std::time::Duration {
+        std::time::Duration::from_secs(15 * 60)
+    }
+    pub fn hysteresis() -> f64 {
+        0.5
+    }
+    pub fn point() -> String {
+        "temperature_c".to_owned()
+    }
+    pub fn door_point() -> String {
+        "door_open".to_owned()
+    }
+    pub fn door_open_limit() -> std::time::Duration {
+        std::time::Duration::from_secs(5 * 60)
+    }
+    pub fn missed_readings() -> u32 {
+        3
+    }
+
     use std::time::Duration;
 
     pub fn kind() -> String {

@@ -45,6 +45,9 @@ pub struct Config {
     /// Prometheus metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// How alerts reach people: e-mail, webhook, GPIO, escalation.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
     /// Per-device settings, by device id: Modbus polling, cold-chain limits.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
@@ -381,6 +384,7 @@ impl Config {
             cloud: None,
             outbox: OutboxConfig::default(),
             metrics: MetricsConfig { listen: loopback },
+            alerts: crate::alerts::AlertsConfig::default(),
             devices: BTreeMap::new(),
         }
     }

@@ -165,3 +165,28 @@ fn cloud_endpoint_parses_scheme_host_and_default_port() {
     assert!(cloud_endpoint("mqtts://h:99999").is_err());
     assert!(cloud_endpoint("mqtts://user@h:1").is_err());
 }
+
+#[test]
+fn cold_chain_keys_are_checked_with_key_and_value() {
+    let errors = parse(
+        "[gateway]\nsite = \"s\"\n[devices.f1]\nprofile = \"refrigerator\"\nlow = 9.0\n[devices.f2]\nhigh = 8.0\n[devices.f3]\nprofile = \"freezer\"\nhysteresis = 30.0\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        keys(&errors),
+        ["devices.f1.low", "devices.f2.high", "devices.f3.hysteresis"],
+        "{errors}"
+    );
+    let ok = parse("[gateway]\nsite = \"s\"\n[devices.fridge-31]\nprofile = \"refrigerator\"\n")
+        .unwrap();
+    let limits = crate::coldchain::Limits::of(&ok.devices["fridge-31"]).unwrap();
+    assert_eq!(
+        (limits.low, limits.high, limits.critical_low),
+        (2.0, 8.0, Some(0.0))
+    );
+    assert_eq!(
+        limits.expected_interval,
+        Duration::from_secs(60),
+        "an MQTT device: one reading a minute"
+    );
+}

@@ -116,11 +116,12 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let cloud = section::<CloudConfig>(&mut table, "cloud", &mut errors);
     let outbox = section::<OutboxConfig>(&mut table, "outbox", &mut errors);
     let metrics = section::<MetricsConfig>(&mut table, "metrics", &mut errors);
+    let alerts = section::<crate::alerts::AlertsConfig>(&mut table, "alerts", &mut errors);
     let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `devices`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -136,7 +137,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         Some(mut cloud),
         Some(outbox),
         Some(metrics),
-    ) = (gateway, enroll, mqtt, cloud, outbox, metrics)
+        Some(alerts),
+    ) = (gateway, enroll, mqtt, cloud, outbox, metrics, alerts)
     else {
         return Err(ConfigErrors(errors));
     };
@@ -144,6 +146,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         return Err(ConfigErrors(errors));
     }
     gateway.data_dir = base.join(&gateway.data_dir);
+    let mut alerts = alerts.unwrap_or_default();
+    alerts.resolve_paths(base);
     if let Some(cloud) = cloud.as_mut() {
         for path in [
             &mut cloud.ca_file,
@@ -163,6 +167,7 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         cloud,
         outbox: outbox.unwrap_or_default(),
         metrics: metrics.unwrap_or_default(),
+        alerts,
         devices,
     })
 }
@@ -336,6 +341,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     if let Some(cloud) = &config.cloud {
         check_cloud(cloud, &mut errors);
     }
+    config.alerts.check(&mut errors);
     let o = &config.outbox;
     duration_within(
         &mut errors,
@@ -353,6 +359,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     }
     for (id, device) in &config.devices {
         super::devices::check_device(id, device, &mut errors);
+        crate::coldchain::profile::check(id, device, &mut errors);
     }
     super::devices::check_serial_buses(&config.devices, &mut errors);
 

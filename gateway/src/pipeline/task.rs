@@ -5,6 +5,7 @@
 //! submissions or `batch_delay` has passed, and is written in one durable transaction. Under load
 //! batches fill at once; a lone reading waits at most `batch_delay`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
 use super::{Accepted, Intake, Refused, Submission};
+use crate::alerts::monitor::Observation;
 use crate::outbox::{NewRecord, Outbox, Priority};
 
 /// The running pipeline.
@@ -21,6 +23,8 @@ pub struct Pipeline {
     site: String,
     batch_max: usize,
     batch_delay: Duration,
+    /// Devices under cold-chain monitoring, and where their accepted readings go.
+    monitor: Option<(HashSet<String>, mpsc::Sender<Observation>)>,
 }
 
 impl Pipeline {
@@ -37,7 +41,19 @@ impl Pipeline {
             site: site.to_owned(),
             batch_max: batch_max.max(1),
             batch_delay,
+            monitor: None,
         }
+    }
+
+    /// Sends the accepted readings of `devices` to the cold-chain monitor. The channel is
+    /// bounded: a slow monitor slows the pipeline rather than missing a reading.
+    pub fn with_monitor(
+        mut self,
+        devices: HashSet<String>,
+        observations: mpsc::Sender<Observation>,
+    ) -> Self {
+        self.monitor = Some((devices, observations));
+        self
     }
 
     /// Runs until `shutdown`; then takes what is already queued, so no intake waits forever.
@@ -74,7 +90,21 @@ impl Pipeline {
     async fn commit(&self, batch: Vec<Submission>) {
         let mut records = Vec::with_capacity(batch.len());
         let mut waiting = Vec::with_capacity(batch.len());
+        let mut observed = Vec::new();
         for submission in batch {
+            if let (Some((devices, _)), Intake::Telemetry(reading)) =
+                (&self.monitor, &submission.intake)
+                && devices.contains(&reading.device)
+            {
+                observed.push((
+                    waiting.len(),
+                    Observation {
+                        device: reading.device.clone(),
+                        at: submission.received_at,
+                        points: reading.points.clone(),
+                    },
+                ));
+            }
             let (record, id) = shape(
                 &self.site,
                 submission.intake,
@@ -88,6 +118,13 @@ impl Pipeline {
         let outcome = tokio::task::spawn_blocking(move || outbox.append(records)).await;
         match outcome {
             Ok(Ok(results)) => {
+                if let Some((_, monitor)) = &self.monitor {
+                    for (index, observation) in observed {
+                        if results.get(index).is_some_and(Result::is_ok) {
+                            let _ = monitor.send(observation).await;
+                        }
+                    }
+                }
                 for ((reply, id), result) in waiting.into_iter().zip(results) {
                     let _ = reply.send(match result {
                         Ok(_) => Ok(Accepted { id }),
