@@ -1,0 +1,216 @@
+//! Cold-chain alerts end to end: a simulated fridge whose compressor fails, the real gateway
+//! polling it, a real SMTP server (aiosmtpd), the GPIO fake seen through the metrics, and
+//! mosquitto as the cloud.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rxgate_e2e::cloud::{Cloud, Subscription};
+use rxgate_e2e::{Gateway, bin, curl, wait_until};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a process printing `ready ...` with a port; returns it and the port.
+fn start_ready(mut cmd: Command, what: &str) -> (Proc, u16) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("tcp=").unwrap_or(w).rsplit(':').next()?.parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("{what} did not say where it listens: {line:?}"));
+    (Proc(child), port)
+}
+
+/// A Python with aiosmtpd (Debian package python3-aiosmtpd): `RXGATE_SMTP_PYTHON`, else
+/// Debian's, else `python3`.
+fn smtp_python() -> PathBuf {
+    std::env::var_os("RXGATE_SMTP_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/usr/bin/python3", "python3"].map(PathBuf::from))
+        .find(|p| Command::new(p).args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success()))
+        .expect("a Python with aiosmtpd: apt-get install python3-aiosmtpd")
+}
+
+/// A real SMTP server writing each mail as JSON into `dir`.
+fn smtp_sink(port: u16, dir: &Path) -> (Proc, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new(smtp_python());
+    cmd.arg(workspace().join("gateway/tests/smtp_sink.py"))
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir);
+    start_ready(cmd, "the SMTP sink")
+}
+
+fn mails(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+        .collect()
+}
+
+fn wait_for_mails(dir: &Path, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    wait_until(timeout, &format!("{n} mail(s)"), || {
+        let got = mails(dir);
+        (got.len() >= n).then_some(got)
+    })
+}
+
+/// The fridge: 5 °C, time 600 times faster, the compressor failing at once.
+fn failing_fridge() -> (Proc, u16) {
+    let mut cmd = Command::new(bin("rxgate-sim"));
+    cmd.args(["fridge", "--tcp", "127.0.0.1:0", "--setpoint", "5", "--speed", "600"])
+        .args(["--fault", "compressor-failure@1s"]);
+    start_ready(cmd, "rxgate-sim fridge")
+}
+
+fn gateway_config(cloud: &Cloud, fridge_port: u16, smtp_port: u16, escalate_after: &str) -> String {
+    format!(
+        "{}\n[alerts]\nescalate_after = \"{escalate_after}\"\n\
+         [alerts.email]\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nfrom = \"rxgate <rxgate@pharmacy.example>\"\n\
+         to = [\"duty@pharmacy.example\"]\nescalation_to = [\"area-manager@pharmacy.example\"]\ntimeout = \"5s\"\n\
+         [devices.fridge-01]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{fridge_port}\"\nmodel = \"{}\"\n\
+         poll_interval = \"500ms\"\ntimeout = \"300ms\"\nprofile = \"refrigerator\"\nalarm_delay = \"3s\"\n",
+        cloud.pki.gateway_config(cloud.port),
+        workspace().join("config/devices/acme-fr400.toml").display()
+    )
+}
+
+fn gpio(gw: &Gateway, output: &str) -> bool {
+    let metrics = curl(gw.dir.path(), &[&format!("http://{}/metrics", gw.metrics)]).body_text();
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("rxgate_gpio_output{{output=\"{output}\"}}")))
+        .is_some_and(|l| l.trim_end().ends_with(" 1"))
+}
+
+fn alerts(gw: &Gateway) -> Vec<serde_json::Value> {
+    serde_json::from_str::<Vec<serde_json::Value>>(&gw.cli_ok(&["alerts", "list", "--all", "--json"])).unwrap()
+}
+
+fn cloud_alerts(backend: &Subscription, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    backend.wait_for("rxgate/v1/store-0042/alerts", n, timeout)
+}
+
+#[test]
+fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_and_acknowledgement_silences_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mail_dir = tmp.path().join("mail");
+    let (_smtp, smtp_port) = smtp_sink(0, &mail_dir);
+    let (_fridge, fridge_port) = failing_fridge();
+    let cloud = Cloud::start(tmp.path());
+    let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "1h"));
+    let backend = cloud.subscribe("rxgate/v1/+/alerts");
+
+    let mail = wait_for_mails(&mail_dir, 1, Duration::from_secs(60));
+    let listed = alerts(&gw);
+    assert_eq!(listed.len(), 1, "one alert for the excursion: {listed:#?}");
+    let alert = &listed[0];
+    assert_eq!(alert["kind"], "temperature_high");
+    assert_eq!(alert["device"], "fridge-01");
+    let value = alert["value"].as_f64().unwrap();
+    assert!(value > 8.0, "{alert}");
+    let started = alert["started"].as_str().unwrap();
+    let subject = mail[0]["subject"].as_str().unwrap();
+    let body = mail[0]["body"].as_str().unwrap();
+    assert!(subject.contains("fridge-01"), "{subject}");
+    assert!(body.contains(&format!("{value:.1}")), "the value: {body}");
+    assert!(body.contains(&started[..19]), "the start time {started}: {body}");
+    assert_eq!(mail[0]["rcpt_tos"], serde_json::json!(["duty@pharmacy.example"]));
+
+    assert!(gpio(&gw, "buzzer") && gpio(&gw, "led"), "the GPIO fake is set");
+    let sent = cloud_alerts(&backend, 1, Duration::from_secs(10));
+    assert_eq!(sent[0]["type"], "alert");
+    assert_eq!(sent[0]["event"], "raised");
+    assert_eq!(sent[0]["alert"]["id"], alert["id"]);
+
+    let id = alert["id"].as_str().unwrap();
+    gw.cli_ok(&["alerts", "ack", id, "--by", "Dr. Okafor", "--note", "Stock moved to backup fridge; service called"]);
+    wait_until(Duration::from_secs(5), "the buzzer to stop", || (!gpio(&gw, "buzzer")).then_some(()));
+    let mails = wait_for_mails(&mail_dir, 2, Duration::from_secs(20));
+    assert!(mails[1]["body"].as_str().unwrap().contains("Dr. Okafor"), "{}", mails[1]["body"]);
+    let sent = cloud_alerts(&backend, 2, Duration::from_secs(10));
+    assert_eq!(sent[1]["event"], "acknowledged");
+    let audit = gw.cli_ok(&["audit", "export"]);
+    assert!(audit.contains("alert.acknowledged") && audit.contains("Dr. Okafor"));
+    assert_eq!(alerts(&gw).len(), 1, "still one alert");
+}
+
+#[test]
+fn with_the_cloud_down_the_alert_still_reaches_gpio_and_smtp_at_once_and_the_cloud_when_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mail_dir = tmp.path().join("mail");
+    let (_smtp, smtp_port) = smtp_sink(0, &mail_dir);
+    let mut cloud = Cloud::start(tmp.path());
+    let backend = cloud.subscribe("rxgate/v1/+/alerts");
+    cloud.stop();
+    let (_fridge, fridge_port) = failing_fridge();
+    let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "1h"));
+
+    wait_for_mails(&mail_dir, 1, Duration::from_secs(60));
+    assert!(gpio(&gw, "buzzer"));
+    cloud.restart();
+    let sent = cloud_alerts(&backend, 1, Duration::from_secs(30));
+    assert_eq!(sent[0]["event"], "raised");
+}
+
+#[test]
+fn with_the_smtp_server_down_the_other_channels_are_not_delayed_and_the_mail_follows_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mail_dir = tmp.path().join("mail");
+    // A free port where nothing listens yet.
+    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_fridge, fridge_port) = failing_fridge();
+    let cloud = Cloud::start(tmp.path());
+    let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "1h"));
+    let backend = cloud.subscribe("rxgate/v1/+/alerts");
+
+    let sent = cloud_alerts(&backend, 1, Duration::from_secs(60));
+    assert_eq!(sent[0]["event"], "raised");
+    assert!(gpio(&gw, "buzzer"));
+    assert!(mails(&mail_dir).is_empty());
+    let (_smtp, _) = smtp_sink(smtp_port, &mail_dir);
+    let mail = wait_for_mails(&mail_dir, 1, Duration::from_secs(30));
+    assert!(mail[0]["subject"].as_str().unwrap().contains("fridge-01"));
+}
+
+#[test]
+fn an_alert_nobody_acknowledges_is_escalated_to_the_second_contact_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mail_dir = tmp.path().join("mail");
+    let (_smtp, smtp_port) = smtp_sink(0, &mail_dir);
+    let (_fridge, fridge_port) = failing_fridge();
+    let cloud = Cloud::start(tmp.path());
+    let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "4s"));
+
+    let mails = wait_for_mails(&mail_dir, 2, Duration::from_secs(60));
+    let escalated = &mails[1];
+    let recipients = escalated["rcpt_tos"].as_array().unwrap();
+    assert!(recipients.iter().any(|r| r == "area-manager@pharmacy.example"), "{escalated}");
+    assert!(escalated["subject"].as_str().unwrap().to_lowercase().contains("escalat"), "{}", escalated["subject"]);
+    assert_eq!(alerts(&gw)[0]["state"], "escalated");
+}
