@@ -47,6 +47,7 @@ pub struct Gateway {
     registry: Registry,
     outbox: Outbox,
     ingest: Ingest,
+    alerts: AlertsHandle,
     addresses: Vec<(String, SocketAddr)>,
 }
 
@@ -114,7 +115,7 @@ impl Gateway {
         ];
         let mut context = admin::Context::new(config, registry.clone());
         context.running = true;
-        context.alerts = Some(alerts_handle);
+        context.alerts = Some(alerts_handle.clone());
         context.listeners = addresses
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
@@ -134,6 +135,7 @@ impl Gateway {
             registry,
             outbox,
             ingest,
+            alerts: alerts_handle,
             addresses,
         })
     }
@@ -149,6 +151,11 @@ impl Gateway {
 
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// The alert monitor (for in-process tools like the demo).
+    pub fn alerts(&self) -> &AlertsHandle {
+        &self.alerts
     }
 
     /// Where intakes submit (for in-process tools like the demo).

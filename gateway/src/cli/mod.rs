@@ -243,7 +243,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => Ok(config_check(&cli.config)),
         Command::Demo { duration } => {
             // The demo's own output is the show.
-            crate::logging::init("warn");
+            crate::logging::init("error");
             let options = crate::demo::DemoOptions { duration };
             runtime()?.block_on(crate::demo::run(options, crate::clock::system(false)))?;
             Ok(ExitCode::SUCCESS)

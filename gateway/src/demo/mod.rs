@@ -1,8 +1,11 @@
 //! `rxgate demo`: the first thing a newcomer runs. Everything on loopback, in a temporary folder,
 //! with no config: a gateway, two simulated Modbus fridges, a dispensing cabinet that enrolls
 //! over EST and publishes over MQTT with its new certificate, and a stand-in cloud broker whose
-//! traffic is shown live.
+//! traffic is shown live. After a minute fridge-01's compressor fails: the alert is raised once
+//! the alarm delay has passed, e-mailed to a local SMTP sink, sent to the cloud, and then
+//! acknowledged by a (simulated) pharmacist.
 
+mod smtp;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +27,10 @@ use crate::pki::{self, InitOptions};
 use crate::registry::Actor;
 
 const SITE: &str = "demo-pharmacy";
+/// Short, for the demo: a real refrigerator would use 15 minutes or more.
+const ALARM_DELAY: Duration = Duration::from_secs(20);
+/// How long after an alert the simulated pharmacist acknowledges it.
+const ACK_AFTER: Duration = Duration::from_secs(15);
 /// The register map of the simulated fridge, built in so the demo needs no files.
 const FRIDGE_MODEL: &str = include_str!("../../../config/devices/acme-fr400.toml");
 
@@ -99,9 +106,16 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
     let cloud = start_stand_in_cloud().context("starting the stand-in cloud broker")?;
     let model: ModelFile =
         toml::from_str(FRIDGE_MODEL).context("the built-in fridge register map")?;
+    // fridge-01 runs 60 times faster than real time so its failure shows within the demo: the
+    // compressor fails after one real minute (an hour of fridge time).
     let fridge_a = FridgeSim::start(FridgeOptions {
         setpoint_c: 5.0,
-        door_every: Some(Duration::from_secs(45)),
+        speed: 60.0,
+        schedule: vec![
+            "compressor-failure@60m"
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ],
         ..FridgeOptions::default()
     })
     .await?;
@@ -123,7 +137,15 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
             .context("the simulated fridge has no TCP address")?;
         devices.insert(id.to_owned(), fridge_config(address, &model)?);
     }
+    for device in devices.values_mut() {
+        device.profile = Some(crate::coldchain::Profile::Refrigerator);
+        device.alarm_delay = ALARM_DELAY;
+    }
     config.devices = devices;
+    let (smtp, mut mails) = smtp::start().await.context("starting the demo mail sink")?;
+    config.alerts.email = Some(toml::from_str(&format!(
+        "smtp_url = \"smtp://{smtp}\"\nfrom = \"rxgate {SITE} <rxgate@pharmacy.example>\"\nto = [\"duty-pharmacist@pharmacy.example\"]\n"
+    ))?);
     config.check()?;
     let report = pki::init(&config, &InitOptions::default(), clock.as_ref())?;
     println!(
@@ -135,13 +157,14 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
     let gateway = Gateway::build(&config, clock.clone()).await?;
     let addresses: BTreeMap<String, SocketAddr> = gateway.addresses().iter().cloned().collect();
     let registry = gateway.registry().clone();
+    let alerts = gateway.alerts().clone();
     let shutdown = CancellationToken::new();
     let gateway_task = tokio::spawn(gateway.run(shutdown.clone()));
     println!(
         "  gateway up: EST https://{}  device MQTT mqtts://{}  metrics http://{}/metrics",
         addresses["enroll"], addresses["mqtt"], addresses["metrics"]
     );
-    println!("  stand-in cloud broker: mqtt://{cloud}");
+    println!("  stand-in cloud broker: mqtt://{cloud}   mail sink: smtp://{smtp}");
     println!(
         "  fridges polled over Modbus/TCP: fridge-01 at {}, fridge-02 at {}",
         fridge_a
@@ -202,7 +225,11 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
         },
         stop_rx,
     ));
-    println!("\nWhat reaches the cloud (Ctrl-C to stop):");
+    println!(
+        "\nfridge-01's compressor will fail in a minute; the alarm delay is {}s.",
+        ALARM_DELAY.as_secs()
+    );
+    println!("What reaches the cloud (Ctrl-C to stop):");
     view::header();
 
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
@@ -216,12 +243,29 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
         }
     };
     tokio::pin!(ended);
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<uuid::Uuid>(8);
     loop {
         tokio::select! {
             _ = &mut ended => break,
+            Some(mail) = mails.recv() => view::mail(&mail.to, &mail.subject),
+            Some(id) = ack_rx.recv() => {
+                match alerts.ack(id, "demo pharmacist".to_owned(), "moved the vaccines to the backup fridge; service called".to_owned()).await {
+                    Ok(alert) => println!("          pharmacist acknowledges alert {} (`rxgate alerts ack`): {}", alert.id, alert.state.as_str()),
+                    Err(e) => eprintln!("acknowledgement failed: {e}"),
+                }
+            }
             event = backend_events.poll() => match event {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let kind = view::line(&publish.topic, &publish.payload);
+                    if kind == "alert"
+                        && let Some(id) = view::raised_alert(&publish.payload)
+                    {
+                        let ack_tx = ack_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(ACK_AFTER).await;
+                            let _ = ack_tx.send(id).await;
+                        });
+                    }
                     *counts.entry(kind).or_default() += 1;
                 }
                 Ok(_) => {}

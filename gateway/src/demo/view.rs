@@ -71,9 +71,44 @@ fn summary(message: &Value) -> String {
             },
             message["reason"].as_str().unwrap_or("")
         ),
+        Some("alert") => {
+            let a = &message["alert"];
+            format!(
+                "ALERT {} {} {} ({}){}",
+                message["event"].as_str().unwrap_or("?"),
+                a["kind"].as_str().unwrap_or("?"),
+                a["severity"].as_str().unwrap_or("?"),
+                a["state"].as_str().unwrap_or("?"),
+                a["value"]
+                    .as_f64()
+                    .map(|v| format!(", {v:.1} °C"))
+                    .unwrap_or_default()
+            )
+        }
         Some(other) => other.to_owned(),
         None => String::new(),
     }
+}
+
+/// The id of an alert a `raised` message announces.
+pub fn raised_alert(payload: &[u8]) -> Option<uuid::Uuid> {
+    let message: Value = serde_json::from_slice(payload).ok()?;
+    if message["event"] != "raised" {
+        return None;
+    }
+    message["alert"]["id"].as_str()?.parse().ok()
+}
+
+/// A mail the sink received.
+pub fn mail(to: &[String], subject: &str) {
+    println!(
+        "{:<8}  {:<10}  {:<9}  {:>5}  to {}: {subject}",
+        "",
+        "mail sink",
+        "e-mail",
+        "-",
+        to.join(", ")
+    );
 }
 
 /// Prints one line for a message; returns its type for the summary.
