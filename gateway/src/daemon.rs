@@ -11,7 +11,7 @@ use crate::admin::{self, AdminServer};
 use crate::alerts::channels::{CloudChannel, LocalChannel};
 use crate::alerts::notify::Worker;
 use crate::alerts::{self, AlertsHandle, Channel, Monitor, NotifyQueue};
-use crate::audit::RefusalLog;
+use crate::audit::{AuditKeeper, RefusalLog, Signer};
 use crate::broker::DeviceBroker;
 use crate::clock::SharedClock;
 use crate::config::Config;
@@ -42,6 +42,7 @@ pub struct Gateway {
     monitor: Monitor,
     notifiers: Vec<Notifier>,
     refusal_log: RefusalLog,
+    audit_keeper: AuditKeeper,
     uplink: Option<Uplink>,
     metrics: MetricsServer,
     registry: Registry,
@@ -72,6 +73,14 @@ impl Gateway {
             config.outbox.batch_delay,
         );
         let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
+        let audit_keeper = AuditKeeper::new(
+            store.clone(),
+            outbox.clone(),
+            clock.clone(),
+            checkpoint_signer(config, &pki),
+            &config.gateway.site,
+            config.audit.clone(),
+        );
         let queue = NotifyQueue::open(store.clone(), alerts::configured_channels(config))?;
         let signals = alerts::notify::gpio::build(config.alerts.gpio.as_ref())?;
         let (monitor, alerts_handle, observations) =
@@ -130,6 +139,7 @@ impl Gateway {
             monitor,
             notifiers,
             refusal_log,
+            audit_keeper,
             uplink,
             metrics,
             registry,
@@ -191,6 +201,7 @@ impl Gateway {
             core_tasks.spawn(notifier.run(core.clone()));
         }
         core_tasks.spawn(self.refusal_log.run(core.clone()));
+        core_tasks.spawn(self.audit_keeper.run(core.clone()));
         core_tasks.spawn(self.metrics.run(core.clone()));
         if let Some(uplink) = self.uplink {
             core_tasks.spawn(uplink.run(core.clone()));
@@ -231,6 +242,24 @@ impl Notifier {
 
     fn run(self, shutdown: CancellationToken) -> BoxFuture {
         (self.0)(shutdown)
+    }
+}
+
+/// The signer of audit checkpoints: the gateway's TLS server key. Without one (a key that is not
+/// ECDSA P-256 PKCS#8), checkpoints are off and a warning says so.
+fn checkpoint_signer(config: &Config, pki: &GatewayPki) -> Option<Signer> {
+    let signer = match (&pki.server_key, std::fs::read_to_string(config.paths().server_cert())) {
+        (rustls_pki_types::PrivateKeyDer::Pkcs8(key), Ok(cert)) => {
+            Signer::new(&config.gateway.site, key.secret_pkcs8_der(), &cert)
+        }
+        _ => Err(crate::Error::Invalid("the server key is not a PKCS#8 key".to_owned())),
+    };
+    match signer {
+        Ok(signer) => Some(signer),
+        Err(e) => {
+            tracing::warn!(error = %e, "Audit checkpoints are off.");
+            None
+        }
     }
 }
 

@@ -49,7 +49,11 @@ pub enum Request {
         from: Option<String>,
         to: Option<String>,
     },
-    AuditVerify,
+    AuditVerify {
+        /// A checkpoint as the cloud received it (JSON), to check the chain against.
+        #[serde(default)]
+        checkpoint: Option<String>,
+    },
     /// Alerts, newest first; all of them, or only those not yet resolved.
     AlertList {
         all: bool,
@@ -141,6 +145,8 @@ pub struct Context {
     pub alert_channels: Vec<crate::alerts::Channel>,
     /// The running alert monitor, when the daemon runs.
     pub alerts: Option<crate::alerts::AlertsHandle>,
+    /// The gateway's CA certificate (DER), to check checkpoint signatures.
+    pub ca_der: Option<Vec<u8>>,
     /// Cold-chain limits by device, for reports.
     pub limits: std::collections::HashMap<String, crate::coldchain::Limits>,
 }
@@ -156,6 +162,10 @@ impl Context {
             running: false,
             alert_channels: crate::alerts::configured_channels(config),
             alerts: None,
+            ca_der: crate::tls::load_certs(&config.paths().ca_cert())
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .map(|c| c.to_vec()),
             limits: config
                 .devices
                 .iter()
@@ -283,16 +293,16 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                 to,
             )?))
         }
-        Request::AuditVerify => match crate::audit::verify(ctx.registry.store())? {
-            Ok(entries) => Ok(Reply::AuditVerified {
-                entries,
-                broken: None,
-            }),
-            Err(broken) => Ok(Reply::AuditVerified {
-                entries: broken.seq.saturating_sub(1),
-                broken: Some((broken.seq, broken.reason)),
-            }),
-        },
+        Request::AuditVerify { checkpoint } => {
+            let external: Vec<crate::audit::Checkpoint> = match checkpoint {
+                None => Vec::new(),
+                Some(text) => vec![
+                    serde_json::from_str(&text)
+                        .map_err(|e| Error::Invalid(format!("the checkpoint is not a checkpoint message: {e}")))?,
+                ],
+            };
+            audit_verified(crate::audit::verify(ctx.registry.store(), ctx.ca_der.as_deref(), &external)?)
+        }
     }
 }
 
@@ -315,5 +325,15 @@ fn parse_day(text: &str, name: &str) -> Result<time::Date> {
         Error::Invalid(format!(
             "--{name} {text:?}: expected a date like 2026-05-01"
         ))
+    })
+}
+
+fn audit_verified(outcome: Result<u64, crate::audit::Broken>) -> Result<Reply> {
+    Ok(match outcome {
+        Ok(entries) => Reply::AuditVerified { entries, broken: None },
+        Err(broken) => Reply::AuditVerified {
+            entries: broken.seq.saturating_sub(1),
+            broken: Some((broken.seq, broken.reason)),
+        },
     })
 }

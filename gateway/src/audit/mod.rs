@@ -12,9 +12,11 @@
 //! Entries are written in the same store transaction as the change they record, so an action and
 //! its audit entry are durable together or not at all.
 
+pub mod checkpoint;
+mod keeper;
 mod refusals;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -23,12 +25,16 @@ use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
+pub use checkpoint::{Checkpoint, Signer};
+pub use keeper::{AuditConfig, AuditKeeper, MIN_RETENTION, checkpoints_topic};
 pub use refusals::{Refusal, RefusalLog, Refusals};
 
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
 const HEAD: &str = "head";
-const GENESIS: [u8; 32] = [0; 32];
+/// After pruning: the last removed entry's sequence number and hash, where verification starts.
+const BASE: &str = "base";
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 /// What happened, in a stable dotted vocabulary (`device.enrolled`, `enroll.refused`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +133,7 @@ fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -208,57 +214,137 @@ pub struct Broken {
     pub reason: String,
 }
 
-/// Walks the whole chain. `Ok(n)`: `n` entries verified and the head matches the last of them.
-pub fn verify(store: &Store) -> Result<Result<u64, Broken>> {
+/// The head (last sequence number and hash) recorded in `audit_meta`.
+pub(crate) fn head_of(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<(u64, [u8; 32])>> {
+    meta.get(HEAD)?.map(|h| parse_head(h.value())).transpose()
+}
+
+/// Walks the whole chain from its start (or from the last pruned entry), and checks it against
+/// the head and against every signed checkpoint: the stored ones and `external` ones (as the
+/// cloud received them), verifying their signatures when `ca_der` is given. `Ok(n)`: `n`
+/// entries verified.
+pub fn verify(store: &Store, ca_der: Option<&[u8]>, external: &[Checkpoint]) -> Result<Result<u64, Broken>> {
+    let mut checkpoints = checkpoint::checkpoints(store)?;
+    checkpoints.extend(external.iter().cloned());
+    if let Some(ca) = ca_der {
+        for c in &checkpoints {
+            if let Err(reason) = c.verify_signature(ca) {
+                return Ok(Err(Broken {
+                    seq: c.seq,
+                    reason: format!("the checkpoint of entry {} ({}) does not verify: {reason}", c.seq, c.ts),
+                }));
+            }
+        }
+    }
     store.read(|txn| {
-        let table = match txn.open_table(AUDIT) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Ok(0)),
+        let (meta_head, base) = match txn.open_table(META) {
+            Ok(meta) => (head_of(&meta)?, meta.get(BASE)?.map(|b| parse_head(b.value())).transpose()?),
+            Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
             Err(e) => return Err(e.into()),
         };
-        let mut prev = GENESIS;
-        let mut expected_seq = 1u64;
-        for entry in table.range::<u64>(..)? {
-            let (seq, value) = entry?;
-            let seq = seq.value();
-            let broken = |reason: String| Ok(Err(Broken { seq, reason }));
-            if seq != expected_seq {
-                return broken(format!(
-                    "expected entry {expected_seq} next, found {seq}: entries are missing"
-                ));
+        let (base_seq, mut prev) = base.unwrap_or((0, GENESIS));
+        let mut expected_seq = base_seq + 1;
+        let mut hashes: std::collections::BTreeMap<u64, [u8; 32]> = std::collections::BTreeMap::new();
+        let wanted: std::collections::BTreeSet<u64> = checkpoints.iter().map(|c| c.seq).collect();
+        match txn.open_table(AUDIT) {
+            Ok(table) => {
+                for entry in table.range::<u64>(..)? {
+                    let (seq, value) = entry?;
+                    let seq = seq.value();
+                    let broken = |reason: String| Ok(Err(Broken { seq, reason }));
+                    if seq != expected_seq {
+                        return broken(format!("expected entry {expected_seq} next, found {seq}: entries are missing"));
+                    }
+                    let value = value.value();
+                    let Some((stored_hash, body)) = value.split_first_chunk::<32>() else {
+                        return broken("entry is shorter than its hash".to_owned());
+                    };
+                    let parsed: AuditBody = match serde_json::from_slice(body) {
+                        Ok(b) => b,
+                        Err(e) => return broken(format!("entry is not valid JSON: {e}")),
+                    };
+                    if parsed.seq != seq || parsed.prev != hex(&prev) {
+                        return broken("entry does not name its predecessor's hash".to_owned());
+                    }
+                    if chain_hash(&prev, body) != *stored_hash {
+                        return broken("entry's contents do not match its hash".to_owned());
+                    }
+                    if wanted.contains(&seq) {
+                        hashes.insert(seq, *stored_hash);
+                    }
+                    prev = *stored_hash;
+                    expected_seq += 1;
+                }
             }
-            let value = value.value();
-            let Some((stored_hash, body)) = value.split_first_chunk::<32>() else {
-                return broken("entry is shorter than its hash".to_owned());
-            };
-            let parsed: AuditBody = match serde_json::from_slice(body) {
-                Ok(b) => b,
-                Err(e) => return broken(format!("entry is not valid JSON: {e}")),
-            };
-            if parsed.seq != seq || parsed.prev != hex(&prev) {
-                return broken("entry does not name its predecessor's hash".to_owned());
-            }
-            if chain_hash(&prev, body) != *stored_hash {
-                return broken("entry's contents do not match its hash".to_owned());
-            }
-            prev = *stored_hash;
-            expected_seq += 1;
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
         }
-        let count = expected_seq - 1;
-        let head = match txn.open_table(META) {
-            Ok(meta) => meta.get(HEAD)?.map(|h| parse_head(h.value())).transpose()?,
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(e.into()),
-        };
-        match head {
-            Some((seq, hash)) if seq != count || hash != prev => Ok(Err(Broken {
-                seq: count + 1,
-                reason: format!(
-                    "the chain ends at entry {count} but its head says {seq}: the tail was removed"
-                ),
+        let last = expected_seq - 1;
+        for c in &checkpoints {
+            if c.seq <= base_seq {
+                continue;
+            }
+            if c.seq > last {
+                return Ok(Err(Broken {
+                    seq: last + 1,
+                    reason: format!(
+                        "the chain ends at entry {last} but a checkpoint signed at {} covers entry {}: entries {}..={} were removed",
+                        c.ts,
+                        c.seq,
+                        last + 1,
+                        c.seq
+                    ),
+                }));
+            }
+            if hashes.get(&c.seq).map(|h| hex(h)) != Some(c.hash.clone()) {
+                return Ok(Err(Broken {
+                    seq: c.seq,
+                    reason: format!("entry {} is not the one the checkpoint signed at {} covers: the chain was rewritten", c.seq, c.ts),
+                }));
+            }
+        }
+        match meta_head {
+            Some((seq, hash)) if seq != last || hash != prev => Ok(Err(Broken {
+                seq: last + 1,
+                reason: format!("the chain ends at entry {last} but its head says {seq}: the tail was removed"),
             })),
-            _ => Ok(Ok(count)),
+            _ => Ok(Ok(last - base_seq)),
         }
+    })
+}
+
+/// Removes entries older than `cutoff` from the start of the chain, remembering the last removed
+/// entry's hash so verification still starts from a known point. Checkpoints below it go too.
+pub fn prune(store: &Store, cutoff: OffsetDateTime) -> Result<u64> {
+    store.write(|txn| {
+        let mut table = txn.open_table(AUDIT)?;
+        let mut removed = 0u64;
+        let mut last: Option<(u64, [u8; 32])> = None;
+        loop {
+            let Some((seq, value)) = table.first()?.map(|(k, v)| (k.value(), v.value().to_vec())) else {
+                break;
+            };
+            let Some((hash, body)) = value.split_first_chunk::<32>() else { break };
+            let old = serde_json::from_slice::<AuditBody>(body)
+                .ok()
+                .and_then(|b| OffsetDateTime::parse(&b.ts, &time::format_description::well_known::Rfc3339).ok())
+                .is_some_and(|ts| ts < cutoff);
+            // Never remove the last entry: the head must stay verifiable.
+            if !old || table.len()? <= 1 {
+                break;
+            }
+            table.remove(seq)?;
+            last = Some((seq, *hash));
+            removed += 1;
+        }
+        if let Some((seq, hash)) = last {
+            let mut base = Vec::with_capacity(40);
+            base.extend_from_slice(&seq.to_be_bytes());
+            base.extend_from_slice(&hash);
+            txn.open_table(META)?.insert(BASE, base.as_slice())?;
+            txn.open_table(checkpoint::CHECKPOINTS)?.retain(|c, _| c > seq)?;
+        }
+        Ok(removed)
     })
 }
 
@@ -293,7 +379,7 @@ mod tests {
     fn appended_entries_verify_and_read_back_in_order() {
         let (_dir, store) = store();
         add(&store, 5);
-        assert_eq!(verify(&store).unwrap(), Ok(5));
+        assert_eq!(verify(&store, None, &[]).unwrap(), Ok(5));
         let all = entries(&store, 1, 100).unwrap();
         assert_eq!(
             all.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -317,7 +403,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(verify(&store).unwrap().unwrap_err().seq, 3);
+        assert_eq!(verify(&store, None, &[]).unwrap().unwrap_err().seq, 3);
     }
 
     #[test]
@@ -330,7 +416,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let broken = verify(&store).unwrap().unwrap_err();
+        let broken = verify(&store, None, &[]).unwrap().unwrap_err();
         assert_eq!(broken.seq, 4);
         assert!(
             broken.reason.contains("tail was removed"),
@@ -349,6 +435,6 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(verify(&store).unwrap().unwrap_err().seq, 3);
+        assert_eq!(verify(&store, None, &[]).unwrap().unwrap_err().seq, 3);
     }
 }

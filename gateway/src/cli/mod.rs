@@ -142,8 +142,14 @@ pub enum ReportFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check the hash chain; exits non-zero naming the first entry that does not verify.
-    Verify,
+    /// Check the hash chain and the signed checkpoints; exits non-zero naming the first entry
+    /// that does not verify.
+    Verify {
+        /// A checkpoint message as the cloud received it (JSON file), to check the chain
+        /// against: a chain truncated or rewritten on the gateway no longer matches it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
     /// Print entries (oldest first) as JSON or CSV.
     Export {
         /// First day (2026-05-01) or instant (RFC 3339) to include.
@@ -315,8 +321,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => {
             let config = load(&cli.config)?;
             match command {
-                AuditCommand::Verify => {
-                    let reply = admin::call(&config, Request::AuditVerify)?;
+                AuditCommand::Verify { checkpoint } => {
+                    let checkpoint = checkpoint
+                        .map(|path| {
+                            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                        })
+                        .transpose()?;
+                    let reply = admin::call(&config, Request::AuditVerify { checkpoint })?;
                     Ok(output::audit_verified(&reply))
                 }
                 AuditCommand::Export { from, to, format } => {

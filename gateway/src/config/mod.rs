@@ -45,6 +45,9 @@ pub struct Config {
     /// Prometheus metrics and health endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The audit trail: checkpoints and retention.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// How alerts reach people: e-mail, webhook, GPIO, escalation.
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
@@ -385,6 +388,7 @@ impl Config {
             outbox: OutboxConfig::default(),
             metrics: MetricsConfig { listen: loopback },
             alerts: crate::alerts::AlertsConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
             devices: BTreeMap::new(),
         }
     }

@@ -117,11 +117,12 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let outbox = section::<OutboxConfig>(&mut table, "outbox", &mut errors);
     let metrics = section::<MetricsConfig>(&mut table, "metrics", &mut errors);
     let alerts = section::<crate::alerts::AlertsConfig>(&mut table, "alerts", &mut errors);
+    let audit = section::<crate::audit::AuditConfig>(&mut table, "audit", &mut errors);
     let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `devices`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -138,7 +139,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         Some(outbox),
         Some(metrics),
         Some(alerts),
-    ) = (gateway, enroll, mqtt, cloud, outbox, metrics, alerts)
+        Some(audit),
+    ) = (gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit)
     else {
         return Err(ConfigErrors(errors));
     };
@@ -168,6 +170,7 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         outbox: outbox.unwrap_or_default(),
         metrics: metrics.unwrap_or_default(),
         alerts,
+        audit: audit.unwrap_or_default(),
         devices,
     })
 }
@@ -342,6 +345,20 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         check_cloud(cloud, &mut errors);
     }
     config.alerts.check(&mut errors);
+    duration_within(
+        &mut errors,
+        "audit.checkpoint_every",
+        config.audit.checkpoint_every,
+        Duration::from_secs(10),
+        DAY,
+    );
+    duration_within(
+        &mut errors,
+        "audit.retention",
+        config.audit.retention,
+        crate::audit::MIN_RETENTION,
+        20 * 366 * DAY,
+    );
     let o = &config.outbox;
     duration_within(
         &mut errors,
