@@ -31,10 +31,19 @@ fn start_ready(mut cmd: Command, what: &str) -> (Proc, u16) {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let port = line
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("tcp=").unwrap_or(w).rsplit(':').next()?.parse().ok())
+        .filter_map(|w| {
+            w.strip_prefix("tcp=")
+                .unwrap_or(w)
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
         .next()
         .unwrap_or_else(|| panic!("{what} did not say where it listens: {line:?}"));
     (Proc(child), port)
@@ -47,7 +56,12 @@ fn smtp_python() -> PathBuf {
         .map(PathBuf::from)
         .into_iter()
         .chain(["/usr/bin/python3", "python3"].map(PathBuf::from))
-        .find(|p| Command::new(p).args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success()))
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import aiosmtpd"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
         .expect("a Python with aiosmtpd: apt-get install python3-aiosmtpd")
 }
 
@@ -83,8 +97,16 @@ fn wait_for_mails(dir: &Path, n: usize, timeout: Duration) -> Vec<serde_json::Va
 /// The fridge: 5 °C, time 600 times faster, the compressor failing at once.
 fn failing_fridge() -> (Proc, u16) {
     let mut cmd = Command::new(bin("rxgate-sim"));
-    cmd.args(["fridge", "--tcp", "127.0.0.1:0", "--setpoint", "5", "--speed", "600"])
-        .args(["--fault", "compressor-failure@1s"]);
+    cmd.args([
+        "fridge",
+        "--tcp",
+        "127.0.0.1:0",
+        "--setpoint",
+        "5",
+        "--speed",
+        "600",
+    ])
+    .args(["--fault", "compressor-failure@1s"]);
     start_ready(cmd, "rxgate-sim fridge")
 }
 
@@ -109,7 +131,10 @@ fn gpio(gw: &Gateway, output: &str) -> bool {
 }
 
 fn alerts(gw: &Gateway) -> Vec<serde_json::Value> {
-    serde_json::from_str::<Vec<serde_json::Value>>(&gw.cli_ok(&["alerts", "list", "--all", "--json"])).unwrap()
+    serde_json::from_str::<Vec<serde_json::Value>>(
+        &gw.cli_ok(&["alerts", "list", "--all", "--json"]),
+    )
+    .unwrap()
 }
 
 fn cloud_alerts(backend: &Subscription, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
@@ -117,7 +142,8 @@ fn cloud_alerts(backend: &Subscription, n: usize, timeout: Duration) -> Vec<serd
 }
 
 #[test]
-fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_and_acknowledgement_silences_it() {
+fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_and_acknowledgement_silences_it()
+ {
     let tmp = tempfile::tempdir().unwrap();
     let mail_dir = tmp.path().join("mail");
     let (_smtp, smtp_port) = smtp_sink(0, &mail_dir);
@@ -139,20 +165,43 @@ fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_
     let body = mail[0]["body"].as_str().unwrap();
     assert!(subject.contains("fridge-01"), "{subject}");
     assert!(body.contains(&format!("{value:.1}")), "the value: {body}");
-    assert!(body.contains(&started[..19]), "the start time {started}: {body}");
-    assert_eq!(mail[0]["rcpt_tos"], serde_json::json!(["duty@pharmacy.example"]));
+    assert!(
+        body.contains(&started[..19]),
+        "the start time {started}: {body}"
+    );
+    assert_eq!(
+        mail[0]["rcpt_tos"],
+        serde_json::json!(["duty@pharmacy.example"])
+    );
 
-    assert!(gpio(&gw, "buzzer") && gpio(&gw, "led"), "the GPIO fake is set");
+    assert!(
+        gpio(&gw, "buzzer") && gpio(&gw, "led"),
+        "the GPIO fake is set"
+    );
     let sent = cloud_alerts(&backend, 1, Duration::from_secs(10));
     assert_eq!(sent[0]["type"], "alert");
     assert_eq!(sent[0]["event"], "raised");
     assert_eq!(sent[0]["alert"]["id"], alert["id"]);
 
     let id = alert["id"].as_str().unwrap();
-    gw.cli_ok(&["alerts", "ack", id, "--by", "Dr. Okafor", "--note", "Stock moved to backup fridge; service called"]);
-    wait_until(Duration::from_secs(5), "the buzzer to stop", || (!gpio(&gw, "buzzer")).then_some(()));
+    gw.cli_ok(&[
+        "alerts",
+        "ack",
+        id,
+        "--by",
+        "Dr. Okafor",
+        "--note",
+        "Stock moved to backup fridge; service called",
+    ]);
+    wait_until(Duration::from_secs(5), "the buzzer to stop", || {
+        (!gpio(&gw, "buzzer")).then_some(())
+    });
     let mails = wait_for_mails(&mail_dir, 2, Duration::from_secs(20));
-    assert!(mails[1]["body"].as_str().unwrap().contains("Dr. Okafor"), "{}", mails[1]["body"]);
+    assert!(
+        mails[1]["body"].as_str().unwrap().contains("Dr. Okafor"),
+        "{}",
+        mails[1]["body"]
+    );
     let sent = cloud_alerts(&backend, 2, Duration::from_secs(10));
     assert_eq!(sent[1]["event"], "acknowledged");
     let audit = gw.cli_ok(&["audit", "export"]);
@@ -161,7 +210,8 @@ fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_
 }
 
 #[test]
-fn with_the_cloud_down_the_alert_still_reaches_gpio_and_smtp_at_once_and_the_cloud_when_it_returns() {
+fn with_the_cloud_down_the_alert_still_reaches_gpio_and_smtp_at_once_and_the_cloud_when_it_returns()
+{
     let tmp = tempfile::tempdir().unwrap();
     let mail_dir = tmp.path().join("mail");
     let (_smtp, smtp_port) = smtp_sink(0, &mail_dir);
@@ -183,7 +233,11 @@ fn with_the_smtp_server_down_the_other_channels_are_not_delayed_and_the_mail_fol
     let tmp = tempfile::tempdir().unwrap();
     let mail_dir = tmp.path().join("mail");
     // A free port where nothing listens yet.
-    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (_fridge, fridge_port) = failing_fridge();
     let cloud = Cloud::start(tmp.path());
     let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "1h"));
@@ -210,7 +264,20 @@ fn an_alert_nobody_acknowledges_is_escalated_to_the_second_contact_list() {
     let mails = wait_for_mails(&mail_dir, 2, Duration::from_secs(60));
     let escalated = &mails[1];
     let recipients = escalated["rcpt_tos"].as_array().unwrap();
-    assert!(recipients.iter().any(|r| r == "area-manager@pharmacy.example"), "{escalated}");
-    assert!(escalated["subject"].as_str().unwrap().to_lowercase().contains("escalat"), "{}", escalated["subject"]);
+    assert!(
+        recipients
+            .iter()
+            .any(|r| r == "area-manager@pharmacy.example"),
+        "{escalated}"
+    );
+    assert!(
+        escalated["subject"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("escalat"),
+        "{}",
+        escalated["subject"]
+    );
     assert_eq!(alerts(&gw)[0]["state"], "escalated");
 }
