@@ -49,6 +49,14 @@ pub enum Command {
     },
     /// A channel delivered a notification about alert `id`.
     Delivered { id: Uuid, channel: Channel },
+    /// An access or security flag (from the policy, or repeated refusals): an alert of its own,
+    /// with nothing to clear, waiting for someone to review and acknowledge it.
+    Flag {
+        device: String,
+        flag: String,
+        severity: Severity,
+        detail: serde_json::Value,
+    },
 }
 
 /// How the rest of the gateway talks to the running monitor. Cheap to clone.
@@ -58,6 +66,13 @@ pub struct AlertsHandle {
 }
 
 impl AlertsHandle {
+    /// A handle and the receiving end, for tests of the components that talk to the monitor.
+    #[cfg(test)]
+    pub(crate) fn channel(capacity: usize) -> (AlertsHandle, mpsc::Receiver<Command>) {
+        let (commands, rx) = mpsc::channel(capacity);
+        (AlertsHandle { commands }, rx)
+    }
+
     /// Acknowledges alert `id` on behalf of `by`, with the corrective action taken.
     pub async fn ack(&self, id: Uuid, by: String, note: String) -> Result<Alert> {
         let (reply, answer) = oneshot::channel();
@@ -73,6 +88,19 @@ impl AlertsHandle {
         answer
             .await
             .map_err(|_| Error::Invalid("the alert monitor has stopped".to_owned()))?
+    }
+
+    /// Raises an access or security flag. Waits for room in the monitor's queue.
+    pub async fn flag(&self, device: &str, flag: &str, severity: Severity, detail: serde_json::Value) {
+        let _ = self
+            .commands
+            .send(Command::Flag {
+                device: device.to_owned(),
+                flag: flag.to_owned(),
+                severity,
+                detail,
+            })
+            .await;
     }
 
     /// Tells the monitor a channel delivered a notification (never blocks; best effort).
@@ -400,6 +428,8 @@ impl Monitor {
                         acknowledged_by: None,
                         ack_note: None,
                         notified: Vec::new(),
+        flag: None,
+        detail: None,
                     };
                     tracing::warn!(alert = %alert.id, device, kind = kind.as_str(), severity = ?severity, "{}", alert.headline());
                     notifications.push(notification(Event::Raised, &alert, false, now, synced));
@@ -528,6 +558,12 @@ impl Monitor {
             } => {
                 let _ = reply.send(self.ack(id, &by, &note));
             }
+            Command::Flag {
+                device,
+                flag,
+                severity,
+                detail,
+            } => self.raise_flag(&device, &flag, severity, detail),
             Command::Delivered { id, channel } => {
                 let Some(alert) = self.open.get_mut(&id) else {
                     return;
@@ -546,6 +582,48 @@ impl Monitor {
                 self.write(|txn| history::save_alert(txn, &snapshot));
             }
         }
+    }
+
+    fn raise_flag(&mut self, device: &str, flag: &str, severity: Severity, detail: serde_json::Value) {
+        let now = self.clock.now();
+        let synced = self.clock.synced();
+        let alert = Alert {
+            id: crate::pipeline::envelope::new_id(now),
+            site: self.site.clone(),
+            device: device.to_owned(),
+            kind: AlertKind::AccessFlag,
+            severity,
+            state: AlertState::Raised,
+            active: false,
+            started: now,
+            ended: Some(now),
+            raised_at: now,
+            value: None,
+            limit: None,
+            min: None,
+            max: None,
+            mkt: None,
+            low: None,
+            high: None,
+            escalated_at: None,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            ack_note: None,
+            notified: Vec::new(),
+            flag: Some(flag.to_owned()),
+            detail: Some(detail),
+        };
+        tracing::warn!(alert = %alert.id, device, flag, "{}", alert.headline());
+        let queue = self.queue.clone();
+        let written = self.write(|txn| {
+            history::save_alert(txn, &alert)?;
+            queue.enqueue(txn, &notification(Event::Raised, &alert, false, now, synced))
+        });
+        if written {
+            self.queue.wake();
+        }
+        self.open.insert(alert.id, alert);
+        self.drive_outputs();
     }
 
     fn ack(&mut self, id: Uuid, by: &str, note: &str) -> Result<Alert> {

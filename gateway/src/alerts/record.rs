@@ -72,6 +72,12 @@ pub struct Alert {
     /// Channels that delivered at least one notification about it.
     #[serde(default)]
     pub notified: Vec<String>,
+    /// For access flags: which one (`override_without_witness`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// For access flags: what was seen (the event as it left the policy, pseudonymised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 impl Alert {
@@ -92,6 +98,10 @@ impl Alert {
             AlertKind::DoorOpen => "door left open".to_owned(),
             AlertKind::SensorOffline => "no readings from the sensor".to_owned(),
             AlertKind::ProbeFault => "temperature probe fault (impossible value)".to_owned(),
+            AlertKind::AccessFlag => format!(
+                "access flag {}",
+                self.flag.as_deref().unwrap_or("(unnamed)").replace('_', " ")
+            ),
         };
         let value = self
             .value

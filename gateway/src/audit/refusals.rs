@@ -19,6 +19,9 @@ use crate::store::Store;
 
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const QUEUE: usize = 4096;
+/// Refused connections from one source within [`REPEAT_WINDOW`] that raise a flag.
+pub const REPEAT_THRESHOLD: u32 = 10;
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(300);
 
 /// One refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,12 +64,63 @@ pub struct RefusalLog {
     rx: mpsc::Receiver<Refusal>,
     store: Store,
     clock: SharedClock,
+    flags: Option<crate::alerts::AlertsHandle>,
+    /// Refused connections per source: window start, count, flagged in this window.
+    sources: std::collections::HashMap<IpAddr, (tokio::time::Instant, u32, bool)>,
 }
 
 impl RefusalLog {
     pub fn new(store: Store, clock: SharedClock) -> (Refusals, RefusalLog) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Refusals { tx }, RefusalLog { rx, store, clock })
+        (
+            Refusals { tx },
+            RefusalLog {
+                rx,
+                store,
+                clock,
+                flags: None,
+                sources: std::collections::HashMap::new(),
+            },
+        )
+    }
+
+    /// Raises `repeated_refused_connections` through `flags` when one source is refused
+    /// [`REPEAT_THRESHOLD`] times within [`REPEAT_WINDOW`].
+    pub fn with_flags(mut self, flags: crate::alerts::AlertsHandle) -> Self {
+        self.flags = Some(flags);
+        self
+    }
+
+    async fn watch(&mut self, refusal: &Refusal) {
+        let (Some(flags), Some(source), Kind::ConnectionRefused) = (&self.flags, refusal.source, refusal.kind) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if self.sources.len() > 4096 {
+            self.sources.retain(|_, (start, _, _)| now.duration_since(*start) < REPEAT_WINDOW);
+        }
+        let entry = self.sources.entry(source).or_insert((now, 0, false));
+        if now.duration_since(entry.0) >= REPEAT_WINDOW {
+            *entry = (now, 0, false);
+        }
+        entry.1 += 1;
+        if entry.1 >= REPEAT_THRESHOLD && !entry.2 {
+            entry.2 = true;
+            let device = refusal.device.clone().unwrap_or_else(|| format!("source {source}"));
+            flags
+                .flag(
+                    &device,
+                    "repeated_refused_connections",
+                    crate::coldchain::Severity::Warning,
+                    serde_json::json!({
+                        "source": source.to_string(),
+                        "refused": entry.1,
+                        "within_s": REPEAT_WINDOW.as_secs(),
+                        "last_reason": refusal.reason,
+                    }),
+                )
+                .await;
+        }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -77,13 +131,17 @@ impl RefusalLog {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 received = self.rx.recv() => match received {
-                    Some(refusal) => pending.push(refusal),
+                    Some(refusal) => {
+                        self.watch(&refusal).await;
+                        pending.push(refusal);
+                    }
                     None => break,
                 },
                 _ = tick.tick() => self.flush(&mut pending).await,
             }
         }
         while let Ok(refusal) = self.rx.try_recv() {
+            self.watch(&refusal).await;
             pending.push(refusal);
         }
         self.flush(&mut pending).await;
@@ -191,6 +249,38 @@ mod tests {
                 ("a", "topic_denied", 1)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn repeated_refused_connections_from_one_source_raise_one_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.redb")).unwrap();
+        let clock = crate::clock::ManualClock::new(time::OffsetDateTime::UNIX_EPOCH, true);
+        let (refusals, log) = RefusalLog::new(store, clock);
+        let (handle, mut commands) = crate::alerts::AlertsHandle::channel(16);
+        let log = log.with_flags(handle);
+        let source: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..(REPEAT_THRESHOLD * 2) {
+            refusals.record(Refusal {
+                kind: Kind::ConnectionRefused,
+                device: None,
+                source: Some(source),
+                class: "tls_handshake",
+                reason: "TLS handshake failed: unknown issuer".to_owned(),
+            });
+        }
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        let task = tokio::spawn(log.run(shutdown));
+        let flag = commands.recv().await.expect("a flag");
+        let crate::alerts::monitor::Command::Flag { device, flag, detail, .. } = flag else {
+            panic!("expected a flag");
+        };
+        assert_eq!(flag, "repeated_refused_connections");
+        assert_eq!(device, "source 192.0.2.7");
+        assert_eq!(detail["refused"], REPEAT_THRESHOLD);
+        task.await.unwrap();
+        assert!(commands.try_recv().is_err(), "one flag per window, not one per refusal");
     }
 
     #[tokio::test]

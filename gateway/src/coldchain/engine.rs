@@ -23,6 +23,9 @@ pub enum AlertKind {
     DoorOpen,
     SensorOffline,
     ProbeFault,
+    /// Not a cold-chain condition: a security or access flag (policy or refusals), named in
+    /// the alert's `flag`.
+    AccessFlag,
 }
 
 impl AlertKind {
@@ -33,6 +36,7 @@ impl AlertKind {
             AlertKind::DoorOpen => "door_open",
             AlertKind::SensorOffline => "sensor_offline",
             AlertKind::ProbeFault => "probe_fault",
+            AlertKind::AccessFlag => "access_flag",
         }
     }
 }

@@ -286,6 +286,8 @@ fn an_acknowledgement_needs_a_name_and_a_note() {
         acknowledged_by: None,
         ack_note: None,
         notified: Vec::new(),
+        flag: None,
+        detail: None,
     };
     assert!(acknowledge(&mut alert, "", "note", T0).is_err());
     assert!(acknowledge(&mut alert, "me", " ", T0).is_err());

@@ -35,6 +35,8 @@ pub(crate) fn alert(device: &str) -> Alert {
         acknowledged_by: None,
         ack_note: None,
         notified: Vec::new(),
+        flag: None,
+        detail: None,
     }
 }
 
