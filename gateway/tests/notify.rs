@@ -60,6 +60,8 @@ fn notification(device: &str) -> Notification {
         acknowledged_by: None,
         ack_note: None,
         notified: Vec::new(),
+        flag: None,
+        detail: None,
     };
     Notification {
         event: Event::Raised,
