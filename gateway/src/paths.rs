@@ -9,6 +9,7 @@
 //!   tls/server.key     its private key (0600)
 //!   rxgate.redb        the store: registry, tokens, audit trail, outbox
 //!   rxgate.sock        admin socket of a running daemon (0600)
+//!   pseudonym.key      HMAC key for patient-identifier pseudonyms (0600); never leaves the gateway
 //! ```
 
 use std::fs::{self, OpenOptions};
@@ -48,6 +49,9 @@ impl DataPaths {
     }
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("rxgate.sock")
+    }
+    pub fn pseudonym_key(&self) -> PathBuf {
+        self.root.join("pseudonym.key")
     }
 }
 

@@ -98,6 +98,8 @@ pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result
     }
     let names = server_names(config);
     issue_server_cert(&paths, &ca, &names, config.enroll.server_cert_validity, now)?;
+    // Kept across --force: a new key would give every patient a new pseudonym.
+    pseudonym_key(&paths)?;
 
     let ca_sha256 = rxgate_certs::fingerprint_sha256(ca.cert_der());
     let imported = options.ca_cert.is_some();
@@ -239,4 +241,30 @@ fn server_cert_needs_renewal(
         }
     }
     None
+}
+
+/// The HMAC key that turns patient identifiers into pseudonyms: `data_dir/pseudonym.key`, 32
+/// random bytes made on first use. It never leaves the gateway; losing it means the same patient
+/// gets a new pseudonym from then on, so back it up with the CA.
+pub fn pseudonym_key(paths: &DataPaths) -> Result<ring::hmac::Key> {
+    let path = paths.pseudonym_key();
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 32 => bytes,
+        Ok(bytes) => {
+            return Err(Error::Invalid(format!(
+                "{} holds {} bytes, not 32: it is not a pseudonym key (restore it from a backup)",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+                .map_err(|_| Error::Invalid("the system random number generator failed".to_owned()))?;
+            write_atomic(&path, &key, PRIVATE).map_err(Error::io("cannot write", &path))?;
+            key.to_vec()
+        }
+        Err(e) => return Err(Error::io("cannot read", &path)(e)),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }

@@ -296,10 +296,15 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
         Request::AuditVerify { checkpoint } => {
             let external: Vec<crate::audit::Checkpoint> = match checkpoint {
                 None => Vec::new(),
-                Some(text) => vec![
-                    serde_json::from_str(&text)
-                        .map_err(|e| Error::Invalid(format!("the checkpoint is not a checkpoint message: {e}")))?,
-                ],
+                Some(text) => {
+                    // A cloud message nests it under "checkpoint"; a bare checkpoint works too.
+                    let value: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|e| Error::Invalid(format!("the checkpoint is not JSON: {e}")))?;
+                    let checkpoint = value.get("checkpoint").cloned().unwrap_or(value);
+                    vec![serde_json::from_value(checkpoint).map_err(|e| {
+                        Error::Invalid(format!("not an audit checkpoint (from rxgate/v1/<site>/audit/checkpoints): {e}"))
+                    })?]
+                }
             };
             audit_verified(crate::audit::verify(ctx.registry.store(), ctx.ca_der.as_deref(), &external)?)
         }

@@ -85,7 +85,8 @@ impl AuditKeeper {
         };
         let stamp = Stamp::new(None, now, self.clock.synced());
         let site = self.site.clone();
-        let body = checkpoint.clone();
+        // Nested: the checkpoint's own `seq` (the audit entry) is not the message's stream seq.
+        let body = serde_json::json!({ "checkpoint": checkpoint });
         let record = NewRecord {
             priority: Priority::High,
             topic: checkpoints_topic(&site),
