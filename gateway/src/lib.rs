@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod paths;
 pub mod pipeline;
 pub mod pki;
+pub mod policy;
 pub mod registry;
 pub mod report;
 pub mod store;
