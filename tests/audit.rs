@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 use rxgate_e2e::Gateway;
 use rxgate_e2e::cloud::Cloud;
 
@@ -25,7 +25,11 @@ fn verify(gw: &Gateway, extra: &[&str]) -> (bool, String) {
     let output = gw.cli(&[&["audit", "verify"], extra].concat());
     (
         output.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
     )
 }
 
@@ -66,14 +70,21 @@ fn deleting_the_tail_is_detected_against_the_last_signed_checkpoint_even_from_th
         gw.token(&format!("fridge-{i:02}"), "fridge");
     }
     // Wait for a checkpoint covering all of that to reach the cloud.
-    let entries = serde_json::from_str::<serde_json::Value>(&gw.cli_ok(&["audit", "export"])).unwrap();
-    let head = entries.as_array().unwrap().last().unwrap()["seq"].as_u64().unwrap();
-    let last = rxgate_e2e::wait_until(Duration::from_secs(30), "a checkpoint of the whole chain", || {
-        backend
-            .json_on("rxgate/v1/store-0042/audit/checkpoints")
-            .into_iter()
-            .find(|c| c["checkpoint"]["seq"].as_u64() >= Some(head))
-    });
+    let entries =
+        serde_json::from_str::<serde_json::Value>(&gw.cli_ok(&["audit", "export"])).unwrap();
+    let head = entries.as_array().unwrap().last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let last = rxgate_e2e::wait_until(
+        Duration::from_secs(30),
+        "a checkpoint of the whole chain",
+        || {
+            backend
+                .json_on("rxgate/v1/store-0042/audit/checkpoints")
+                .into_iter()
+                .find(|c| c["checkpoint"]["seq"].as_u64() >= Some(head))
+        },
+    );
     assert!(gw.stop());
     let covered = last["checkpoint"]["seq"].as_u64().unwrap();
     assert!(covered >= 5, "{last}");
@@ -94,7 +105,10 @@ fn deleting_the_tail_is_detected_against_the_last_signed_checkpoint_even_from_th
         }
         let mut head = new_end.to_be_bytes().to_vec();
         head.extend_from_slice(&hash);
-        txn.open_table(META).unwrap().insert("head", head.as_slice()).unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("head", head.as_slice())
+            .unwrap();
         let checkpoints: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
         let mut local = txn.open_table(checkpoints).unwrap();
         local.retain(|_, _| false).unwrap();
@@ -103,21 +117,39 @@ fn deleting_the_tail_is_detected_against_the_last_signed_checkpoint_even_from_th
     drop(db);
 
     let (ok, text) = verify(&gw, &[]);
-    assert!(ok, "without any checkpoint the shortened chain looks whole: {text}");
+    assert!(
+        ok,
+        "without any checkpoint the shortened chain looks whole: {text}"
+    );
     let (ok, text) = verify(&gw, &["--checkpoint", cloud_copy.to_str().unwrap()]);
     assert!(!ok, "{text}");
-    assert!(text.contains(&format!("BROKEN at entry {}", new_end + 1)), "{text}");
+    assert!(
+        text.contains(&format!("BROKEN at entry {}", new_end + 1)),
+        "{text}"
+    );
     assert!(text.contains("checkpoint"), "{text}");
 }
 
 #[test]
 fn the_export_lists_entries_as_json_and_csv_within_dates() {
     let gw = gateway_with_history("");
-    let json: serde_json::Value = serde_json::from_str(&gw.cli_ok(&["audit", "export", "--from", "2020-01-01"])).unwrap();
-    let kinds: Vec<&str> = json.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"token.created") && kinds.contains(&"token.revoked"), "{kinds:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["audit", "export", "--from", "2020-01-01"])).unwrap();
+    let kinds: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"token.created") && kinds.contains(&"token.revoked"),
+        "{kinds:?}"
+    );
     let csv = gw.cli_ok(&["audit", "export", "--format", "csv"]);
-    assert!(csv.starts_with("seq,ts,clock_synced,kind,actor,device,source,detail,prev\n"), "{csv}");
+    assert!(
+        csv.starts_with("seq,ts,clock_synced,kind,actor,device,source,detail,prev\n"),
+        "{csv}"
+    );
     assert_eq!(csv.lines().count(), json.as_array().unwrap().len() + 1);
     let none = gw.cli_ok(&["audit", "export", "--to", "2020-01-01"]);
     assert_eq!(none.trim(), "[]");

@@ -150,5 +150,6 @@ fn metrics_and_health_answer_over_http_with_the_outbox_and_uplink_state() {
     let health: serde_json::Value = serde_json::from_slice(&health.body).unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["uplink"], "disabled", "no [cloud] configured");
-    assert_eq!(health["outbox_depth"], 0);
+    // Nothing but the gateway's own first audit checkpoint waits for a cloud.
+    assert!(health["outbox_depth"].as_u64().unwrap() <= 1, "{health}");
 }

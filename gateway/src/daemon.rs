@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::metrics::MetricsServer;
 use crate::modbus::{ModbusPoller, ModbusTlsIdentity};
 use crate::outbox::Outbox;
+use crate::pipeline::policy::{PolicyHandle, PolicyStage};
 use crate::pipeline::{Ingest, Pipeline};
 use crate::pki::GatewayPki;
 use crate::registry::Registry;
@@ -43,6 +44,9 @@ pub struct Gateway {
     notifiers: Vec<Notifier>,
     refusal_log: RefusalLog,
     audit_keeper: AuditKeeper,
+    policy: PolicyHandle,
+    store: Store,
+    clock: SharedClock,
     uplink: Option<Uplink>,
     metrics: MetricsServer,
     registry: Registry,
@@ -68,6 +72,7 @@ impl Gateway {
         let pipeline = Pipeline::new(
             submissions,
             outbox.clone(),
+            clock.clone(),
             &config.gateway.site,
             config.outbox.batch_max.get(),
             config.outbox.batch_delay,
@@ -88,8 +93,25 @@ impl Gateway {
         let pipeline =
             pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
         let enroll = EnrollServer::build(config, registry.clone(), &pki).await?;
-        let mut broker =
-            DeviceBroker::build(config, registry.clone(), &pki, ingest.clone(), refusals).await?;
+        let mut broker = DeviceBroker::build(
+            config,
+            registry.clone(),
+            &pki,
+            ingest.clone(),
+            refusals.clone(),
+        )
+        .await?;
+        let refusal_log = refusal_log.with_flags(alerts_handle.clone());
+        let policy =
+            PolicyHandle::load(config.gateway.policy_file.as_deref()).map_err(|errors| {
+                crate::Error::Invalid(format!("the policy does not load:\n{errors}"))
+            })?;
+        let pipeline = pipeline.with_policy(
+            PolicyStage::new(policy.clone(), crate::pki::pseudonym_key(&paths)?),
+            refusals,
+            alerts_handle.clone(),
+            broker.take_policy_link(),
+        );
         let modbus = ModbusPoller::build(
             config,
             ingest.clone(),
@@ -125,6 +147,7 @@ impl Gateway {
         let mut context = admin::Context::new(config, registry.clone());
         context.running = true;
         context.alerts = Some(alerts_handle.clone());
+        context.policy = Some(policy.clone());
         context.listeners = addresses
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
@@ -140,6 +163,9 @@ impl Gateway {
             notifiers,
             refusal_log,
             audit_keeper,
+            policy: policy.clone(),
+            store: store.clone(),
+            clock: clock.clone(),
             uplink,
             metrics,
             registry,
@@ -202,6 +228,12 @@ impl Gateway {
         }
         core_tasks.spawn(self.refusal_log.run(core.clone()));
         core_tasks.spawn(self.audit_keeper.run(core.clone()));
+        core_tasks.spawn(crate::pipeline::policy::watch(
+            self.policy,
+            self.store,
+            self.clock,
+            core.clone(),
+        ));
         core_tasks.spawn(self.metrics.run(core.clone()));
         if let Some(uplink) = self.uplink {
             core_tasks.spawn(uplink.run(core.clone()));
@@ -248,11 +280,16 @@ impl Notifier {
 /// The signer of audit checkpoints: the gateway's TLS server key. Without one (a key that is not
 /// ECDSA P-256 PKCS#8), checkpoints are off and a warning says so.
 fn checkpoint_signer(config: &Config, pki: &GatewayPki) -> Option<Signer> {
-    let signer = match (&pki.server_key, std::fs::read_to_string(config.paths().server_cert())) {
+    let signer = match (
+        &pki.server_key,
+        std::fs::read_to_string(config.paths().server_cert()),
+    ) {
         (rustls_pki_types::PrivateKeyDer::Pkcs8(key), Ok(cert)) => {
             Signer::new(&config.gateway.site, key.secret_pkcs8_der(), &cert)
         }
-        _ => Err(crate::Error::Invalid("the server key is not a PKCS#8 key".to_owned())),
+        _ => Err(crate::Error::Invalid(
+            "the server key is not a PKCS#8 key".to_owned(),
+        )),
     };
     match signer {
         Ok(signer) => Some(signer),

@@ -259,8 +259,9 @@ pub fn pseudonym_key(paths: &DataPaths) -> Result<ring::hmac::Key> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut key = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-                .map_err(|_| Error::Invalid("the system random number generator failed".to_owned()))?;
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+                |_| Error::Invalid("the system random number generator failed".to_owned()),
+            )?;
             write_atomic(&path, &key, PRIVATE).map_err(Error::io("cannot write", &path))?;
             key.to_vec()
         }

@@ -89,9 +89,13 @@ fn main() {
     let total = devices * per_device;
     let tmp = tempfile::tempdir().expect("temp dir");
     let cloud = Cloud::start(tmp.path());
+    // The benchmark measures the gateway, not a policy's rate limit: every message is allowed.
+    let policy = tmp.path().join("bench-policy.toml");
+    std::fs::write(&policy, "default = \"allow\"\n").expect("bench policy");
     let gw = Gateway::start(&format!(
-        "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\n",
-        cloud.pki.gateway_config(cloud.port)
+        "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\npolicy_file = \"{}\"\n",
+        cloud.pki.gateway_config(cloud.port),
+        policy.display()
     ));
     let pid = gw.child.as_ref().expect("gateway process").id();
     let creds: Vec<_> = (0..devices)

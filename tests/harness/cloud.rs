@@ -228,7 +228,11 @@ impl Cloud {
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(0);
+                sink.lock().unwrap().push((line, at));
             }
         });
         let subscription = Subscription { child, lines };
@@ -239,7 +243,7 @@ impl Cloud {
             let lines = subscription.lines.lock().unwrap();
             lines
                 .iter()
-                .any(|l| l.starts_with("probe/ready\t"))
+                .any(|(l, _)| l.starts_with("probe/ready\t"))
                 .then_some(())
         });
         subscription
@@ -271,19 +275,28 @@ impl Drop for Cloud {
 /// A running `mosquitto_sub`, collecting `(topic, payload)` lines.
 pub struct Subscription {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Each line with when it arrived (µs since the epoch).
+    lines: Arc<Mutex<Vec<(String, u64)>>>,
 }
 
 impl Subscription {
     /// Everything received so far, probes excluded.
     pub fn messages(&self) -> Vec<(String, String)> {
+        self.timed_messages()
+            .into_iter()
+            .map(|(t, p, _)| (t, p))
+            .collect()
+    }
+
+    /// Like [`Subscription::messages`], with each message's arrival time (µs since the epoch).
+    pub fn timed_messages(&self) -> Vec<(String, String, u64)> {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|l| l.split_once('\t'))
-            .filter(|(t, _)| !t.starts_with("probe/"))
-            .map(|(t, p)| (t.to_owned(), p.to_owned()))
+            .filter_map(|(l, at)| l.split_once('\t').map(|(t, p)| (t, p, *at)))
+            .filter(|(t, _, _)| !t.starts_with("probe/"))
+            .map(|(t, p, at)| (t.to_owned(), p.to_owned(), at))
             .collect()
     }
 

@@ -130,6 +130,11 @@ pub struct Status {
     pub devices_active: usize,
     pub devices_pending: usize,
     pub devices_revoked: usize,
+    /// Where the running policy came from, and why its last reload was refused.
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub policy_error: Option<String>,
 }
 
 /// What [`execute`] works with.
@@ -145,6 +150,8 @@ pub struct Context {
     pub alert_channels: Vec<crate::alerts::Channel>,
     /// The running alert monitor, when the daemon runs.
     pub alerts: Option<crate::alerts::AlertsHandle>,
+    /// The running policy, when the daemon runs.
+    pub policy: Option<crate::pipeline::policy::PolicyHandle>,
     /// The gateway's CA certificate (DER), to check checkpoint signatures.
     pub ca_der: Option<Vec<u8>>,
     /// Cold-chain limits by device, for reports.
@@ -162,6 +169,7 @@ impl Context {
             running: false,
             alert_channels: crate::alerts::configured_channels(config),
             alerts: None,
+            policy: None,
             ca_der: crate::tls::load_certs(&config.paths().ca_cert())
                 .ok()
                 .and_then(|c| c.into_iter().next())
@@ -192,6 +200,8 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                 devices_active: count(Active),
                 devices_pending: count(Pending),
                 devices_revoked: count(Revoked),
+                policy: ctx.policy.as_ref().map(|p| p.current().origin().to_owned()),
+                policy_error: ctx.policy.as_ref().and_then(|p| p.last_error()),
             }))
         }
         Request::TokenCreate {
@@ -302,11 +312,17 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                         .map_err(|e| Error::Invalid(format!("the checkpoint is not JSON: {e}")))?;
                     let checkpoint = value.get("checkpoint").cloned().unwrap_or(value);
                     vec![serde_json::from_value(checkpoint).map_err(|e| {
-                        Error::Invalid(format!("not an audit checkpoint (from rxgate/v1/<site>/audit/checkpoints): {e}"))
+                        Error::Invalid(format!(
+                            "not an audit checkpoint (from rxgate/v1/<site>/audit/checkpoints): {e}"
+                        ))
                     })?]
                 }
             };
-            audit_verified(crate::audit::verify(ctx.registry.store(), ctx.ca_der.as_deref(), &external)?)
+            audit_verified(crate::audit::verify(
+                ctx.registry.store(),
+                ctx.ca_der.as_deref(),
+                &external,
+            )?)
         }
     }
 }
@@ -335,7 +351,10 @@ fn parse_day(text: &str, name: &str) -> Result<time::Date> {
 
 fn audit_verified(outcome: Result<u64, crate::audit::Broken>) -> Result<Reply> {
     Ok(match outcome {
-        Ok(entries) => Reply::AuditVerified { entries, broken: None },
+        Ok(entries) => Reply::AuditVerified {
+            entries,
+            broken: None,
+        },
         Err(broken) => Reply::AuditVerified {
             entries: broken.seq.saturating_sub(1),
             broken: Some((broken.seq, broken.reason)),

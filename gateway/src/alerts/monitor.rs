@@ -91,7 +91,13 @@ impl AlertsHandle {
     }
 
     /// Raises an access or security flag. Waits for room in the monitor's queue.
-    pub async fn flag(&self, device: &str, flag: &str, severity: Severity, detail: serde_json::Value) {
+    pub async fn flag(
+        &self,
+        device: &str,
+        flag: &str,
+        severity: Severity,
+        detail: serde_json::Value,
+    ) {
         let _ = self
             .commands
             .send(Command::Flag {
@@ -428,8 +434,8 @@ impl Monitor {
                         acknowledged_by: None,
                         ack_note: None,
                         notified: Vec::new(),
-        flag: None,
-        detail: None,
+                        flag: None,
+                        detail: None,
                     };
                     tracing::warn!(alert = %alert.id, device, kind = kind.as_str(), severity = ?severity, "{}", alert.headline());
                     notifications.push(notification(Event::Raised, &alert, false, now, synced));
@@ -584,7 +590,13 @@ impl Monitor {
         }
     }
 
-    fn raise_flag(&mut self, device: &str, flag: &str, severity: Severity, detail: serde_json::Value) {
+    fn raise_flag(
+        &mut self,
+        device: &str,
+        flag: &str,
+        severity: Severity,
+        detail: serde_json::Value,
+    ) {
         let now = self.clock.now();
         let synced = self.clock.synced();
         let alert = Alert {
@@ -617,7 +629,10 @@ impl Monitor {
         let queue = self.queue.clone();
         let written = self.write(|txn| {
             history::save_alert(txn, &alert)?;
-            queue.enqueue(txn, &notification(Event::Raised, &alert, false, now, synced))
+            queue.enqueue(
+                txn,
+                &notification(Event::Raised, &alert, false, now, synced),
+            )
         });
         if written {
             self.queue.wake();

@@ -100,7 +100,10 @@ impl Alert {
             AlertKind::ProbeFault => "temperature probe fault (impossible value)".to_owned(),
             AlertKind::AccessFlag => format!(
                 "access flag {}",
-                self.flag.as_deref().unwrap_or("(unnamed)").replace('_', " ")
+                self.flag
+                    .as_deref()
+                    .unwrap_or("(unnamed)")
+                    .replace('_', " ")
             ),
         };
         let value = self

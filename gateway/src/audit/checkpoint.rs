@@ -21,7 +21,8 @@ use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::store::{self, Store, to_json};
 
-pub(crate) const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
+pub(crate) const CHECKPOINTS: TableDefinition<u64, &[u8]> =
+    TableDefinition::new("audit_checkpoints");
 
 /// A signed statement: "the audit chain of `site` had entry `seq` with hash `hash` at `ts`".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,17 +49,24 @@ impl Checkpoint {
         let pem = rustls_pki_types::pem::PemObject::from_pem_slice(self.certificate.as_bytes())
             .map_err(|e| format!("the checkpoint's certificate is not PEM: {e}"))?;
         let cert: rustls_pki_types::CertificateDer = pem;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).map_err(|e| format!("bad certificate: {e}"))?;
-        let (_, ca) = x509_parser::parse_x509_certificate(ca_der).map_err(|e| format!("bad CA certificate: {e}"))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| format!("bad certificate: {e}"))?;
+        let (_, ca) = x509_parser::parse_x509_certificate(ca_der)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
         parsed
             .verify_signature(Some(ca.public_key()))
-            .map_err(|_| "the checkpoint's certificate was not issued by this gateway's CA".to_owned())?;
+            .map_err(|_| {
+                "the checkpoint's certificate was not issued by this gateway's CA".to_owned()
+            })?;
         let key = parsed.public_key().subject_public_key.data.to_vec();
         let sig = STANDARD
             .decode(&self.signature)
             .map_err(|_| "the signature is not base64".to_owned())?;
         signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, key)
-            .verify(Self::signed_text(&self.site, self.seq, &self.hash, &self.ts).as_bytes(), &sig)
+            .verify(
+                Self::signed_text(&self.site, self.seq, &self.hash, &self.ts).as_bytes(),
+                &sig,
+            )
             .map_err(|_| "the signature does not match".to_owned())
     }
 }
@@ -74,8 +82,13 @@ impl Signer {
     /// From the gateway's server key (PKCS#8 DER, ECDSA P-256) and certificate (PEM).
     pub fn new(site: &str, key_pkcs8: &[u8], certificate_pem: &str) -> Result<Signer> {
         let rng = ring::rand::SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8, &rng)
-            .map_err(|e| Error::Invalid(format!("the gateway's key cannot sign audit checkpoints: {e}")))?;
+        let key =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, key_pkcs8, &rng)
+                .map_err(|e| {
+                Error::Invalid(format!(
+                    "the gateway's key cannot sign audit checkpoints: {e}"
+                ))
+            })?;
         Ok(Signer {
             key,
             certificate: certificate_pem.to_owned(),
@@ -106,7 +119,10 @@ impl Signer {
             let ts = rfc3339(now);
             let signature = self
                 .key
-                .sign(&rng, Checkpoint::signed_text(&self.site, seq, &hash, &ts).as_bytes())
+                .sign(
+                    &rng,
+                    Checkpoint::signed_text(&self.site, seq, &hash, &ts).as_bytes(),
+                )
                 .map_err(|_| Error::Invalid("signing the audit checkpoint failed".to_owned()))?;
             let checkpoint = Checkpoint {
                 site: self.site.clone(),

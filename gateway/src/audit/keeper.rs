@@ -63,7 +63,14 @@ pub struct AuditKeeper {
 }
 
 impl AuditKeeper {
-    pub fn new(store: Store, outbox: Outbox, clock: SharedClock, signer: Option<Signer>, site: &str, config: AuditConfig) -> Self {
+    pub fn new(
+        store: Store,
+        outbox: Outbox,
+        clock: SharedClock,
+        signer: Option<Signer>,
+        site: &str,
+        config: AuditConfig,
+    ) -> Self {
         AuditKeeper {
             store,
             outbox,
@@ -92,7 +99,9 @@ impl AuditKeeper {
             topic: checkpoints_topic(&site),
             retain: false,
             accepted_ms: u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
-            payload: Box::new(move |seq| envelope::encode(&site, None, "audit_checkpoint", &stamp, seq, &body)),
+            payload: Box::new(move |seq| {
+                envelope::encode(&site, None, "audit_checkpoint", &stamp, seq, &body)
+            }),
         };
         self.outbox.append(vec![record])?;
         tracing::info!(seq = checkpoint.seq, "Audit checkpoint signed.");
@@ -123,7 +132,7 @@ impl AuditKeeper {
                     if let Err(e) = self.checkpoint() {
                         tracing::error!(error = %e, "Cannot sign an audit checkpoint.");
                     }
-                    if ticks % 24 == 0 {
+                    if ticks.is_multiple_of(24) {
                         self.prune();
                     }
                     ticks += 1;
@@ -146,16 +155,29 @@ mod tests {
     fn signer_and_ca() -> (Signer, Vec<u8>) {
         let now = time::OffsetDateTime::now_utc();
         let ca = rxgate_certs::CertificateAuthority::generate("test CA", now).unwrap();
-        let issued = ca.issue_server(&["localhost".to_owned()], Duration::from_secs(86_400), now).unwrap();
-        let key = rustls_pki_types::pem::PemObject::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let issued = ca
+            .issue_server(&["localhost".to_owned()], Duration::from_secs(86_400), now)
+            .unwrap();
+        let key =
+            rustls_pki_types::pem::PemObject::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
         let key: rustls_pki_types::PrivatePkcs8KeyDer = key;
-        (Signer::new("store-1", key.secret_pkcs8_der(), &issued.cert.pem).unwrap(), ca.cert_der().to_vec())
+        (
+            Signer::new("store-1", key.secret_pkcs8_der(), &issued.cert.pem).unwrap(),
+            ca.cert_der().to_vec(),
+        )
     }
 
     fn add(store: &Store, n: usize) {
         for _ in 0..n {
             store
-                .write(|txn| append(txn, time::OffsetDateTime::now_utc(), true, Record::new(Kind::TokenCreated, "cli")))
+                .write(|txn| {
+                    append(
+                        txn,
+                        time::OffsetDateTime::now_utc(),
+                        true,
+                        Record::new(Kind::TokenCreated, "cli"),
+                    )
+                })
                 .unwrap();
         }
     }
@@ -166,7 +188,10 @@ mod tests {
         let store = Store::create(&dir.path().join("s.redb")).unwrap();
         let (signer, ca) = signer_and_ca();
         add(&store, 5);
-        let checkpoint = signer.checkpoint(&store, time::OffsetDateTime::now_utc()).unwrap().unwrap();
+        let checkpoint = signer
+            .checkpoint(&store, time::OffsetDateTime::now_utc())
+            .unwrap()
+            .unwrap();
         assert_eq!(checkpoint.seq, 5);
         checkpoint.verify_signature(&ca).unwrap();
         assert_eq!(verify(&store, Some(&ca), &[]).unwrap(), Ok(5));
@@ -180,7 +205,8 @@ mod tests {
                 audit.remove(5)?;
                 let mut head = 3u64.to_be_bytes().to_vec();
                 head.extend_from_slice(&hash);
-                txn.open_table(crate::audit::META)?.insert("head", head.as_slice())?;
+                txn.open_table(crate::audit::META)?
+                    .insert("head", head.as_slice())?;
                 Ok(())
             })
             .unwrap();
@@ -191,12 +217,15 @@ mod tests {
         // Even with the local checkpoints deleted too, the copy the cloud holds catches it.
         store
             .write(|txn| {
-                txn.open_table(super::super::checkpoint::CHECKPOINTS)?.retain(|_, _| false)?;
+                txn.open_table(super::super::checkpoint::CHECKPOINTS)?
+                    .retain(|_, _| false)?;
                 Ok(())
             })
             .unwrap();
         assert_eq!(verify(&store, Some(&ca), &[]).unwrap(), Ok(3));
-        let broken = verify(&store, Some(&ca), &[checkpoint]).unwrap().unwrap_err();
+        let broken = verify(&store, Some(&ca), &[checkpoint])
+            .unwrap()
+            .unwrap_err();
         assert_eq!(broken.seq, 4);
     }
 
@@ -206,14 +235,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("s.redb")).unwrap();
         add(&store, 2);
-        let mut checkpoint = signer.checkpoint(&store, time::OffsetDateTime::now_utc()).unwrap().unwrap();
+        let mut checkpoint = signer
+            .checkpoint(&store, time::OffsetDateTime::now_utc())
+            .unwrap()
+            .unwrap();
         checkpoint.seq = 1;
         assert!(checkpoint.verify_signature(&ca).is_err());
         let (_, other_ca) = signer_and_ca();
-        let good = signer.checkpoint(&store, time::OffsetDateTime::now_utc()).unwrap();
+        let good = signer
+            .checkpoint(&store, time::OffsetDateTime::now_utc())
+            .unwrap();
         assert!(good.is_none(), "nothing new to sign");
         let stored = crate::audit::checkpoint::checkpoints(&store).unwrap();
-        assert!(stored[0].verify_signature(&other_ca).is_err(), "another CA's gateway did not sign it");
+        assert!(
+            stored[0].verify_signature(&other_ca).is_err(),
+            "another CA's gateway did not sign it"
+        );
     }
 
     #[test]
@@ -222,10 +259,16 @@ mod tests {
         let store = Store::create(&dir.path().join("s.redb")).unwrap();
         let old = time::OffsetDateTime::now_utc() - time::Duration::days(900);
         for _ in 0..3 {
-            store.write(|txn| append(txn, old, true, Record::new(Kind::TokenCreated, "cli"))).unwrap();
+            store
+                .write(|txn| append(txn, old, true, Record::new(Kind::TokenCreated, "cli")))
+                .unwrap();
         }
         add(&store, 2);
-        let removed = crate::audit::prune(&store, time::OffsetDateTime::now_utc() - time::Duration::days(731)).unwrap();
+        let removed = crate::audit::prune(
+            &store,
+            time::OffsetDateTime::now_utc() - time::Duration::days(731),
+        )
+        .unwrap();
         assert_eq!(removed, 3);
         assert_eq!(verify(&store, None, &[]).unwrap(), Ok(2));
         assert_eq!(crate::audit::entries(&store, 1, 10).unwrap()[0].seq, 4);

@@ -63,6 +63,13 @@ pub enum Kind {
     SubscriptionRefused,
     #[serde(rename = "alert.acknowledged")]
     AlertAcknowledged,
+    /// An access event from a dispensing cabinet, as it left the policy (pseudonymised).
+    #[serde(rename = "access.event")]
+    AccessEvent,
+    #[serde(rename = "policy.denied")]
+    PolicyDenied,
+    #[serde(rename = "policy.reloaded")]
+    PolicyReloaded,
 }
 
 /// One entry as stored (without its hash).
@@ -215,7 +222,9 @@ pub struct Broken {
 }
 
 /// The head (last sequence number and hash) recorded in `audit_meta`.
-pub(crate) fn head_of(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<(u64, [u8; 32])>> {
+pub(crate) fn head_of(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<(u64, [u8; 32])>> {
     meta.get(HEAD)?.map(|h| parse_head(h.value())).transpose()
 }
 
@@ -223,7 +232,11 @@ pub(crate) fn head_of(meta: &impl ReadableTable<&'static str, &'static [u8]>) ->
 /// the head and against every signed checkpoint: the stored ones and `external` ones (as the
 /// cloud received them), verifying their signatures when `ca_der` is given. `Ok(n)`: `n`
 /// entries verified.
-pub fn verify(store: &Store, ca_der: Option<&[u8]>, external: &[Checkpoint]) -> Result<Result<u64, Broken>> {
+pub fn verify(
+    store: &Store,
+    ca_der: Option<&[u8]>,
+    external: &[Checkpoint],
+) -> Result<Result<u64, Broken>> {
     let mut checkpoints = checkpoint::checkpoints(store)?;
     checkpoints.extend(external.iter().cloned());
     if let Some(ca) = ca_der {
@@ -231,7 +244,10 @@ pub fn verify(store: &Store, ca_der: Option<&[u8]>, external: &[Checkpoint]) -> 
             if let Err(reason) = c.verify_signature(ca) {
                 return Ok(Err(Broken {
                     seq: c.seq,
-                    reason: format!("the checkpoint of entry {} ({}) does not verify: {reason}", c.seq, c.ts),
+                    reason: format!(
+                        "the checkpoint of entry {} ({}) does not verify: {reason}",
+                        c.seq, c.ts
+                    ),
                 }));
             }
         }
@@ -321,13 +337,19 @@ pub fn prune(store: &Store, cutoff: OffsetDateTime) -> Result<u64> {
         let mut removed = 0u64;
         let mut last: Option<(u64, [u8; 32])> = None;
         loop {
-            let Some((seq, value)) = table.first()?.map(|(k, v)| (k.value(), v.value().to_vec())) else {
+            let Some((seq, value)) = table.first()?.map(|(k, v)| (k.value(), v.value().to_vec()))
+            else {
                 break;
             };
-            let Some((hash, body)) = value.split_first_chunk::<32>() else { break };
+            let Some((hash, body)) = value.split_first_chunk::<32>() else {
+                break;
+            };
             let old = serde_json::from_slice::<AuditBody>(body)
                 .ok()
-                .and_then(|b| OffsetDateTime::parse(&b.ts, &time::format_description::well_known::Rfc3339).ok())
+                .and_then(|b| {
+                    OffsetDateTime::parse(&b.ts, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
                 .is_some_and(|ts| ts < cutoff);
             // Never remove the last entry: the head must stay verifiable.
             if !old || table.len()? <= 1 {
@@ -342,7 +364,8 @@ pub fn prune(store: &Store, cutoff: OffsetDateTime) -> Result<u64> {
             base.extend_from_slice(&seq.to_be_bytes());
             base.extend_from_slice(&hash);
             txn.open_table(META)?.insert(BASE, base.as_slice())?;
-            txn.open_table(checkpoint::CHECKPOINTS)?.retain(|c, _| c > seq)?;
+            txn.open_table(checkpoint::CHECKPOINTS)?
+                .retain(|c, _| c > seq)?;
         }
         Ok(removed)
     })

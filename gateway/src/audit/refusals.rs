@@ -92,12 +92,15 @@ impl RefusalLog {
     }
 
     async fn watch(&mut self, refusal: &Refusal) {
-        let (Some(flags), Some(source), Kind::ConnectionRefused) = (&self.flags, refusal.source, refusal.kind) else {
+        let (Some(flags), Some(source), Kind::ConnectionRefused) =
+            (&self.flags, refusal.source, refusal.kind)
+        else {
             return;
         };
         let now = tokio::time::Instant::now();
         if self.sources.len() > 4096 {
-            self.sources.retain(|_, (start, _, _)| now.duration_since(*start) < REPEAT_WINDOW);
+            self.sources
+                .retain(|_, (start, _, _)| now.duration_since(*start) < REPEAT_WINDOW);
         }
         let entry = self.sources.entry(source).or_insert((now, 0, false));
         if now.duration_since(entry.0) >= REPEAT_WINDOW {
@@ -106,7 +109,10 @@ impl RefusalLog {
         entry.1 += 1;
         if entry.1 >= REPEAT_THRESHOLD && !entry.2 {
             entry.2 = true;
-            let device = refusal.device.clone().unwrap_or_else(|| format!("source {source}"));
+            let device = refusal
+                .device
+                .clone()
+                .unwrap_or_else(|| format!("source {source}"));
             flags
                 .flag(
                     &device,
@@ -273,14 +279,23 @@ mod tests {
         shutdown.cancel();
         let task = tokio::spawn(log.run(shutdown));
         let flag = commands.recv().await.expect("a flag");
-        let crate::alerts::monitor::Command::Flag { device, flag, detail, .. } = flag else {
+        let crate::alerts::monitor::Command::Flag {
+            device,
+            flag,
+            detail,
+            ..
+        } = flag
+        else {
             panic!("expected a flag");
         };
         assert_eq!(flag, "repeated_refused_connections");
         assert_eq!(device, "source 192.0.2.7");
         assert_eq!(detail["refused"], REPEAT_THRESHOLD);
         task.await.unwrap();
-        assert!(commands.try_recv().is_err(), "one flag per window, not one per refusal");
+        assert!(
+            commands.try_recv().is_err(),
+            "one flag per window, not one per refusal"
+        );
     }
 
     #[tokio::test]

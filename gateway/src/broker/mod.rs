@@ -57,6 +57,7 @@ pub(crate) struct Shared {
 /// The device MQTT listener and its embedded broker, ready to run.
 pub struct DeviceBroker {
     local: Option<rumqttd::local::LinkTx>,
+    policy_link: Option<rumqttd::local::LinkTx>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     limits: Limits,
@@ -149,13 +150,19 @@ impl DeviceBroker {
         let mut broker =
             rumqttd::Broker::new(relay_config(relay, &password, m.max_connections.get()));
         // A local link for rxgate's own messages to devices (alerts for their displays).
-        let (local, mut local_rx) = broker
-            .link("rxgate-local")
-            .map_err(|e| Error::Invalid(format!("embedded broker: {e}")))?;
-        tokio::spawn(async move {
-            // Nothing is subscribed on this link; drain what the router sends back.
-            while local_rx.next().await.is_ok() {}
-        });
+        let mut links = Vec::new();
+        for name in ["rxgate-alerts", "rxgate-policy"] {
+            let (link, mut link_rx) = broker
+                .link(name)
+                .map_err(|e| Error::Invalid(format!("embedded broker: {e}")))?;
+            tokio::spawn(async move {
+                // Nothing is subscribed on these links; drain what the router sends back.
+                while link_rx.next().await.is_ok() {}
+            });
+            links.push(link);
+        }
+        let policy_link = links.pop();
+        let local = links.pop();
         std::thread::Builder::new()
             .name("rumqttd".to_owned())
             .spawn(move || {
@@ -171,7 +178,8 @@ impl DeviceBroker {
         wait_for(relay, &password).await?;
 
         Ok(DeviceBroker {
-            local: Some(local),
+            local,
+            policy_link,
             listener,
             acceptor: TlsAcceptor::from(tls),
             limits: Limits {
@@ -197,6 +205,11 @@ impl DeviceBroker {
     /// The link publishing into the embedded broker as rxgate itself (taken once).
     pub fn take_local_link(&mut self) -> Option<rumqttd::local::LinkTx> {
         self.local.take()
+    }
+
+    /// A second link, for the policy's local routes (taken once).
+    pub fn take_policy_link(&mut self) -> Option<rumqttd::local::LinkTx> {
+        self.policy_link.take()
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {

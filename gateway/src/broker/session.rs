@@ -143,6 +143,7 @@ pub(super) async fn serve(
         }
     };
     let id = identity.device_id.clone();
+    let kind = identity.kind.clone();
     let mut changes = shared.registry.subscribe();
     let check = {
         let registry = shared.registry.clone();
@@ -304,6 +305,7 @@ pub(super) async fn serve(
     let end = Relay {
         shared: &shared,
         id: &id,
+        kind: &kind,
         device: &mut device,
         broker: &mut broker,
         device_buf,
@@ -366,6 +368,7 @@ async fn submit_status(shared: &Arc<Shared>, id: &str, online: bool, reason: Str
 struct Relay<'a> {
     shared: &'a Arc<Shared>,
     id: &'a str,
+    kind: &'a str,
     device: &'a mut TlsStream<TcpStream>,
     broker: &'a mut TcpStream,
     device_buf: BytesMut,
@@ -576,6 +579,7 @@ impl Relay<'_> {
                 crate::metrics::message_in("mqtt");
                 Intake::Telemetry(Reading {
                     device: self.id.to_owned(),
+                    kind: self.kind.to_owned(),
                     device_ts: t.ts,
                     points: t.points,
                 })
@@ -584,6 +588,7 @@ impl Relay<'_> {
                 crate::metrics::message_in("mqtt");
                 Intake::Event {
                     device: self.id.to_owned(),
+                    kind: self.kind.to_owned(),
                     device_ts: e.ts,
                     body: e.body,
                 }

@@ -79,6 +79,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// The policy every message passes.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The pseudonym the gateway gives a patient identifier, to find that patient's records.
+    Pseudonym {
+        /// The patient identifier as the dispensing cabinet sends it.
+        patient_id: String,
+    },
     /// The tamper-evident audit trail.
     Audit {
         #[command(subcommand)]
@@ -89,6 +99,37 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file; print every error (rule, key, position) and exit non-zero if any.
+    Check { file: PathBuf },
+    /// Show what a policy decides about one message, and the rules that made the decision.
+    Test {
+        file: PathBuf,
+        /// The device the message comes from.
+        #[arg(long)]
+        device: String,
+        /// Its kind (fridge, cabinet, sensor).
+        #[arg(long, default_value = "cabinet")]
+        kind: String,
+        /// The message: a JSON file as the device would publish it.
+        #[arg(long)]
+        event: PathBuf,
+        /// Which stream it is published on.
+        #[arg(long, value_enum, default_value_t = StreamArg::Events)]
+        stream: StreamArg,
+        /// Evaluate at this time (RFC 3339) instead of now, e.g. to test opening hours.
+        #[arg(long)]
+        at: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StreamArg {
+    Events,
+    Telemetry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,13 +359,91 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => match crate::policy::check_file(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errors) => {
+                println!("{errors}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    file,
+                    device,
+                    kind,
+                    event,
+                    stream,
+                    at,
+                },
+        } => {
+            let policy = match crate::policy::Policy::load(&file) {
+                Ok(policy) => policy,
+                Err(errors) => {
+                    println!("{errors}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let payload = std::fs::read(&event)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", event.display()))?;
+            let now = match at {
+                Some(at) => {
+                    time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| anyhow::anyhow!("--at {at:?} is not an RFC 3339 time: {e}"))?
+                }
+                None => time::OffsetDateTime::now_utc(),
+            };
+            // The site's pseudonym key when this machine is the gateway, else a throwaway one:
+            // the pseudonyms shown are then not the site's.
+            let key = load(&cli.config)
+                .ok()
+                .and_then(|config| std::fs::read(config.paths().pseudonym_key()).ok())
+                .map(|bytes| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+                .unwrap_or_else(|| {
+                    eprintln!("note: no pseudonym key found; pseudonyms below are not this site's");
+                    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"rxgate policy test")
+                });
+            let stream = match stream {
+                StreamArg::Events => crate::policy::Stream::Events,
+                StreamArg::Telemetry => crate::policy::Stream::Telemetry,
+            };
+            match crate::policy::test_event(&policy, &device, &kind, stream, &payload, now, &key) {
+                Ok(decision) => {
+                    print!("{}", decision.explain());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Pseudonym { patient_id } => {
+            let config = load(&cli.config)?;
+            let path = config.paths().pseudonym_key();
+            let bytes = std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the pseudonym key {}: {e} (run on the gateway, as its user)",
+                    path.display()
+                )
+            })?;
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+            println!("{}", crate::policy::pseudonym(&key, patient_id.trim()));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { command } => {
             let config = load(&cli.config)?;
             match command {
                 AuditCommand::Verify { checkpoint } => {
                     let checkpoint = checkpoint
                         .map(|path| {
-                            std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                            std::fs::read_to_string(&path)
+                                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
                         })
                         .transpose()?;
                     let reply = admin::call(&config, Request::AuditVerify { checkpoint })?;
@@ -378,7 +497,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn config_check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
-        Ok(_) => {
+        Ok(config) => {
+            // The policy is checked here and at `rxgate run`, not by every command: a policy
+            // being edited must not lock the pharmacist out of `rxgate alerts ack`.
+            if let Some(policy) = &config.gateway.policy_file
+                && let Err(errors) = crate::policy::Policy::load(policy)
+            {
+                println!(
+                    "error: gateway.policy_file = {:?}: the policy does not load:",
+                    policy.display().to_string()
+                );
+                println!("{errors}");
+                return ExitCode::FAILURE;
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -73,6 +73,9 @@ pub struct GatewayConfig {
     /// overrides it.
     #[serde(default = "defaults::log")]
     pub log: String,
+    /// The policy file (rules for every message; see docs/policy.md), relative to this file.
+    /// Absent: the built-in default policy (the same as config/policy.toml).
+    pub policy_file: Option<PathBuf>,
     /// Treat the system clock as synchronised even when the kernel does not say so (hardware
     /// with a battery-backed RTC, containers). When false, certificate expiry is not enforced
     /// and timestamps are marked `clock_synced: false` until NTP has set the clock.
@@ -374,6 +377,7 @@ impl Config {
                 data_dir: data_dir.to_owned(),
                 server_names: Vec::new(),
                 log: defaults::log(),
+                policy_file: None,
                 assume_clock_synced: false,
             },
             enroll: EnrollConfig {

@@ -148,6 +148,9 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         return Err(ConfigErrors(errors));
     }
     gateway.data_dir = base.join(&gateway.data_dir);
+    if let Some(policy) = gateway.policy_file.as_mut() {
+        *policy = base.join(&*policy);
+    }
     let mut alerts = alerts.unwrap_or_default();
     alerts.resolve_paths(base);
     if let Some(cloud) = cloud.as_mut() {
@@ -345,6 +348,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         check_cloud(cloud, &mut errors);
     }
     config.alerts.check(&mut errors);
+
     duration_within(
         &mut errors,
         "audit.checkpoint_every",

@@ -217,6 +217,7 @@ fn prepare(id: &str, config: &DeviceConfig) -> Result<Device> {
     let plan = plan::plan(&points);
     Ok(Device {
         id: id.to_owned(),
+        kind: config.kind.clone(),
         unit: config.unit,
         last: vec![None; points.len()],
         problem: vec![None; points.len()],

@@ -64,6 +64,8 @@ impl DeviceStats {
 /// One polled device and everything the poller remembers about it.
 pub(crate) struct Device {
     pub id: String,
+    /// The device's kind, from its config section.
+    pub kind: String,
     pub unit: u8,
     pub points: Vec<PointSpec>,
     /// Mutable: a merged request a device refuses is replaced by one request per point.
@@ -373,6 +375,7 @@ fn reading(dev: &mut Device, cycle: &Cycle) -> Option<Reading> {
     }
     Some(Reading {
         device: dev.id.clone(),
+        kind: dev.kind.clone(),
         device_ts: None,
         points,
     })
@@ -654,6 +657,7 @@ mod tests {
     fn device(points: Vec<PointSpec>) -> Device {
         Device {
             id: "fridge-01".into(),
+            kind: "fridge".into(),
             unit: 1,
             plan: super::super::plan::plan(&points),
             last: vec![None; points.len()],

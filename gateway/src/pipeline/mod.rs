@@ -7,6 +7,7 @@
 //! the device (its PUBACK comes later, a poll cycle takes longer) rather than dropping anything.
 
 pub mod envelope;
+pub mod policy;
 mod task;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,8 @@ impl Point {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub device: String,
+    /// The device's kind (`fridge`, `cabinet`, `sensor`), for the policy.
+    pub kind: String,
     /// The device's own timestamp, when it sent one.
     pub device_ts: Option<OffsetDateTime>,
     pub points: BTreeMap<String, Point>,
@@ -83,6 +86,7 @@ pub enum Intake {
     /// A dispensing-cabinet event (`devices/<id>/events`), already parsed as JSON.
     Event {
         device: String,
+        kind: String,
         device_ts: Option<OffsetDateTime>,
         body: serde_json::Map<String, serde_json::Value>,
     },

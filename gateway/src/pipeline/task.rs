@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
+use super::policy::{PolicyStage, Shaped};
 use super::{Accepted, Intake, Refused, Submission};
 use crate::alerts::monitor::Observation;
 use crate::outbox::{NewRecord, Outbox, Priority};
@@ -20,6 +21,11 @@ use crate::outbox::{NewRecord, Outbox, Priority};
 pub struct Pipeline {
     rx: mpsc::Receiver<Submission>,
     outbox: Outbox,
+    clock: crate::clock::SharedClock,
+    policy: Option<PolicyStage>,
+    refusals: Option<crate::audit::Refusals>,
+    alerts: Option<crate::alerts::AlertsHandle>,
+    local: Option<std::sync::Mutex<rumqttd::local::LinkTx>>,
     site: String,
     batch_max: usize,
     batch_delay: Duration,
@@ -31,6 +37,7 @@ impl Pipeline {
     pub fn new(
         rx: mpsc::Receiver<Submission>,
         outbox: Outbox,
+        clock: crate::clock::SharedClock,
         site: &str,
         batch_max: usize,
         batch_delay: Duration,
@@ -38,6 +45,11 @@ impl Pipeline {
         Pipeline {
             rx,
             outbox,
+            clock,
+            policy: None,
+            refusals: None,
+            alerts: None,
+            local: None,
             site: site.to_owned(),
             batch_max: batch_max.max(1),
             batch_delay,
@@ -53,6 +65,22 @@ impl Pipeline {
         observations: mpsc::Sender<Observation>,
     ) -> Self {
         self.monitor = Some((devices, observations));
+        self
+    }
+
+    /// Evaluates every submission against a policy first; refusals are recorded through
+    /// `refusals`, access flags raised through `alerts`, local routes published on `local`.
+    pub fn with_policy(
+        mut self,
+        stage: PolicyStage,
+        refusals: crate::audit::Refusals,
+        alerts: crate::alerts::AlertsHandle,
+        local: Option<rumqttd::local::LinkTx>,
+    ) -> Self {
+        self.policy = Some(stage);
+        self.refusals = Some(refusals);
+        self.alerts = Some(alerts);
+        self.local = local.map(std::sync::Mutex::new);
         self
     }
 
@@ -87,49 +115,142 @@ impl Pipeline {
         }
     }
 
-    async fn commit(&self, batch: Vec<Submission>) {
+    async fn commit(&mut self, batch: Vec<Submission>) {
         let mut records = Vec::with_capacity(batch.len());
-        let mut waiting = Vec::with_capacity(batch.len());
+        // Per submission: its reply, and where its record is (or its outcome if it has none).
+        let mut waiting: Vec<(
+            tokio::sync::oneshot::Sender<Result<Accepted, Refused>>,
+            Outcome,
+        )> = Vec::with_capacity(batch.len());
         let mut observed = Vec::new();
+        let mut audits: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> =
+            Vec::new();
+        let mut flags = Vec::new();
+        let mut locals = Vec::new();
         for submission in batch {
-            if let (Some((devices, _)), Intake::Telemetry(reading)) =
-                (&self.monitor, &submission.intake)
+            let device = submission.intake.device().to_owned();
+            let shaped = match self.policy.as_mut() {
+                Some(stage) => stage.apply(submission.intake, submission.received_at),
+                None => {
+                    let observed = match &submission.intake {
+                        Intake::Telemetry(reading) => Some(reading.clone()),
+                        _ => None,
+                    };
+                    Shaped {
+                        observed,
+                        ..Shaped::passthrough(submission.intake)
+                    }
+                }
+            };
+            if let (Some((devices, _)), Some(reading)) = (&self.monitor, &shaped.observed)
                 && devices.contains(&reading.device)
             {
-                observed.push((
-                    waiting.len(),
-                    Observation {
-                        device: reading.device.clone(),
-                        at: submission.received_at,
-                        points: reading.points.clone(),
-                    },
-                ));
+                observed.push(Observation {
+                    device: reading.device.clone(),
+                    at: submission.received_at,
+                    points: reading.points.clone(),
+                });
             }
-            let (record, id) = shape(
-                &self.site,
-                submission.intake,
-                submission.received_at,
-                submission.clock_synced,
-            );
-            records.push(record);
-            waiting.push((submission.reply, id));
+            for flag in &shaped.flags {
+                flags.push((device.clone(), flag.clone(), shaped.decided_body.clone()));
+            }
+            if let Some(local) = shaped.local {
+                locals.push(local);
+            }
+            if let Some((refused, class)) = shaped.refused {
+                if let Some(refusals) = &self.refusals {
+                    refusals.record(crate::audit::Refusal {
+                        kind: crate::audit::Kind::PolicyDenied,
+                        device: Some(device.clone()),
+                        source: None,
+                        class,
+                        reason: refused.to_string(),
+                    });
+                }
+                waiting.push((submission.reply, Outcome::Refused(refused)));
+                continue;
+            }
+            if let Some((class, body)) = shaped.audit {
+                audits.push((device.clone(), class, body));
+            }
+            match shaped.intake {
+                Some(intake) => {
+                    let (record, id) = shape(
+                        &self.site,
+                        intake,
+                        submission.received_at,
+                        submission.clock_synced,
+                        shaped.priority,
+                        shaped.topic_suffix.as_deref(),
+                    );
+                    waiting.push((submission.reply, Outcome::Record(records.len(), id)));
+                    records.push(record);
+                }
+                None => {
+                    let id = envelope::new_id(submission.received_at);
+                    waiting.push((submission.reply, Outcome::Accepted(id)));
+                }
+            }
         }
         let outbox = self.outbox.clone();
-        let outcome = tokio::task::spawn_blocking(move || outbox.append(records)).await;
+        let clock = self.clock.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            outbox.append_with(records, |txn| {
+                for (device, class, body) in audits {
+                    let controlled = class == "controlled-substance";
+                    crate::audit::append(
+                        txn,
+                        clock.now(),
+                        clock.synced(),
+                        crate::audit::Record::new(crate::audit::Kind::AccessEvent, device.clone())
+                            .device(device)
+                            .detail(serde_json::json!({
+                                "class": class,
+                                "controlled_substance": controlled,
+                                "event": body,
+                            })),
+                    )?;
+                }
+                Ok(())
+            })
+        })
+        .await;
         match outcome {
             Ok(Ok(results)) => {
                 if let Some((_, monitor)) = &self.monitor {
-                    for (index, observation) in observed {
-                        if results.get(index).is_some_and(Result::is_ok) {
-                            let _ = monitor.send(observation).await;
-                        }
+                    for observation in observed {
+                        let _ = monitor.send(observation).await;
                     }
                 }
-                for ((reply, id), result) in waiting.into_iter().zip(results) {
-                    let _ = reply.send(match result {
-                        Ok(_) => Ok(Accepted { id }),
-                        Err(full) => Err(Refused::Unavailable(full.to_string())),
+                for (reply, outcome) in waiting {
+                    let _ = reply.send(match outcome {
+                        Outcome::Refused(refused) => Err(refused),
+                        Outcome::Accepted(id) => Ok(Accepted { id }),
+                        Outcome::Record(index, id) => match results.get(index) {
+                            Some(Ok(_)) => Ok(Accepted { id }),
+                            Some(Err(full)) => Err(Refused::Unavailable(full.to_string())),
+                            None => Err(Refused::Unavailable("not written".to_owned())),
+                        },
                     });
+                }
+                if let Some(alerts) = &self.alerts {
+                    for (device, flag, body) in flags {
+                        let severity = flag.severity;
+                        alerts
+                            .flag(
+                                &device,
+                                &flag.name,
+                                severity,
+                                serde_json::json!({ "rule": flag.rule, "event": body }),
+                            )
+                            .await;
+                    }
+                }
+                if let Some(link) = &self.local {
+                    let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
+                    for (topic, payload) in locals {
+                        let _ = link.publish(topic, payload);
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -150,12 +271,39 @@ impl Pipeline {
     }
 }
 
+/// What a submission comes to once the batch is written.
+enum Outcome {
+    Refused(Refused),
+    /// Accepted with nothing to write (deadband, routing).
+    Accepted(uuid::Uuid),
+    /// Accepted if record `.0` of the batch is written.
+    Record(usize, uuid::Uuid),
+}
+
 fn accepted_ms(at: time::OffsetDateTime) -> u64 {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 /// Turns an intake into its outbox record.
 fn shape(
+    site: &str,
+    intake: Intake,
+    received_at: time::OffsetDateTime,
+    clock_synced: bool,
+    priority: Option<Priority>,
+    suffix: Option<&str>,
+) -> (NewRecord, uuid::Uuid) {
+    let (mut record, id) = shape_default(site, intake, received_at, clock_synced);
+    if let Some(priority) = priority {
+        record.priority = priority;
+    }
+    if let Some(suffix) = suffix.filter(|s| !s.is_empty()) {
+        record.topic = format!("{}/{}", record.topic, suffix.trim_matches('/'));
+    }
+    (record, id)
+}
+
+fn shape_default(
     site: &str,
     intake: Intake,
     received_at: time::OffsetDateTime,
@@ -186,6 +334,7 @@ fn shape(
             device,
             device_ts,
             body,
+            ..
         } => {
             let stamp = Stamp::new(device_ts, received_at, clock_synced);
             let id = stamp.id;
@@ -240,11 +389,18 @@ mod tests {
         let outbox =
             Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
         let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
-        let (ingest, rx) = Ingest::channel(16, clock);
+        let (ingest, rx) = Ingest::channel(16, clock.clone());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(
-            Pipeline::new(rx, outbox.clone(), "store-1", 8, Duration::from_millis(5))
-                .run(shutdown.clone()),
+            Pipeline::new(
+                rx,
+                outbox.clone(),
+                clock.clone(),
+                "store-1",
+                8,
+                Duration::from_millis(5),
+            )
+            .run(shutdown.clone()),
         );
 
         let mut points = BTreeMap::new();
@@ -255,6 +411,7 @@ mod tests {
         let accepted = ingest
             .submit(Intake::Telemetry(Reading {
                 device: "fridge-1".to_owned(),
+                kind: "fridge".to_owned(),
                 device_ts: None,
                 points,
             }))
@@ -288,10 +445,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), 10).unwrap();
         let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
-        let (ingest, rx) = Ingest::channel(16, clock);
+        let (ingest, rx) = Ingest::channel(16, clock.clone());
         let shutdown = CancellationToken::new();
         tokio::spawn(
-            Pipeline::new(rx, outbox, "s", 8, Duration::from_millis(1)).run(shutdown.clone()),
+            Pipeline::new(rx, outbox, clock.clone(), "s", 8, Duration::from_millis(1))
+                .run(shutdown.clone()),
         );
         let status = |online| Intake::Status {
             device: "d".to_owned(),

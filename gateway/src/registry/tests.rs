@@ -348,5 +348,8 @@ fn every_change_is_in_a_verifiable_audit_chain() {
             Kind::DeviceRevoked
         ]
     );
-    assert_eq!(crate::audit::verify(f.registry.store(), None, &[]).unwrap(), Ok(4));
+    assert_eq!(
+        crate::audit::verify(f.registry.store(), None, &[]).unwrap(),
+        Ok(4)
+    );
 }
