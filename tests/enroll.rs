@@ -753,3 +753,41 @@ fn the_daemon_stops_cleanly_on_sigterm_with_requests_in_flight() {
     assert!(gw.stop(), "{}", gw.logs());
     assert!(gw.logs().contains("rxgate stopped"), "{}", gw.logs());
 }
+
+#[test]
+fn the_simulator_enrolls_and_renews_against_the_real_gateway() {
+    let gw = Gateway::start("");
+    let dir = gw.enroll_with_sim("fridge-13", "fridge");
+    let before: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    let first = before[0]["serial"].as_str().unwrap().to_owned();
+    let output = rxgate_e2e::run(
+        std::process::Command::new(rxgate_e2e::bin("rxgate-sim"))
+            .args(["renew", "--est", &gw.est_url(), "--dir"])
+            .arg(&dir),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let after: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    let second = after[0]["serial"].as_str().unwrap();
+    assert_ne!(first, second, "a new certificate");
+    let pem = std::fs::read_to_string(dir.join("device.crt")).unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+    // Only when due: with 30 days left, renewing "if expiring within 7 days" does nothing.
+    let output = rxgate_e2e::run(
+        std::process::Command::new(rxgate_e2e::bin("rxgate-sim"))
+            .args([
+                "renew",
+                "--est",
+                &gw.est_url(),
+                "--if-expiring-within",
+                "7d",
+                "--dir",
+            ])
+            .arg(&dir),
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    let again: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    assert_eq!(again[0]["serial"].as_str().unwrap(), second);
+}

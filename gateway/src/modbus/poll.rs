@@ -420,7 +420,10 @@ async fn finish_cycle(
     let reading = reading(dev, &cycle);
     let status = change.map(|change| {
         let online = change == StatusChange::Online;
-        dev.stats.online.store(online, Ordering::Relaxed);
+        let was_online = dev.stats.online.swap(online, Ordering::Relaxed);
+        if was_online != online {
+            crate::metrics::device_online(if online { 1.0 } else { -1.0 });
+        }
         let reason = match (&cycle.failure, online) {
             (_, true) => "the device answered a poll".to_owned(),
             (Some(f), false) => {
