@@ -2,52 +2,12 @@
 //! polling it, a real SMTP server (aiosmtpd), the GPIO fake seen through the metrics, and
 //! mosquitto as the cloud.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rxgate_e2e::cloud::{Cloud, Subscription};
-use rxgate_e2e::{Gateway, bin, curl, wait_until};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a process printing `ready ...` with a port; returns it and the port.
-fn start_ready(mut cmd: Command, what: &str) -> (Proc, u16) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split_whitespace()
-        .filter_map(|w| {
-            w.strip_prefix("tcp=")
-                .unwrap_or(w)
-                .rsplit(':')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .next()
-        .unwrap_or_else(|| panic!("{what} did not say where it listens: {line:?}"));
-    (Proc(child), port)
-}
+use rxgate_e2e::{Gateway, Proc, bin, curl, start_ready, wait_until, workspace};
 
 /// A Python with aiosmtpd (Debian package python3-aiosmtpd): `RXGATE_SMTP_PYTHON`, else
 /// Debian's, else `python3`.

@@ -1,17 +1,12 @@
 //! Modbus end to end: the real gateway binary polls devices it did not write (pymodbus) and the
 //! simulator, and the scaled values reach the cloud broker.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
-use rxgate_e2e::Gateway;
 use rxgate_e2e::cloud::Cloud;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use rxgate_e2e::{Gateway, start_ready, workspace};
 
 /// `RXGATE_PYTHON`, else the workspace's `.venv` (scripts/test creates it), else `python3`.
 fn python() -> PathBuf {
@@ -20,36 +15,6 @@ fn python() -> PathBuf {
         .map(PathBuf::from)
         .or_else(|| venv.exists().then_some(venv))
         .unwrap_or_else(|| PathBuf::from("python3"))
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a process that prints `ready <port>` (or `ready tcp=HOST:PORT ...`) and returns it with the port.
-fn start_ready(mut cmd: Command, what: &str) -> (Server, u16) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split_whitespace()
-        .find_map(|word| {
-            let word = word.strip_prefix("tcp=").unwrap_or(word);
-            word.rsplit(':').next().and_then(|p| p.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("{what} did not say where it listens: {line:?} (pymodbus: scripts/test installs it into .venv)"));
-    (Server(child), port)
 }
 
 fn value(message: &serde_json::Value, point: &str) -> serde_json::Value {

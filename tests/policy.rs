@@ -8,14 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, QoS};
 use rxgate_e2e::cloud::Cloud;
-use rxgate_e2e::{Gateway, text, wait_until};
+use rxgate_e2e::{Gateway, text, wait_until, workspace};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
 
 const PATIENT: &str = "MRN-7788990";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn access_event(action: &str, schedule: &str, extra: &str) -> String {
     format!(

@@ -85,6 +85,51 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a process that prints a `ready ...` line naming its port (`ready 5020`,
+/// `ready tcp=127.0.0.1:5020 ...`) and returns it with that port.
+pub fn start_ready(mut cmd: Command, what: &str) -> (Proc, u16) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a ready line");
+    let port = line
+        .split_whitespace()
+        .filter_map(|w| {
+            w.strip_prefix("tcp=")
+                .unwrap_or(w)
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .next()
+        .unwrap_or_else(|| panic!("{what} did not say where it listens: {line:?}"));
+    (Proc(child), port)
+}
+
 /// Runs a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
