@@ -1,7 +1,10 @@
 //! The published contracts against the real gateway: everything `rxgate` sends to the cloud
 //! broker (mosquitto) must match the JSON Schemas in `docs/schemas/`, and so must every example in
 //! `docs/cloud-contract.md` and `docs/device-contract.md`; the device payloads the device contract
-//! documents as accepted or refused must be accepted or refused by the real gateway too.
+//! documents as accepted or refused must be accepted or refused by the real gateway too. The
+//! gateway is made to send every kind of message: telemetry, events, statuses, alert
+//! notifications of each event, and audit checkpoints, whose documented openssl recipe is run
+//! (`<!-- test: verify-checkpoint -->` before its ```sh block; it needs `jq`).
 //!
 //! Schemas are checked with `tests/schemas/validate.py` (Python `jsonschema`), run by the
 //! interpreter [`python`] finds.
@@ -14,16 +17,49 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use rxgate_e2e::cloud::Cloud;
+use rxgate_e2e::cloud::{Cloud, Subscription};
 use rxgate_e2e::{Gateway, text, wait_until};
 
 const SITE: &str = "store-0042";
 /// Device ids the device contract's examples use.
 const FRIDGE: &str = "vaccine-fridge-02";
 const CABINET: &str = "cabinet-01";
+/// A patient id a cabinet sends; it must never reach the cloud.
+const PATIENT: &str = "MRN-0012345";
+/// The schemas of the messages the gateway sends to the cloud.
+const CLOUD_SCHEMAS: [&str; 6] = [
+    "telemetry",
+    "event",
+    "device-status",
+    "gateway-status",
+    "alert",
+    "audit-checkpoint",
+];
+
+/// Whether `text` is a keyed pseudonym as the default policy makes them: `ps-` + 32 hex digits.
+fn is_pseudonym(text: &str) -> bool {
+    text.strip_prefix("ps-").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Every `patient_id` value anywhere in `value`.
+fn patient_ids(value: &serde_json::Value) -> Vec<&serde_json::Value> {
+    match value {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .flat_map(|(k, v)| {
+                let own = (k == "patient_id").then_some(v);
+                own.into_iter().chain(patient_ids(v))
+            })
+            .collect(),
+        serde_json::Value::Array(items) => items.iter().flat_map(patient_ids).collect(),
+        _ => Vec::new(),
+    }
+}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -289,11 +325,21 @@ fn every_example_in_the_docs_matches_its_schema_and_every_refused_one_is_refused
             .map(|e| (e.schema.clone(), e.expect))
             .collect::<BTreeSet<_>>()
     };
-    for schema in ["telemetry", "event", "device-status", "gateway-status"] {
+    for schema in CLOUD_SCHEMAS {
         assert!(
             covered(&cloud).contains(&(schema.to_owned(), Expect::Valid)),
             "cloud-contract.md has no example of {schema}"
         );
+    }
+    // What the cloud gets has gone through the default policy: no patient id in clear.
+    for e in &cloud {
+        for id in patient_ids(&e.json) {
+            assert!(
+                id.as_str().is_some_and(is_pseudonym),
+                "{}: patient_id {id} is not a pseudonym (ps- and 32 hex digits)",
+                e.origin
+            );
+        }
     }
     for (schema, expect) in [
         ("device-telemetry", Expect::Valid),
@@ -321,10 +367,12 @@ fn every_example_in_the_docs_matches_its_schema_and_every_refused_one_is_refused
         .filter_map(|l| l.trim().strip_prefix("$ref: './schemas/"))
         .map(|l| l.trim_end_matches('\''))
         .collect();
-    assert!(
-        refs.len() >= 4,
-        "asyncapi.yaml refers to too few schemas: {refs:?}"
-    );
+    for schema in CLOUD_SCHEMAS {
+        assert!(
+            refs.contains(&format!("{schema}.json").as_str()),
+            "asyncapi.yaml does not refer to schemas/{schema}.json: {refs:?}"
+        );
+    }
     for schema in refs {
         assert!(
             workspace().join("docs/schemas").join(schema).is_file(),
@@ -333,20 +381,37 @@ fn every_example_in_the_docs_matches_its_schema_and_every_refused_one_is_refused
     }
 }
 
-/// The schema a cloud topic's messages follow, and for device streams the device and the
-/// envelope `type`; panics on a topic the contract does not document.
-fn classify(topic: &str) -> (&'static str, Option<(String, &'static str)>) {
+/// What the envelope of a cloud topic's messages says besides its schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stream {
+    /// `devices/<device>/<stream>`: the envelope names the topic's device.
+    Device { device: String, kind: &'static str },
+    /// `alerts`: the envelope names the alert's device.
+    Alerts,
+    /// `audit/checkpoints`: gateway-wide, no device.
+    Checkpoints,
+    /// `gateway/status`: a retained state, not an envelope.
+    GatewayStatus,
+}
+
+/// The schema a cloud topic's messages follow and what their envelope says; panics on a topic
+/// the contract does not document.
+fn classify(topic: &str) -> (&'static str, Stream) {
     let rest = topic
         .strip_prefix(&format!("rxgate/v1/{SITE}/"))
         .unwrap_or_else(|| panic!("{topic}: outside rxgate/v1/{SITE}/"));
-    if rest == "gateway/status" {
-        return ("gateway-status", None);
-    }
     let parts: Vec<&str> = rest.split('/').collect();
+    let device = |device: &str, kind| Stream::Device {
+        device: device.to_owned(),
+        kind,
+    };
     match parts.as_slice() {
-        ["devices", device, "telemetry"] => ("telemetry", Some((device.to_string(), "telemetry"))),
-        ["devices", device, "events"] => ("event", Some((device.to_string(), "event"))),
-        ["devices", device, "status"] => ("device-status", Some((device.to_string(), "status"))),
+        ["gateway", "status"] => ("gateway-status", Stream::GatewayStatus),
+        ["alerts"] => ("alert", Stream::Alerts),
+        ["audit", "checkpoints"] => ("audit-checkpoint", Stream::Checkpoints),
+        ["devices", id, "telemetry"] => ("telemetry", device(id, "telemetry")),
+        ["devices", id, "events"] => ("event", device(id, "event")),
+        ["devices", id, "status"] => ("device-status", device(id, "status")),
         _ => panic!("{topic}: a topic cloud-contract.md does not document"),
     }
 }
@@ -368,15 +433,19 @@ fn numbers_as_f64(value: &serde_json::Value) -> serde_json::Value {
 /// How many device messages the audit trail records as refused for their payload (the trail
 /// folds identical refusals into one entry with a `count`).
 fn refused_payloads(gw: &Gateway) -> u64 {
-    let entries: serde_json::Value =
-        serde_json::from_str(&gw.cli_ok(&["audit", "export"])).expect("audit export is JSON");
-    entries
-        .as_array()
-        .expect("audit export is an array")
+    audit_entries(gw)
         .iter()
         .filter(|e| e["kind"] == "message.refused" && e["detail"]["class"] == "bad_payload")
         .map(|e| e["detail"]["count"].as_u64().unwrap_or(1))
         .sum()
+}
+
+/// The audit trail's entries, oldest first.
+fn audit_entries(gw: &Gateway) -> Vec<serde_json::Value> {
+    match serde_json::from_str(&gw.cli_ok(&["audit", "export"])).expect("audit export is JSON") {
+        serde_json::Value::Array(entries) => entries,
+        other => panic!("audit export is not an array: {other}"),
+    }
 }
 
 fn publish(
@@ -394,12 +463,76 @@ fn publish(
     );
 }
 
+/// Waits for an alert notification on the cloud with `event` whose alert satisfies `which`.
+fn wait_for_alert(
+    backend: &Subscription,
+    event: &str,
+    what: &str,
+    which: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(
+        Duration::from_secs(15),
+        &format!("the {event} notification of {what}"),
+        || {
+            backend
+                .json_on(&format!("rxgate/v1/{SITE}/alerts"))
+                .into_iter()
+                .find(|m| m["event"] == event && which(&m["alert"]))
+        },
+    )
+}
+
+/// The ```sh block right after the line `<!-- test: NAME -->` in `doc`.
+fn tested_sh_block(name: &str, doc: &str, test: &str) -> String {
+    let tag = format!("<!-- test: {test} -->");
+    let lines: Vec<&str> = doc.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == tag)
+        .unwrap_or_else(|| panic!("docs/{name}: no {tag}"));
+    let start = (at + 1..lines.len())
+        .find(|&i| !lines[i].trim().is_empty())
+        .filter(|&i| lines[i].trim() == "```sh")
+        .unwrap_or_else(|| panic!("docs/{name}: {tag} is not followed by a ```sh block"));
+    let end = (start + 1..lines.len())
+        .find(|&i| lines[i].trim() == "```")
+        .unwrap_or_else(|| panic!("docs/{name}: unclosed ```sh block after {tag}"));
+    lines[start + 1..end].join("\n")
+}
+
+/// Runs the cloud contract's recipe for verifying a checkpoint with openssl and jq on
+/// `message` (a checkpoint message as the cloud received it), with the gateway's CA.
+fn run_checkpoint_recipe(dir: &Path, message: &serde_json::Value, ca: &Path) -> Output {
+    let script = tested_sh_block(
+        "cloud-contract.md",
+        &read_doc("cloud-contract.md"),
+        "verify-checkpoint",
+    );
+    std::fs::create_dir_all(dir).expect("recipe folder");
+    std::fs::write(dir.join("checkpoint.json"), message.to_string()).expect("checkpoint.json");
+    std::fs::copy(ca, dir.join("gateway-ca.pem")).expect("gateway-ca.pem");
+    Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the recipe with bash (it needs openssl and jq)")
+}
+
 #[test]
 fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path());
-    let mut gw = Gateway::start(&cloud.pki.gateway_config(cloud.port));
+    // Subscribed before the gateway starts, so that every stream is seen from its first message,
+    // the audit checkpoint signed at start-up included.
     let backend = cloud.subscribe("rxgate/v1/#");
+    // The smart fridge is watched by the cold chain, with delays short enough for every kind of
+    // alert notification to happen during the test.
+    let mut gw = Gateway::start(&format!(
+        "{}\n[alerts]\nescalate_after = \"2s\"\n\
+         [devices.{FRIDGE}]\nprofile = \"refrigerator\"\nalarm_delay = \"1s\"\n",
+        cloud.pki.gateway_config(cloud.port)
+    ));
     let creds: BTreeMap<&str, PathBuf> = [(FRIDGE, "fridge"), (CABINET, "cabinet")]
         .into_iter()
         .map(|(id, kind)| (id, gw.enroll_with_sim(id, kind)))
@@ -433,7 +566,7 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
     // A controlled-substance access, the event dispensing cabinets send most.
     let access = serde_json::json!({
         "type": "access", "action": "remove", "user": "nurse-7", "drawer": "A3", "ndc": "0409-1234-01",
-        "item": "Morphine 10mg", "schedule": "CII", "quantity": 1, "ts": "2026-05-01T08:00:00Z"
+        "item": "Morphine 10mg", "schedule": "CII", "quantity": 1, "auth": "badge", "ts": "2026-05-01T08:00:00Z"
     });
     publish(
         &gw,
@@ -445,6 +578,64 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
     sent.entry(topic(CABINET, "events"))
         .or_default()
         .push(access.clone());
+    // An override with no witness, proven by a PIN alone: two access flags at any hour. It names
+    // a patient and carries a note, neither of which may leave the building in clear.
+    let override_access = serde_json::json!({
+        "type": "access", "action": "override", "user": "nurse-7", "drawer": "C1", "ndc": "0093-4155-73",
+        "item": "Amoxicillin 500mg", "schedule": "none", "quantity": 2, "patient_id": PATIENT, "auth": "pin",
+        "note": "patient in pain, pharmacist on break", "ts": "2026-05-01T08:02:00Z"
+    });
+    publish(
+        &gw,
+        &creds,
+        CABINET,
+        &format!("devices/{CABINET}/events"),
+        &override_access.to_string(),
+    );
+    let pseudonym = gw.cli_ok(&["pseudonym", PATIENT]).trim().to_owned();
+    assert!(is_pseudonym(&pseudonym), "{pseudonym}");
+    let mut override_forwarded = override_access.clone();
+    override_forwarded["patient_id"] = pseudonym.clone().into();
+    override_forwarded
+        .as_object_mut()
+        .expect("an object")
+        .remove("note");
+    sent.entry(topic(CABINET, "events"))
+        .or_default()
+        .push(override_forwarded.clone());
+
+    // A cold-chain excursion of the smart fridge: too cold for longer than the alarm delay (a
+    // warning), then freezing (critical), acknowledged; the last good reading below clears it.
+    let fridge_telemetry = format!("devices/{FRIDGE}/telemetry");
+    let too_cold = |a: &serde_json::Value| a["device"] == FRIDGE && a["kind"] == "temperature_low";
+    let mut worsened = serde_json::Value::Null;
+    for (reading, event) in [(1.5, "raised"), (-1.0, "worsened")] {
+        let message = serde_json::json!({"points": {"temperature_c": reading}});
+        publish(&gw, &creds, FRIDGE, &fridge_telemetry, &message.to_string());
+        sent.entry(topic(FRIDGE, "telemetry"))
+            .or_default()
+            .push(message);
+        worsened = wait_for_alert(&backend, event, "the fridge's excursion", too_cold);
+    }
+    assert_eq!(worsened["alert"]["severity"], "critical", "{worsened:#}");
+    assert_eq!(worsened["alert"]["value"], -1.0, "{worsened:#}");
+    assert_eq!(worsened["alert"]["limit"], 0.0, "{worsened:#}");
+    let alert_id = worsened["alert"]["id"]
+        .as_str()
+        .expect("alert id")
+        .to_owned();
+    gw.cli_ok(&[
+        "alerts",
+        "ack",
+        &alert_id,
+        "--by",
+        "pharm-weiss",
+        "--note",
+        "vaccines moved to the backup fridge",
+    ]);
+    wait_for_alert(&backend, "acknowledged", "the fridge's excursion", |a| {
+        a["id"] == alert_id.as_str()
+    });
 
     // The refused ones: acknowledged (mosquitto_pub succeeds), refused with the documented reason.
     let refused: Vec<&Example> = examples
@@ -501,7 +692,9 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
         (
             CABINET,
             "events",
-            serde_json::json!({"type": "door", "action": "close"}),
+            serde_json::json!({"type": "access", "action": "count", "user": "pharm-weiss", "drawer": "B1",
+                "ndc": "0409-1890-01", "item": "Morphine sulfate 4 mg/mL injection", "schedule": "CII",
+                "quantity": 12, "auth": ["badge", "pin"], "ts": "2026-05-01T08:05:00Z"}),
         ),
     ] {
         publish(
@@ -514,9 +707,15 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
         sent.entry(topic(device, stream)).or_default().push(message);
     }
     for (t, messages) in &sent {
-        let got = backend.wait_for(t, messages.len(), Duration::from_secs(15));
+        backend.wait_for(t, messages.len(), Duration::from_secs(15));
+        // As a consumer reads a stream: each message once, in seq order (events of one device
+        // wait in different priority lanes, so arrival order is not seq order).
+        let mut got: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+        for m in backend.json_on(t) {
+            got.insert(m["seq"].as_u64().expect("seq"), m);
+        }
         let bodies: Vec<&serde_json::Value> = got
-            .iter()
+            .values()
             .map(|m| {
                 if m["type"] == "event" {
                     &m["event"]
@@ -551,7 +750,7 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
             assert_eq!(
                 numbers_as_f64(body),
                 numbers_as_f64(expected),
-                "{t}: forwarded unchanged, in order"
+                "{t}: forwarded as the policy shaped it, in seq order"
             );
         }
     }
@@ -562,16 +761,67 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
         .expect("the access event in the cloud");
     assert_eq!(cloud_access["device_ts"], "2026-05-01T08:00:00Z");
 
-    // Gateway status: connected (retained, seen on subscribing), the last will when the gateway
-    // dies, connected again, and the goodbye on a clean stop.
+    // The override's flags carry the event as it left the policy: the same as the cloud got.
+    for (flag, rule) in [
+        ("override_without_witness", "override-without-witness"),
+        (
+            "access_without_second_factor",
+            "access-without-second-factor",
+        ),
+    ] {
+        let raised = wait_for_alert(&backend, "raised", flag, |a| a["flag"] == flag);
+        let alert = &raised["alert"];
+        assert_eq!(alert["kind"], "access_flag", "{raised:#}");
+        assert_eq!(alert["device"], CABINET, "{raised:#}");
+        assert_eq!(alert["active"], false, "{raised:#}");
+        assert_eq!(alert["detail"]["rule"], rule, "{raised:#}");
+        assert_eq!(
+            alert["detail"]["event"], override_forwarded,
+            "{flag}: the event as it left the policy"
+        );
+    }
+    // Flags are never active: nobody acknowledges these, so they escalate.
+    let escalated = wait_for_alert(&backend, "escalated", "an access flag", |a| {
+        a["kind"] == "access_flag"
+    });
+    assert_eq!(escalated["escalation"], true, "{escalated:#}");
+    assert_eq!(escalated["alert"]["state"], "escalated", "{escalated:#}");
+    // The last good reading ended the excursion, which was acknowledged: resolved.
+    let cleared = wait_for_alert(&backend, "cleared", "the fridge's excursion", |a| {
+        a["id"] == alert_id.as_str()
+    });
+    let alert = &cleared["alert"];
+    assert_eq!(alert["state"], "resolved", "{cleared:#}");
+    assert_eq!(alert["active"], false, "{cleared:#}");
+    assert_eq!(alert["min"], -1.0, "{cleared:#}");
+    assert!(alert["mkt"].is_number(), "{cleared:#}");
+    assert_eq!(alert["acknowledged_by"], "pharm-weiss", "{cleared:#}");
+
+    // Gateway status: connected, the last will when the gateway dies, connected again, and the
+    // goodbye on a clean stop. The restarted gateway signs the audit chain's head at start-up.
     let gateway_status = format!("rxgate/v1/{SITE}/gateway/status");
     backend.wait_for(&gateway_status, 1, Duration::from_secs(5));
+    let head = audit_entries(&gw)
+        .last()
+        .and_then(|e| e["seq"].as_u64())
+        .expect("an audit trail");
     let mut child = gw.child.take().expect("the gateway runs");
     child.kill().expect("SIGKILL the gateway");
     child.wait().expect("reap the gateway");
     backend.wait_for(&gateway_status, 2, Duration::from_secs(10));
     gw.spawn();
     backend.wait_for(&gateway_status, 3, Duration::from_secs(15));
+    let checkpoints = format!("rxgate/v1/{SITE}/audit/checkpoints");
+    let checkpoint = wait_until(
+        Duration::from_secs(15),
+        "a checkpoint of the whole audit trail",
+        || {
+            backend
+                .json_on(&checkpoints)
+                .into_iter()
+                .find(|m| m["checkpoint"]["seq"].as_u64() >= Some(head))
+        },
+    );
     assert!(gw.stop(), "the gateway stops cleanly:\n{}", gw.logs());
     let statuses = backend.wait_for(&gateway_status, 4, Duration::from_secs(10));
     let reasons: Vec<&str> = statuses
@@ -584,6 +834,36 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
         "{statuses:#?}"
     );
 
+    // The checkpoint as the cloud received it verifies: with the documented openssl recipe, and
+    // on the gateway with `rxgate audit verify --checkpoint`. A forged one does not.
+    let recipe = run_checkpoint_recipe(&gw.path("recipe"), &checkpoint, &gw.ca_cert());
+    assert!(
+        recipe.status.success() && String::from_utf8_lossy(&recipe.stdout).contains("Verified OK"),
+        "the cloud contract's openssl recipe: {}",
+        text(&recipe)
+    );
+    let mut forged = checkpoint.clone();
+    forged["checkpoint"]["seq"] = (head + 1000).into();
+    let recipe = run_checkpoint_recipe(&gw.path("forged"), &forged, &gw.ca_cert());
+    assert!(
+        !recipe.status.success(),
+        "the recipe accepts a forged checkpoint: {}",
+        text(&recipe)
+    );
+    let kept = gw.path("checkpoint.json");
+    std::fs::write(&kept, checkpoint.to_string()).expect("write the checkpoint");
+    let verified = gw.cli(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        &kept.display().to_string(),
+    ]);
+    assert!(
+        verified.status.success(),
+        "rxgate audit verify --checkpoint: {}",
+        text(&verified)
+    );
+
     // Every message on the wire: documented topic, schema, envelope consistent with its topic.
     let received: Vec<(String, String)> = backend
         .messages()
@@ -594,34 +874,62 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
     let mut by_id: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut seqs: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for (t, payload) in &received {
+        assert!(
+            !payload.contains(PATIENT) && !payload.contains("patient in pain"),
+            "{t}: a patient id or free text left the building: {payload}"
+        );
         let message: serde_json::Value = serde_json::from_str(payload)
             .unwrap_or_else(|e| panic!("{t}: not JSON ({e}): {payload}"));
         let (schema, stream) = classify(t);
-        if let Some((device, kind)) = stream {
-            assert_eq!(message["site"], SITE, "{t}: {payload}");
-            assert_eq!(message["device"], device.as_str(), "{t}: {payload}");
-            assert_eq!(message["type"], kind, "{t}: {payload}");
-            let id = message["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{t}: no id: {payload}"))
-                .to_owned();
-            match by_id.get(&id) {
-                // A redelivery is the same message: same topic, same bytes.
-                Some(first) => assert_eq!(
-                    first,
-                    &(t.clone(), payload.clone()),
-                    "two messages share the id {id}"
-                ),
-                None => {
-                    by_id.insert(id, (t.clone(), payload.clone()));
-                    let seq = message["seq"]
-                        .as_u64()
-                        .unwrap_or_else(|| panic!("{t}: no seq: {payload}"));
-                    assert!(
-                        seqs.entry(t.clone()).or_default().insert(seq),
-                        "{t}: seq {seq} given to two messages"
-                    );
-                }
+        let (device, kind) = match &stream {
+            Stream::GatewayStatus => {
+                by_schema
+                    .entry(schema)
+                    .or_default()
+                    .push((t.clone(), message));
+                continue;
+            }
+            Stream::Device { device, kind } => (Some(device.as_str()), *kind),
+            Stream::Alerts => {
+                assert_eq!(message["alert"]["site"], SITE, "{t}: {payload}");
+                (message["alert"]["device"].as_str(), "alert")
+            }
+            Stream::Checkpoints => {
+                assert_eq!(message["checkpoint"]["site"], SITE, "{t}: {payload}");
+                assert_eq!(
+                    message["gateway_ts"], message["checkpoint"]["ts"],
+                    "{t}: {payload}"
+                );
+                (None, "audit_checkpoint")
+            }
+        };
+        assert_eq!(message["site"], SITE, "{t}: {payload}");
+        assert_eq!(
+            message.get("device").and_then(|d| d.as_str()),
+            device,
+            "{t}: {payload}"
+        );
+        assert_eq!(message["type"], kind, "{t}: {payload}");
+        let id = message["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{t}: no id: {payload}"))
+            .to_owned();
+        match by_id.get(&id) {
+            // A redelivery is the same message: same topic, same bytes.
+            Some(first) => assert_eq!(
+                first,
+                &(t.clone(), payload.clone()),
+                "two messages share the id {id}"
+            ),
+            None => {
+                by_id.insert(id, (t.clone(), payload.clone()));
+                let seq = message["seq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{t}: no seq: {payload}"));
+                assert!(
+                    seqs.entry(t.clone()).or_default().insert(seq),
+                    "{t}: seq {seq} given to two messages"
+                );
             }
         }
         by_schema
@@ -645,7 +953,16 @@ fn everything_the_gateway_sends_to_the_cloud_matches_the_published_schemas() {
             );
         }
     }
-    for schema in ["telemetry", "event", "device-status", "gateway-status"] {
+    let alert_events: BTreeSet<&str> = by_schema["alert"]
+        .iter()
+        .filter_map(|(_, m)| m["event"].as_str())
+        .collect();
+    assert_eq!(
+        alert_events,
+        BTreeSet::from(["raised", "worsened", "escalated", "acknowledged", "cleared"]),
+        "every kind of alert notification was seen"
+    );
+    for schema in CLOUD_SCHEMAS {
         let messages = by_schema
             .get(schema)
             .unwrap_or_else(|| panic!("the gateway sent no {schema} message"));

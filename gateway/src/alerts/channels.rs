@@ -19,6 +19,21 @@ struct AlertBody<'a> {
     alert: &'a Alert,
 }
 
+/// The message id of a notification: a UUIDv7 whose time is the notification's and whose other
+/// bits come from (alert id, event, time), so a notification handed to the outbox twice (a
+/// crash between delivery and its removal from the queue) arrives with the same id.
+pub fn notification_id(n: &Notification) -> uuid::Uuid {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(n.alert.id.as_bytes());
+    ctx.update(n.event.as_str().as_bytes());
+    ctx.update(&n.at.unix_timestamp_nanos().to_be_bytes());
+    let digest = ctx.finish();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest.as_ref()[..10]);
+    let ms = u64::try_from(n.at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
+}
+
 /// Delivers alert notifications to the cloud, by appending them to the outbox.
 pub struct CloudChannel {
     outbox: Outbox,
@@ -39,7 +54,12 @@ impl Deliver for CloudChannel {
         Box::pin(async move {
             let site = n.alert.site.clone();
             let device = n.alert.device.clone();
-            let stamp = Stamp::new(None, n.at, n.clock_synced);
+            let stamp = Stamp {
+                id: notification_id(n),
+                device_ts: None,
+                gateway_ts: n.at,
+                clock_synced: n.clock_synced,
+            };
             let notification = n.clone();
             let record = NewRecord {
                 priority: Priority::Critical,

@@ -109,10 +109,12 @@ impl RefusalLog {
         entry.1 += 1;
         if entry.1 >= REPEAT_THRESHOLD && !entry.2 {
             entry.2 = true;
+            // A connection refused before it named a device is the gateway's own business; the
+            // source address is in the detail.
             let device = refusal
                 .device
                 .clone()
-                .unwrap_or_else(|| format!("source {source}"));
+                .unwrap_or_else(|| "gateway".to_owned());
             flags
                 .flag(
                     &device,
@@ -289,7 +291,8 @@ mod tests {
             panic!("expected a flag");
         };
         assert_eq!(flag, "repeated_refused_connections");
-        assert_eq!(device, "source 192.0.2.7");
+        assert_eq!(device, "gateway");
+        assert_eq!(detail["source"], "192.0.2.7");
         assert_eq!(detail["refused"], REPEAT_THRESHOLD);
         task.await.unwrap();
         assert!(

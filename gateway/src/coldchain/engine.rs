@@ -87,6 +87,13 @@ impl Excursion {
         self.max = self.max.max(value);
     }
 
+    /// Counts the last reading as held until `now`, without a new reading.
+    fn hold_until(&mut self, now: OffsetDateTime) {
+        let held = (now - self.last_at).as_seconds_f64().max(0.0);
+        self.mkt.add(self.last, held);
+        self.last_at = now;
+    }
+
     /// MKT over the excursion so far (the last reading counted up to `end`).
     fn mkt_until(&self, end: OffsetDateTime) -> Option<f64> {
         let mut mkt = self.mkt;
@@ -340,7 +347,8 @@ fn temperature(
         Some(mut excursion) => {
             let flipped = direction(limits, t).is_some_and(|kind| kind != excursion.kind);
             if back_in_range(limits, t) || flipped {
-                excursion.add(t, now);
+                // The reading that ends it is not part of it: only the time up to it counts.
+                excursion.hold_until(now);
                 if let Some(severity) = excursion.alarm {
                     changes.push(Change::Cleared {
                         kind: excursion.kind,
