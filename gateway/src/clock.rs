@@ -125,7 +125,7 @@ pub fn system(assume_synced: bool) -> SharedClock {
 
 /// RFC 3339 in UTC with millisecond precision: how timestamps are stored as text and sent.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     let t = t.replace_millisecond(t.millisecond()).unwrap_or(t);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
@@ -133,6 +133,6 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 
 /// RFC 3339 in UTC to the second: how the CLI shows times.
 pub fn rfc3339_seconds(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     rfc3339(t.replace_nanosecond(0).unwrap_or(t))
 }

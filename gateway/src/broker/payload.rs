@@ -47,8 +47,13 @@ fn is_point_name(name: &str) -> bool {
 }
 
 fn parse_ts(ts: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(ts, &Rfc3339)
-        .map_err(|e| format!("\"ts\" {ts:?} is not an RFC 3339 timestamp: {e}"))
+    let parsed = OffsetDateTime::parse(ts, &Rfc3339)
+        .map_err(|e| format!("\"ts\" {ts:?} is not an RFC 3339 timestamp: {e}"))?;
+    // Everything downstream works in UTC: "9999-12-31T23:59:59-01:00" is valid RFC 3339 but
+    // falls in the year 10000 there, which no RFC 3339 timestamp can name.
+    parsed
+        .checked_to_offset(time::UtcOffset::UTC)
+        .ok_or_else(|| format!("\"ts\" {ts:?} is after 9999-12-31T23:59:59Z"))
 }
 
 fn check_size(payload: &[u8]) -> Result<(), String> {
@@ -215,6 +220,21 @@ mod tests {
                 .unwrap_err()
                 .contains("RFC 3339")
         );
+    }
+
+    /// Found by the `telemetry` and `event` fuzz targets: valid RFC 3339 that is past the year
+    /// 9999 in UTC panicked the outbox writer when it formatted the message.
+    #[test]
+    fn a_ts_past_9999_in_utc_is_refused() {
+        let refusals = [
+            telemetry(br#"{"ts":"9999-12-31T23:59:59-01:00","points":{"t":1}}"#).map(|_| ()),
+            event(br#"{"type":"access","ts":"9999-12-31T23:59:59-01:00"}"#).map(|_| ()),
+        ];
+        for refusal in refusals {
+            let err = refusal.unwrap_err();
+            assert!(err.contains("after 9999-12-31T23:59:59Z"), "{err}");
+        }
+        assert!(telemetry(br#"{"ts":"9999-12-31T23:59:59Z","points":{"t":1}}"#).is_ok());
     }
 
     proptest! {

@@ -132,7 +132,7 @@ impl OpeningHours {
     /// Whether `now` is outside opening hours. `close` before `open` means open across midnight
     /// (`open = "22:00"`, `close = "06:00"`). Opening is inclusive, closing exclusive.
     pub fn after_hours(&self, now: OffsetDateTime) -> bool {
-        let local = now.to_offset(self.utc_offset);
+        let local = now.checked_to_offset(self.utc_offset).unwrap_or(now);
         let minute = u16::from(local.hour()) * 60 + u16::from(local.minute());
         let open = if self.open < self.close {
             self.open <= minute && minute < self.close
