@@ -62,6 +62,8 @@ pub enum DecodeError {
     Mismatch(&'static str),
     #[error("the device reports a value that is not a number ({0})")]
     NotFinite(f32),
+    #[error("the device's {raw} scaled by {scale} with offset {offset} is out of range")]
+    OutOfRange { raw: f64, scale: f64, offset: f64 },
 }
 
 /// Decodes `spec` from `raw`, where `raw[0]` is the register (or bit) at `block_start`.
@@ -91,7 +93,16 @@ pub fn decode_point(
                 });
             };
             let raw = raw_number(data_type, spec.word_order, words)?;
-            Ok(Value::Number(scaled(raw, spec.scale, spec.offset)))
+            let value = scaled(raw, spec.scale, spec.offset);
+            // A finite reading times a huge scale can overflow: never report infinity as good.
+            if !value.is_finite() {
+                return Err(DecodeError::OutOfRange {
+                    raw,
+                    scale: spec.scale,
+                    offset: spec.offset,
+                });
+            }
+            Ok(Value::Number(value))
         }
         (_, data_type) => Err(DecodeError::Mismatch(data_type.as_str())),
     }
@@ -207,6 +218,18 @@ mod tests {
         assert!(matches!(
             raw_number(DataType::F32, WordOrder::Big, &words),
             Err(DecodeError::NotFinite(_))
+        ));
+    }
+
+    /// Found by the `modbus_decode` fuzz target: f32::MAX with scale 1e300 overflowed to
+    /// infinity and was reported as a good value.
+    #[test]
+    fn a_scaled_value_that_overflows_is_not_a_reading() {
+        let p = spec(DataType::F32, WordOrder::Big, 1e300, 0.0);
+        let words = [0x7F7F, 0xFFFF];
+        assert!(matches!(
+            decode_point(&p, p.address, &Raw::Words(&words)),
+            Err(DecodeError::OutOfRange { .. })
         ));
     }
 
