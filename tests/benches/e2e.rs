@@ -1,12 +1,18 @@
-//! End-to-end benchmark: simulated devices → rxgate (real binary) → mosquitto (the cloud).
+//! End-to-end benchmark: simulated devices → rxgate (real binary) → mosquitto (the cloud), and
+//! the same load through a mosquitto-to-mosquitto bridge in the same run, for comparison.
 //!
-//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 8 --messages 500]`
+//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 100 --messages 200]`
 //!
 //! Each device publishes telemetry at QoS 1 as fast as its acknowledgements allow, stamping the
 //! send time into the message. A backend subscribed at the cloud broker measures when each one
-//! arrives. Printed: messages/s (first send to last arrival), latency percentiles (device publish
-//! → cloud delivery, through the durable outbox), the gateway's peak and final RSS, and bytes the
-//! gateway wrote to disk per message (`/proc/<pid>/io` write_bytes).
+//! arrives. Printed for each pass: messages/s (accepted: first send to the last PUBACK;
+//! delivered: first send to the last arrival), latency percentiles (device publish → cloud
+//! delivery), the edge process's RSS (before, peak, after) and the bytes it wrote to disk per
+//! message (`/proc/<pid>/io` write_bytes); then the ratios rxgate / bridge.
+//!
+//! The two do not promise the same thing: rxgate acknowledges a message only once it is durable
+//! in its outbox (fsynced, group commit), while mosquitto acknowledges from memory and writes its
+//! persistence file only at autosave or shutdown, so a power cut loses what it holds.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -47,7 +53,9 @@ fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn backend_options(pki: &CloudPki, port: u16) -> MqttOptions {
+/// Client options for the cloud PKI's `backend` certificate (the bridge baseline's devices use
+/// it too: mosquitto cannot check a certificate's CN against the client id).
+fn cloud_client_options(pki: &CloudPki, port: u16, client_id: &str) -> MqttOptions {
     let read = |name: &str| std::fs::read(pki.dir.join(name)).expect("cloud pki file");
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(&read("ca.pem")) {
@@ -65,7 +73,7 @@ fn backend_options(pki: &CloudPki, port: u16) -> MqttOptions {
     .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)
     .expect("tls");
-    let mut options = MqttOptions::new("bench-backend", "127.0.0.1", port);
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
@@ -83,40 +91,47 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn main() {
-    let devices = arg("--devices", 8);
-    let per_device = arg("--messages", 500);
-    let total = devices * per_device;
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let cloud = Cloud::start(tmp.path());
-    // The benchmark measures the gateway, not a policy's rate limit: every message is allowed.
-    let policy = tmp.path().join("bench-policy.toml");
-    std::fs::write(&policy, "default = \"allow\"\n").expect("bench policy");
-    let gw = Gateway::start(&format!(
-        "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\npolicy_file = \"{}\"\n",
-        cloud.pki.gateway_config(cloud.port),
-        policy.display()
-    ));
-    let pid = gw.child.as_ref().expect("gateway process").id();
-    let creds: Vec<_> = (0..devices)
-        .map(|i| gw.enroll_with_sim(&format!("bench-{i:03}"), "sensor"))
-        .collect();
-    let gateway_addr = gw.mqtt.to_string();
+/// A point of a message as the backend sees it: a number in a device's own payload (bridge), or
+/// `{"value": number, ...}` in rxgate's cloud envelope.
+fn point(message: &serde_json::Value, name: &str) -> Option<f64> {
+    let p = &message["points"][name];
+    p.as_f64().or_else(|| p["value"].as_f64())
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (write_before, rss_before) = (
-        proc_field(pid, "io", "write_bytes:"),
-        proc_field(pid, "status", "VmRSS:"),
+/// What one pass measured.
+struct Pass {
+    /// First publish until every device had all its PUBACKs.
+    accepted: Duration,
+    /// First publish until the backend had every message.
+    delivered: Duration,
+    /// Device publish → backend delivery, µs, sorted.
+    latencies: Vec<u64>,
+    rss_before_kib: u64,
+    rss_peak_kib: u64,
+    rss_after_kib: u64,
+    written_bytes: u64,
+}
+
+/// Every device in `devices` publishes `per_device` QoS 1 telemetry messages on
+/// `devices/<id>/telemetry` through `broker_pid`'s listener, as fast as its acknowledgements
+/// allow; a backend subscribed at the cloud waits for all of them on `filter`.
+fn run_pass(
+    runtime: &tokio::runtime::Runtime,
+    broker_pid: u32,
+    devices: Vec<(String, MqttOptions)>,
+    backend: MqttOptions,
+    filter: &'static str,
+    per_device: usize,
+) -> Pass {
+    let total = devices.len() * per_device;
+    let (write_before, rss_before_kib) = (
+        proc_field(broker_pid, "io", "write_bytes:"),
+        proc_field(broker_pid, "status", "VmRSS:"),
     );
-    let result = runtime.block_on(async move {
-        // The backend.
-        let (backend, mut backend_events) =
-            AsyncClient::new(backend_options(&cloud.pki, cloud.port), 1024);
+    let (accepted, delivered, latencies) = runtime.block_on(async move {
+        let (backend, mut backend_events) = AsyncClient::new(backend, 1024);
         backend
-            .subscribe("rxgate/v1/+/devices/+/telemetry", QoS::AtLeastOnce)
+            .subscribe(filter, QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         loop {
@@ -135,10 +150,9 @@ fn main() {
                         let Ok(m) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
                             continue;
                         };
-                        let id = m["id"].as_str().unwrap_or_default().to_owned();
-                        if seen.insert(id) {
-                            let sent =
-                                m["points"]["sent_us"]["value"].as_f64().unwrap_or(0.0) as u64;
+                        let n = point(&m, "n").unwrap_or(-1.0) as i64;
+                        if seen.insert((p.topic.clone(), n)) {
+                            let sent = point(&m, "sent_us").unwrap_or(0.0) as u64;
                             latencies.push(arrived.saturating_sub(sent));
                             last = Instant::now();
                         }
@@ -151,15 +165,10 @@ fn main() {
             (latencies, last)
         });
 
-        // The devices.
         let started = Instant::now();
         let mut senders = Vec::new();
-        for dir in creds {
-            let addr = gateway_addr.clone();
+        for (device, mut options) in devices {
             senders.push(tokio::spawn(async move {
-                let credentials = Credentials::load(&dir).expect("credentials");
-                let device = credentials.device.clone();
-                let mut options = mqtt_options(&addr, &credentials).expect("options");
                 options.set_inflight(32);
                 let (client, mut events) = AsyncClient::new(options, 64);
                 let topic = format!("devices/{device}/telemetry");
@@ -190,46 +199,232 @@ fn main() {
         for sender in senders {
             sender.await.expect("device task");
         }
-        let acked_all = started.elapsed();
+        let accepted = started.elapsed();
         let (mut latencies, last) = receiver.await.expect("backend task");
         latencies.sort_unstable();
-        (acked_all, last.duration_since(started), latencies)
+        (accepted, last.duration_since(started), latencies)
     });
-    let (acked_all, delivered_all, latencies) = result;
-    let written = proc_field(pid, "io", "write_bytes:").saturating_sub(write_before);
-    let rss_peak = proc_field(pid, "status", "VmHWM:");
-    let rss_now = proc_field(pid, "status", "VmRSS:");
-    let rate = total as f64 / delivered_all.as_secs_f64();
-    println!(
-        "rxgate end-to-end benchmark: {devices} devices x {per_device} messages = {total} (QoS 1, mTLS both sides)"
-    );
-    println!(
-        "  accepted (all PUBACKs at devices): {:>8.0} msg/s",
-        total as f64 / acked_all.as_secs_f64()
-    );
-    println!("  delivered to the cloud:            {rate:>8.0} msg/s");
+    Pass {
+        accepted,
+        delivered,
+        latencies,
+        rss_before_kib,
+        rss_peak_kib: proc_field(broker_pid, "status", "VmHWM:"),
+        rss_after_kib: proc_field(broker_pid, "status", "VmRSS:"),
+        written_bytes: proc_field(broker_pid, "io", "write_bytes:").saturating_sub(write_before),
+    }
+}
+
+/// The baseline: a local mosquitto for the devices (mutual TLS, persistence on) bridged to the
+/// cloud mosquitto at QoS 1, the usual way to put a broker in a shop.
+struct EdgeMosquitto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl EdgeMosquitto {
+    fn start(dir: &std::path::Path, pki: &CloudPki, cloud_port: u16) -> EdgeMosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let store = dir.join("edge-mosquitto");
+        std::fs::create_dir_all(&store).expect("edge dir");
+        let conf = store.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nuser root\nallow_anonymous false\nrequire_certificate true\n\
+                 use_identity_as_username true\ncafile {ca}\ncertfile {broker}\nkeyfile {broker_key}\n\
+                 persistence true\npersistence_location {store}/\nmax_inflight_messages 100\n\
+                 max_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+                 connection cloud\naddress 127.0.0.1:{cloud_port}\nbridge_protocol_version mqttv311\n\
+                 bridge_cafile {ca}\nbridge_certfile {gateway}\nbridge_keyfile {gateway_key}\n\
+                 remote_clientid edge-bridge\ncleansession false\n\
+                 topic +/telemetry out 1 devices/ rxgate/v1/bridge/devices/\n",
+                ca = pki.path("ca.pem"),
+                broker = pki.path("broker.pem"),
+                broker_key = pki.path("broker.key"),
+                gateway = pki.path("gateway.pem"),
+                gateway_key = pki.path("gateway.key"),
+                store = store.display(),
+            ),
+        )
+        .expect("edge mosquitto.conf");
+        let child = std::process::Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            // Devices that end their session by closing the socket are logged as TLS errors.
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start mosquitto (Debian package mosquitto)");
+        rxgate_e2e::wait_until(Duration::from_secs(10), "edge mosquitto to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        EdgeMosquitto { child, port }
+    }
+}
+
+impl Drop for EdgeMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report(name: &str, pass: &Pass, total: usize) -> serde_json::Value {
+    let accepted = total as f64 / pass.accepted.as_secs_f64();
+    let delivered = total as f64 / pass.delivered.as_secs_f64();
+    let l = &pass.latencies;
+    println!("{name}");
+    println!("  accepted (all PUBACKs at devices): {accepted:>8.0} msg/s");
+    println!("  delivered to the cloud:            {delivered:>8.0} msg/s");
     println!(
         "  latency device -> cloud (ms):      p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.9),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0)
+        percentile(l, 0.5),
+        percentile(l, 0.9),
+        percentile(l, 0.99),
+        percentile(l, 1.0)
     );
     println!(
-        "  gateway RSS (KiB):                 before {rss_before}  peak {rss_peak}  after {rss_now}"
+        "  RSS (KiB):                         before {}  peak {}  after {}",
+        pass.rss_before_kib, pass.rss_peak_kib, pass.rss_after_kib
     );
     println!(
-        "  gateway disk writes:               {written} bytes, {:.0} bytes/message",
-        written as f64 / total as f64
+        "  disk writes:                       {} bytes, {:.0} bytes/message",
+        pass.written_bytes,
+        pass.written_bytes as f64 / total as f64
+    );
+    serde_json::json!({
+        "accepted_per_s": accepted,
+        "delivered_per_s": delivered,
+        "p50_ms": percentile(l, 0.5), "p99_ms": percentile(l, 0.99),
+        "rss_peak_kib": pass.rss_peak_kib,
+        "disk_bytes_per_message": pass.written_bytes as f64 / total as f64,
+    })
+}
+
+fn main() {
+    let devices = arg("--devices", 100);
+    let per_device = arg("--messages", 200);
+    let total = devices * per_device;
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let cloud = Cloud::start(tmp.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // rxgate, with the shipped outbox settings. The benchmark measures the gateway, not a
+    // policy's rate limit: every message is allowed. Enrollment and connection limits are
+    // raised because every simulated device comes from 127.0.0.1.
+    let policy = tmp.path().join("bench-policy.toml");
+    std::fs::write(&policy, "default = \"allow\"\n").expect("bench policy");
+    let gw = Gateway::start(&format!(
+        "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\npolicy_file = \"{}\"\n\
+         [outbox]\nbatch_delay = \"20ms\"\n[enroll]\nrate_per_minute = 100000\nrate_burst = 1000\n\
+         [mqtt]\nmax_connections_per_source = 512\n",
+        cloud.pki.gateway_config(cloud.port),
+        policy.display()
+    ));
+    let gateway_pid = gw.child.as_ref().expect("gateway process").id();
+    // Enrollment over EST, four installers at a time: token creation (`rxgate token create`)
+    // and `rxgate-sim enroll` (key generation, CSR, HTTPS, certificate check) per device.
+    let enroll_started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut enrolled: Vec<(usize, std::path::PathBuf)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= devices {
+                            return mine;
+                        }
+                        mine.push((i, gw.enroll_with_sim(&format!("bench-{i:03}"), "sensor")));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("enrollment worker"))
+            .collect()
+    });
+    let enroll_time = enroll_started.elapsed();
+    enrolled.sort();
+    let gateway_devices: Vec<_> = enrolled
+        .into_iter()
+        .map(|(_, dir)| {
+            let credentials = Credentials::load(&dir).expect("credentials");
+            let options = mqtt_options(&gw.mqtt.to_string(), &credentials).expect("options");
+            (credentials.device, options)
+        })
+        .collect();
+    let rxgate = run_pass(
+        &runtime,
+        gateway_pid,
+        gateway_devices,
+        cloud_client_options(&cloud.pki, cloud.port, "bench-backend-rxgate"),
+        "rxgate/v1/store-0042/devices/+/telemetry",
+        per_device,
+    );
+    drop(gw);
+
+    // The same load through a mosquitto-to-mosquitto bridge, in the same run.
+    let edge = EdgeMosquitto::start(tmp.path(), &cloud.pki, cloud.port);
+    let bridge_devices: Vec<_> = (0..devices)
+        .map(|i| {
+            let device = format!("bench-{i:03}");
+            let options = cloud_client_options(&cloud.pki, edge.port, &device);
+            (device, options)
+        })
+        .collect();
+    let bridge = run_pass(
+        &runtime,
+        edge.child.id(),
+        bridge_devices,
+        cloud_client_options(&cloud.pki, cloud.port, "bench-backend-bridge"),
+        "rxgate/v1/bridge/devices/+/telemetry",
+        per_device,
+    );
+    drop(edge);
+
+    println!(
+        "end-to-end benchmark: {devices} devices x {per_device} messages = {total} (QoS 1, mutual TLS on both hops)"
+    );
+    println!(
+        "enrollment: {devices} devices in {:.2} s, {:.1} enrollments/s (token + EST simpleenroll, 4 at a time)",
+        enroll_time.as_secs_f64(),
+        devices as f64 / enroll_time.as_secs_f64()
+    );
+    let rx = report(
+        "rxgate (each message durable in the outbox before its PUBACK)",
+        &rxgate,
+        total,
+    );
+    let br = report(
+        "mosquitto bridge (acknowledges from memory; persistence only at autosave)",
+        &bridge,
+        total,
+    );
+    let ratio = |key: &str| rx[key].as_f64().unwrap_or(0.0) / br[key].as_f64().unwrap_or(1.0);
+    println!(
+        "rxgate / bridge: delivered msg/s x{:.2}, p50 x{:.2}, p99 x{:.2}, peak RSS x{:.2}",
+        ratio("delivered_per_s"),
+        ratio("p50_ms"),
+        ratio("p99_ms"),
+        ratio("rss_peak_kib")
     );
     println!(
         "{}",
         serde_json::json!({
             "devices": devices, "messages": total,
-            "accepted_per_s": total as f64 / acked_all.as_secs_f64(),
-            "delivered_per_s": rate,
-            "p50_ms": percentile(&latencies, 0.5), "p99_ms": percentile(&latencies, 0.99),
-            "rss_peak_kib": rss_peak, "disk_bytes_per_message": written as f64 / total as f64,
+            "enrollments_per_s": devices as f64 / enroll_time.as_secs_f64(),
+            "rxgate": rx, "bridge": br,
         })
     );
 }
