@@ -169,6 +169,29 @@ fn a_compressor_failure_raises_one_alert_mailed_signalled_and_sent_to_the_cloud_
     assert_eq!(alerts(&gw).len(), 1, "still one alert");
 }
 
+/// Seconds from the alert being raised (its `raised_at`) to `at_us` (µs since the epoch).
+fn seconds_after_raised(alert: &serde_json::Value, at_us: u64) -> f64 {
+    let raised = alert["raised_at"].as_str().expect("raised_at");
+    let raised =
+        time::OffsetDateTime::parse(raised, &time::format_description::well_known::Rfc3339)
+            .expect("raised_at is RFC 3339");
+    at_us as f64 / 1e6 - raised.unix_timestamp_nanos() as f64 / 1e9
+}
+
+/// When the first mail in `dir` was written, µs since the epoch.
+fn first_mail_written_us(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .min()
+        .expect("a mail")
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
 #[test]
 fn with_the_cloud_down_the_alert_still_reaches_gpio_and_smtp_at_once_and_the_cloud_when_it_returns()
 {
@@ -183,32 +206,98 @@ fn with_the_cloud_down_the_alert_still_reaches_gpio_and_smtp_at_once_and_the_clo
 
     wait_for_mails(&mail_dir, 1, Duration::from_secs(60));
     assert!(gpio(&gw, "buzzer"));
+    // At once: the uplink retrying a dead broker (every second at most here) holds nothing up.
+    let alert = &alerts(&gw)[0];
+    let mailed_after = seconds_after_raised(alert, first_mail_written_us(&mail_dir));
+    assert!(
+        mailed_after < 5.0,
+        "mailed {mailed_after:.1} s after being raised, with the cloud down"
+    );
     cloud.restart();
     let sent = cloud_alerts(&backend, 1, Duration::from_secs(30));
     assert_eq!(sent[0]["event"], "raised");
 }
 
+/// An SMTP server that accepts connections and never says a word, as a hung mail relay does,
+/// until it is stopped.
+struct SilentSmtp {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentSmtp {
+    fn start() -> SilentSmtp {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((stream, _)) = listener.accept() {
+                    held.push(stream);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        SilentSmtp {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes every connection and the port.
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for SilentSmtp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[test]
-fn with_the_smtp_server_down_the_other_channels_are_not_delayed_and_the_mail_follows_later() {
+fn with_the_smtp_server_hung_the_other_channels_are_not_delayed_and_the_mail_follows_later() {
     let tmp = tempfile::tempdir().unwrap();
     let mail_dir = tmp.path().join("mail");
-    // A free port where nothing listens yet.
-    let smtp_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let mut hung = SilentSmtp::start();
     let (_fridge, fridge_port) = failing_fridge();
     let cloud = Cloud::start(tmp.path());
-    let gw = Gateway::start(&gateway_config(&cloud, fridge_port, smtp_port, "1h"));
+    // A mail relay gets 20 s to answer: anything waiting on it would be 20 s late.
+    let config = gateway_config(&cloud, fridge_port, hung.port, "1h")
+        .replace("timeout = \"5s\"", "timeout = \"20s\"");
+    assert!(config.contains("timeout = \"20s\""));
+    let gw = Gateway::start(&config);
     let backend = cloud.subscribe("rxgate/v1/+/alerts");
 
     let sent = cloud_alerts(&backend, 1, Duration::from_secs(60));
     assert_eq!(sent[0]["event"], "raised");
     assert!(gpio(&gw, "buzzer"));
+    let (_, _, arrived_us) = backend
+        .timed_messages()
+        .into_iter()
+        .find(|(t, _, _)| t.ends_with("/alerts"))
+        .unwrap();
+    let cloud_after = seconds_after_raised(&sent[0]["alert"], arrived_us);
+    assert!(
+        cloud_after < 5.0,
+        "reached the cloud {cloud_after:.1} s after being raised, with the mail relay hung"
+    );
     assert!(mails(&mail_dir).is_empty());
-    let (_smtp, _) = smtp_sink(smtp_port, &mail_dir);
-    let mail = wait_for_mails(&mail_dir, 1, Duration::from_secs(30));
+
+    // The relay recovers: the mail follows.
+    let port = hung.port;
+    hung.stop();
+    let (_smtp, _) = smtp_sink(port, &mail_dir);
+    let mail = wait_for_mails(&mail_dir, 1, Duration::from_secs(60));
     assert!(mail[0]["subject"].as_str().unwrap().contains("fridge-01"));
 }
 
