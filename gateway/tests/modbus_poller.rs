@@ -556,6 +556,56 @@ async fn a_silent_device_goes_offline_and_comes_back_with_correct_values() {
     server.abort();
 }
 
+/// With the shipped `offline_after` (3), a device that stops answering is reported offline
+/// within three poll intervals (each poll then also waits out its timeout), not at the first
+/// missed reply, and online again at the first poll after it answers.
+#[tokio::test]
+async fn a_device_that_stops_answering_is_offline_within_three_intervals_and_back_at_once() {
+    let mode = Arc::new(AtomicU8::new(ANSWER));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (addr, server) = scripted_server(mode.clone(), connections).await;
+    let (interval, timeout) = (Duration::from_millis(1000), Duration::from_millis(200));
+    let config = config(&format!(
+        r#"
+        [devices.fridge-09]
+        transport = "tcp"
+        address = "{addr}"
+        poll_interval = "{}ms"
+        timeout = "{}ms"
+        registers = [{{ name = "a", function = "input", address = 0 }}]
+        "#,
+        interval.as_millis(),
+        timeout.as_millis()
+    ));
+    assert_eq!(config.devices["fridge-09"].offline_after, 3);
+    let mut poller = Running::start(&config);
+    poller.status("fridge-09", true).await;
+    poller.reading("fridge-09").await;
+
+    mode.store(SILENT, Ordering::SeqCst);
+    let silent_at = tokio::time::Instant::now();
+    poller.status("fridge-09", false).await;
+    let took = silent_at.elapsed();
+    // Three failed polls: the first within an interval of going silent, each ending with its
+    // timeout; 300 ms of slack for a busy machine.
+    let bound = 3 * (interval + timeout) + Duration::from_millis(300);
+    assert!(took <= bound, "offline after {took:?}, beyond {bound:?}");
+    assert!(
+        took >= 2 * interval,
+        "offline after {took:?}: before the third failed poll"
+    );
+
+    mode.store(ANSWER, Ordering::SeqCst);
+    let answering_at = tokio::time::Instant::now();
+    poller.status("fridge-09", true).await;
+    let back = answering_at.elapsed();
+    // While offline it retries with backoff (at most max_backoff, 30 s by default, but starting
+    // from the poll interval): the first retries come within a few intervals.
+    assert!(back <= 4 * interval, "online again after {back:?}");
+    poller.stop().await;
+    server.abort();
+}
+
 #[tokio::test]
 async fn poller_reads_the_fridge_over_rtu_and_a_dead_unit_on_the_bus_does_not_stop_it() {
     let fridge = FridgeSim::start(FridgeOptions {
