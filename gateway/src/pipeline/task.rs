@@ -194,7 +194,13 @@ impl Pipeline {
         }
         let outbox = self.outbox.clone();
         let clock = self.clock.clone();
+        // A batch with nothing to keep (all refused, say a flooding device held to its rate
+        // limit) costs no write transaction, and so no sync of the SD card.
+        let nothing_to_write = records.is_empty() && audits.is_empty();
         let outcome = tokio::task::spawn_blocking(move || {
+            if nothing_to_write {
+                return Ok(Vec::new());
+            }
             outbox.append_with(records, |txn| {
                 for (device, class, body) in audits {
                     let controlled = class == "controlled-substance";
