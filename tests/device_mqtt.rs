@@ -26,6 +26,37 @@ fn wait_for_refusal(gw: &Gateway, kind: &str, class: &str) -> serde_json::Value 
     )
 }
 
+/// Waits until the audit trail holds a refusal of `kind`, class `class`, whose reason mentions
+/// `needle` (case-insensitively); panics with every refusal recorded if none comes.
+fn wait_for_refusal_saying(
+    gw: &Gateway,
+    kind: &str,
+    class: &str,
+    needle: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&gw.cli_ok(&["audit", "export"])).unwrap();
+        let refusals: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter(|e| e["kind"] == kind && e["detail"]["class"] == class)
+            .collect();
+        if let Some(entry) = refusals.iter().find(|e| {
+            e["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.to_lowercase().contains(&needle.to_lowercase()))
+        }) {
+            return (*entry).clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} of class {class} saying {needle:?}; recorded: {refusals:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The gateway still serves: an enrolled device's telemetry reaches the cloud.
 fn assert_unaffected(
     gw: &mut Gateway,
@@ -106,7 +137,7 @@ fn connections_without_a_certificate_or_with_another_cas_are_refused_and_recorde
 
     let without = pub_with(gw, &ca, None, "fridge-01", "devices/fridge-01/telemetry");
     assert!(!without.status.success(), "{}", text(&without));
-    wait_for_refusal(gw, "connection.refused", "tls_handshake");
+    wait_for_refusal_saying(gw, "connection.refused", "tls_handshake", "no certificate");
 
     let rogue = s.gw.path("rogue");
     std::fs::create_dir_all(&rogue).unwrap();
@@ -177,7 +208,8 @@ fn connections_without_a_certificate_or_with_another_cas_are_refused_and_recorde
         "devices/fridge-01/telemetry",
     );
     assert!(!foreign.status.success(), "{}", text(&foreign));
-    let entry = wait_for_refusal(gw, "connection.refused", "tls_handshake");
+    // Its own entry, naming what was wrong with the certificate.
+    let entry = wait_for_refusal_saying(gw, "connection.refused", "tls_handshake", "issuer");
     assert!(entry["source"] == "127.0.0.1", "{entry}");
 
     assert_unaffected(&mut s.gw, &s.creds, &s.backend, 1);
@@ -430,14 +462,29 @@ fn revoking_a_device_drops_its_live_session_within_two_seconds_and_refuses_it_af
         r#"{"points":{"t":1}}"#,
     );
     assert!(!again.status.success(), "{}", text(&again));
-    let entry = wait_for_refusal(&s.gw, "connection.refused", "certificate_refused");
-    assert!(
-        entry["detail"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("revoked"),
-        "{entry}"
+    wait_for_refusal_saying(
+        &s.gw,
+        "connection.refused",
+        "certificate_refused",
+        "revoked",
     );
+
+    // Another device is not affected by the revocation.
+    let other = s.gw.enroll_with_sim("fridge-02", "fridge");
+    let out = s.gw.mosquitto_pub(
+        &other,
+        "fridge-02",
+        "devices/fridge-02/telemetry",
+        r#"{"points":{"t":2}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    s.backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-02/telemetry",
+        1,
+        Duration::from_secs(10),
+    );
+    let mut gw = s.gw;
+    assert!(gw.is_running(), "the daemon died:\n{}", gw.logs());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Enrollment end to end: the real daemon, with `openssl` and `curl` as the device.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -456,6 +456,14 @@ fn simplereenroll_with_the_current_cert_gives_a_new_serial_and_a_revoked_device_
 #[test]
 fn init_refuses_to_clobber_and_private_keys_are_0600_in_a_0700_dir() {
     let gw = Gateway::init("");
+    let secrets = ["ca/ca.key", "ca/ca.crt", "tls/server.key", "pseudonym.key"];
+    let read_all = || -> Vec<Vec<u8>> {
+        secrets
+            .iter()
+            .map(|f| std::fs::read(gw.data_dir().join(f)).unwrap())
+            .collect()
+    };
+    let before = read_all();
     let again = gw.cli(&["init"]);
     assert!(!again.status.success());
     assert!(
@@ -463,16 +471,18 @@ fn init_refuses_to_clobber_and_private_keys_are_0600_in_a_0700_dir() {
         "{}",
         text(&again)
     );
+    assert!(
+        before == read_all(),
+        "a refused init changed one of {secrets:?}"
+    );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&gw.data_dir()), 0o700);
-    assert_eq!(mode(&gw.data_dir().join("ca/ca.key")), 0o600);
-    assert_eq!(mode(&gw.data_dir().join("tls/server.key")), 0o600);
-    let before = std::fs::read(gw.data_dir().join("ca/ca.crt")).unwrap();
+    for key in ["ca/ca.key", "tls/server.key", "pseudonym.key"] {
+        assert_eq!(mode(&gw.data_dir().join(key)), 0o600, "{key}");
+    }
     gw.cli_ok(&["init", "--force"]);
-    assert_ne!(
-        before,
-        std::fs::read(gw.data_dir().join("ca/ca.crt")).unwrap()
-    );
+    let after = read_all();
+    assert_ne!(before[1], after[1], "init --force makes a new CA");
 }
 
 #[test]
@@ -579,6 +589,10 @@ fn commands_work_the_same_with_and_without_the_daemon() {
     assert_eq!(status["running"], false);
     assert_eq!(status["devices_pending"], 1);
     gw.spawn();
+    // Only the gateway's own user may talk to the daemon.
+    let socket = std::fs::metadata(gw.data_dir().join("rxgate.sock")).unwrap();
+    assert!(socket.file_type().is_socket());
+    assert_eq!(socket.permissions().mode() & 0o777, 0o600);
     let device = Device::new(&gw, "fridge-10");
     let csr = device.p256_csr("dev");
     assert_eq!(device.enroll(&gw, &offline_token, &csr).status, 200);
