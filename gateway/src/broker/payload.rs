@@ -4,10 +4,14 @@
 //! - `devices/<id>/telemetry`: `{"ts": RFC 3339 (optional), "points": {"name": number | bool}}`
 //! - `devices/<id>/events`: a JSON object with a string `type` and an optional RFC 3339 `ts`;
 //!   its fields are checked by the policy engine.
+//!
+//! A refusal's reason is logged and kept in the audit trail for years, so it never quotes what
+//! the device sent: a device that puts a patient identifier where a number belongs must not get
+//! it written to disk in the clear. Values are named by their JSON type, fields and points by
+//! their name only when it is a well-formed point name, timestamps not at all.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -17,13 +21,6 @@ use crate::pipeline::{Point, Quality, Value};
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Most points in one telemetry message.
 pub const MAX_POINTS: usize = 256;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTelemetry {
-    ts: Option<String>,
-    points: BTreeMap<String, serde_json::Value>,
-}
 
 /// A parsed telemetry message.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,14 +43,42 @@ fn is_point_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// "a string", "an array", ...: what a refusal says about a value instead of quoting it.
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 fn parse_ts(ts: &str) -> Result<OffsetDateTime, String> {
     let parsed = OffsetDateTime::parse(ts, &Rfc3339)
-        .map_err(|e| format!("\"ts\" {ts:?} is not an RFC 3339 timestamp: {e}"))?;
+        .map_err(|e| format!("\"ts\" is not an RFC 3339 timestamp: {e}"))?;
     // Everything downstream works in UTC: "9999-12-31T23:59:59-01:00" is valid RFC 3339 but
     // falls in the year 10000 there, which no RFC 3339 timestamp can name.
     parsed
         .checked_to_offset(time::UtcOffset::UTC)
-        .ok_or_else(|| format!("\"ts\" {ts:?} is after 9999-12-31T23:59:59Z"))
+        .ok_or_else(|| "\"ts\" is after 9999-12-31T23:59:59Z".to_owned())
+}
+
+/// Parses `payload` as a JSON object. serde_json's syntax errors name a position, never the
+/// text at it.
+fn json_object(
+    payload: &[u8],
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    check_size(payload)?;
+    match serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))? {
+        serde_json::Value::Object(object) => Ok(object),
+        other => Err(format!(
+            "{what} must be a JSON object, not {}",
+            kind(&other)
+        )),
+    }
 }
 
 fn check_size(payload: &[u8]) -> Result<(), String> {
@@ -68,34 +93,52 @@ fn check_size(payload: &[u8]) -> Result<(), String> {
 
 /// Parses a telemetry payload.
 pub fn telemetry(payload: &[u8]) -> Result<Telemetry, String> {
-    check_size(payload)?;
-    let raw: RawTelemetry =
-        serde_json::from_slice(payload).map_err(|e| format!("not a telemetry message: {e}"))?;
-    if raw.points.is_empty() {
+    let mut message = json_object(payload, "a telemetry message")?;
+    let raw_points = message.remove("points");
+    let raw_ts = message.remove("ts");
+    if !message.is_empty() {
+        return Err(format!(
+            "a telemetry message has only \"ts\" and \"points\"; this one has {} other field(s)",
+            message.len()
+        ));
+    }
+    let raw_points = match raw_points {
+        Some(serde_json::Value::Object(points)) => points,
+        Some(other) => {
+            return Err(format!(
+                "\"points\" must be an object of name: value, not {}",
+                kind(&other)
+            ));
+        }
+        None => return Err("a telemetry message needs \"points\"".to_owned()),
+    };
+    if raw_points.is_empty() {
         return Err("\"points\" is empty; send at least one point".to_owned());
     }
-    if raw.points.len() > MAX_POINTS {
+    if raw_points.len() > MAX_POINTS {
         return Err(format!(
             "{} points in one message; at most {MAX_POINTS}",
-            raw.points.len()
+            raw_points.len()
         ));
     }
     let mut points = BTreeMap::new();
-    for (name, value) in raw.points {
+    for (name, value) in raw_points {
         if !is_point_name(&name) {
             return Err(format!(
-                "point name {name:?} must be 1-64 letters, digits, '_', '.' or '-'"
+                "a point name of {} characters is not 1-64 letters, digits, '_', '.' or '-'",
+                name.chars().count()
             ));
         }
         let value = match value {
             serde_json::Value::Bool(b) => Value::Bool(b),
             serde_json::Value::Number(n) => match n.as_f64() {
                 Some(f) if f.is_finite() => Value::Number(f),
-                _ => return Err(format!("point {name:?}: {n} is not a finite number")),
+                _ => return Err(format!("point {name:?} is not a finite number")),
             },
             other => {
                 return Err(format!(
-                    "point {name:?}: {other} is neither a number nor a boolean"
+                    "point {name:?} is {}, neither a number nor a boolean",
+                    kind(&other)
                 ));
             }
         };
@@ -108,27 +151,38 @@ pub fn telemetry(payload: &[u8]) -> Result<Telemetry, String> {
             },
         );
     }
-    let ts = raw.ts.as_deref().map(parse_ts).transpose()?;
+    let ts = match raw_ts {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(ts)) => Some(parse_ts(&ts)?),
+        Some(other) => {
+            return Err(format!(
+                "\"ts\" must be an RFC 3339 string, not {}",
+                kind(&other)
+            ));
+        }
+    };
     Ok(Telemetry { ts, points })
 }
 
 /// Parses an event payload (its fields are the policy engine's business).
 pub fn event(payload: &[u8]) -> Result<Event, String> {
-    check_size(payload)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
-    let serde_json::Value::Object(body) = value else {
-        return Err("an event must be a JSON object".to_owned());
-    };
+    let body = json_object(payload, "an event")?;
     match body.get("type") {
         Some(serde_json::Value::String(_)) => {}
-        Some(other) => return Err(format!("\"type\" must be a string, not {other}")),
+        Some(other) => {
+            return Err(format!("\"type\" must be a string, not {}", kind(other)));
+        }
         None => return Err("an event needs a \"type\"".to_owned()),
     }
     let ts = match body.get("ts") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(ts)) => Some(parse_ts(ts)?),
-        Some(other) => return Err(format!("\"ts\" must be an RFC 3339 string, not {other}")),
+        Some(other) => {
+            return Err(format!(
+                "\"ts\" must be an RFC 3339 string, not {}",
+                kind(other)
+            ));
+        }
     };
     Ok(Event { ts, body })
 }
@@ -153,8 +207,8 @@ mod tests {
 
     #[test]
     fn malformed_telemetry_is_refused_with_a_reason_naming_the_problem() {
-        let cases: [(&[u8], &str); 9] = [
-            (b"not json", "not a telemetry message"),
+        let cases: [(&[u8], &str); 11] = [
+            (b"not json", "not JSON"),
             (br#"{"points":{}}"#, "empty"),
             (
                 br#"{"points":{"t":"4.5"}}"#,
@@ -168,10 +222,12 @@ mod tests {
             (br#"{"ts":"yesterday","points":{"t":1}}"#, "RFC 3339"),
             (
                 br#"{"points":{"t":1},"extra":true}"#,
-                "unknown field `extra`",
+                "has only \"ts\" and \"points\"",
             ),
-            (br#"{"pts":{"t":1}}"#, "unknown field `pts`"),
-            (br#"[1,2]"#, "not a telemetry message"),
+            (br#"{"pts":{"t":1}}"#, "has only"),
+            (br#"{"ts":"2026-05-01T08:00:00Z"}"#, "needs \"points\""),
+            (br#"{"points":[1]}"#, "not an array"),
+            (br#"[1,2]"#, "must be a JSON object, not an array"),
         ];
         for (payload, expected) in cases {
             let err = telemetry(payload).unwrap_err();
@@ -220,6 +276,36 @@ mod tests {
                 .unwrap_err()
                 .contains("RFC 3339")
         );
+    }
+
+    /// Refusal reasons are logged and audited: what the device sent is described, never quoted.
+    #[test]
+    fn refusal_reasons_never_quote_what_the_device_sent() {
+        let secret = "MRN-7788990";
+        let telemetry_cases = [
+            format!(r#"{{"points":{{"patient_id":"{secret}"}}}}"#),
+            format!(r#"{{"points":"{secret}"}}"#),
+            format!(r#"{{"points":{{"{secret} x":1}}}}"#),
+            format!(r#"{{"points":{{"t":1}},"{secret}":1}}"#),
+            format!(r#"{{"ts":"{secret}","points":{{"t":1}}}}"#),
+            format!(r#"{{"ts":["{secret}"],"points":{{"t":1}}}}"#),
+            format!(r#""{secret}""#),
+            format!(r#"{{"points":{{"t":1}}}} "{secret}""#),
+        ];
+        for payload in &telemetry_cases {
+            let err = telemetry(payload.as_bytes()).unwrap_err();
+            assert!(!err.contains(secret), "{payload} → {err}");
+        }
+        let event_cases = [
+            format!(r#"{{"type":{{"id":"{secret}"}}}}"#),
+            format!(r#"{{"type":"access","ts":"{secret}"}}"#),
+            format!(r#"{{"type":"access","ts":{{"p":"{secret}"}}}}"#),
+            format!(r#"["{secret}"]"#),
+        ];
+        for payload in &event_cases {
+            let err = event(payload.as_bytes()).unwrap_err();
+            assert!(!err.contains(secret), "{payload} → {err}");
+        }
     }
 
     /// Found by the `telemetry` and `event` fuzz targets: valid RFC 3339 that is past the year
