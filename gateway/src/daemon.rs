@@ -54,6 +54,9 @@ pub struct Gateway {
     ingest: Ingest,
     alerts: AlertsHandle,
     addresses: Vec<(String, SocketAddr)>,
+    /// SIGHUP, caught from before the admin socket answers: `systemctl reload` right after a
+    /// start must not kill the gateway (SIGHUP's default action).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Gateway {
@@ -152,6 +155,13 @@ impl Gateway {
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
             .collect();
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot catch SIGHUP; the policy reloads only when its file changes.");
+                None
+            }
+        };
         let admin = AdminServer::bind(&paths.admin_socket(), context).await?;
         Ok(Gateway {
             admin,
@@ -173,6 +183,7 @@ impl Gateway {
             ingest,
             alerts: alerts_handle,
             addresses,
+            hangup,
         })
     }
 
@@ -230,6 +241,7 @@ impl Gateway {
         core_tasks.spawn(self.audit_keeper.run(core.clone()));
         core_tasks.spawn(crate::pipeline::policy::watch(
             self.policy,
+            self.hangup,
             self.store,
             self.clock,
             core.clone(),

@@ -78,21 +78,37 @@ impl PolicyHandle {
     }
 }
 
-/// Reloads the policy on SIGHUP and when its file changes (checked every two seconds), until
-/// `shutdown`. A policy that does not load is refused, logged with every error, and the running
-/// one stays. Each outcome is recorded in the audit trail.
+/// Reloads the policy on SIGHUP (`hangup`) and when its file changes (checked every two
+/// seconds), until `shutdown`. A policy that does not load is refused, logged with every error,
+/// and the running one stays. Each outcome is recorded in the audit trail. On the built-in
+/// policy there is nothing to reload: a SIGHUP is logged and changes nothing.
 pub async fn watch(
     handle: PolicyHandle,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     store: crate::store::Store,
     clock: crate::clock::SharedClock,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let Some(path) = handle.path().map(Path::to_owned) else {
-        return;
+        let Some(signal) = hangup.as_mut() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = signal.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    tracing::info!(
+                        "SIGHUP: no [gateway].policy_file is set, so the built-in policy stays."
+                    );
+                }
+            }
+        }
     };
     let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
