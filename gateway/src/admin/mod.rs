@@ -152,8 +152,9 @@ pub struct Context {
     pub alerts: Option<crate::alerts::AlertsHandle>,
     /// The running policy, when the daemon runs.
     pub policy: Option<crate::pipeline::policy::PolicyHandle>,
-    /// The gateway's CA certificate (DER), to check checkpoint signatures.
-    pub ca_der: Option<Vec<u8>>,
+    /// The gateway's CA certificate (DER), to check checkpoint signatures; or why it could
+    /// not be read.
+    pub ca_der: std::result::Result<Vec<u8>, String>,
     /// Cold-chain limits by device, for reports.
     pub limits: std::collections::HashMap<String, crate::coldchain::Limits>,
 }
@@ -171,9 +172,8 @@ impl Context {
             alerts: None,
             policy: None,
             ca_der: crate::tls::load_certs(&config.paths().ca_cert())
-                .ok()
-                .and_then(|c| c.into_iter().next())
-                .map(|c| c.to_vec()),
+                .map(|certs| certs[0].to_vec())
+                .map_err(|e| e.to_string()),
             limits: config
                 .devices
                 .iter()
@@ -318,9 +318,17 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                     })?]
                 }
             };
+            // Without the CA, a checkpoint's signature cannot be checked, and a chain that
+            // only matches unchecked checkpoints proves nothing: refuse rather than pass.
+            let ca = ctx.ca_der.as_deref().map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot check the signatures of audit checkpoints without the gateway's CA \
+                     certificate: {e}"
+                ))
+            })?;
             audit_verified(crate::audit::verify(
                 ctx.registry.store(),
-                ctx.ca_der.as_deref(),
+                Some(ca),
                 &external,
             )?)
         }
