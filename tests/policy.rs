@@ -1,13 +1,13 @@
-//! The policy end to end: patient identifiers never leave the building in the clear; a flooding
-//! device is held to its rate limit while another device's alerts still flow; an invalid policy
-//! reload leaves the running policy in place and says why.
+//! The policy end to end: patient identifiers, in events accepted or refused, never leave the
+//! building in the clear, nor reach the disk or the logs; a flooding device is held to its rate
+//! limit while another device's alerts still flow; an invalid policy reload leaves the running
+//! policy in place and says why.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, QoS};
-use rxgate_e2e::cloud::Cloud;
+use rxgate_e2e::cloud::{Cloud, Subscription};
 use rxgate_e2e::{Gateway, text, wait_until, workspace};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
 
@@ -37,12 +37,74 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     out
 }
 
+/// The audit trail, oldest first.
+fn audit_entries(gw: &Gateway) -> Vec<serde_json::Value> {
+    let export: serde_json::Value = serde_json::from_str(&gw.cli_ok(&["audit", "export"]))
+        .unwrap_or_else(|e| panic!("audit export is not JSON: {e}"));
+    export.as_array().cloned().unwrap_or_default()
+}
+
+fn seq(entry: &serde_json::Value) -> u64 {
+    entry["seq"].as_u64().unwrap_or_default()
+}
+
+/// The sequence number of the last audit entry.
+fn audit_head(gw: &Gateway) -> u64 {
+    audit_entries(gw).last().map_or(0, seq)
+}
+
+/// Waits for the first audit entry after entry `after` that is of `kind` and that `wanted`
+/// accepts.
+fn wait_for_audit(
+    gw: &Gateway,
+    after: u64,
+    kind: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("a {kind} audit entry after entry {after}"),
+        || {
+            audit_entries(gw)
+                .into_iter()
+                .find(|e| seq(e) > after && e["kind"] == kind && wanted(e))
+        },
+    )
+}
+
+/// Stops the gateway (so everything it holds is on disk and in its log), then asserts `clear`
+/// is in no file under its data dir, not in its log, and in no message the cloud received.
+fn assert_nowhere_in_clear(gw: &mut Gateway, backend: &Subscription, clear: &str) {
+    assert!(gw.stop(), "{}", gw.logs());
+    assert_eq!(
+        files_containing(&gw.data_dir(), clear.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "the clear id under data_dir"
+    );
+    let logs = gw.logs();
+    let in_logs: Vec<&str> = logs.lines().filter(|l| l.contains(clear)).collect();
+    assert!(
+        in_logs.is_empty(),
+        "the clear id in the gateway's log: {in_logs:#?}"
+    );
+    let in_cloud: Vec<(String, String)> = backend
+        .messages()
+        .into_iter()
+        .filter(|(t, p)| t.contains(clear) || p.contains(clear))
+        .collect();
+    assert!(
+        in_cloud.is_empty(),
+        "the clear id in the cloud: {in_cloud:#?}"
+    );
+}
+
 #[test]
 fn a_patient_id_reaches_the_cloud_pseudonymised_and_is_nowhere_in_clear_on_disk_in_the_cloud_or_in_the_logs()
  {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path());
-    let mut gw = Gateway::start(&cloud.pki.gateway_config(cloud.port));
+    let mut gw = Gateway::init(&cloud.pki.gateway_config(cloud.port));
+    gw.spawn_logging("trace");
     let backend = cloud.subscribe("rxgate/v1/#");
     let creds = gw.enroll_with_sim("cabinet-01", "cabinet");
 
@@ -77,27 +139,158 @@ fn a_patient_id_reaches_the_cloud_pseudonymised_and_is_nowhere_in_clear_on_disk_
     );
     assert!(audit.contains("\"controlled_substance\": true"), "{audit}");
 
-    assert!(gw.stop(), "{}", gw.logs());
-    let clear = PATIENT.as_bytes();
-    assert_eq!(
-        files_containing(&gw.data_dir(), clear),
-        Vec::<PathBuf>::new(),
-        "the clear id under data_dir"
-    );
-    assert!(
-        !gw.logs().contains(PATIENT),
-        "the clear id in the gateway's log"
-    );
+    assert_nowhere_in_clear(&mut gw, &backend, PATIENT);
     let cloud_text: String = backend
         .messages()
         .iter()
         .map(|(t, p)| format!("{t} {p}\n"))
         .collect();
-    assert!(
-        !cloud_text.contains(PATIENT),
-        "the clear id in the cloud: {cloud_text}"
-    );
     assert!(cloud_text.contains(&pseudonym));
+}
+
+/// Events the gateway refuses carry the patient id too: refused by the access-event contract,
+/// by the unknown-event-type rule, or as malformed JSON. Each refusal is logged (with its reason)
+/// and written to the audit trail; none of that, and nothing in the cloud, holds the clear id.
+#[test]
+fn a_patient_id_in_refused_events_is_nowhere_in_clear_on_disk_in_the_cloud_or_in_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(tmp.path());
+    let mut gw = Gateway::init(&cloud.pki.gateway_config(cloud.port));
+    gw.spawn_logging("trace");
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let creds = gw.enroll_with_sim("cabinet-01", "cabinet");
+
+    let clear_field = format!(r#""patient_id":"{PATIENT}""#);
+    let valid = access_event("remove", "CII", "");
+    // (payload, audit kind, what the refusal says)
+    let refused = [
+        (
+            access_event("remove", "CVII", ""),
+            "policy.denied",
+            r#"schedule: "CVII" is not one of"#,
+        ),
+        (
+            access_event("borrow", "CII", ""),
+            "policy.denied",
+            r#"action: "borrow" is not one of"#,
+        ),
+        // A misspelt key must not slip past pseudonymisation, nor be quoted in the refusal.
+        (
+            access_event("remove", "CII", &format!(r#","patientId":"{PATIENT}""#)),
+            "policy.denied",
+            r#""patientId": unknown field"#,
+        ),
+        (
+            valid.replace(&clear_field, &format!(r#""patient_id":["{PATIENT}"]"#)),
+            "policy.denied",
+            "patient_id: must be a string",
+        ),
+        (
+            valid.replace(
+                &clear_field,
+                &format!(r#""patient_id":"{}""#, [PATIENT; 12].join(" ")),
+            ),
+            "policy.denied",
+            "patient_id: is longer than 128 characters",
+        ),
+        (
+            format!(r#"{{"type":"maintenance",{clear_field}}}"#),
+            "policy.denied",
+            "denied by policy: unknown event type",
+        ),
+        (
+            format!(r#"{{"type":"access",{clear_field}"#),
+            "message.refused",
+            "devices/cabinet-01/events: not JSON: EOF while parsing",
+        ),
+        (
+            format!(r#"{{"type":"access",{clear_field},"auth":"bio\metric"}}"#),
+            "message.refused",
+            "devices/cabinet-01/events: not JSON: invalid escape",
+        ),
+    ];
+    // One at a time: refusals within one second are folded into one audit entry keeping only
+    // the first reason, and every reason should get to the disk to be searched.
+    let mut last = audit_head(&gw);
+    for (payload, kind, reason) in &refused {
+        assert!(payload.contains(PATIENT), "{payload}");
+        let out = gw.mosquitto_pub(&creds, "cabinet-01", "devices/cabinet-01/events", payload);
+        assert!(out.status.success(), "{}", text(&out));
+        let entry = wait_for_audit(&gw, last, kind, |e| {
+            e["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(reason))
+        });
+        assert_eq!(entry["detail"]["count"], 1, "{entry}");
+        assert_eq!(entry["device"], "cabinet-01", "{entry}");
+        last = seq(&entry);
+    }
+    let logs = gw.logs();
+    for (_, _, reason) in &refused {
+        assert!(logs.contains(reason), "the refusal is logged: {reason}");
+    }
+
+    // A valid event after them: per-device order means the cloud has had its chance to get any
+    // of the refused ones by the time this one arrives.
+    let out = gw.mosquitto_pub(
+        &creds,
+        "cabinet-01",
+        "devices/cabinet-01/events",
+        &access_event("return", "CII", ""),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let events = backend.wait_for(
+        "rxgate/v1/store-0042/devices/cabinet-01/events",
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(events.len(), 1, "only the valid event: {events:#?}");
+    assert_eq!(events[0]["event"]["action"], "return", "{}", events[0]);
+    let pseudonym = gw.cli_ok(&["pseudonym", PATIENT]).trim().to_owned();
+    assert_eq!(events[0]["event"]["patient_id"], pseudonym.as_str());
+
+    assert_nowhere_in_clear(&mut gw, &backend, PATIENT);
+}
+
+/// A device that puts the patient id into a telemetry message, or into an event's `ts`: the
+/// payload parser's refusal, logged and audited, describes the value and never quotes it.
+#[test]
+fn a_patient_id_in_a_malformed_telemetry_message_or_timestamp_is_nowhere_in_clear_on_disk_or_in_the_logs()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = Cloud::start(tmp.path());
+    let mut gw = Gateway::init(&cloud.pki.gateway_config(cloud.port));
+    gw.spawn_logging("trace");
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let creds = gw.enroll_with_sim("cabinet-01", "cabinet");
+
+    let refused = [
+        (
+            "devices/cabinet-01/telemetry",
+            format!(r#"{{"points":{{"patient_id":"{PATIENT}"}}}}"#),
+        ),
+        (
+            "devices/cabinet-01/telemetry",
+            format!(r#"{{"points":"{PATIENT}"}}"#),
+        ),
+        (
+            "devices/cabinet-01/events",
+            format!(r#"{{"type":"access","ts":"{PATIENT}"}}"#),
+        ),
+    ];
+    let mut last = audit_head(&gw);
+    for (topic, payload) in &refused {
+        let out = gw.mosquitto_pub(&creds, "cabinet-01", topic, payload);
+        assert!(out.status.success(), "{}", text(&out));
+        let entry = wait_for_audit(&gw, last, "message.refused", |e| {
+            e["detail"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(topic))
+        });
+        last = seq(&entry);
+    }
+
+    assert_nowhere_in_clear(&mut gw, &backend, PATIENT);
 }
 
 #[test]
@@ -411,12 +604,36 @@ fn a_device_flooding_5000_messages_a_second_is_held_to_its_rate_limit_while_anot
     );
 }
 
+/// The log's record of the refused policy reload, from its timestamp to the next record (the
+/// errors take lines of their own, then come the fields).
+fn refused_reload_in_log(logs: &str) -> Option<String> {
+    let at = logs.find("Policy reload refused")?;
+    let start = logs[..at].rfind('\n').map_or(0, |i| i + 1);
+    let rest = &logs[start..];
+    let end = rest[1..].find("\n20").map_or(rest.len(), |i| i + 1);
+    Some(rest[..end].to_owned())
+}
+
 #[test]
 fn an_invalid_policy_reload_leaves_the_running_policy_in_place_and_says_why() {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path());
+    // A policy that behaves visibly unlike the built-in one: users are redacted before the cloud,
+    // and the cabinet's telemetry is refused with a reason of this site's own.
+    let default = std::fs::read_to_string(workspace().join("config/policy.toml")).unwrap();
+    let site_rules = "[[rules]]\nname = \"site-redacts-users\"\nstream = \"events\"\n\
+        redact = [\"user\"]\n\n\
+        [[rules]]\nname = \"site-takes-no-cabinet-telemetry\"\ndevice = \"cabinet-01\"\n\
+        stream = \"telemetry\"\naction = \"deny\"\nreason = \"no telemetry from cabinet-01 here\"\n\n";
+    let allow_access = "[[rules]]\nname = \"access-events\"";
+    let custom = default.replacen(allow_access, &format!("{site_rules}{allow_access}"), 1);
+    assert_ne!(
+        custom, default,
+        "the default policy's access-events rule moved"
+    );
     let policy = tmp.path().join("policy.toml");
-    std::fs::copy(workspace().join("config/policy.toml"), &policy).unwrap();
+    std::fs::write(&policy, &custom).unwrap();
+    let policy_name = policy.display().to_string();
     let gw = Gateway::start(&format!(
         "{}\n[gateway]\npolicy_file = \"{}\"\n",
         cloud.pki.gateway_config(cloud.port),
@@ -424,13 +641,58 @@ fn an_invalid_policy_reload_leaves_the_running_policy_in_place_and_says_why() {
     ));
     let backend = cloud.subscribe("rxgate/v1/#");
     let creds = gw.enroll_with_sim("cabinet-01", "cabinet");
+    const EVENTS: &str = "rxgate/v1/store-0042/devices/cabinet-01/events";
 
-    // Break it: a CEL syntax error.
-    let broken = std::fs::read_to_string(&policy).unwrap().replace(
+    // The site's policy runs, with its own behaviour.
+    let runs_the_site_policy = |events_before: usize| {
+        let after = audit_head(&gw);
+        let out = gw.mosquitto_pub(
+            &creds,
+            "cabinet-01",
+            "devices/cabinet-01/telemetry",
+            r#"{"points":{"drawer_temp_c":21.5}}"#,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        wait_for_audit(&gw, after, "policy.denied", |e| {
+            e["detail"]["reason"] == "denied by policy: no telemetry from cabinet-01 here"
+        });
+        let out = gw.mosquitto_pub(
+            &creds,
+            "cabinet-01",
+            "devices/cabinet-01/events",
+            &access_event("remove", "CII", ""),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let sent = backend.wait_for(EVENTS, events_before + 1, Duration::from_secs(10));
+        let event = &sent[events_before]["event"];
+        assert_eq!(event["user"], "redacted", "{event}");
+        assert!(
+            event["patient_id"].as_str().unwrap().starts_with("ps-"),
+            "{event}"
+        );
+        let status: serde_json::Value =
+            serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
+        assert_eq!(status["policy"], policy_name.as_str(), "{status}");
+    };
+    runs_the_site_policy(0);
+
+    // Break it (a CEL syntax error) behind the file-change poll's back: the new file keeps the
+    // old modification time, so only the SIGHUP can make the gateway read it.
+    let broken = custom.replace(
         "condition = 'event.type != \"access\"'",
         "condition = 'event.type !=== \"access\"'",
     );
-    std::fs::write(&policy, broken).unwrap();
+    assert_ne!(broken, custom, "the unknown-event-type condition moved");
+    let modified = std::fs::metadata(&policy).unwrap().modified().unwrap();
+    let staged = tmp.path().join("policy.toml.new");
+    std::fs::write(&staged, broken).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::fs::rename(&staged, &policy).unwrap();
     let check = gw.cli(&["policy", "check", policy.to_str().unwrap()]);
     assert!(!check.status.success());
     let check_text = text(&check);
@@ -438,52 +700,88 @@ fn an_invalid_policy_reload_leaves_the_running_policy_in_place_and_says_why() {
         check_text.contains("unknown-event-type"),
         "names the rule: {check_text}"
     );
+
+    let before_reload = audit_head(&gw);
     let pid = gw.child.as_ref().unwrap().id();
-    let _ = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status();
-    wait_until(
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(sent, 0, "SIGHUP to {pid}");
+    let reload = wait_for_audit(&gw, before_reload, "policy.reloaded", |_| true);
+    let detail = &reload["detail"];
+    assert_eq!(detail["trigger"], "SIGHUP", "{reload}");
+    assert_eq!(detail["accepted"], false, "{reload}");
+    assert_eq!(detail["file"], policy_name.as_str(), "{reload}");
+    let errors = detail["errors"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        errors.starts_with(&format!("{policy_name}:"))
+            && errors
+                .contains(": rule 1 \"unknown-event-type\": condition (at 1:14 in the expression)"),
+        "names the file, the rule, the key and the place: {errors}"
+    );
+
+    // It says so and why: in the log, with the trigger, and in `rxgate status`.
+    let logged = wait_until(
         Duration::from_secs(10),
         "the refused reload in the log",
-        || gw.logs().contains("Policy reload refused").then_some(()),
+        || refused_reload_in_log(&gw.logs()),
+    );
+    assert!(
+        logged.contains(" ERROR Policy reload refused; the running policy stays:"),
+        "{logged}"
+    );
+    assert!(logged.contains("trigger=\"SIGHUP\""), "{logged}");
+    assert!(logged.contains(&errors), "{logged}\nlacks\n{errors}");
+    let status: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["policy_error"], errors.as_str(), "{status}");
+
+    // The site's policy still runs, not the built-in one.
+    runs_the_site_policy(1);
+    let reloads: Vec<serde_json::Value> = audit_entries(&gw)
+        .into_iter()
+        .filter(|e| e["kind"] == "policy.reloaded")
+        .collect();
+    assert_eq!(
+        reloads.len(),
+        1,
+        "one reload, by the signal, not by the file-change poll: {reloads:#?}"
+    );
+
+    // Fixed on disk: picked up without a signal. Written whole and renamed into place, so the
+    // poll cannot read it half-written.
+    let before_fix = audit_head(&gw);
+    std::fs::write(&staged, &custom).unwrap();
+    std::fs::rename(&staged, &policy).unwrap();
+    let reload = wait_for_audit(&gw, before_fix, "policy.reloaded", |_| true);
+    assert_eq!(reload["detail"]["trigger"], "file changed", "{reload}");
+    assert_eq!(reload["detail"]["accepted"], true, "{reload}");
+    let status: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
+    assert!(status["policy_error"].is_null(), "{status}");
+    runs_the_site_policy(2);
+}
+
+/// `systemctl reload rxgate` sends SIGHUP (deploy/rxgate.service). A gateway on the built-in
+/// policy has nothing to reload, and must keep running.
+#[test]
+fn a_sighup_to_a_gateway_on_the_built_in_policy_leaves_it_running() {
+    let mut gw = Gateway::start("");
+    let pid = gw.child.as_ref().unwrap().id();
+    // SAFETY: kill(2) on our own child's pid.
+    let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(sent, 0, "SIGHUP to {pid}");
+    wait_until(Duration::from_secs(10), "the SIGHUP to be logged", || {
+        gw.logs()
+            .contains("SIGHUP: no [gateway].policy_file is set, so the built-in policy stays.")
+            .then_some(())
+    });
+    assert!(
+        gw.is_running(),
+        "SIGHUP stopped the gateway:\n{}",
+        gw.logs()
     );
     let status: serde_json::Value =
         serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
-    assert!(
-        status["policy_error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown-event-type"),
-        "{status}"
-    );
-
-    // The old policy still runs: patient identifiers are still pseudonymised.
-    let out = gw.mosquitto_pub(
-        &creds,
-        "cabinet-01",
-        "devices/cabinet-01/events",
-        &access_event("remove", "CII", ""),
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let sent = backend.wait_for(
-        "rxgate/v1/store-0042/devices/cabinet-01/events",
-        1,
-        Duration::from_secs(10),
-    );
-    assert!(
-        sent[0]["event"]["patient_id"]
-            .as_str()
-            .unwrap()
-            .starts_with("ps-"),
-        "{}",
-        sent[0]
-    );
-
-    // Fixed on disk: picked up without a signal.
-    std::fs::copy(workspace().join("config/policy.toml"), &policy).unwrap();
-    wait_until(Duration::from_secs(15), "the fixed policy to load", || {
-        let status: serde_json::Value =
-            serde_json::from_str(&gw.cli_ok(&["status", "--json"])).ok()?;
-        status["policy_error"].is_null().then_some(())
-    });
+    assert_eq!(status["running"], true, "{status}");
+    assert!(gw.stop(), "{}", gw.logs());
 }

@@ -235,12 +235,18 @@ impl Gateway {
 
     /// Starts `rxgate run` and waits until the admin socket reports the listeners.
     pub fn spawn(&mut self) {
+        self.spawn_logging("debug");
+    }
+
+    /// [`Gateway::spawn`] with the log filter `RUST_LOG=<filter>` (`trace` for a search of the
+    /// log for what must never be in it).
+    pub fn spawn_logging(&mut self, filter: &str) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(bin("rxgate"))
             .arg("--config")
             .arg(&self.config)
             .arg("run")
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
