@@ -239,10 +239,22 @@ impl DeviceBroker {
                     class: "tls_handshake",
                     reason: format!("TLS handshake failed: {reason}"),
                 }),
-                other => {
-                    crate::metrics::refused(other.as_str());
-                    tracing::debug!(%peer, reason = other.as_str(), "Device connection dropped.");
-                }
+                other => refusals.record(Refusal {
+                    kind: Kind::ConnectionRefused,
+                    device: None,
+                    source: Some(peer.ip()),
+                    class: other.as_str(),
+                    reason: match other {
+                        Dropped::HandshakeTimeout => "no TLS handshake in time".to_owned(),
+                        Dropped::Evicted => "TLS handshake dropped, the oldest of too many \
+                                             in progress ([mqtt].max_pending_handshakes)"
+                            .to_owned(),
+                        Dropped::TooManyFromSource => "too many connections from this address \
+                                                       ([mqtt].max_connections_per_source)"
+                            .to_owned(),
+                        Dropped::HandshakeFailed(reason) => reason,
+                    },
+                }),
             },
             move |tls, peer| session::serve(shared.clone(), tls, peer, session_shutdown.clone()),
         )

@@ -144,7 +144,8 @@ pub struct MqttConfig {
     /// Device sessions at once.
     #[serde(default = "defaults::mqtt_max_connections")]
     pub max_connections: NonZeroUsize,
-    /// Device sessions from one source address at once.
+    /// Connections from one source address at once: sessions and TLS handshakes in progress
+    /// alike.
     #[serde(default = "defaults::mqtt_max_per_source")]
     pub max_connections_per_source: NonZeroUsize,
 }
