@@ -1,9 +1,11 @@
 //! The device MQTT listener against real clients (`mosquitto_pub`, `mosquitto_sub`, raw TCP):
 //! identity binding, namespaces, refusals recorded, revocation, and silent connections.
 
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rxgate_e2e::cloud::Cloud;
@@ -88,9 +90,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with_mqtt("")
+}
+
+/// Like [`setup`], with `mqtt` (TOML lines) in the gateway's `[mqtt]` section.
+fn setup_with_mqtt(mqtt: &str) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let cloud = Cloud::start(tmp.path());
-    let gw = Gateway::start(&cloud.pki.gateway_config(cloud.port));
+    let gw = Gateway::start(&format!(
+        "{}\n[mqtt]\n{mqtt}\n",
+        cloud.pki.gateway_config(cloud.port)
+    ));
     let backend = cloud.subscribe("rxgate/v1/#");
     let creds = gw.enroll_with_sim("fridge-01", "fridge");
     Setup {
@@ -127,6 +137,77 @@ fn pub_with(
         cmd.arg("--cert").arg(cert).arg("--key").arg(key);
     }
     run(&mut cmd)
+}
+
+/// `mosquitto_pub` as `client_id` with the credentials in `creds`, QoS 1, plus `extra`
+/// arguments (`-r` to retain, `-A ADDR` to connect from another loopback address).
+fn device_pub(
+    gw: &Gateway,
+    creds: &Path,
+    client_id: &str,
+    topic: &str,
+    message: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    run(Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
+        .arg("--cafile")
+        .arg(creds.join("ca.crt"))
+        .arg("--cert")
+        .arg(creds.join("device.crt"))
+        .arg("--key")
+        .arg(creds.join("device.key"))
+        .args(["-i", client_id, "-t", topic, "-m", message, "-q", "1"])
+        .args(extra))
+}
+
+/// A `mosquitto_sub` connected as a device, collecting `topic<TAB>payload` lines.
+struct DeviceSub {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl DeviceSub {
+    fn start(gw: &Gateway, creds: &Path, client_id: &str, filter: &str) -> DeviceSub {
+        let mut child = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
+            .arg("--cafile")
+            .arg(creds.join("ca.crt"))
+            .arg("--cert")
+            .arg(creds.join("device.crt"))
+            .arg("--key")
+            .arg(creds.join("device.key"))
+            .args(["-i", client_id, "-q", "1", "-t", filter, "-F", "%t\t%p"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        DeviceSub { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DeviceSub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
@@ -314,24 +395,78 @@ fn a_client_id_that_is_not_the_certificates_is_refused_with_identifier_rejected(
 #[test]
 fn publishing_to_another_devices_topic_is_refused_recorded_and_never_delivered() {
     let mut s = setup();
-    let out = s.gw.mosquitto_pub(
-        &s.creds,
-        "fridge-01",
-        "devices/fridge-02/telemetry",
-        r#"{"points":{"t":1}}"#,
+    let other = s.gw.enroll_with_sim("fridge-02", "fridge");
+    let status = "rxgate/v1/store-0042/devices/fridge-02/status";
+    // fridge-02 leaves a retained message in its own namespace and disconnects (two statuses:
+    // online, offline). Its subscriber below gets it right after its SUBACK: the proof that
+    // the subscription is live before fridge-01 tries anything. (fridge-02 cannot publish
+    // while the subscriber is connected: one client id, one session.)
+    let ready = device_pub(
+        &s.gw,
+        &other,
+        "fridge-02",
+        "devices/fridge-02/ready",
+        "1",
+        &["-r"],
     );
-    assert!(
-        out.status.success(),
-        "acknowledged but dropped: {}",
-        text(&out)
+    assert!(ready.status.success(), "{}", text(&ready));
+    let statuses = s.backend.wait_for(status, 2, Duration::from_secs(10));
+    assert_eq!(
+        [&statuses[0]["online"], &statuses[1]["online"]],
+        [true, false],
+        "{statuses:#?}"
     );
-    wait_for_refusal(&s.gw, "message.refused", "topic_denied");
+    let mut sub = DeviceSub::start(&s.gw, &other, "fridge-02", "devices/fridge-02/#");
+    wait_until(
+        Duration::from_secs(10),
+        "the subscriber to get the probe",
+        || {
+            sub.lines()
+                .contains(&"devices/fridge-02/ready\t1".to_owned())
+                .then_some(())
+        },
+    );
+    let statuses = s.backend.wait_for(status, 3, Duration::from_secs(10));
+    assert_eq!(statuses[2]["online"], true, "{statuses:#?}");
+
+    // fridge-01 writes into fridge-02's namespace: telemetry (which rxgate takes itself) and a
+    // local topic (which would be relayed to the embedded broker as it is).
+    for topic in ["devices/fridge-02/telemetry", "devices/fridge-02/cmd"] {
+        let out =
+            s.gw.mosquitto_pub(&s.creds, "fridge-01", topic, r#"{"points":{"t":1}}"#);
+        assert!(
+            out.status.success(),
+            "acknowledged but dropped: {}",
+            text(&out)
+        );
+        wait_for_refusal_saying(&s.gw, "message.refused", "topic_denied", topic);
+    }
+    // Local delivery takes milliseconds; give it two seconds to show up.
+    let window = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < window {
+        let lines = sub.lines();
+        assert_eq!(
+            lines,
+            ["devices/fridge-02/ready\t1"],
+            "fridge-02's subscriber got fridge-01's message"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The subscriber's session was up all along: no status of fridge-02 since it connected.
+    assert_eq!(
+        s.backend.json_on(status).len(),
+        3,
+        "{:#?}",
+        s.backend.json_on(status)
+    );
+    assert!(sub.is_running(), "mosquitto_sub exited");
+
     assert_unaffected(&mut s.gw, &s.creds, &s.backend, 1);
     assert!(
         s.backend
             .messages()
             .iter()
-            .all(|(t, _)| !t.contains("fridge-02")),
+            .all(|(t, _)| !t.contains("fridge-02") || t == status),
         "{:?}",
         s.backend.messages()
     );
@@ -392,7 +527,15 @@ fn a_malformed_payload_is_refused_and_recorded_and_the_same_session_goes_on() {
         1,
         "the bad message never reaches the cloud"
     );
-    let logs = s.gw.logs();
+    // The session ends when the client disconnects; the gateway logs it just after.
+    let logs = wait_until(
+        Duration::from_secs(10),
+        "the session's end in the log",
+        || {
+            let logs = s.gw.logs();
+            logs.contains("Device session ended.").then_some(logs)
+        },
+    );
     assert_eq!(
         logs.matches("Device connected.").count(),
         1,
@@ -515,4 +658,212 @@ fn with_a_hundred_silent_connections_open_an_enrolled_device_still_connects_and_
     );
     drop(silent);
     assert_unaffected(&mut s.gw, &s.creds, &s.backend, 2);
+}
+
+/// A TCP connection to `to` from the loopback address `source` (all of 127.0.0.0/8 is local),
+/// that never sends a byte.
+fn silent_from(rt: &tokio::runtime::Runtime, source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let stream = rt
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((source, 0)))?;
+            socket.connect(to).await?.into_std()
+        })
+        .unwrap_or_else(|e| panic!("connect from {source:?} to {to}: {e}"));
+    stream.set_nonblocking(true).unwrap();
+    stream
+}
+
+/// Whether the gateway has closed `stream` (a silent peer never gets a byte from it).
+fn closed_by_gateway(mut stream: &TcpStream) -> bool {
+    use std::io::Read;
+    match stream.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => panic!("the gateway sent bytes to a peer that never spoke"),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(_) => true,
+    }
+}
+
+/// `rxgate_refusals_total{reason="<reason>"}` from the metrics endpoint (0 until the first).
+fn refusals_metric(gw: &Gateway, reason: &str) -> u64 {
+    let metrics = rxgate_e2e::curl(gw.dir.path(), &[&format!("http://{}/metrics", gw.metrics)]);
+    assert_eq!(metrics.status, 200);
+    let series = format!("rxgate_refusals_total{{reason=\"{reason}\"}} ");
+    metrics
+        .body_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series}{v}: {e}"))
+        })
+}
+
+/// Publishes `value` as fridge-01 with `mosquitto_pub` and waits for the reading at the cloud;
+/// returns the time from starting the client to the reading's arrival at the cloud.
+fn publish_and_time_arrival(s: &Setup, value: u32) -> Duration {
+    let topic = "rxgate/v1/store-0042/devices/fridge-01/telemetry";
+    let before = s.backend.json_on(topic).len();
+    let started = std::time::SystemTime::now();
+    let out = device_pub(
+        &s.gw,
+        &s.creds,
+        "fridge-01",
+        "devices/fridge-01/telemetry",
+        &format!(r#"{{"points":{{"temperature_c":{value}}}}}"#),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    s.backend
+        .wait_for(topic, before + 1, Duration::from_secs(10));
+    let (_, payload, arrived) = s
+        .backend
+        .timed_messages()
+        .into_iter()
+        .filter(|(t, _, _)| t == topic)
+        .nth(before)
+        .unwrap();
+    let reading: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        reading["points"]["temperature_c"]["value"],
+        f64::from(value)
+    );
+    let started = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    Duration::from_micros(arrived.saturating_sub(started))
+}
+
+#[test]
+fn beyond_max_pending_handshakes_the_oldest_silent_connections_are_dropped_and_a_device_still_gets_through_in_under_a_second()
+ {
+    // 8 handshakes at once (4 per source); silent peers stay pending for 30 s unless evicted.
+    let s = setup_with_mqtt("max_pending_handshakes = 8\nhandshake_timeout = \"30s\"");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    // 20 silent connections from five sources in turn (4 each, within the per-source cap),
+    // so the cap at work is the overall one.
+    let silent: Vec<TcpStream> = (0..20u8)
+        .map(|i| silent_from(&rt, [127, 0, 0, 2 + i % 5], s.gw.mqtt))
+        .collect();
+    let closed = |silent: &[TcpStream]| -> Vec<usize> {
+        (0..silent.len())
+            .filter(|&i| closed_by_gateway(&silent[i]))
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the 12 oldest silent connections to be dropped",
+        || (closed(&silent) == (0..12).collect::<Vec<_>>()).then_some(()),
+    );
+    wait_until(Duration::from_secs(5), "12 evictions counted", || {
+        (refusals_metric(&s.gw, "handshake_evicted") == 12).then_some(())
+    });
+    // And recorded, by source, in the audit trail.
+    let entry = wait_for_refusal(&s.gw, "connection.refused", "handshake_evicted");
+    assert!(
+        entry["source"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.")),
+        "{entry}"
+    );
+
+    // The device's handshake makes room by dropping the oldest silent one, and completes.
+    let took = publish_and_time_arrival(&s, 4);
+    assert!(
+        took < Duration::from_secs(1),
+        "connect, publish and reach the cloud took {took:?}"
+    );
+    wait_until(Duration::from_secs(5), "the 13th eviction", || {
+        (refusals_metric(&s.gw, "handshake_evicted") == 13).then_some(())
+    });
+    assert_eq!(
+        closed(&silent),
+        (0..13).collect::<Vec<_>>(),
+        "only the oldest silent connection made room for the device"
+    );
+    drop(silent);
+}
+
+#[test]
+fn beyond_max_connections_per_source_a_source_is_refused_while_a_device_at_another_address_gets_through_in_under_a_second()
+ {
+    let s = setup_with_mqtt("max_connections_per_source = 8\nhandshake_timeout = \"30s\"");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let silent: Vec<TcpStream> = (0..20)
+        .map(|_| silent_from(&rt, [127, 0, 0, 2], s.gw.mqtt))
+        .collect();
+    let closed = |silent: &[TcpStream]| -> Vec<usize> {
+        (0..silent.len())
+            .filter(|&i| closed_by_gateway(&silent[i]))
+            .collect()
+    };
+    // The first 8 hold 127.0.0.2's slots (pending handshakes count); the other 12 are closed
+    // on accept.
+    wait_until(
+        Duration::from_secs(5),
+        "the 12 connections over the cap to be closed",
+        || (closed(&silent) == (8..20).collect::<Vec<_>>()).then_some(()),
+    );
+    assert_eq!(refusals_metric(&s.gw, "too_many_connections"), 12);
+    let entry = wait_for_refusal(&s.gw, "connection.refused", "too_many_connections");
+    assert_eq!(entry["source"], "127.0.0.2", "{entry}");
+
+    // A device from 127.0.0.1 is not affected.
+    let took = publish_and_time_arrival(&s, 4);
+    assert!(
+        took < Duration::from_secs(1),
+        "connect, publish and reach the cloud took {took:?}"
+    );
+    // A real client from the saturated address is refused too, and counted.
+    let refused = device_pub(
+        &s.gw,
+        &s.creds,
+        "fridge-01",
+        "devices/fridge-01/telemetry",
+        r#"{"points":{"temperature_c":5}}"#,
+        &["-A", "127.0.0.2"],
+    );
+    assert!(!refused.status.success(), "{}", text(&refused));
+    wait_until(Duration::from_secs(5), "the 13th refusal", || {
+        (refusals_metric(&s.gw, "too_many_connections") == 13).then_some(())
+    });
+    assert_eq!(
+        closed(&silent),
+        (8..20).collect::<Vec<_>>(),
+        "the connections holding the slots are left alone"
+    );
+
+    // Once the silent peers go, their slots are free again.
+    drop(silent);
+    let before = wait_until(
+        Duration::from_secs(5),
+        "127.0.0.2 to be served again",
+        || {
+            let topic = "rxgate/v1/store-0042/devices/fridge-01/telemetry";
+            let before = s.backend.json_on(topic).len();
+            let out = device_pub(
+                &s.gw,
+                &s.creds,
+                "fridge-01",
+                "devices/fridge-01/telemetry",
+                r#"{"points":{"temperature_c":6}}"#,
+                &["-A", "127.0.0.2"],
+            );
+            out.status.success().then_some(before)
+        },
+    );
+    s.backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        before + 1,
+        Duration::from_secs(10),
+    );
 }

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use rxgate_e2e::cloud::Cloud;
-use rxgate_e2e::{Gateway, start_ready, workspace};
+use rxgate_e2e::{Gateway, start_ready, wait_until, workspace};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// `RXGATE_PYTHON`, else the workspace's `.venv` (scripts/test creates it), else `python3`.
 fn python() -> PathBuf {
@@ -95,6 +97,145 @@ fn the_gateway_polls_the_simulated_fridge_and_reports_it_offline_and_back_when_i
         .map(|s| s["online"].as_bool().unwrap())
         .collect();
     assert_eq!(online[..3], [true, false, true], "{statuses:#?}");
+    drop(gw);
+}
+
+/// When the gateway accepted `message` (its `gateway_ts`).
+fn gateway_ts(message: &serde_json::Value) -> OffsetDateTime {
+    let ts = message["gateway_ts"].as_str().unwrap_or_default();
+    OffsetDateTime::parse(ts, &Rfc3339).unwrap_or_else(|e| panic!("gateway_ts {ts:?}: {e}"))
+}
+
+/// The quality of every point of a telemetry message.
+fn qualities(message: &serde_json::Value) -> Vec<String> {
+    message["points"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no points: {message}"))
+        .values()
+        .map(|p| p["quality"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_fridge_that_goes_silent_is_reported_offline_within_three_polls_and_online_with_good_readings_when_it_answers_again()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(rxgate_e2e::bin("rxgate-sim"));
+    cmd.args(["fridge", "--tcp", "127.0.0.1:0", "--setpoint", "4.5"]);
+    let (_fridge, port) = start_ready(cmd, "rxgate-sim fridge");
+    let cloud = Cloud::start(tmp.path());
+    let model = workspace().join("config/devices/acme-fr400.toml");
+    let (interval, timeout, offline_after, max_backoff) = (
+        Duration::from_millis(500),
+        Duration::from_millis(200),
+        3,
+        Duration::from_secs(1),
+    );
+    let gw = Gateway::start(&format!(
+        "{}\n[devices.fridge-01]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nmodel = \"{}\"\n\
+         poll_interval = \"500ms\"\ntimeout = \"200ms\"\noffline_after = {offline_after}\nmax_backoff = \"1s\"\n",
+        cloud.pki.gateway_config(cloud.port),
+        model.display()
+    ));
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let telemetry = "rxgate/v1/store-0042/devices/fridge-01/telemetry";
+    let status = "rxgate/v1/store-0042/devices/fridge-01/status";
+    let statuses = backend.wait_for(status, 1, Duration::from_secs(20));
+    assert_eq!(statuses[0]["online"], true, "{statuses:#?}");
+    for m in backend.wait_for(telemetry, 2, Duration::from_secs(10)) {
+        assert!(qualities(&m).iter().all(|q| q == "good"), "{m}");
+    }
+
+    // Comms loss for 4 s: the fridge keeps its TCP connections open and answers nothing.
+    // Holding registers 100 (fault mask, 8 = comms loss) and 101 (its duration in seconds) in
+    // one write; mbpoll's -r is 1-based.
+    let silent_for = Duration::from_secs(4);
+    let silent_from = OffsetDateTime::now_utc();
+    let out = rxgate_e2e::run(Command::new("mbpoll").args([
+        "-m",
+        "tcp",
+        "-p",
+        &port.to_string(),
+        "-a",
+        "1",
+        "-t",
+        "4",
+        "-r",
+        "101",
+        "127.0.0.1",
+        "8",
+        &silent_for.as_secs().to_string(),
+    ]));
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Written 2"),
+        "mbpoll: {}",
+        rxgate_e2e::text(&out)
+    );
+
+    let statuses = backend.wait_for(status, 2, Duration::from_secs(10));
+    let offline = &statuses[1];
+    assert_eq!(offline["online"], false, "{offline}");
+    let reason = offline["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("3 polls in a row failed; last: no reply to reading")
+            && reason.ends_with("within 200ms"),
+        "timed out, not closed: {reason}"
+    );
+    let detected = gateway_ts(offline) - silent_from;
+    let bound = (interval + timeout) * offline_after + Duration::from_millis(300);
+    assert!(
+        detected <= bound,
+        "offline {detected} after the fridge went silent; expected at most {bound:?}"
+    );
+
+    let statuses = backend.wait_for(status, 3, Duration::from_secs(15));
+    let online = &statuses[2];
+    assert_eq!(online["online"], true, "{online}");
+    assert_eq!(online["reason"], "the device answered a poll");
+    let back = gateway_ts(online) - silent_from;
+    // Not before the fridge answers again; then within one backoff step and a poll.
+    let latest = silent_for + max_backoff + timeout + Duration::from_millis(500);
+    assert!(
+        back >= silent_for && back <= latest,
+        "online again {back} after the fridge went silent for {silent_for:?}"
+    );
+
+    // A poll that gets no answer at all sends no telemetry (docs/cloud-contract.md); only the
+    // poll under way when the fault began may have read part of the map, and then its unread
+    // points say `comm_error` with the last good value.
+    let after_fault: Vec<serde_json::Value> = backend
+        .json_on(telemetry)
+        .into_iter()
+        .filter(|m| gateway_ts(m) > silent_from && gateway_ts(m) < gateway_ts(online))
+        .collect();
+    assert!(after_fault.len() <= 1, "{after_fault:#?}");
+    for m in &after_fault {
+        assert!(
+            gateway_ts(m) <= gateway_ts(offline),
+            "sent while offline: {m}"
+        );
+        for point in m["points"].as_object().unwrap().values() {
+            match point["quality"].as_str() {
+                Some("good") => {}
+                Some("comm_error") => assert!(
+                    point["value"].is_number() || point["value"].is_boolean(),
+                    "{m}"
+                ),
+                _ => panic!("{m}"),
+            }
+        }
+    }
+
+    // Readings resume, every point good.
+    let resumed = wait_until(Duration::from_secs(10), "a reading after the fault", || {
+        backend
+            .json_on(telemetry)
+            .into_iter()
+            .find(|m| gateway_ts(m) >= gateway_ts(online))
+    });
+    assert!(qualities(&resumed).iter().all(|q| q == "good"), "{resumed}");
+    let t = value(&resumed, "temperature_c").as_f64().unwrap();
+    assert!((4.0..=5.0).contains(&t), "around the setpoint: {resumed}");
     drop(gw);
 }
 
