@@ -1,6 +1,7 @@
 //! Writes the seed corpora, `fuzz/seeds/<target>/`, from real inputs: CSRs made as devices make
 //! them, the device contract's payload examples, MQTT packets as clients send them, the example
-//! register maps with replies like the poller's tests use, and the example config files.
+//! register maps with replies like the poller's tests use, the example config files, and the
+//! default policy with the policy guide's examples.
 //!
 //! Run by `scripts/fuzz seeds`; the output is committed. Each file is named after what it holds.
 
@@ -362,12 +363,31 @@ kind = "cabinet"
     );
 }
 
+/// The default policy and every example of the policy guide, so that even a short run
+/// starts from policies that compile and reaches rule evaluation.
+fn policy_seeds() {
+    let corpus = Corpus::new("policy");
+    corpus.add(
+        "default.toml",
+        fs::read(root().join("config/policy.toml")).expect("the default policy"),
+    );
+    let guide = fs::read_to_string(root().join("docs/policy.md")).expect("the policy guide");
+    let examples = guide
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(example, _)| example));
+    for (i, example) in examples.enumerate() {
+        corpus.add(&format!("guide-{}.toml", i + 1), example);
+    }
+}
+
 fn main() {
     csr_seeds();
     payload_seeds();
     mqtt_seeds();
     modbus_seeds();
     config_seeds();
+    policy_seeds();
     println!(
         "seeds written under {}",
         root().join("fuzz/seeds").display()
