@@ -37,7 +37,7 @@ const BASE: &str = "base";
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
 
 /// What happened, in a stable dotted vocabulary (`device.enrolled`, `enroll.refused`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     #[serde(rename = "token.created")]
     TokenCreated,

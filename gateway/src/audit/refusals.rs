@@ -5,6 +5,13 @@
 //! to the audit trail once a second, folding identical refusals (same kind, device, source and
 //! reason class) into one entry with a `count`: a device sending 5 000 bad messages a second costs
 //! one audit entry a second, not 5 000 fsyncs.
+//!
+//! A refusal that keeps coming back (a fridge retrying with an expired certificate every few
+//! seconds for months, a device held to its rate limit all day) would still cost an entry a
+//! second, years of them on a Pi's SD card. So after [`LOUD_AFTER`] entries of one kind within
+//! [`SUMMARY_EVERY`], the rest of that window is held and written as one summary entry when it
+//! ends (`count`, `summary: true`, `first_at`). A refusal that never stops costs about 11 entries an
+//! hour; the first of each window is still written within a second, and nothing is uncounted.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -22,6 +29,12 @@ const QUEUE: usize = 4096;
 /// Refused connections from one source within [`REPEAT_WINDOW`] that raise a flag.
 pub const REPEAT_THRESHOLD: u32 = 10;
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(300);
+/// Entries one kind of refusal (kind, device, source, class) gets within [`SUMMARY_EVERY`] before
+/// the rest of the window is summarised.
+pub const LOUD_AFTER: u32 = 10;
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(3600);
+/// Kinds of refusal followed for summaries at once; beyond it refusals are folded per second only.
+const TRACKED: usize = 4096;
 
 /// One refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +80,17 @@ pub struct RefusalLog {
     flags: Option<crate::alerts::AlertsHandle>,
     /// Refused connections per source: window start, count, flagged in this window.
     sources: std::collections::HashMap<IpAddr, (tokio::time::Instant, u32, bool)>,
+    /// Every kind of refusal seen within its [`SUMMARY_EVERY`] window.
+    recent: std::collections::HashMap<FoldKey, Recent>,
+}
+
+/// One kind of refusal within its summary window.
+struct Recent {
+    since: tokio::time::Instant,
+    /// Entries written in this window.
+    written: u32,
+    /// Refusals held for the summary: the first of them, when it came, and how many.
+    held: Option<(Refusal, time::OffsetDateTime, u64)>,
 }
 
 impl RefusalLog {
@@ -80,6 +104,7 @@ impl RefusalLog {
                 clock,
                 flags: None,
                 sources: std::collections::HashMap::new(),
+                recent: std::collections::HashMap::new(),
             },
         )
     }
@@ -145,26 +170,104 @@ impl RefusalLog {
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.flush(&mut pending).await,
+                _ = tick.tick() => self.flush(&mut pending, false).await,
             }
         }
         while let Ok(refusal) = self.rx.try_recv() {
             self.watch(&refusal).await;
             pending.push(refusal);
         }
-        self.flush(&mut pending).await;
+        self.flush(&mut pending, true).await;
     }
 
-    async fn flush(&self, pending: &mut Vec<Refusal>) {
-        if pending.is_empty() {
+    /// Decides what of `pending` is written now and what is held for a summary, and adds the
+    /// summaries whose window has ended (every summary when `last`).
+    fn entries(&mut self, pending: Vec<Refusal>, last: bool) -> Vec<Entry> {
+        let now = tokio::time::Instant::now();
+        let mut out = Vec::new();
+        self.summarise(
+            |recent| now.duration_since(recent.since) >= SUMMARY_EVERY,
+            &mut out,
+        );
+        for (refusal, count) in fold(pending) {
+            let key = fold_key(&refusal);
+            if !self.recent.contains_key(&key) && self.recent.len() >= TRACKED {
+                out.push(Entry {
+                    refusal,
+                    count,
+                    summary_since: None,
+                });
+                continue;
+            }
+            let recent = self.recent.entry(key).or_insert(Recent {
+                since: now,
+                written: 0,
+                held: None,
+            });
+            if recent.written < LOUD_AFTER {
+                recent.written += 1;
+                out.push(Entry {
+                    refusal,
+                    count,
+                    summary_since: None,
+                });
+            } else {
+                match &mut recent.held {
+                    Some((_, _, held)) => *held += count,
+                    None => recent.held = Some((refusal, self.clock.now(), count)),
+                }
+            }
+        }
+        if last {
+            self.summarise(|_| true, &mut out);
+        }
+        out
+    }
+
+    /// Forgets the windows `ended` says are over, adding their summaries to `out`.
+    fn summarise(&mut self, ended: impl Fn(&Recent) -> bool, out: &mut Vec<Entry>) {
+        self.recent.retain(|_, recent| {
+            if !ended(recent) {
+                return true;
+            }
+            if let Some((refusal, first_at, count)) = recent.held.take() {
+                out.push(Entry {
+                    refusal,
+                    count,
+                    summary_since: Some(first_at),
+                });
+            }
+            false
+        });
+    }
+
+    async fn flush(&mut self, pending: &mut Vec<Refusal>, last: bool) {
+        let batch = self.entries(std::mem::take(pending), last);
+        if batch.is_empty() {
             return;
         }
-        let batch = fold(std::mem::take(pending));
         let store = self.store.clone();
         let clock = self.clock.clone();
         let result = tokio::task::spawn_blocking(move || {
             store.write(|txn| {
-                for (refusal, count) in batch {
+                for Entry {
+                    refusal,
+                    count,
+                    summary_since,
+                } in batch
+                {
+                    let mut detail = serde_json::json!({
+                        "class": refusal.class,
+                        "reason": refusal.reason,
+                        "count": count,
+                    });
+                    if let Some(first_at) = summary_since {
+                        detail["summary"] = true.into();
+                        detail["first_at"] = first_at
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                            .into();
+                    }
                     let mut record = Record::new(
                         refusal.kind,
                         refusal
@@ -172,11 +275,7 @@ impl RefusalLog {
                             .clone()
                             .unwrap_or_else(|| "unknown".to_owned()),
                     )
-                    .detail(serde_json::json!({
-                        "class": refusal.class,
-                        "reason": refusal.reason,
-                        "count": count,
-                    }));
+                    .detail(detail);
                     if let Some(device) = refusal.device {
                         record = record.device(device);
                     }
@@ -197,20 +296,31 @@ impl RefusalLog {
     }
 }
 
+/// One audit entry to write: a refusal and how many like it; a summary says since when.
+struct Entry {
+    refusal: Refusal,
+    count: u64,
+    summary_since: Option<time::OffsetDateTime>,
+}
+
 /// What makes two refusals "the same" for folding.
-type FoldKey = (String, Option<String>, Option<IpAddr>, &'static str);
+type FoldKey = (Kind, Option<String>, Option<IpAddr>, &'static str);
+
+fn fold_key(refusal: &Refusal) -> FoldKey {
+    (
+        refusal.kind,
+        refusal.device.clone(),
+        refusal.source,
+        refusal.class,
+    )
+}
 
 /// Folds identical refusals into (first occurrence, count), in order of first occurrence.
 fn fold(refusals: Vec<Refusal>) -> Vec<(Refusal, u64)> {
     let mut index: BTreeMap<FoldKey, usize> = BTreeMap::new();
     let mut out: Vec<(Refusal, u64)> = Vec::new();
     for refusal in refusals {
-        let key = (
-            format!("{:?}", refusal.kind),
-            refusal.device.clone(),
-            refusal.source,
-            refusal.class,
-        );
+        let key = fold_key(&refusal);
         match index.get(&key) {
             Some(&i) => out[i].1 += 1,
             None => {
@@ -317,5 +427,72 @@ mod tests {
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].detail["count"], 1000);
         assert_eq!(entries[0].kind, Kind::MessageRefused);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_that_never_stops_is_summarised_each_hour_and_nothing_goes_uncounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.redb")).unwrap();
+        let clock = crate::clock::ManualClock::new(time::OffsetDateTime::UNIX_EPOCH, true);
+        let (refusals, log) = RefusalLog::new(store.clone(), clock);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(log.run(shutdown.clone()));
+        // A device held to its rate limit every 10 s for two hours and a half: 900 refusals.
+        for i in 0..900 {
+            refusals.record(refusal("stuck", "rate_limited"));
+            if i == 450 {
+                refusals.record(refusal("other", "bad_payload"));
+            }
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        let before_shutdown = super::super::entries(&store, 1, 1000).unwrap();
+        shutdown.cancel();
+        task.await.unwrap();
+        let entries = super::super::entries(&store, 1, 1000).unwrap();
+
+        let stuck: Vec<_> = entries
+            .iter()
+            .filter(|e| e.device.as_deref() == Some("stuck"))
+            .collect();
+        let counted: u64 = stuck
+            .iter()
+            .map(|e| e.detail["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 900, "every refusal counted");
+        // Three windows: ten entries each at most, and a summary for each.
+        assert!(
+            stuck.len() <= 3 * (LOUD_AFTER as usize + 1),
+            "{}",
+            stuck.len()
+        );
+        assert!(
+            stuck[..LOUD_AFTER as usize]
+                .iter()
+                .all(|e| e.detail["count"] == 1 && e.detail.get("summary").is_none()),
+            "the first refusals are written as they come"
+        );
+        let summaries: Vec<_> = stuck
+            .iter()
+            .filter(|e| e.detail["summary"] == true)
+            .collect();
+        assert_eq!(summaries.len(), 3, "{summaries:?}");
+        assert!(summaries[0].detail["count"].as_u64().unwrap() > 300);
+        assert!(summaries.iter().all(|e| e.detail["first_at"].is_string()));
+        assert_eq!(summaries[0].detail["class"], "rate_limited");
+        // The first two windows were summarised while the gateway ran; the last at shutdown.
+        assert_eq!(
+            before_shutdown
+                .iter()
+                .filter(|e| e.detail["summary"] == true)
+                .count(),
+            2
+        );
+        // Another device's refusal is written at once, not held behind the loud one.
+        let other: Vec<_> = entries
+            .iter()
+            .filter(|e| e.device.as_deref() == Some("other"))
+            .collect();
+        assert_eq!(other.len(), 1);
+        assert!(other[0].detail.get("summary").is_none());
     }
 }
