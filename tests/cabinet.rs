@@ -170,13 +170,26 @@ fn ctrl_c_stops_a_cabinet_cleanly_with_a_summary_and_the_device_goes_offline() {
     assert!(acknowledged >= 3, "{}", text(&out));
 
     // A clean DISCONNECT: the gateway reports the device offline at once, not after the
-    // keep-alive runs out.
+    // keep-alive runs out, and that is its last status.
     let status = "rxgate/v1/store-0042/devices/cabinet-02/status";
     let statuses = wait_until(Duration::from_secs(5), "the cabinet offline", || {
         let got = backend.json_on(status);
-        got.iter().any(|s| s["online"] == false).then_some(got)
+        got.iter()
+            .any(|s| s["online"] == false && s["reason"] == "device disconnected")
+            .then_some(got)
     });
-    assert_eq!(statuses.last().unwrap()["online"], false, "{statuses:#?}");
+    let last = statuses.last().unwrap();
+    assert_eq!(last["online"], false, "{statuses:#?}");
+    assert_eq!(last["reason"], "device disconnected", "{statuses:#?}");
+    // Statuses arrive in the order the gateway decided them, a session's online before its
+    // offline (even for a connection the device drops at once): the cloud's retained status
+    // is the device's state.
+    let seqs: Vec<u64> = statuses
+        .iter()
+        .map(|s| s["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.is_sorted(), "{statuses:#?}");
+    assert_eq!(statuses[0]["online"], true, "{statuses:#?}");
     // Everything acknowledged reached the cloud.
     backend.wait_for(events, acknowledged as usize, Duration::from_secs(10));
 }

@@ -52,6 +52,21 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     /// Session generation per device: only the newest session of a device reports it offline.
     pub sessions: Mutex<HashMap<String, u64>>,
+    /// Per device: held while a session starts or ends and queues the device's status, so the
+    /// statuses reach the outbox (and get their `seq`) in the order the sessions came and went.
+    pub status_order: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    /// The lock ordering `id`'s status changes.
+    pub fn status_order(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.status_order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
 }
 
 /// The device MQTT listener and its embedded broker, ready to run.
@@ -198,6 +213,7 @@ impl DeviceBroker {
                 relay_password: password,
                 connect_timeout: m.connect_timeout,
                 sessions: Mutex::new(HashMap::new()),
+                status_order: Mutex::new(HashMap::new()),
             }),
         })
     }

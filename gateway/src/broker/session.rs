@@ -281,11 +281,22 @@ pub(super) async fn serve(
         return;
     }
 
-    let generation = {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = sessions.get(&id).copied().unwrap_or(0) + 1;
-        sessions.insert(id.clone(), generation);
-        generation
+    // The device's statuses are queued under its lock: a session that ends at once cannot have
+    // its offline status overtake its online one, nor a new session's online status overtake
+    // the offline status of the session before it.
+    let status_order = shared.status_order(&id);
+    let (generation, online) = {
+        let _order = status_order.lock().await;
+        let generation = {
+            let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let generation = sessions.get(&id).copied().unwrap_or(0) + 1;
+            sessions.insert(id.clone(), generation);
+            generation
+        };
+        (
+            generation,
+            queue_status(&shared, &id, true, "connected".to_owned()).await,
+        )
     };
     crate::metrics::device_online(1.0);
     tracing::info!(device = %id, %peer, "Device connected.");
@@ -294,12 +305,9 @@ pub(super) async fn serve(
         let device_id = id.clone();
         tokio::task::spawn_blocking(move || registry.touch(&device_id));
     }
-    {
-        let shared = shared.clone();
+    if let Some(online) = online {
         let id = id.clone();
-        tokio::spawn(
-            async move { submit_status(&shared, &id, true, "connected".to_owned()).await },
-        );
+        tokio::spawn(async move { settle_status(&id, online).await });
     }
 
     let end = Relay {
@@ -317,19 +325,27 @@ pub(super) async fn serve(
     crate::metrics::device_online(-1.0);
     tracing::info!(device = %id, reason = %end.reason(), "Device session ended.");
     let _ = device.shutdown().await;
-    let newest = {
-        let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.get(&id) == Some(&generation) {
-            sessions.remove(&id);
-            true
+    let offline = {
+        let _order = status_order.lock().await;
+        let newest = {
+            let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(&id) == Some(&generation) {
+                sessions.remove(&id);
+                true
+            } else {
+                false
+            }
+        };
+        if newest {
+            queue_status(&shared, &id, false, end.reason()).await
         } else {
-            false
+            None
         }
     };
-    if newest {
+    if let Some(offline) = offline {
         // Awaited, not spawned: at shutdown the pipeline is still taking submissions until every
         // session has ended, so the cloud hears the device went offline with the gateway.
-        submit_status(&shared, &id, false, end.reason()).await;
+        settle_status(&id, offline).await;
     }
 }
 
@@ -343,25 +359,40 @@ fn connect_protocol_level(frame: &[u8]) -> Option<u8> {
     rest.get(2 + name_len).copied()
 }
 
-/// Reports the device online or offline.
-async fn submit_status(shared: &Arc<Shared>, id: &str, online: bool, reason: String) {
-    let ingest = shared.ingest.clone();
-    let device = id.to_owned();
-    let submitted = tokio::time::timeout(Duration::from_secs(5), async move {
-        if let Err(e) = ingest
-            .submit(Intake::Status {
-                device: device.clone(),
-                online,
-                reason,
-            })
-            .await
-        {
-            tracing::warn!(device = %device, error = %e, "Device status not recorded.");
+/// How long a device status may wait for room in the pipeline, and then to be durable.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
+
+/// Queues the device's online or offline status; `None` when it could not be (logged).
+async fn queue_status(
+    shared: &Shared,
+    id: &str,
+    online: bool,
+    reason: String,
+) -> Option<crate::pipeline::Pending> {
+    let intake = Intake::Status {
+        device: id.to_owned(),
+        online,
+        reason,
+    };
+    match tokio::time::timeout(STATUS_WAIT, shared.ingest.enqueue(intake)).await {
+        Ok(Ok(pending)) => Some(pending),
+        Ok(Err(e)) => {
+            tracing::warn!(device = id, error = %e, "Device status not recorded.");
+            None
         }
-    })
-    .await;
-    if submitted.is_err() {
-        tracing::warn!(device = id, "Device status not recorded in time.");
+        Err(_) => {
+            tracing::warn!(device = id, "Device status not recorded in time.");
+            None
+        }
+    }
+}
+
+/// Waits for a queued status to be durable, logging when it is not.
+async fn settle_status(id: &str, pending: crate::pipeline::Pending) {
+    match tokio::time::timeout(STATUS_WAIT, pending.outcome()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(device = id, error = %e, "Device status not recorded."),
+        Err(_) => tracing::warn!(device = id, "Device status not recorded in time."),
     }
 }
 
@@ -543,7 +574,13 @@ impl Relay<'_> {
                 );
                 Err(End::Error("a second CONNECT in one session".to_owned()))
             }
-            // PINGREQ, UNSUBSCRIBE, DISCONNECT and acknowledgements of deliveries: rumqttd's.
+            // A clean end: rumqttd hears it too (so the device's will is not published), and the
+            // session ends here, whether or not the device then closes TLS properly.
+            Packet::Disconnect => {
+                let _ = self.send_to_broker(&frame).await;
+                Err(End::DeviceClosed)
+            }
+            // PINGREQ, UNSUBSCRIBE and acknowledgements of deliveries: rumqttd's.
             _ => self.send_to_broker(&frame).await,
         }
     }

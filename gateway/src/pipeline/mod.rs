@@ -136,6 +136,18 @@ pub struct Submission {
     pub reply: oneshot::Sender<Result<Accepted, Refused>>,
 }
 
+/// A queued intake's outcome, to come.
+pub struct Pending(oneshot::Receiver<Result<Accepted, Refused>>);
+
+impl Pending {
+    /// Waits until the intake is durable or refused.
+    pub async fn outcome(self) -> Result<Accepted, Refused> {
+        self.0
+            .await
+            .map_err(|_| Refused::Unavailable("the gateway is shutting down".to_owned()))?
+    }
+}
+
 /// The handle intakes submit through. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -155,6 +167,13 @@ impl Ingest {
 
     /// Submits `intake` and waits until it is durable or refused.
     pub async fn submit(&self, intake: Intake) -> Result<Accepted, Refused> {
+        self.enqueue(intake).await?.outcome().await
+    }
+
+    /// Queues `intake` and returns once it is queued: intakes queued one after the other are
+    /// decided, and given their `seq`, in that order. [`Pending::outcome`] then says when it is
+    /// durable or refused.
+    pub async fn enqueue(&self, intake: Intake) -> Result<Pending, Refused> {
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
             intake,
@@ -166,8 +185,6 @@ impl Ingest {
             .send(submission)
             .await
             .map_err(|_| Refused::Unavailable("the gateway is shutting down".to_owned()))?;
-        outcome
-            .await
-            .map_err(|_| Refused::Unavailable("the gateway is shutting down".to_owned()))?
+        Ok(Pending(outcome))
     }
 }
