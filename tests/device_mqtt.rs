@@ -149,15 +149,9 @@ fn device_pub(
     message: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    run(Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
-        .arg("--cafile")
-        .arg(creds.join("ca.crt"))
-        .arg("--cert")
-        .arg(creds.join("device.crt"))
-        .arg("--key")
-        .arg(creds.join("device.key"))
-        .args(["-i", client_id, "-t", topic, "-m", message, "-q", "1"])
+    run(gw
+        .device_client("mosquitto_pub", creds, client_id)
+        .args(["-t", topic, "-m", message, "-q", "1"])
         .args(extra))
 }
 
@@ -169,15 +163,9 @@ struct DeviceSub {
 
 impl DeviceSub {
     fn start(gw: &Gateway, creds: &Path, client_id: &str, filter: &str) -> DeviceSub {
-        let mut child = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
-            .arg("--cafile")
-            .arg(creds.join("ca.crt"))
-            .arg("--cert")
-            .arg(creds.join("device.crt"))
-            .arg("--key")
-            .arg(creds.join("device.key"))
-            .args(["-i", client_id, "-q", "1", "-t", filter, "-F", "%t\t%p"])
+        let mut child = gw
+            .device_client("mosquitto_sub", creds, client_id)
+            .args(["-q", "1", "-t", filter, "-F", "%t\t%p"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -660,18 +648,34 @@ fn with_a_hundred_silent_connections_open_an_enrolled_device_still_connects_and_
     assert_unaffected(&mut s.gw, &s.creds, &s.backend, 2);
 }
 
-/// A TCP connection to `to` from the loopback address `source` (all of 127.0.0.0/8 is local),
-/// that never sends a byte.
-fn silent_from(rt: &tokio::runtime::Runtime, source: [u8; 4], to: SocketAddr) -> TcpStream {
-    let stream = rt
-        .block_on(async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from((source, 0)))?;
-            socket.connect(to).await?.into_std()
+/// TCP connections to `to`, one from each loopback address in `sources` (all of 127.0.0.0/8 is
+/// local), in that order, that never send a byte.
+fn silent_from(sources: impl IntoIterator<Item = [u8; 4]>, to: SocketAddr) -> Vec<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    sources
+        .into_iter()
+        .map(|source| {
+            let stream = rt
+                .block_on(async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(SocketAddr::from((source, 0)))?;
+                    socket.connect(to).await?.into_std()
+                })
+                .unwrap_or_else(|e| panic!("connect from {source:?} to {to}: {e}"));
+            stream.set_nonblocking(true).unwrap();
+            stream
         })
-        .unwrap_or_else(|e| panic!("connect from {source:?} to {to}: {e}"));
-    stream.set_nonblocking(true).unwrap();
-    stream
+        .collect()
+}
+
+/// The positions in `silent` of the connections the gateway has closed.
+fn closed(silent: &[TcpStream]) -> Vec<usize> {
+    (0..silent.len())
+        .filter(|&i| closed_by_gateway(&silent[i]))
+        .collect()
 }
 
 /// Whether the gateway has closed `stream` (a silent peer never gets a byte from it).
@@ -742,20 +746,9 @@ fn beyond_max_pending_handshakes_the_oldest_silent_connections_are_dropped_and_a
  {
     // 8 handshakes at once (4 per source); silent peers stay pending for 30 s unless evicted.
     let s = setup_with_mqtt("max_pending_handshakes = 8\nhandshake_timeout = \"30s\"");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
     // 20 silent connections from five sources in turn (4 each, within the per-source cap),
     // so the cap at work is the overall one.
-    let silent: Vec<TcpStream> = (0..20u8)
-        .map(|i| silent_from(&rt, [127, 0, 0, 2 + i % 5], s.gw.mqtt))
-        .collect();
-    let closed = |silent: &[TcpStream]| -> Vec<usize> {
-        (0..silent.len())
-            .filter(|&i| closed_by_gateway(&silent[i]))
-            .collect()
-    };
+    let silent = silent_from((0..20u8).map(|i| [127, 0, 0, 2 + i % 5]), s.gw.mqtt);
     wait_until(
         Duration::from_secs(5),
         "the 12 oldest silent connections to be dropped",
@@ -794,18 +787,7 @@ fn beyond_max_pending_handshakes_the_oldest_silent_connections_are_dropped_and_a
 fn beyond_max_connections_per_source_a_source_is_refused_while_a_device_at_another_address_gets_through_in_under_a_second()
  {
     let s = setup_with_mqtt("max_connections_per_source = 8\nhandshake_timeout = \"30s\"");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let silent: Vec<TcpStream> = (0..20)
-        .map(|_| silent_from(&rt, [127, 0, 0, 2], s.gw.mqtt))
-        .collect();
-    let closed = |silent: &[TcpStream]| -> Vec<usize> {
-        (0..silent.len())
-            .filter(|&i| closed_by_gateway(&silent[i]))
-            .collect()
-    };
+    let silent = silent_from([[127, 0, 0, 2]; 20], s.gw.mqtt);
     // The first 8 hold 127.0.0.2's slots (pending handshakes count); the other 12 are closed
     // on accept.
     wait_until(

@@ -364,8 +364,23 @@ impl Gateway {
         out
     }
 
+    /// `mosquitto_pub` or `mosquitto_sub` (`program`) set to reach the device listener as
+    /// `client_id`, with the credentials in `creds` (from [`Gateway::enroll_with_sim`]).
+    pub fn device_client(&self, program: &str, creds: &Path, client_id: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.mqtt.port().to_string()])
+            .arg("--cafile")
+            .arg(creds.join("ca.crt"))
+            .arg("--cert")
+            .arg(creds.join("device.crt"))
+            .arg("--key")
+            .arg(creds.join("device.key"))
+            .args(["-i", client_id]);
+        cmd
+    }
+
     /// Runs `mosquitto_pub` as `device` with the credentials in `creds` (from
-    /// [`Gateway::enroll_with_sim`]); returns its output.
+    /// [`Gateway::enroll_with_sim`]), QoS 1; returns its output.
     pub fn mosquitto_pub(
         &self,
         creds: &Path,
@@ -373,15 +388,9 @@ impl Gateway {
         topic: &str,
         message: &str,
     ) -> Output {
-        run(Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &self.mqtt.port().to_string()])
-            .arg("--cafile")
-            .arg(creds.join("ca.crt"))
-            .arg("--cert")
-            .arg(creds.join("device.crt"))
-            .arg("--key")
-            .arg(creds.join("device.key"))
-            .args(["-i", client_id, "-t", topic, "-m", message, "-q", "1"]))
+        run(self
+            .device_client("mosquitto_pub", creds, client_id)
+            .args(["-t", topic, "-m", message, "-q", "1"]))
     }
 
     /// Sends SIGTERM and waits for the daemon to exit; returns whether it exited cleanly.

@@ -191,32 +191,27 @@ impl RefusalLog {
         );
         for (refusal, count) in fold(pending) {
             let key = fold_key(&refusal);
-            if !self.recent.contains_key(&key) && self.recent.len() >= TRACKED {
-                out.push(Entry {
-                    refusal,
-                    count,
-                    summary_since: None,
+            // Beyond TRACKED kinds at once, a new kind is only folded per second.
+            if self.recent.contains_key(&key) || self.recent.len() < TRACKED {
+                let recent = self.recent.entry(key).or_insert(Recent {
+                    since: now,
+                    written: 0,
+                    held: None,
                 });
-                continue;
-            }
-            let recent = self.recent.entry(key).or_insert(Recent {
-                since: now,
-                written: 0,
-                held: None,
-            });
-            if recent.written < LOUD_AFTER {
-                recent.written += 1;
-                out.push(Entry {
-                    refusal,
-                    count,
-                    summary_since: None,
-                });
-            } else {
-                match &mut recent.held {
-                    Some((_, _, held)) => *held += count,
-                    None => recent.held = Some((refusal, self.clock.now(), count)),
+                if recent.written >= LOUD_AFTER {
+                    match &mut recent.held {
+                        Some((_, _, held)) => *held += count,
+                        None => recent.held = Some((refusal, self.clock.now(), count)),
+                    }
+                    continue;
                 }
+                recent.written += 1;
             }
+            out.push(Entry {
+                refusal,
+                count,
+                summary_since: None,
+            });
         }
         if last {
             self.summarise(|_| true, &mut out);

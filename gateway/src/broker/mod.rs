@@ -50,17 +50,16 @@ pub(crate) struct Shared {
     pub relay: SocketAddr,
     pub relay_password: String,
     pub connect_timeout: Duration,
-    /// Session generation per device: only the newest session of a device reports it offline.
-    pub sessions: Mutex<HashMap<String, u64>>,
-    /// Per device: held while a session starts or ends and queues the device's status, so the
+    /// Per device, the generation of its newest session: only that session reports the device
+    /// offline. Held while a session starts or ends and queues the device's status, so the
     /// statuses reach the outbox (and get their `seq`) in the order the sessions came and went.
-    pub status_order: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
 }
 
 impl Shared {
-    /// The lock ordering `id`'s status changes.
-    pub fn status_order(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.status_order
+    /// `id`'s newest session generation, behind the lock ordering its status changes.
+    pub fn newest_session(&self, id: &str) -> Arc<tokio::sync::Mutex<u64>> {
+        self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(id.to_owned())
@@ -213,7 +212,6 @@ impl DeviceBroker {
                 relay_password: password,
                 connect_timeout: m.connect_timeout,
                 sessions: Mutex::new(HashMap::new()),
-                status_order: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -284,17 +284,12 @@ pub(super) async fn serve(
     // The device's statuses are queued under its lock: a session that ends at once cannot have
     // its offline status overtake its online one, nor a new session's online status overtake
     // the offline status of the session before it.
-    let status_order = shared.status_order(&id);
+    let newest_session = shared.newest_session(&id);
     let (generation, online) = {
-        let _order = status_order.lock().await;
-        let generation = {
-            let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let generation = sessions.get(&id).copied().unwrap_or(0) + 1;
-            sessions.insert(id.clone(), generation);
-            generation
-        };
+        let mut newest = newest_session.lock().await;
+        *newest += 1;
         (
-            generation,
+            *newest,
             queue_status(&shared, &id, true, "connected".to_owned()).await,
         )
     };
@@ -326,17 +321,8 @@ pub(super) async fn serve(
     tracing::info!(device = %id, reason = %end.reason(), "Device session ended.");
     let _ = device.shutdown().await;
     let offline = {
-        let _order = status_order.lock().await;
-        let newest = {
-            let mut sessions = shared.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if sessions.get(&id) == Some(&generation) {
-                sessions.remove(&id);
-                true
-            } else {
-                false
-            }
-        };
-        if newest {
+        let newest = newest_session.lock().await;
+        if *newest == generation {
             queue_status(&shared, &id, false, end.reason()).await
         } else {
             None
