@@ -23,6 +23,7 @@ use crate::uplink::{self, State as UplinkState};
 const MESSAGES_IN: &str = "rxgate_messages_in_total";
 const MESSAGES_OUT: &str = "rxgate_messages_out_total";
 const REFUSALS: &str = "rxgate_refusals_total";
+const DROPPED: &str = "rxgate_messages_dropped_total";
 const OUTBOX_RECORDS: &str = "rxgate_outbox_depth";
 const OUTBOX_BYTES: &str = "rxgate_outbox_bytes";
 const OUTBOX_AGE: &str = "rxgate_outbox_oldest_age_seconds";
@@ -46,6 +47,10 @@ fn handle() -> &'static PrometheusHandle {
         describe_counter!(
             REFUSALS,
             "Connections, messages and requests refused, by reason."
+        );
+        describe_counter!(
+            DROPPED,
+            "Accepted messages the policy left nothing of for the cloud, by reason."
         );
         describe_gauge!(
             OUTBOX_RECORDS,
@@ -80,6 +85,11 @@ pub fn uplink_sent() {
 /// Something was refused; `reason` is a short stable word (`topic_denied`, `bad_payload`, ...).
 pub fn refused(reason: &'static str) {
     counter!(REFUSALS, "reason" => reason).increment(1);
+}
+
+/// An accepted message was not forwarded: the policy left nothing of it for the cloud.
+pub fn dropped(reason: &'static str) {
+    counter!(DROPPED, "reason" => reason).increment(1);
 }
 
 pub fn device_online(delta: f64) {

@@ -216,22 +216,31 @@ impl PolicyStage {
                     body: &body,
                 };
                 let decision = policy.evaluate(&event, &ctx);
-                let mut transformed = decision.telemetry_points(&reading.points);
-                if transformed.is_empty() {
-                    transformed = reading.points.clone();
-                }
-                let observed = Reading {
-                    points: transformed.clone(),
-                    ..reading.clone()
-                };
+                let transformed = decision.telemetry_points(&reading.points);
+                // A rule that drops or redacts every point leaves nothing for the cloud, so
+                // the message is dropped (counted), never sent as it came. A redacted point
+                // carries nothing; one that came without a value still carries its quality.
+                // The cold chain still sees the reading: a privacy rule must not blind a
+                // fridge's alarms.
+                let all_dropped = transformed.iter().all(|(name, point)| {
+                    point.value.is_none()
+                        && reading.points.get(name).is_none_or(|p| p.value.is_some())
+                });
                 let mut shaped = self.common(&decision, &reading.device, now);
-                shaped.observed = Some(if decision.verdict.is_allow() {
-                    observed
+                shaped.observed = Some(if decision.verdict.is_allow() && !all_dropped {
+                    Reading {
+                        points: transformed.clone(),
+                        ..reading.clone()
+                    }
                 } else {
                     reading.clone()
                 });
+                if shaped.refused.is_none() && decision.route_cloud && all_dropped {
+                    crate::metrics::dropped("all_points_dropped");
+                }
                 if shaped.refused.is_none()
                     && decision.route_cloud
+                    && !all_dropped
                     && self.passes_deadband(&decision, &reading.device, &transformed, now)
                 {
                     shaped.intake = Some(Intake::Telemetry(Reading {

@@ -176,3 +176,78 @@ fn a_reload_that_fails_keeps_the_running_policy_and_remembers_why() {
         crate::policy::DefaultAction::Deny
     );
 }
+
+fn forwarded_points(shaped: &Shaped) -> Option<&BTreeMap<String, Point>> {
+    match &shaped.intake {
+        Some(Intake::Telemetry(r)) => Some(&r.points),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_rule_that_drops_every_point_forwards_nothing_but_the_cold_chain_still_sees_the_reading() {
+    let (_dir, mut stage) = stage(
+        "default = \"allow\"\n[[rules]]\nname = \"local-only\"\nstream = \"telemetry\"\ndrop = [\"t\", \"h\"]\n",
+    );
+    let shaped = stage.apply(reading(&[("t", 4.0), ("h", 40.0)]), T0);
+    assert!(shaped.refused.is_none(), "dropping is not refusing");
+    assert!(
+        shaped.intake.is_none(),
+        "nothing of the message is left for the cloud, so nothing is sent"
+    );
+    let observed = shaped.observed.expect("the cold chain sees the reading");
+    assert_eq!(
+        observed.points.keys().collect::<Vec<_>>(),
+        ["h", "t"],
+        "a privacy rule never blinds the cold chain"
+    );
+
+    let (_dir, mut all) = self::stage(
+        "default = \"allow\"\n[[rules]]\nname = \"all\"\nstream = \"telemetry\"\nredact = [\"t\"]\n",
+    );
+    assert!(
+        all.apply(reading(&[("t", 4.0)]), T0).intake.is_none(),
+        "a message whose only point was redacted carries nothing"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// Whatever a telemetry rule drops or redacts never reaches the cloud with its value, and a
+    /// message left with no point is not sent at all.
+    #[test]
+    fn dropped_and_redacted_points_never_reach_the_cloud(
+        points in proptest::collection::btree_map("[a-e]", -50.0f64..50.0, 1..5),
+        dropped in proptest::collection::btree_set("[a-e]", 0..5),
+        redacted in proptest::collection::btree_set("[a-e]", 0..5),
+    ) {
+        let list = |s: &std::collections::BTreeSet<String>| {
+            s.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+        };
+        let (_dir, mut stage) = self::stage(&format!(
+            "default = \"allow\"\n[[rules]]\nname = \"privacy\"\nstream = \"telemetry\"\npriority = \"normal\"\ndrop = [{}]\nredact = [{}]\n",
+            list(&dropped),
+            list(&redacted),
+        ));
+        let named: Vec<(&str, f64)> = points.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let shaped = stage.apply(reading(&named), T0);
+        proptest::prop_assert!(shaped.refused.is_none());
+        let kept: Vec<&String> = points
+            .keys()
+            .filter(|n| !dropped.contains(*n) && !redacted.contains(*n))
+            .collect();
+        match forwarded_points(&shaped) {
+            None => proptest::prop_assert!(kept.is_empty(), "kept {kept:?} but nothing was sent"),
+            Some(sent) => {
+                proptest::prop_assert!(!kept.is_empty(), "everything was dropped or redacted, yet sent");
+                for (name, point) in sent {
+                    proptest::prop_assert!(!dropped.contains(name), "dropped {name} was sent");
+                    if redacted.contains(name) {
+                        proptest::prop_assert_eq!(point.value, None, "redacted {} kept its value", name);
+                    }
+                }
+            }
+        }
+    }
+}
