@@ -186,15 +186,16 @@ impl Outbox {
     /// Appends `batch` in one durable transaction. Each record is appended or refused on its own
     /// (a full outbox refuses the rest of the batch); an `Err` means nothing was appended.
     pub fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Result<Appended, AppendError>>> {
-        self.append_with(batch, |_| Ok(()))
+        self.append_with(batch, |_, _| Ok(()))
     }
 
-    /// Like [`Outbox::append`], and runs `also` in the same transaction: what it writes (audit
-    /// entries for the appended events) is durable together with them or not at all.
+    /// Like [`Outbox::append`], and runs `also` in the same transaction with each record's
+    /// outcome: what it writes (audit entries for the appended events, and only those) is
+    /// durable together with them or not at all.
     pub fn append_with(
         &self,
         batch: Vec<NewRecord>,
-        also: impl FnOnce(&redb::WriteTransaction) -> Result<()>,
+        also: impl FnOnce(&redb::WriteTransaction, &[Result<Appended, AppendError>]) -> Result<()>,
     ) -> Result<Vec<Result<Appended, AppendError>>> {
         let mut added_bytes = 0u64;
         let mut added_records = 0u64;
@@ -224,7 +225,7 @@ impl Outbox {
                 out.push(Ok(Appended { key, seq }));
             }
             drop((table, seqs));
-            also(txn)?;
+            also(txn, &out)?;
             Ok((out, next))
         })?;
         let (out, next) = outcome;

@@ -15,7 +15,7 @@ use super::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody}
 use super::policy::{PolicyStage, Shaped};
 use super::{Accepted, Intake, Refused, Submission};
 use crate::alerts::monitor::Observation;
-use crate::outbox::{NewRecord, Outbox, Priority};
+use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};
 
 /// The running pipeline.
 pub struct Pipeline {
@@ -122,9 +122,17 @@ impl Pipeline {
             tokio::sync::oneshot::Sender<Result<Accepted, Refused>>,
             Outcome,
         )> = Vec::with_capacity(batch.len());
+        // What follows from a submission (its cold-chain observation, audit entry, flags and
+        // local copy) happens only if its record is appended: `Some(index)` names the record
+        // it waits on, `None` means it was accepted with nothing to write. An event the outbox
+        // refuses is resent by its device and must not be audited or flagged twice.
         let mut observed = Vec::new();
-        let mut audits: Vec<(String, String, serde_json::Map<String, serde_json::Value>)> =
-            Vec::new();
+        let mut audits: Vec<(
+            Option<usize>,
+            String,
+            String,
+            serde_json::Map<String, serde_json::Value>,
+        )> = Vec::new();
         let mut flags = Vec::new();
         let mut locals = Vec::new();
         for submission in batch {
@@ -142,20 +150,32 @@ impl Pipeline {
                     }
                 }
             };
+            // A refused submission has nothing appended to wait on: what follows from it
+            // happens once per refusal.
+            let index =
+                (shaped.refused.is_none() && shaped.intake.is_some()).then_some(records.len());
             if let (Some((devices, _)), Some(reading)) = (&self.monitor, &shaped.observed)
                 && devices.contains(&reading.device)
             {
-                observed.push(Observation {
-                    device: reading.device.clone(),
-                    at: submission.received_at,
-                    points: reading.points.clone(),
-                });
+                observed.push((
+                    index,
+                    Observation {
+                        device: reading.device.clone(),
+                        at: submission.received_at,
+                        points: reading.points.clone(),
+                    },
+                ));
             }
             for flag in &shaped.flags {
-                flags.push((device.clone(), flag.clone(), shaped.decided_body.clone()));
+                flags.push((
+                    index,
+                    device.clone(),
+                    flag.clone(),
+                    shaped.decided_body.clone(),
+                ));
             }
             if let Some(local) = shaped.local {
-                locals.push(local);
+                locals.push((index, local));
             }
             if let Some((refused, class)) = shaped.refused {
                 if let Some(refusals) = &self.refusals {
@@ -169,9 +189,6 @@ impl Pipeline {
                 }
                 waiting.push((submission.reply, Outcome::Refused(refused)));
                 continue;
-            }
-            if let Some((class, body)) = shaped.audit {
-                audits.push((device.clone(), class, body));
             }
             match shaped.intake {
                 Some(intake) => {
@@ -191,6 +208,9 @@ impl Pipeline {
                     waiting.push((submission.reply, Outcome::Accepted(id)));
                 }
             }
+            if let Some((class, body)) = shaped.audit {
+                audits.push((index, device.clone(), class, body));
+            }
         }
         let outbox = self.outbox.clone();
         let clock = self.clock.clone();
@@ -201,8 +221,11 @@ impl Pipeline {
             if nothing_to_write {
                 return Ok(Vec::new());
             }
-            outbox.append_with(records, |txn| {
-                for (device, class, body) in audits {
+            outbox.append_with(records, |txn, appended| {
+                for (index, device, class, body) in audits {
+                    if !was_appended(appended, index) {
+                        continue;
+                    }
                     let controlled = class == "controlled-substance";
                     crate::audit::append(
                         txn,
@@ -224,8 +247,10 @@ impl Pipeline {
         match outcome {
             Ok(Ok(results)) => {
                 if let Some((_, monitor)) = &self.monitor {
-                    for observation in observed {
-                        let _ = monitor.send(observation).await;
+                    for (index, observation) in observed {
+                        if was_appended(&results, index) {
+                            let _ = monitor.send(observation).await;
+                        }
                     }
                 }
                 for (reply, outcome) in waiting {
@@ -240,7 +265,10 @@ impl Pipeline {
                     });
                 }
                 if let Some(alerts) = &self.alerts {
-                    for (device, flag, body) in flags {
+                    for (index, device, flag, body) in flags {
+                        if !was_appended(&results, index) {
+                            continue;
+                        }
                         let severity = flag.severity;
                         alerts
                             .flag(
@@ -254,7 +282,10 @@ impl Pipeline {
                 }
                 if let Some(link) = &self.local {
                     let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
-                    for (topic, payload) in locals {
+                    for (index, (topic, payload)) in locals {
+                        if !was_appended(&results, index) {
+                            continue;
+                        }
                         let _ = link.publish(topic, payload);
                     }
                 }
@@ -275,6 +306,12 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// Whether the submission behind `index` was kept: accepted with nothing to write (`None`), or
+/// its record appended.
+fn was_appended(results: &[Result<Appended, AppendError>], index: Option<usize>) -> bool {
+    index.is_none_or(|i| matches!(results.get(i), Some(Ok(_))))
 }
 
 /// What a submission comes to once the batch is written.
@@ -467,6 +504,87 @@ mod tests {
             ingest.submit(status(false)).await,
             Err(Refused::Unavailable(_))
         ));
+        shutdown.cancel();
+    }
+
+    fn morphine_override() -> Intake {
+        let body = serde_json::json!({
+            "type": "access", "action": "override", "user": "nurse-7", "drawer": "A3",
+            "ndc": "0409-1234-01", "item": "Morphine 10mg", "schedule": "CII", "quantity": 1,
+            "patient_id": "MRN-0012345", "auth": "badge", "ts": "2026-05-01T02:00:00Z",
+        });
+        let serde_json::Value::Object(body) = body else {
+            unreachable!()
+        };
+        Intake::Event {
+            device: "cabinet-01".to_owned(),
+            kind: "cabinet".to_owned(),
+            device_ts: None,
+            body,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_the_full_outbox_refused_is_audited_and_flagged_only_once_it_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.redb")).unwrap();
+        // Room for one record: the first status fills the outbox.
+        let outbox = Outbox::open(store.clone(), 10).unwrap();
+        let clock = ManualClock::new(time::macros::datetime!(2026-05-01 02:00 UTC), true);
+        let (ingest, rx) = Ingest::channel(16, clock.clone());
+        let handle = super::super::policy::PolicyHandle::load(None).unwrap();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
+        let (refusals, _log) = crate::audit::RefusalLog::new(store.clone(), clock.clone());
+        let (alerts, mut flags) = crate::alerts::AlertsHandle::channel(64);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(
+            Pipeline::new(
+                rx,
+                outbox.clone(),
+                clock.clone(),
+                "s",
+                8,
+                Duration::from_millis(1),
+            )
+            .with_policy(PolicyStage::new(handle, key), refusals, alerts, None)
+            .run(shutdown.clone()),
+        );
+        let status = Intake::Status {
+            device: "cabinet-01".to_owned(),
+            online: true,
+            reason: "test".to_owned(),
+        };
+        assert!(ingest.submit(status).await.is_ok());
+        let access_entries = || {
+            crate::audit::entries(&store, 1, 1000)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == crate::audit::Kind::AccessEvent)
+                .count()
+        };
+        for resend in 0..3 {
+            let outcome = ingest.submit(morphine_override()).await;
+            assert!(
+                matches!(outcome, Err(Refused::Unavailable(_))),
+                "resend {resend}: {outcome:?}"
+            );
+        }
+        assert_eq!(
+            access_entries(),
+            0,
+            "nothing was appended, so nothing is audited"
+        );
+        assert!(flags.try_recv().is_err(), "nor flagged");
+
+        // The cloud takes the status: there is room again, and the resend is kept, once.
+        let first = outbox.read_after(Priority::High as u8, None, 1).unwrap();
+        outbox.delete(&[first[0].key]).unwrap();
+        assert!(ingest.submit(morphine_override()).await.is_ok());
+        assert_eq!(access_entries(), 1, "audited once, when it was appended");
+        assert!(
+            flags.try_recv().is_ok(),
+            "the default policy flags a CII override without a witness"
+        );
         shutdown.cancel();
     }
 }
