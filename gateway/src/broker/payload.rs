@@ -66,14 +66,18 @@ fn parse_ts(ts: &str) -> Result<OffsetDateTime, String> {
 }
 
 /// Parses `payload` as a JSON object. serde_json's syntax errors name a position, never the
-/// text at it.
+/// text at it. A field whose value is `null` is absent, as if it had been left out: every field of
+/// the device contract treats the two alike.
 fn json_object(
     payload: &[u8],
     what: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     check_size(payload)?;
     match serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))? {
-        serde_json::Value::Object(object) => Ok(object),
+        serde_json::Value::Object(mut object) => {
+            object.retain(|_, value| !value.is_null());
+            Ok(object)
+        }
         other => Err(format!(
             "{what} must be a JSON object, not {}",
             kind(&other)
@@ -203,6 +207,29 @@ mod tests {
         assert_eq!(t.points["temperature_c"].value, Some(Value::Number(4.5)));
         assert_eq!(t.points["door_open"].value, Some(Value::Bool(false)));
         assert!(telemetry(br#"{"points":{"t":1}}"#).unwrap().ts.is_none());
+    }
+
+    #[test]
+    fn a_null_field_is_read_as_an_absent_one() {
+        assert!(
+            telemetry(br#"{"ts":null,"points":{"t":1}}"#)
+                .unwrap()
+                .ts
+                .is_none()
+        );
+        let e = event(br#"{"type":"access","witness":null,"note":null,"ts":null}"#).unwrap();
+        assert!(e.ts.is_none());
+        assert_eq!(e.body.keys().collect::<Vec<_>>(), ["type"]);
+        assert!(
+            telemetry(br#"{"points":null}"#)
+                .unwrap_err()
+                .contains("needs \"points\""),
+            "a null points is a missing one"
+        );
+        assert_eq!(
+            event(br#"{"type":null}"#).unwrap_err(),
+            "an event needs a \"type\""
+        );
     }
 
     #[test]

@@ -86,6 +86,13 @@ pub fn validate(body: &Map<String, Value>, protected: &dyn Fn(&str) -> bool) -> 
         }
     };
 
+    // `null` is an absent field, everywhere in the device contract.
+    let present: Map<String, Value> = body
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    let body = &present;
     for name in body.keys() {
         if !FIELDS.contains(&name.as_str()) {
             let shown: String = name.chars().take(64).collect();
@@ -276,6 +283,21 @@ mod tests {
         e["quantity"] = json!(2.5);
         e["note"] = json!("patient asked for a smaller dose");
         assert_eq!(validate(&body(e), &|_| false), vec![]);
+    }
+
+    #[test]
+    fn a_null_optional_field_is_read_as_an_absent_one() {
+        let mut e = morphine();
+        e["witness"] = Value::Null;
+        e["note"] = Value::Null;
+        assert_eq!(validate(&body(e), &|_| false), vec![]);
+        let mut e = morphine();
+        e["user"] = Value::Null;
+        let errors: Vec<String> = validate(&body(e), &|_| false)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors, ["user: is missing"]);
     }
 
     #[test]
