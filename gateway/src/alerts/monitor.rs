@@ -652,13 +652,15 @@ impl Monitor {
         };
         acknowledge(&mut alert, by, note, now)?;
         let queue = self.queue.clone();
-        self.store.write(|txn| {
-            history::save_alert(txn, &alert)?;
-            record_ack(txn, &alert, now, synced)?;
-            queue.enqueue(
-                txn,
-                &notification(Event::Acknowledged, &alert, false, now, synced),
-            )
+        crate::store::off_executor(|| {
+            self.store.write(|txn| {
+                history::save_alert(txn, &alert)?;
+                record_ack(txn, &alert, now, synced)?;
+                queue.enqueue(
+                    txn,
+                    &notification(Event::Acknowledged, &alert, false, now, synced),
+                )
+            })
         })?;
         self.queue.wake();
         tracing::info!(alert = %id, device = %alert.device, by, "Alert acknowledged.");
@@ -709,8 +711,9 @@ impl Monitor {
     }
 
     /// Runs a store write; a failure is logged (the monitor keeps running on what it holds).
+    /// Off the executor: a slow disk stalls the monitor, never the tasks beside it.
     fn write(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<()>) -> bool {
-        match self.store.write(f) {
+        match crate::store::off_executor(|| self.store.write(f)) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "Cannot write cold-chain records.");

@@ -129,7 +129,11 @@ pub async fn watch(
                 "file changed"
             }
         };
-        let outcome = handle.reload();
+        // Reading and compiling the file, and recording the outcome, happen off the executor.
+        let reloading = handle.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloading.reload())
+            .await
+            .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
         match &outcome {
             Ok(()) => tracing::info!(policy = %path.display(), trigger, "Policy reloaded."),
             Err(errors) => tracing::error!(
@@ -147,9 +151,15 @@ pub async fn watch(
             }));
         let now = clock.now();
         let synced = clock.synced();
-        if let Err(e) = store.write(|txn| crate::audit::append(txn, now, synced, record).map(drop))
-        {
-            tracing::error!(error = %e, "Cannot record the policy reload.");
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            store.write(|txn| crate::audit::append(txn, now, synced, record).map(drop))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Cannot record the policy reload."),
+            Err(e) => tracing::error!(error = %e, "Cannot record the policy reload."),
         }
     }
 }

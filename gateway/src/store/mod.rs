@@ -104,6 +104,19 @@ impl Store {
     }
 }
 
+/// Runs `f`, which may wait on the disk (an fsync on an SD card takes tens of milliseconds, a
+/// write transaction waits for the one before it), without holding up the async tasks that
+/// share this worker thread: on a multi-threaded runtime the worker first hands them to another
+/// thread (`block_in_place`). For synchronous components driven by an async loop (the alert
+/// monitor); async code that can move its work should use `spawn_blocking` instead. On a
+/// current-thread runtime, or outside one, `f` simply runs.
+pub fn off_executor<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Reads a JSON record.
 pub(crate) fn get_json<K, T>(
     table: &impl redb::ReadableTable<K, &'static [u8]>,

@@ -298,3 +298,59 @@ fn an_acknowledgement_needs_a_name_and_a_note() {
     assert_eq!(alert.state, AlertState::Resolved, "already over: resolved");
     assert!(acknowledge(&mut alert, "me", "again", T0).is_err());
 }
+
+/// A store write that waits (here on another writer's open transaction, as it would on a slow SD
+/// card's fsync) stalls the monitor but not the tasks that share its worker thread.
+#[test]
+fn a_monitor_waiting_on_the_store_does_not_stall_the_tasks_beside_it() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let fixture = start(tempfile::tempdir().unwrap());
+        // Another writer holds the store for 1.5 s.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let store = fixture.store.clone();
+        let holder = std::thread::spawn(move || {
+            store
+                .write(|_txn| {
+                    held_tx.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(1500));
+                    Ok(())
+                })
+                .unwrap();
+        });
+        held_rx.recv().unwrap();
+        let ticker = tokio::spawn(async {
+            let mut longest = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                longest = longest.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            longest
+        });
+        // The flag makes the monitor write an alert: it waits for the holder.
+        tokio::task::yield_now().await;
+        fixture
+            .handle
+            .flag(
+                "cabinet-01",
+                "after hours",
+                Severity::Warning,
+                serde_json::json!({}),
+            )
+            .await;
+        let longest = ticker.await.unwrap();
+        holder.join().unwrap();
+        assert!(
+            longest < Duration::from_millis(750),
+            "a task beside the monitor was held up {longest:?} by its store write"
+        );
+        fixture.shutdown.cancel();
+        fixture.task.await.unwrap();
+    });
+}
