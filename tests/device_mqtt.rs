@@ -849,3 +849,72 @@ fn beyond_max_connections_per_source_a_source_is_refused_while_a_device_at_anoth
         Duration::from_secs(10),
     );
 }
+
+/// Waits, up to `timeout`, for `events` to deliver the CONNACK of its session.
+async fn connected(events: &mut rumqttc::EventLoop, timeout: Duration) {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the session did not connect: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("no CONNACK in time");
+}
+
+#[test]
+fn of_two_overlapping_sessions_of_one_device_the_cloud_keeps_the_newest_sessions_status() {
+    let s = setup();
+    let topic = "rxgate/v1/store-0042/devices/fridge-01/status";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let credentials = rxgate_sim::cabinet::Credentials::load(&s.creds).unwrap();
+    let options = rxgate_sim::cabinet::mqtt_options(&s.gw.mqtt.to_string(), &credentials).unwrap();
+    let newest = runtime.block_on(async {
+        // The older session connects, then a newer one with the same identity, as a device
+        // does when it reconnects before the gateway noticed the old connection died.
+        let (older_client, mut older) = rumqttc::AsyncClient::new(options.clone(), 4);
+        connected(&mut older, Duration::from_secs(10)).await;
+        let (newer_client, mut newer) = rumqttc::AsyncClient::new(options, 4);
+        connected(&mut newer, Duration::from_secs(10)).await;
+        let newer_task = tokio::spawn(async move {
+            while newer.poll().await.is_ok() {}
+            drop(newer_client);
+        });
+        // The older session's connection now ends without a goodbye.
+        drop((older_client, older));
+        newer_task
+    });
+    let statuses = s.backend.wait_for(topic, 2, Duration::from_secs(10));
+    assert_eq!(
+        [&statuses[0]["online"], &statuses[1]["online"]],
+        [true, true],
+        "{statuses:#?}"
+    );
+    // Give the older session's end every chance to be (wrongly) sent, then ask the cloud what
+    // it retained, as a backend starting now would.
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh = s._cloud.subscribe(topic);
+    let retained = fresh.wait_for(topic, 1, Duration::from_secs(10));
+    assert_eq!(
+        retained[0]["online"],
+        true,
+        "the device is connected, yet the cloud retained: {retained:#?}; all statuses: {:#?}",
+        s.backend.json_on(topic)
+    );
+    assert_eq!(
+        retained[0]["seq"], statuses[1]["seq"],
+        "the retained status is the newest session's"
+    );
+    assert_eq!(
+        s.backend.json_on(topic).len(),
+        2,
+        "no offline status while the newest session is up"
+    );
+    newest.abort();
+}
