@@ -162,8 +162,30 @@ fn cloud_endpoint_parses_scheme_host_and_default_port() {
         (e.tls, e.host.as_str(), e.port),
         (false, "127.0.0.1", 18830)
     );
+    assert!(cloud_endpoint("mqtt://[::1]:1883").is_ok_and(|e| !e.tls));
+    assert!(cloud_endpoint("mqtt://localhost").is_ok_and(|e| e.port == 1883));
     assert!(cloud_endpoint("mqtts://h:99999").is_err());
     assert!(cloud_endpoint("mqtts://user@h:1").is_err());
+}
+
+#[test]
+fn a_plaintext_cloud_url_off_loopback_is_refused_by_config_check() {
+    for url in [
+        "mqtt://cloud.example.com:1883",
+        "mqtt://192.0.2.10",
+        "mqtt://[2001:db8::1]:1883",
+        "mqtt://localhost.example.com",
+    ] {
+        let errors = parse(&format!(
+            "[gateway]\nsite = \"s\"\n[cloud]\nurl = \"{url}\"\nca_file = \"ca.pem\"\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n"
+        ))
+        .unwrap_err();
+        let text = errors.to_string();
+        assert!(
+            text.contains("cloud.url") && text.contains("only for a broker on loopback"),
+            "{url}: {text}"
+        );
+    }
 }
 
 #[test]

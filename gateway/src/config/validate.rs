@@ -472,6 +472,18 @@ pub fn cloud_endpoint(url: &str) -> Result<CloudEndpoint, String> {
     if host.is_empty() || port == 0 {
         return Err("must name a host and a non-zero port".to_owned());
     }
+    // Plaintext would carry patient pseudonyms, access records and the gateway's login across
+    // the network in clear: only a broker on this machine may be reached without TLS. Names
+    // other than `localhost` are not resolved here (parsing does no I/O), so they are refused.
+    let on_loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !tls && !on_loopback {
+        return Err(format!(
+            "mqtt:// (no TLS) is only for a broker on loopback (127.0.0.1, ::1, localhost), not {host}; use mqtts://{host}:8883"
+        ));
+    }
     Ok(CloudEndpoint {
         tls,
         host: host.to_owned(),
