@@ -510,6 +510,9 @@ fn config_check(path: &std::path::Path) -> ExitCode {
                 println!("{errors}");
                 return ExitCode::FAILURE;
             }
+            for notice in crate::config::notices(&config) {
+                println!("{notice}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::metrics::MetricsConfig;
 pub use devices::{
     DataType, DeviceConfig, Function, ModelFile, Parity, RegisterConfig, Transport, WordOrder,
 };
-pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint};
+pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint, notices};
 
 /// Where the CLI looks for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/rxgate/gateway.toml";
@@ -194,16 +195,6 @@ pub struct OutboxConfig {
     pub batch_delay: Duration,
 }
 
-/// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address of the plain-HTTP endpoint serving `/metrics` (Prometheus) and `/health`.
-    /// Loopback by default: put it on the LAN only behind a firewall you trust.
-    #[serde(default = "defaults::metrics_listen")]
-    pub listen: SocketAddr,
-}
-
 /// Defaults live here, in one place.
 mod defaults {
     use super::*;
@@ -280,9 +271,6 @@ mod defaults {
     pub fn batch_delay() -> Duration {
         Duration::from_millis(20)
     }
-    pub fn metrics_listen() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 9880))
-    }
 }
 
 impl Default for EnrollConfig {
@@ -309,14 +297,6 @@ impl Default for OutboxConfig {
             max_mib: defaults::outbox_max_mib(),
             batch_max: defaults::batch_max(),
             batch_delay: defaults::batch_delay(),
-        }
-    }
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: defaults::metrics_listen(),
         }
     }
 }
@@ -391,7 +371,10 @@ impl Config {
             },
             cloud: None,
             outbox: OutboxConfig::default(),
-            metrics: MetricsConfig { listen: loopback },
+            metrics: MetricsConfig {
+                listen: loopback,
+                ..MetricsConfig::default()
+            },
             alerts: crate::alerts::AlertsConfig::default(),
             audit: crate::audit::AuditConfig::default(),
             devices: BTreeMap::new(),

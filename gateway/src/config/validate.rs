@@ -383,12 +383,41 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         crate::coldchain::profile::check(id, device, &mut errors);
     }
     super::devices::check_serial_buses(&config.devices, &mut errors);
+    let metrics = &config.metrics;
+    if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
+        errors.push(ConfigError::new(
+            "metrics.listen",
+            quoted(&metrics.listen.to_string()),
+            "is not a loopback address, and /metrics and /health have no authentication; keep it on 127.0.0.1, or set metrics.allow_remote = true to serve it on the network anyway",
+        ));
+    }
 
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// What `rxgate config check` should say of a valid config besides "ok": listeners open beyond
+/// loopback, and what is served there without authentication.
+pub fn notices(config: &Config) -> Vec<String> {
+    let mut notices = Vec::new();
+    for (key, listen) in [
+        ("enroll.listen", config.enroll.listen),
+        ("mqtt.listen", config.mqtt.listen),
+    ] {
+        if !listen.ip().is_loopback() {
+            notices.push(format!("{key} = {listen}: open to the network (mTLS)"));
+        }
+    }
+    if !config.metrics.listen.ip().is_loopback() {
+        notices.push(format!(
+            "warning: metrics.listen = {}: /metrics and /health are served to anyone who can reach it, without authentication (metrics.allow_remote = true)",
+            config.metrics.listen
+        ));
+    }
+    notices
 }
 
 fn check_cloud(cloud: &CloudConfig, errors: &mut Vec<ConfigError>) {

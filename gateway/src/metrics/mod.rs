@@ -4,17 +4,22 @@
 //! Labels are low-cardinality by design: reasons and sources, never device ids.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics::{Unit, counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::outbox::Outbox;
@@ -108,6 +113,40 @@ pub fn uplink_disconnect() {
     counter!(UPLINK_DISCONNECTS).increment(1);
 }
 
+/// `[metrics]`
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the plain-HTTP endpoint serving `/metrics` (Prometheus) and `/health`, which
+    /// has no authentication. Loopback by default; any other address is refused unless
+    /// `allow_remote` is set.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve the endpoint on a non-loopback `listen` address (for a scraper on the LAN, behind
+    /// a firewall you trust). `rxgate config check` then warns that it is unauthenticated.
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9880))
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_listen(),
+            allow_remote: false,
+        }
+    }
+}
+
+/// Connections the endpoint serves at once; more are closed at once (a scraper needs one).
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a client has to send its request headers, and to be done with its connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 struct Scrape {
     outbox: Outbox,
@@ -155,13 +194,50 @@ impl MetricsServer {
         })
     }
 
+    /// Serves until `shutdown`. At most [`MAX_CONNECTIONS`] at once (a connection over the cap
+    /// is closed as soon as it is accepted, so idle peers cannot pile up file descriptors the
+    /// device listeners need); headers must arrive within 5 s, one request per connection,
+    /// and no connection lives longer than 30 s.
     pub async fn run(self, shutdown: CancellationToken) {
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "Metrics endpoint failed.");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let tasks = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "Metrics endpoint cannot accept.");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refused("metrics_connections");
+                drop(stream);
+                continue;
+            };
+            let service = TowerToHyperService::new(self.router.clone());
+            tasks.spawn(async move {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false);
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "Metrics connection error."),
+                    Err(_) => tracing::debug!(%peer, "Metrics connection closed: too slow."),
+                }
+                drop(slot);
+            });
         }
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
     }
 }
 
