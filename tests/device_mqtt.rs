@@ -888,7 +888,7 @@ fn of_two_overlapping_sessions_of_one_device_the_cloud_keeps_the_newest_sessions
         });
         // The older session's connection now ends without a goodbye.
         drop((older_client, older));
-        newer_task
+        newer_task.abort_handle()
     });
     let statuses = s.backend.wait_for(topic, 2, Duration::from_secs(10));
     assert_eq!(

@@ -127,12 +127,7 @@ impl Pipeline {
         // it waits on, `None` means it was accepted with nothing to write. An event the outbox
         // refuses is resent by its device and must not be audited or flagged twice.
         let mut observed = Vec::new();
-        let mut audits: Vec<(
-            Option<usize>,
-            String,
-            String,
-            serde_json::Map<String, serde_json::Value>,
-        )> = Vec::new();
+        let mut audits: Vec<(Option<usize>, String, String, Json)> = Vec::new();
         let mut flags = Vec::new();
         let mut locals = Vec::new();
         for submission in batch {
@@ -313,6 +308,9 @@ impl Pipeline {
 fn was_appended(results: &[Result<Appended, AppendError>], index: Option<usize>) -> bool {
     index.is_none_or(|i| matches!(results.get(i), Some(Ok(_))))
 }
+
+/// An event as it left the policy.
+type Json = serde_json::Map<String, serde_json::Value>;
 
 /// What a submission comes to once the batch is written.
 enum Outcome {
