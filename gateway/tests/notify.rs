@@ -62,6 +62,11 @@ fn notification(device: &str) -> Notification {
         notified: Vec::new(),
         flag: None,
         detail: None,
+        occurrences: 1,
+        last_at: None,
+        last_detail: None,
+        digest_at: None,
+        notified_occurrences: 1,
     };
     Notification {
         event: Event::Raised,

@@ -18,6 +18,11 @@ pub struct AlertsConfig {
     /// contact list is notified.
     #[serde(default = "defaults::escalate_after", with = "humantime_serde")]
     pub escalate_after: Duration,
+    /// Access flags fold: while an access flag of a device is open (not yet acknowledged), the
+    /// same flag again only counts an occurrence on it. Its channels hear of the new
+    /// occurrences at most this often (a `repeated` notification), besides its escalation.
+    #[serde(default = "defaults::flag_digest_every", with = "humantime_serde")]
+    pub flag_digest_every: Duration,
     /// E-mail over SMTP.
     pub email: Option<EmailConfig>,
     /// HTTPS POST of signed JSON.
@@ -30,6 +35,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             escalate_after: defaults::escalate_after(),
+            flag_digest_every: defaults::flag_digest_every(),
             email: None,
             webhook: None,
             gpio: None,
@@ -418,6 +424,10 @@ mod defaults {
 
     pub fn escalate_after() -> Duration {
         Duration::from_secs(30 * 60)
+    }
+
+    pub fn flag_digest_every() -> Duration {
+        Duration::from_secs(3600)
     }
 
     pub fn email_timeout() -> Duration {

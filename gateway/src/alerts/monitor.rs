@@ -223,6 +223,7 @@ pub struct Monitor {
     queue: NotifyQueue,
     signals: Arc<dyn Signals>,
     escalate_after: Duration,
+    flag_digest_every: Duration,
     observations: mpsc::Receiver<Observation>,
     commands: mpsc::Receiver<Command>,
 }
@@ -263,6 +264,7 @@ impl Monitor {
             queue,
             signals,
             escalate_after: config.alerts.escalate_after,
+            flag_digest_every: config.alerts.flag_digest_every,
             observations,
             commands,
         };
@@ -436,6 +438,11 @@ impl Monitor {
                         notified: Vec::new(),
                         flag: None,
                         detail: None,
+                        occurrences: 1,
+                        last_at: None,
+                        last_detail: None,
+                        digest_at: None,
+                        notified_occurrences: 1,
                     };
                     tracing::warn!(alert = %alert.id, device, kind = kind.as_str(), severity = ?severity, "{}", alert.headline());
                     notifications.push(notification(Event::Raised, &alert, false, now, synced));
@@ -599,6 +606,9 @@ impl Monitor {
     ) {
         let now = self.clock.now();
         let synced = self.clock.synced();
+        if self.fold_flag(device, flag, severity, &detail, now, synced) {
+            return;
+        }
         let alert = Alert {
             id: crate::pipeline::envelope::new_id(now),
             site: self.site.clone(),
@@ -624,6 +634,11 @@ impl Monitor {
             notified: Vec::new(),
             flag: Some(flag.to_owned()),
             detail: Some(detail),
+            occurrences: 1,
+            last_at: None,
+            last_detail: None,
+            digest_at: None,
+            notified_occurrences: 1,
         };
         tracing::warn!(alert = %alert.id, device, flag, "{}", alert.headline());
         let queue = self.queue.clone();
@@ -639,6 +654,75 @@ impl Monitor {
         }
         self.open.insert(alert.id, alert);
         self.drive_outputs();
+    }
+
+    /// Folds a flag into the open alert of the same device and flag, if there is one: counts the
+    /// occurrence and keeps the latest, and tells the channels only when the digest interval has
+    /// passed since they last heard (or the flag came with a higher severity). Escalation stays
+    /// as it was: once per alert. Returns whether it folded.
+    fn fold_flag(
+        &mut self,
+        device: &str,
+        flag: &str,
+        severity: Severity,
+        detail: &serde_json::Value,
+        now: OffsetDateTime,
+        synced: bool,
+    ) -> bool {
+        let Some(alert) = self.open.values_mut().find(|a| {
+            a.kind == AlertKind::AccessFlag
+                && a.device == device
+                && a.flag.as_deref() == Some(flag)
+                && matches!(
+                    a.state,
+                    AlertState::Raised | AlertState::Notified | AlertState::Escalated
+                )
+        }) else {
+            return false;
+        };
+        alert.occurrences = alert.occurrences.saturating_add(1);
+        alert.last_at = Some(now);
+        alert.ended = Some(now);
+        alert.last_detail = Some(detail.clone());
+        let worse = severity > alert.severity;
+        if worse {
+            alert.severity = severity;
+        }
+        let last_told = alert.digest_at.unwrap_or(alert.raised_at);
+        let digest_due = now - last_told >= self.flag_digest_every;
+        let event = if worse {
+            Some(Event::Worsened)
+        } else if digest_due {
+            Some(Event::Repeated)
+        } else {
+            None
+        };
+        if event.is_some() {
+            alert.digest_at = Some(now);
+            alert.notified_occurrences = alert.occurrences;
+        }
+        let snapshot = alert.clone();
+        let queue = self.queue.clone();
+        let written = self.write(|txn| {
+            history::save_alert(txn, &snapshot)?;
+            match event {
+                Some(event) => {
+                    queue.enqueue(txn, &notification(event, &snapshot, false, now, synced))
+                }
+                None => Ok(()),
+            }
+        });
+        if written && event.is_some() {
+            self.queue.wake();
+        }
+        tracing::debug!(
+            alert = %snapshot.id,
+            device,
+            flag,
+            occurrences = snapshot.occurrences,
+            "Access flag folded into its open alert."
+        );
+        true
     }
 
     fn ack(&mut self, id: Uuid, by: &str, note: &str) -> Result<Alert> {

@@ -75,9 +75,36 @@ pub struct Alert {
     /// For access flags: which one (`override_without_witness`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flag: Option<String>,
-    /// For access flags: what was seen (the event as it left the policy, pseudonymised).
+    /// For access flags: what was seen (the event as it left the policy, pseudonymised), the
+    /// first time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
+    /// For access flags: how many times the flag was raised while this alert was open (the
+    /// same flag of the same device folds into one alert until it is acknowledged).
+    #[serde(default = "one")]
+    pub occurrences: u64,
+    /// For access flags: when the latest occurrence came, and what it was.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_detail: Option<serde_json::Value>,
+    /// When the channels last heard of this alert's occurrences, and how many there were then.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub digest_at: Option<OffsetDateTime>,
+    #[serde(default = "one")]
+    pub notified_occurrences: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl Alert {
@@ -125,6 +152,8 @@ pub enum Event {
     Raised,
     /// The condition got worse (a warning became critical).
     Worsened,
+    /// An open access flag was raised again (a digest of the new occurrences).
+    Repeated,
     Escalated,
     Acknowledged,
     /// The condition is over.
@@ -136,6 +165,7 @@ impl Event {
         match self {
             Event::Raised => "raised",
             Event::Worsened => "worsened",
+            Event::Repeated => "repeated",
             Event::Escalated => "escalated",
             Event::Acknowledged => "acknowledged",
             Event::Cleared => "cleared",

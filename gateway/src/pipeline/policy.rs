@@ -274,6 +274,14 @@ impl PolicyStage {
                 };
                 let decision = policy.evaluate(&event, &ctx);
                 let mut shaped = self.common(&decision, &device, now);
+                // An event over its rate limit is not acknowledged: the device keeps it and
+                // resends later (an access record is never dropped to slow a device down).
+                if let Some((Refused::Denied(reason), "rate_limited")) = &shaped.refused {
+                    shaped.refused = Some((
+                        Refused::Unavailable(format!("{reason}; resend it later")),
+                        "rate_limited",
+                    ));
+                }
                 if decision.verdict.is_allow()
                     && let Some(class) = &decision.audit
                 {

@@ -291,6 +291,11 @@ fn an_acknowledgement_needs_a_name_and_a_note() {
         notified: Vec::new(),
         flag: None,
         detail: None,
+        occurrences: 1,
+        last_at: None,
+        last_detail: None,
+        digest_at: None,
+        notified_occurrences: 1,
     };
     assert!(acknowledge(&mut alert, "", "note", T0).is_err());
     assert!(acknowledge(&mut alert, "me", " ", T0).is_err());
@@ -353,4 +358,100 @@ fn a_monitor_waiting_on_the_store_does_not_stall_the_tasks_beside_it() {
         fixture.shutdown.cancel();
         fixture.task.await.unwrap();
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_flags_of_one_device_fold_into_one_alert_told_once_until_the_digest_is_due() {
+    let f = start(tempfile::tempdir().unwrap());
+    for n in 0..1000 {
+        f.handle
+            .flag(
+                "cabinet-01",
+                "override_without_witness",
+                Severity::Warning,
+                serde_json::json!({ "n": n }),
+            )
+            .await;
+    }
+    // Another device's flag is an alert of its own.
+    f.handle
+        .flag(
+            "cabinet-02",
+            "override_without_witness",
+            Severity::Warning,
+            serde_json::json!({}),
+        )
+        .await;
+    let folded = wait_for_alerts(&f, 2).await;
+    let one = folded.iter().find(|a| a.device == "cabinet-01").unwrap();
+    assert_eq!(one.occurrences, 1000);
+    assert_eq!(
+        one.detail,
+        Some(serde_json::json!({ "n": 0 })),
+        "the first kept"
+    );
+    assert_eq!(
+        one.last_detail,
+        Some(serde_json::json!({ "n": 999 })),
+        "and the last"
+    );
+    assert_eq!(
+        f.queue.depth(Channel::Email).unwrap(),
+        2,
+        "one e-mail per alert, not per occurrence"
+    );
+
+    // An hour later the next occurrence brings one digest; escalation came on its own once.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    f.handle
+        .flag(
+            "cabinet-01",
+            "override_without_witness",
+            Severity::Warning,
+            serde_json::json!({ "n": 1000 }),
+        )
+        .await;
+    let events = wait_for_email_events(&f, 2 + 2 + 1).await;
+    assert_eq!(
+        events.iter().filter(|e| **e == Event::Repeated).count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| **e == Event::Escalated).count(),
+        2,
+        "each alert escalated once: {events:?}"
+    );
+    f.stop().await;
+}
+
+/// Waits (on the paused clock) until `n` alerts exist; returns them.
+async fn wait_for_alerts(f: &Fixture, n: usize) -> Vec<Alert> {
+    for _ in 0..1000 {
+        let alerts = f.alerts();
+        if alerts.len() >= n && alerts.iter().map(|a| a.occurrences).sum::<u64>() >= 1001 {
+            return alerts;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("alerts: {:#?}", f.alerts());
+}
+
+/// The events of the first `n` e-mail notifications queued, waiting for them.
+async fn wait_for_email_events(f: &Fixture, n: u64) -> Vec<Event> {
+    for _ in 0..1000 {
+        if f.queue.depth(Channel::Email).unwrap() >= n {
+            let mut events = Vec::new();
+            while let Some((k, queued)) = f.queue.head(Channel::Email).unwrap() {
+                events.push(queued.event);
+                f.queue.remove(Channel::Email, k).unwrap();
+            }
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "only {} e-mails queued",
+        f.queue.depth(Channel::Email).unwrap()
+    );
 }

@@ -503,6 +503,7 @@ pub fn subject(site: &str, n: &Notification) -> String {
     let what = match n.event {
         Event::Raised => severity.to_owned(),
         Event::Worsened => format!("{severity} (worse)"),
+        Event::Repeated => format!("{severity} REPEATED ×{}", n.alert.occurrences),
         Event::Escalated => format!("ESCALATED {severity}"),
         Event::Acknowledged => "ACKNOWLEDGED".to_owned(),
         Event::Cleared => "CLEARED".to_owned(),
@@ -521,6 +522,7 @@ pub fn body(site: &str, n: &Notification) -> String {
     let intro = match n.event {
         Event::Raised => "A cold-chain alert was raised",
         Event::Worsened => "A cold-chain alert got worse",
+        Event::Repeated => "An open alert was raised again, more than once",
         Event::Escalated => "A cold-chain alert has not been acknowledged in time",
         Event::Acknowledged => "A cold-chain alert was acknowledged",
         Event::Cleared => "The condition of a cold-chain alert is over",
@@ -577,6 +579,20 @@ pub fn body(site: &str, n: &Notification) -> String {
             }
         ),
     );
+    if a.occurrences > 1 {
+        let last = a
+            .last_at
+            .map(|t| format!(", the latest at {}", rfc3339_seconds(t)))
+            .unwrap_or_default();
+        field(
+            "Occurrences",
+            format!(
+                "{} since {}{last}",
+                a.occurrences,
+                rfc3339_seconds(a.started)
+            ),
+        );
+    }
     if let Some(at) = a.escalated_at {
         field("Escalated", rfc3339_seconds(at));
     }

@@ -37,6 +37,11 @@ pub(crate) fn alert(device: &str) -> Alert {
         notified: Vec::new(),
         flag: None,
         detail: None,
+        occurrences: 1,
+        last_at: None,
+        last_detail: None,
+        digest_at: None,
+        notified_occurrences: 1,
     }
 }
 

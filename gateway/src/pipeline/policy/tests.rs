@@ -251,3 +251,27 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn an_event_over_its_rate_limit_is_left_with_the_device_to_resend_not_dropped() {
+    let (_dir, mut stage) = stage(
+        "default = \"allow\"\n[[rules]]\nname = \"limit\"\nstream = \"events\"\nrate_limit = { per_second = 1.0, burst = 2 }\n",
+    );
+    let event = || Intake::Event {
+        device: "cabinet-01".to_owned(),
+        kind: "cabinet".to_owned(),
+        device_ts: None,
+        body: serde_json::json!({"type": "door"})
+            .as_object()
+            .unwrap()
+            .clone(),
+    };
+    assert!(stage.apply(event(), T0).refused.is_none());
+    assert!(stage.apply(event(), T0).refused.is_none());
+    let (refused, class) = stage.apply(event(), T0).refused.unwrap();
+    assert_eq!(class, "rate_limited");
+    assert!(
+        matches!(&refused, Refused::Unavailable(reason) if reason.contains("resend")),
+        "{refused:?}"
+    );
+}
