@@ -134,3 +134,150 @@ fn idle_connections_to_the_metrics_endpoint_cannot_exhaust_the_gateways_file_des
         text(&health)
     );
 }
+
+/// A TCP connection to `to` from the loopback address `source`, as a silent LAN host would open.
+fn tcp_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((source, 0)))?;
+        socket.connect(to).await?.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Seconds `rxgate-sim`-style EST `cacerts` takes from 127.0.0.1, over curl.
+fn cacerts_took(gw: &Gateway) -> Duration {
+    let started = Instant::now();
+    let answer = curl(
+        gw.dir.path(),
+        &[
+            "--cacert",
+            gw.ca_cert().to_str().unwrap(),
+            &format!("{}/.well-known/est/cacerts", gw.est_url()),
+        ],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    started.elapsed()
+}
+
+/// Finding: 64 silent TCP connections from two addresses held every EST connection slot, since
+/// the slot was taken before the TLS handshake and no pending handshake was ever evicted; a
+/// legitimate `cacerts` waited 8 s. Now one address holds at most a quarter of the slots, and
+/// when all are taken the oldest unfinished handshake makes room.
+#[test]
+fn silent_tcp_connections_from_a_few_hosts_cannot_keep_a_real_client_off_est() {
+    let gw = Gateway::start("[enroll]\nhandshake_timeout = \"30s\"\n");
+    // The finding as reported: two hosts, 32 connections each.
+    let two_hosts: Vec<TcpStream> = [[127, 0, 0, 2], [127, 0, 0, 3]]
+        .iter()
+        .flat_map(|source| (0..32).filter_map(|_| tcp_from(*source, gw.enroll).ok()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let took = cacerts_took(&gw);
+    assert!(
+        took < Duration::from_secs(1),
+        "cacerts took {took:?} beside {} silent connections",
+        two_hosts.len()
+    );
+    // Enough hosts to take every slot (6 × 16 > 64): the oldest silent handshakes make room.
+    let many_hosts: Vec<TcpStream> = (2..8u8)
+        .flat_map(|host| (0..16).filter_map(move |_| tcp_from([127, 0, 0, host], gw.enroll).ok()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let took = cacerts_took(&gw);
+    assert!(
+        took < Duration::from_secs(1),
+        "cacerts took {took:?} with every slot taken by {} silent connections",
+        many_hosts.len()
+    );
+    drop((two_hosts, many_hosts));
+}
+
+/// A TLS session to the device listener from `source` with `tls` (a device's credentials) that
+/// completes its handshake and then sends nothing: no MQTT CONNECT.
+fn tls_without_connect(
+    source: [u8; 4],
+    to: std::net::SocketAddr,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let mut tcp = tcp_from(source, to).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let name =
+        rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let mut conn = rustls::ClientConnection::new(tls.clone(), name).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    Some(rustls::StreamOwned::new(conn, tcp))
+}
+
+/// Finding: one device's certificate, from 4 addresses, held every MQTT slot with TLS sessions
+/// that never send CONNECT; another device's connection timed out. Now a certificate may have
+/// at most two sessions waiting for their CONNECT (a newer one evicts the oldest).
+#[test]
+fn one_certificate_cannot_hold_the_device_listeners_slots_with_sessions_that_never_connect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = rxgate_e2e::cloud::Cloud::start(tmp.path());
+    let gw = Gateway::start(&format!(
+        "{}[mqtt]\nmax_connections = 16\nmax_connections_per_source = 8\nconnect_timeout = \"30s\"\n",
+        cloud.pki.gateway_config(cloud.port)
+    ));
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let stolen =
+        rxgate_sim::cabinet::Credentials::load(&gw.enroll_with_sim("cabinet-01", "cabinet"))
+            .unwrap();
+    let fridge = gw.enroll_with_sim("fridge-01", "fridge");
+    let mut held = Vec::new();
+    for host in 2..6u8 {
+        for _ in 0..8 {
+            if let Some(session) = tls_without_connect([127, 0, 0, host], gw.mqtt, &stolen.tls) {
+                held.push(session);
+            }
+        }
+    }
+    assert!(
+        held.len() >= 16,
+        "only {} TLS sessions got through",
+        held.len()
+    );
+    let started = Instant::now();
+    let out = gw.mosquitto_pub(
+        &fridge,
+        "fridge-01",
+        "devices/fridge-01/telemetry",
+        r#"{"points":{"temperature_c":5.0}}"#,
+    );
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(1),
+        "the fridge's publish took {took:?}"
+    );
+    backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        1,
+        Duration::from_secs(10),
+    );
+    // The gateway closed all but the newest two of the stolen certificate's sessions.
+    let mut open = 0;
+    for session in &mut held {
+        session
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        if let Err(e) = session.read(&mut byte)
+            && matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        {
+            open += 1;
+        }
+    }
+    assert!(open <= 2, "{open} sessions without CONNECT still open");
+}

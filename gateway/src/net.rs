@@ -6,7 +6,8 @@
 //! *oldest* pending handshake (of that source, or overall) is dropped to make room, so a flood of
 //! silent connections cannot keep a real device out: real handshakes finish in milliseconds,
 //! silent ones are the old ones. Established connections are capped per source (refused beyond)
-//! and in total (the accept loop waits for a free slot).
+//! and in total: when every slot is taken, the oldest pending handshake is dropped to free one,
+//! and only when every slot holds an established session does the accept loop wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -80,6 +81,17 @@ impl Pending {
         (id, cancel)
     }
 
+    /// Drops the oldest pending handshake, if any: its connection slot is given back.
+    fn evict_oldest(&mut self) -> bool {
+        match self.queue.pop_front() {
+            Some((_, _, cancel)) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn done(&mut self, id: u64) {
         if let Some(pos) = self.queue.iter().position(|(i, _, _)| *i == id) {
             self.queue.remove(pos);
@@ -145,13 +157,6 @@ pub async fn serve_tls<H, Fut>(
     let handler = Arc::new(handler);
     let on_drop = Arc::new(on_drop);
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -168,6 +173,33 @@ pub async fn serve_tls<H, Fut>(
         else {
             on_drop(peer, Dropped::TooManyFromSource);
             continue;
+        };
+        // A connection slot. When every slot is taken, the oldest pending handshake gives its
+        // own back: silent peers that never finish a handshake cannot hold the listener's slots
+        // against a real client, whose handshake takes milliseconds. Only when every slot holds
+        // an established session does the accept loop wait.
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => break,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let evicted = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .evict_oldest();
+                if !evicted {
+                    tracing::debug!(
+                        listener = name,
+                        "Every connection slot holds an established session; waiting for one."
+                    );
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
         };
         let _ = stream.set_nodelay(true);
         let (id, evicted) = pending

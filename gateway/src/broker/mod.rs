@@ -54,6 +54,63 @@ pub(crate) struct Shared {
     /// offline. Held while a session starts or ends and queues the device's status, so the
     /// statuses reach the outbox (and get their `seq`) in the order the sessions came and went.
     pub sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
+    /// Per device, its TLS sessions still waiting for their CONNECT, oldest first.
+    pub awaiting_connect: Arc<Mutex<AwaitingConnect>>,
+}
+
+/// TLS sessions that have not sent their CONNECT yet may hold a device's certificate at most
+/// [`MAX_AWAITING_CONNECT`] times: a newer one evicts the oldest. So one certificate (stolen, or
+/// a device in a reconnect loop) cannot hold the listener's slots, while a device reconnecting
+/// before the gateway saw its old connection die still gets in.
+pub const MAX_AWAITING_CONNECT: usize = 2;
+
+#[derive(Default)]
+pub(crate) struct AwaitingConnect {
+    next: u64,
+    by_device: HashMap<String, std::collections::VecDeque<(u64, CancellationToken)>>,
+}
+
+/// A session's place among its device's sessions awaiting CONNECT; gives it up when dropped.
+pub(crate) struct ConnectTicket {
+    all: Arc<Mutex<AwaitingConnect>>,
+    device: String,
+    n: u64,
+    /// Cancelled when a newer session of the same device evicts this one.
+    pub evicted: CancellationToken,
+}
+
+impl ConnectTicket {
+    pub fn take(all: &Arc<Mutex<AwaitingConnect>>, device: &str) -> ConnectTicket {
+        let mut guard = all.lock().unwrap_or_else(|e| e.into_inner());
+        let n = guard.next;
+        guard.next += 1;
+        let waiting = guard.by_device.entry(device.to_owned()).or_default();
+        while waiting.len() >= MAX_AWAITING_CONNECT {
+            if let Some((_, oldest)) = waiting.pop_front() {
+                oldest.cancel();
+            }
+        }
+        let evicted = CancellationToken::new();
+        waiting.push_back((n, evicted.clone()));
+        ConnectTicket {
+            all: all.clone(),
+            device: device.to_owned(),
+            n,
+            evicted,
+        }
+    }
+}
+
+impl Drop for ConnectTicket {
+    fn drop(&mut self) {
+        let mut guard = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = guard.by_device.get_mut(&self.device) {
+            waiting.retain(|(n, _)| *n != self.n);
+            if waiting.is_empty() {
+                guard.by_device.remove(&self.device);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -212,6 +269,7 @@ impl DeviceBroker {
                 relay_password: password,
                 connect_timeout: m.connect_timeout,
                 sessions: Mutex::new(HashMap::new()),
+                awaiting_connect: Arc::default(),
             }),
         })
     }
@@ -317,4 +375,27 @@ async fn probe(addr: SocketAddr, password: &str) -> std::io::Result<()> {
     stream.write_all(&[0xE0, 0x00]).await?;
     let _ = stream.read(&mut connack).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod connect_ticket_tests {
+    use super::*;
+
+    #[test]
+    fn a_third_session_of_one_certificate_awaiting_connect_evicts_the_oldest_only() {
+        let all = Arc::new(Mutex::new(AwaitingConnect::default()));
+        let first = ConnectTicket::take(&all, "cabinet-01");
+        let other = ConnectTicket::take(&all, "fridge-01");
+        let second = ConnectTicket::take(&all, "cabinet-01");
+        assert!(!first.evicted.is_cancelled() && !second.evicted.is_cancelled());
+        let third = ConnectTicket::take(&all, "cabinet-01");
+        assert!(first.evicted.is_cancelled(), "the oldest makes room");
+        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
+        assert!(!other.evicted.is_cancelled(), "another device is untouched");
+        drop((first, second, third, other));
+        assert!(
+            all.lock().unwrap().by_device.is_empty(),
+            "tickets give their place back"
+        );
+    }
 }

@@ -144,6 +144,7 @@ pub(super) async fn serve(
     };
     let id = identity.device_id.clone();
     let kind = identity.kind.clone();
+    let ticket = super::ConnectTicket::take(&shared.awaiting_connect, &id);
     let mut changes = shared.registry.subscribe();
     let check = {
         let registry = shared.registry.clone();
@@ -170,12 +171,26 @@ pub(super) async fn serve(
 
     // 2. CONNECT: client id = device id, MQTT 3.1.1, last will inside the namespace.
     let mut device_buf = BytesMut::with_capacity(4096);
-    let first = match tokio::time::timeout(
-        shared.connect_timeout,
-        read_frame(&mut device, &mut device_buf),
-    )
-    .await
-    {
+    let read = tokio::select! {
+        read = tokio::time::timeout(
+            shared.connect_timeout,
+            read_frame(&mut device, &mut device_buf),
+        ) => read,
+        _ = ticket.evicted.cancelled() => {
+            refuse(
+                Some(&id),
+                Kind::ConnectionRefused,
+                "connect_evicted",
+                format!(
+                    "no CONNECT yet, and a newer connection with the same certificate came: at most {} may wait for their CONNECT",
+                    super::MAX_AWAITING_CONNECT
+                ),
+            );
+            return;
+        }
+    };
+    drop(ticket);
+    let first = match read {
         Err(_) => {
             refuse(
                 Some(&id),

@@ -120,7 +120,8 @@ pub struct EnrollConfig {
     /// Time allowed for a client to finish the TLS handshake.
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// Connections served at once; further ones wait in the kernel's backlog.
+    /// Connections served at once. When all are taken, the oldest unfinished TLS handshake is
+    /// dropped to make room; one source address may hold at most a quarter of them.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: NonZeroUsize,
 }
@@ -236,7 +237,7 @@ mod defaults {
         NonZeroU32::new(30).expect("30 is not zero")
     }
     pub fn handshake_timeout() -> Duration {
-        Duration::from_secs(10)
+        Duration::from_secs(5)
     }
     pub fn max_connections() -> NonZeroUsize {
         NonZeroUsize::new(64).expect("64 is not zero")
