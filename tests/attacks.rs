@@ -281,3 +281,102 @@ fn one_certificate_cannot_hold_the_device_listeners_slots_with_sessions_that_nev
     }
     assert!(open <= 2, "{open} sessions without CONNECT still open");
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Finding: 1 000 retained 200 KiB messages under one device's own `devices/<id>/` took the
+/// gateway from 47 MB to 358 MB resident (over the unit's MemoryMax). Now local messages are at
+/// most 64 KiB and a device keeps at most 32 retained messages, 256 KiB in all.
+#[test]
+fn one_device_cannot_exhaust_the_gateways_memory_with_retained_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = rxgate_e2e::cloud::Cloud::start(tmp.path());
+    let gw = Gateway::start(&cloud.pki.gateway_config(cloud.port));
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let pid = gw.child.as_ref().unwrap().id();
+    let attacker = gw.enroll_with_sim("cabinet-01", "cabinet");
+    let fridge = gw.enroll_with_sim("fridge-01", "fridge");
+    let before = rss(pid);
+
+    // The finding's attack, from one session: 1 000 retained messages of 200 KiB on distinct
+    // topics (over the payload cap), then 100 of 60 KiB (over the retained allowance), each
+    // acknowledged before the next.
+    let credentials = rxgate_sim::cabinet::Credentials::load(&attacker).unwrap();
+    let mut options =
+        rxgate_sim::cabinet::mqtt_options(&gw.mqtt.to_string(), &credentials).unwrap();
+    options.set_max_packet_size(300 * 1024, 300 * 1024);
+    let mut peak = rss(pid);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked = runtime.block_on(async {
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+        let mut acked = 0usize;
+        let mut sent = 0usize;
+        let plan: Vec<(String, usize)> = (0..1000)
+            .map(|n| (format!("devices/cabinet-01/hoard/big/{n}"), 200 * 1024))
+            .chain((0..100).map(|n| (format!("devices/cabinet-01/hoard/small/{n}"), 60 * 1024)))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while acked < plan.len() && tokio::time::Instant::now() < deadline {
+            while sent < plan.len() && sent < acked + 8 {
+                let (topic, size) = &plan[sent];
+                client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, true, vec![b'y'; *size])
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                    acked += 1;
+                    if acked % 50 == 0 {
+                        peak = peak.max(rss(pid));
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("the attacker's session ended: {e}"),
+                Err(_) => panic!("no acknowledgement for 10 s after {acked}"),
+            }
+        }
+        acked
+    });
+    peak = peak.max(rss(pid));
+    assert_eq!(acked, 1100, "every message acknowledged (and refused)");
+    assert!(
+        peak < 96 * 1024 * 1024,
+        "resident memory peaked at {} MiB ({} MiB before)",
+        peak / (1024 * 1024),
+        before / (1024 * 1024)
+    );
+
+    // The refusals are recorded, and the gateway serves the other device.
+    let trail = wait_until(Duration::from_secs(10), "the refusals recorded", || {
+        let trail = gw.cli_ok(&["audit", "export"]);
+        (trail.contains("retained_limit") && trail.contains("local_too_large")).then_some(trail)
+    });
+    assert!(!trail.contains("yyyy"), "refusals never quote the payload");
+    let out = gw.mosquitto_pub(
+        &fridge,
+        "fridge-01",
+        "devices/fridge-01/telemetry",
+        r#"{"points":{"temperature_c":5.0}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        1,
+        Duration::from_secs(10),
+    );
+}

@@ -56,6 +56,37 @@ pub(crate) struct Shared {
     pub sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
     /// Per device, its TLS sessions still waiting for their CONNECT, oldest first.
     pub awaiting_connect: Arc<Mutex<AwaitingConnect>>,
+    /// Per device, the retained messages it keeps on the local broker: topic → payload bytes.
+    pub retained: Mutex<HashMap<String, HashMap<String, usize>>>,
+}
+
+/// The largest payload of a message that stays on the local broker.
+pub const MAX_LOCAL_PAYLOAD: usize = 64 * 1024;
+/// Retained messages one device may keep on the local broker, and their payload bytes in all:
+/// the embedded broker holds them in memory, so one device must not be able to fill it.
+pub const MAX_RETAINED_PER_DEVICE: usize = 32;
+pub const MAX_RETAINED_BYTES_PER_DEVICE: usize = 256 * 1024;
+
+/// Why a message for the local broker was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LocalRefusal {
+    #[error(
+        "a payload of {bytes} bytes is over the {MAX_LOCAL_PAYLOAD}-byte limit of local messages"
+    )]
+    TooLarge { bytes: usize },
+    #[error(
+        "the device keeps {count} retained messages ({bytes} bytes) on the gateway; at most {MAX_RETAINED_PER_DEVICE} and {MAX_RETAINED_BYTES_PER_DEVICE} bytes: clear one (publish an empty retained message on its topic) first"
+    )]
+    RetainedFull { count: usize, bytes: usize },
+}
+
+impl LocalRefusal {
+    pub fn class(&self) -> &'static str {
+        match self {
+            LocalRefusal::TooLarge { .. } => "local_too_large",
+            LocalRefusal::RetainedFull { .. } => "retained_limit",
+        }
+    }
 }
 
 /// TLS sessions that have not sent their CONNECT yet may hold a device's certificate at most
@@ -114,6 +145,40 @@ impl Drop for ConnectTicket {
 }
 
 impl Shared {
+    /// Checks a message `device` publishes for the local broker against the payload cap and,
+    /// if it is retained, the device's retained allowance, which it then updates (an empty
+    /// retained payload clears the topic's retained message and gives its room back).
+    pub fn local_limits(
+        &self,
+        device: &str,
+        topic: &str,
+        bytes: usize,
+        retain: bool,
+    ) -> std::result::Result<(), LocalRefusal> {
+        if bytes > MAX_LOCAL_PAYLOAD {
+            return Err(LocalRefusal::TooLarge { bytes });
+        }
+        if !retain {
+            return Ok(());
+        }
+        let mut all = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = all.entry(device.to_owned()).or_default();
+        if bytes == 0 {
+            kept.remove(topic);
+            return Ok(());
+        }
+        let count = kept.len() + usize::from(!kept.contains_key(topic));
+        let total = kept.values().sum::<usize>() - kept.get(topic).copied().unwrap_or(0) + bytes;
+        if count > MAX_RETAINED_PER_DEVICE || total > MAX_RETAINED_BYTES_PER_DEVICE {
+            return Err(LocalRefusal::RetainedFull {
+                count: kept.len(),
+                bytes: kept.values().sum(),
+            });
+        }
+        kept.insert(topic.to_owned(), bytes);
+        Ok(())
+    }
+
     /// `id`'s newest session generation, behind the lock ordering its status changes.
     pub fn newest_session(&self, id: &str) -> Arc<tokio::sync::Mutex<u64>> {
         self.sessions
@@ -270,6 +335,7 @@ impl DeviceBroker {
                 connect_timeout: m.connect_timeout,
                 sessions: Mutex::new(HashMap::new()),
                 awaiting_connect: Arc::default(),
+                retained: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -608,6 +608,21 @@ impl Relay<'_> {
         };
         let parsed = match kind {
             acl::PublishKind::Local => {
+                if let Err(reason) = self.shared.local_limits(
+                    self.id,
+                    &publish.topic,
+                    publish.payload.len(),
+                    publish.retain,
+                ) {
+                    self.refuse(Kind::MessageRefused, reason.class(), reason.to_string());
+                    pending.push_back(Box::pin(std::future::ready(Ack::Rejected {
+                        qos: publish.qos,
+                        pkid: publish.pkid,
+                        topic: publish.topic,
+                        reason: reason.to_string(),
+                    })));
+                    return Ok(());
+                }
                 // rumqttd acknowledges these itself.
                 let frame = frame.freeze();
                 pending.push_back(Box::pin(std::future::ready(Ack::Relay(frame))));
