@@ -341,7 +341,7 @@ fn one_device_cannot_exhaust_the_gateways_memory_with_retained_messages() {
             match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
                 Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
                     acked += 1;
-                    if acked % 50 == 0 {
+                    if acked.is_multiple_of(50) {
                         peak = peak.max(rss(pid));
                     }
                 }

@@ -103,7 +103,7 @@ pub enum Reply {
         alerts: Vec<crate::alerts::Alert>,
     },
     Alert {
-        alert: crate::alerts::Alert,
+        alert: Box<crate::alerts::Alert>,
     },
     Report(crate::report::ReportData),
 }
@@ -290,7 +290,9 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                     )?
                 }
             };
-            Ok(Reply::Alert { alert })
+            Ok(Reply::Alert {
+                alert: Box::new(alert),
+            })
         }
         Request::Report { device, from, to } => {
             let (from, to) = (parse_day(&from, "from")?, parse_day(&to, "to")?);
