@@ -805,3 +805,214 @@ fn the_simulator_enrolls_and_renews_against_the_real_gateway() {
         serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
     assert_eq!(again[0]["serial"].as_str().unwrap(), second);
 }
+
+/// libfaketime, which shifts the wall clock of the process it is preloaded into.
+fn libfaketime() -> PathBuf {
+    let arch = std::env::consts::ARCH;
+    [
+        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
+        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("libfaketime is missing: install Debian's faketime package")
+}
+
+/// Starts `rxgate run` with its wall clock shifted by `offset` (faketime's syntax: `+2h`, `-30d`);
+/// the monotonic clock stays real, so timeouts and intervals behave. libfaketime is preloaded
+/// directly rather than through the `faketime` wrapper, which forks: the harness's SIGTERM must
+/// reach the gateway itself.
+fn spawn_with_clock_offset(gw: &mut Gateway, offset: &str) {
+    let log = std::fs::File::create(gw.log_path()).unwrap();
+    let child = std::process::Command::new(rxgate_e2e::bin("rxgate"))
+        .arg("--config")
+        .arg(&gw.config)
+        .arg("run")
+        .env("RUST_LOG", "debug")
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    gw.child = Some(child);
+    let listeners = wait_until(
+        Duration::from_secs(20),
+        "the gateway to report its listeners",
+        || {
+            if let Some(Ok(Some(exit))) = gw.child.as_mut().map(|c| c.try_wait()) {
+                panic!("rxgate run exited with {exit}:\n{}", gw.logs());
+            }
+            let output = gw.cli(&["status", "--json"]);
+            let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            (status["running"] == true).then(|| status["listeners"].clone())
+        },
+    );
+    for pair in listeners.as_array().into_iter().flatten() {
+        let addr = pair[1].as_str().unwrap().parse().unwrap();
+        match pair[0].as_str().unwrap() {
+            "enroll" => gw.enroll = addr,
+            "mqtt" => gw.mqtt = addr,
+            _ => {}
+        }
+    }
+}
+
+/// The three files a device keeps (`ca.crt`, `device.crt`, `device.key`), for mosquitto_pub.
+fn creds(gw: &Gateway, device: &Device, cert: &Path) -> PathBuf {
+    let dir = device.dir.join("creds");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(gw.ca_cert(), dir.join("ca.crt")).unwrap();
+    std::fs::copy(cert, dir.join("device.crt")).unwrap();
+    std::fs::copy(device.dir.join("dev.key"), dir.join("device.key")).unwrap();
+    dir
+}
+
+fn rfc3339(text: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+}
+
+#[test]
+fn with_ntp_blocked_after_a_power_cut_a_certificate_expired_before_the_time_floor_is_refused_for_simplereenroll_with_401()
+ {
+    // Installed two months ago (so the CA covers a clock a month behind); certificates live one
+    // hour, the shortest the config allows.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    let config_text = rxgate_e2e::config_text("store-0042", "[enroll]\ncert_validity = \"1h\"\n");
+    std::fs::write(&config, config_text).unwrap();
+    let init = rxgate_e2e::run(
+        std::process::Command::new(rxgate_e2e::bin("rxgate"))
+            .arg("--config")
+            .arg(&config)
+            .arg("init")
+            .env("LD_PRELOAD", libfaketime())
+            .env("FAKETIME", "-60d"),
+    );
+    assert!(init.status.success(), "{}", text(&init));
+    let unbound = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut gw = Gateway {
+        dir,
+        config,
+        child: None,
+        enroll: unbound,
+        mqtt: unbound,
+        metrics: unbound,
+    };
+
+    // At real time, with a trusted clock: device "stolen" enrolls; its certificate ends in 1 h.
+    gw.spawn();
+    let stolen = Device::new(&gw, "stolen-01");
+    let stolen_cert = stolen.save_cert(
+        &stolen.enroll(
+            &gw,
+            &gw.token("stolen-01", "fridge"),
+            &stolen.p256_csr("dev"),
+        ),
+        "dev",
+    );
+    assert!(gw.stop(), "daemon did not exit cleanly:\n{}", gw.logs());
+
+    // Two hours later, still synchronised: the gateway sees (and stores) a time after that end.
+    // Device "honest" enrolls now; its certificate is good for another hour.
+    spawn_with_clock_offset(&mut gw, "+2h");
+    let honest = Device::new(&gw, "honest-01");
+    let honest_cert = honest.save_cert(
+        &honest.enroll(
+            &gw,
+            &gw.token("honest-01", "fridge"),
+            &honest.p256_csr("dev"),
+        ),
+        "dev",
+    );
+    assert!(gw.stop(), "daemon did not exit cleanly:\n{}", gw.logs());
+
+    // Power cut: the Pi boots a month behind and NTP is blocked. The clock is not assumed synced.
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        config.replace("assume_clock_synced = true", "assume_clock_synced = false"),
+    )
+    .unwrap();
+    spawn_with_clock_offset(&mut gw, "-30d");
+
+    let devices: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    let not_after = |id: &str| {
+        let device = devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap();
+        device["not_after"].as_str().unwrap().to_owned()
+    };
+    let stolen_not_after = not_after("stolen-01");
+
+    let renew = |device: &Device, cert: &Path| {
+        let csr = device.p256_csr("renew");
+        device.post(
+            &gw,
+            "simplereenroll",
+            &[
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                device.dir.join("dev.key").to_str().unwrap(),
+            ],
+            &csr,
+        )
+    };
+    let refused = renew(&stolen, &stolen_cert);
+    let body = refused.body_text();
+    assert_eq!(refused.status, 401, "{body}\n{}", gw.logs());
+    let prefix = format!("expired at {stolen_not_after}, before ");
+    let floor = body
+        .split_once(&prefix)
+        .and_then(|(_, rest)| rest.split_once(','))
+        .map(|(floor, _)| rfc3339(floor))
+        .unwrap_or_else(|| panic!("the refusal names notAfter and the floor: {body}"));
+    assert!(
+        floor >= rfc3339(&stolen_not_after) + time::Duration::minutes(59),
+        "the floor {floor} is the time seen two hours after enrollment: {body}"
+    );
+    assert!(body.contains("its clock is not synchronised"), "{body}");
+
+    // The device listener refuses it too; a certificate valid at the floor still connects.
+    let publish = |creds: &Path, id: &str| {
+        gw.mosquitto_pub(
+            creds,
+            id,
+            &format!("devices/{id}/telemetry"),
+            r#"{"points":{"temperature_c":5.0}}"#,
+        )
+    };
+    let stolen_pub = publish(&creds(&gw, &stolen, &stolen_cert), "stolen-01");
+    assert!(!stolen_pub.status.success(), "{}", text(&stolen_pub));
+    let honest_pub = publish(&creds(&gw, &honest, &honest_cert), "honest-01");
+    assert!(honest_pub.status.success(), "{}", text(&honest_pub));
+
+    // A certificate valid at the floor is renewed, despite its notBefore in the clock's future.
+    let renewed = renew(&honest, &honest_cert);
+    assert_eq!(renewed.status, 200, "{}", renewed.body_text());
+
+    // The gateway's own timestamps did not go a month back: the refusal is stamped at the floor.
+    let entries: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["audit", "export", "--from", "2020-01-01"])).unwrap();
+    let refusal = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "enroll.refused" && e["device"] == "stolen-01")
+        .unwrap_or_else(|| panic!("no enroll.refused entry: {entries}"));
+    assert_eq!(refusal["clock_synced"], false, "{refusal}");
+    assert!(
+        rfc3339(refusal["ts"].as_str().unwrap()) >= floor,
+        "{refusal}"
+    );
+}

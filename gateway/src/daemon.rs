@@ -14,6 +14,7 @@ use crate::alerts::{self, AlertsHandle, Channel, Monitor, NotifyQueue};
 use crate::audit::{AuditKeeper, RefusalLog, Signer};
 use crate::broker::DeviceBroker;
 use crate::clock::SharedClock;
+use crate::clock::floor::FloorKeeper;
 use crate::config::Config;
 use crate::enroll::EnrollServer;
 use crate::error::Result;
@@ -44,6 +45,7 @@ pub struct Gateway {
     notifiers: Vec<Notifier>,
     refusal_log: RefusalLog,
     audit_keeper: AuditKeeper,
+    floor_keeper: FloorKeeper,
     policy: PolicyHandle,
     store: Store,
     clock: SharedClock,
@@ -61,10 +63,22 @@ pub struct Gateway {
 
 impl Gateway {
     /// Opens the store, loads the PKI and binds every listener. Fails before anything runs if
-    /// one of them cannot be set up.
+    /// one of them cannot be set up. Every component sees `clock` through the time floor
+    /// (`clock::floor`): never earlier than the latest time the gateway knows has passed.
     pub async fn build(config: &Config, clock: SharedClock) -> Result<Gateway> {
         let paths = config.paths();
         let store = open_store(&paths.store()).await?;
+        let floor = crate::clock::floor::open(&store, clock)?;
+        let reading = crate::clock::Clock::reading(floor.as_ref());
+        tracing::info!(
+            floor = %crate::clock::rfc3339(floor.floor()),
+            clock = %crate::clock::rfc3339(reading.clock),
+            clock_synced = reading.synced,
+            raised = reading.raised(),
+            "Time floor loaded."
+        );
+        let floor_keeper = FloorKeeper::new(store.clone(), floor.clone());
+        let clock: SharedClock = floor;
         let pki = GatewayPki::load(config, clock.as_ref())?;
         let registry = Registry::new(store.clone(), clock.clone());
         let outbox = Outbox::open(
@@ -173,6 +187,7 @@ impl Gateway {
             notifiers,
             refusal_log,
             audit_keeper,
+            floor_keeper,
             policy: policy.clone(),
             store: store.clone(),
             clock: clock.clone(),
@@ -239,6 +254,7 @@ impl Gateway {
         }
         core_tasks.spawn(self.refusal_log.run(core.clone()));
         core_tasks.spawn(self.audit_keeper.run(core.clone()));
+        core_tasks.spawn(self.floor_keeper.run(core.clone()));
         core_tasks.spawn(crate::pipeline::policy::watch(
             self.policy,
             self.hangup,

@@ -10,7 +10,7 @@ use rxgate_certs::CertificateAuthority;
 use time::OffsetDateTime;
 
 use crate::audit::{self, Kind, Record};
-use crate::clock::Clock;
+use crate::clock::{Clock, ExpiryReference};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{DataPaths, create_private_dir, write_atomic};
@@ -161,8 +161,8 @@ pub struct GatewayPki {
 
 impl GatewayPki {
     /// Loads the CA and server certificate, re-issuing the server certificate first when it is
-    /// missing, lacks a configured name, or has less than a tenth of its lifetime left. Time
-    /// decisions are only taken on a synchronised clock.
+    /// missing, lacks a configured name, or has less than a tenth of its lifetime left. On an
+    /// unsynchronised clock only expiry before the time floor counts (`clock::floor`).
     pub fn load(config: &Config, clock: &dyn Clock) -> Result<GatewayPki> {
         let paths = config.paths();
         for required in [paths.ca_cert(), paths.ca_key()] {
@@ -233,14 +233,19 @@ fn server_cert_needs_renewal(
     if names.iter().any(|n| !present.contains(n)) {
         return Some("server_names changed");
     }
-    if clock.synced() {
-        let not_after = cert.validity().not_after.timestamp();
-        let left = not_after - clock.now().unix_timestamp();
-        if left < (validity.as_secs() / 10) as i64 {
-            return Some("server certificate close to expiry");
+    let not_after = cert.validity().not_after.timestamp();
+    match clock.reading().expiry_reference() {
+        Some(ExpiryReference::Clock(now))
+            if not_after - now.unix_timestamp() < (validity.as_secs() / 10) as i64 =>
+        {
+            Some("server certificate close to expiry")
         }
+        // Unsynchronised: only what is certainly expired; the 10% margin waits for a real clock.
+        Some(ExpiryReference::Floor(floor)) if not_after < floor.unix_timestamp() => {
+            Some("server certificate expired before the time floor")
+        }
+        _ => None,
     }
-    None
 }
 
 /// The HMAC key that turns patient identifiers into pseudonyms: `data_dir/pseudonym.key`, 32

@@ -2,10 +2,13 @@
 //!
 //! Device certificates are verified in two steps. rustls checks the chain to the gateway's CA and
 //! the handshake signature; the *time* check is left to the registry (`Registry::
-//! check_certificate`), which knows whether the clock is synchronised. A Pi that boots after a
+//! check_certificate`, which both the device MQTT listener and EST `simplereenroll` call), which
+//! knows whether the clock is synchronised and the gateway's time floor. A Pi that boots after a
 //! power cut without network has a clock days behind or at 1970: a plain time check would refuse
 //! every device (and the CA itself) until NTP answers. So the verifier here, when the only problem
-//! is time, re-verifies the chain at an instant inside the certificate's own validity.
+//! is time, re-verifies the chain at an instant inside the certificate's own validity. The
+//! registry then refuses a certificate whose notAfter is before the time floor even while the
+//! clock is unsynchronised, and never refuses one for a notBefore in the "future".
 
 use std::path::Path;
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use crate::audit::{self, Kind, Record};
-use crate::clock::SharedClock;
+use crate::clock::{ExpiryReference, SharedClock, TimeReading};
 use crate::error::{Error, Result};
 use crate::store::{self, Store, to_json};
 
@@ -118,6 +118,18 @@ pub enum CertRefusal {
     },
     #[error("certificate {serial} expired at {not_after}")]
     Expired { serial: String, not_after: String },
+    /// The clock is not synchronised, but the certificate expired before the gateway's time
+    /// floor, a time the gateway knows has passed.
+    #[error(
+        "certificate {serial} expired at {not_after}, before {floor}, a time this gateway has already \
+         seen (its clock is not synchronised, so expiry is checked against that time floor); \
+         enroll the device again with a new token (`rxgate token create`)"
+    )]
+    ExpiredBeforeFloor {
+        serial: String,
+        not_after: String,
+        floor: String,
+    },
     #[error("certificate {serial} was issued for site {site}, this gateway is {expected}")]
     WrongSite {
         serial: String,
@@ -281,8 +293,8 @@ impl Registry {
     }
 
     /// Checks a certificate presented by a device against the registry: known, not revoked,
-    /// device active, same site, not expired (expiry is only enforced while the clock is
-    /// synchronised: a Pi booting without network must not lock out every device).
+    /// device active, same site, not expired ([`check_expiry`]: against the clock while it is
+    /// synchronised, against the time floor while it is not).
     pub fn check_certificate(
         &self,
         identity: &DeviceIdentity,
@@ -295,11 +307,10 @@ impl Registry {
                 expected: site.to_owned(),
             }));
         }
-        if self.clock.synced() && identity.not_after < self.clock.now() {
-            return Ok(Err(CertRefusal::Expired {
-                serial: identity.serial.clone(),
-                not_after: crate::clock::rfc3339(identity.not_after),
-            }));
+        if let Err(refusal) =
+            check_expiry(&identity.serial, identity.not_after, &self.clock.reading())
+        {
+            return Ok(Err(refusal));
         }
         self.store.read(|txn| {
             let cert: Option<CertRecord> = match txn.open_table(CERTS) {
@@ -518,6 +529,33 @@ impl Registry {
         if let Err(e) = result {
             tracing::warn!(device, error = %e, "Could not record last-seen time.");
         }
+    }
+}
+
+/// Whether a certificate has expired, judged on `time` ([`TimeReading::expiry_reference`]): on a
+/// synchronised clock against the gateway's time, on an unsynchronised one against the time floor
+/// only. A notBefore in the "future" is never checked here: after a power cut the clock may be far
+/// behind, and a site whose devices all look not-yet-valid is bricked.
+///
+/// [`TimeReading::expiry_reference`]: crate::clock::TimeReading::expiry_reference
+pub fn check_expiry(
+    serial: &str,
+    not_after: OffsetDateTime,
+    time: &TimeReading,
+) -> Result<(), CertRefusal> {
+    match time.expiry_reference() {
+        Some(ExpiryReference::Clock(now)) if not_after < now => Err(CertRefusal::Expired {
+            serial: serial.to_owned(),
+            not_after: crate::clock::rfc3339(not_after),
+        }),
+        Some(ExpiryReference::Floor(floor)) if not_after < floor => {
+            Err(CertRefusal::ExpiredBeforeFloor {
+                serial: serial.to_owned(),
+                not_after: crate::clock::rfc3339(not_after),
+                floor: crate::clock::rfc3339(floor),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

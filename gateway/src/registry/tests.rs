@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{ManualClock, TimeFloor, TimeReading};
 
 const T0: OffsetDateTime = datetime!(2026-03-01 12:00 UTC);
 const SITE: &str = "store-1";
@@ -22,10 +22,21 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    let clock = ManualClock::new(T0, true);
+    fixture_on(clock.clone(), clock)
+}
+
+/// A fixture whose registry sees `clock` through a time floor starting at `floor`.
+fn floored_fixture(floor: OffsetDateTime) -> (Fixture, Arc<TimeFloor>) {
+    let manual = ManualClock::new(T0, true);
+    let floored = TimeFloor::new(manual.clone(), floor);
+    (fixture_on(manual, floored.clone()), floored)
+}
+
+fn fixture_on(clock: Arc<ManualClock>, seen_by_registry: crate::clock::SharedClock) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("s.redb")).unwrap();
-    let clock = ManualClock::new(T0, true);
-    let registry = Registry::new(store, clock.clone());
+    let registry = Registry::new(store, seen_by_registry);
     let ca = CertificateAuthority::generate("test CA", T0).unwrap();
     Fixture {
         _dir: dir,
@@ -264,7 +275,7 @@ fn renewal_issues_a_new_serial_and_the_old_certificate_stays_valid_until_expiry(
 }
 
 #[test]
-fn expiry_is_enforced_only_while_the_clock_is_synchronised() {
+fn without_a_time_floor_expiry_is_enforced_only_while_the_clock_is_synchronised() {
     let f = fixture();
     let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
     f.clock.advance(Duration::from_secs(31 * 86400));
@@ -279,6 +290,117 @@ fn expiry_is_enforced_only_while_the_clock_is_synchronised() {
         f.registry
             .check_certificate(&f.identity(&cert), SITE)
             .unwrap(),
+        Ok(())
+    );
+}
+
+#[test]
+fn with_the_clock_unsynchronised_and_behind_the_floor_a_certificate_expired_before_the_floor_is_refused_for_renewal_and_connecting()
+ {
+    let (f, floor) = floored_fixture(T0);
+    // Valid from T0 - 1 h to T0 + 30 d.
+    let stolen = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.clock.advance(Duration::from_secs(40 * 86400));
+    floor.observe();
+    // Power cut: the Pi boots a month behind, and NTP is blocked.
+    f.clock.set(T0 - time::Duration::days(30));
+    f.clock.set_synced(false);
+    assert_eq!(f.registry.clock().now(), T0 + time::Duration::days(40));
+
+    let refused = f
+        .registry
+        .renew(
+            &f.identity(&stolen),
+            &csr("fridge-1"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap();
+    let expected = format!(
+        "certificate {} expired at 2026-03-31T12:00:00Z, before 2026-04-10T12:00:00Z, a time this \
+         gateway has already seen (its clock is not synchronised, so expiry is checked against that \
+         time floor); enroll the device again with a new token (`rxgate token create`)",
+        stolen.serial
+    );
+    assert_eq!(refused, Err(Refusal::Unauthorized(expected.clone())));
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&stolen), SITE)
+            .unwrap()
+            .map_err(|e| e.to_string()),
+        Err(expected)
+    );
+    let entries = crate::audit::entries(f.registry.store(), 1, 100).unwrap();
+    let last = entries.last().unwrap();
+    assert_eq!(last.kind, Kind::EnrollRefused);
+    assert_eq!(last.ts, "2026-04-10T12:00:00Z", "stamped at the floor");
+    assert!(!last.clock_synced);
+}
+
+#[test]
+fn with_the_clock_unsynchronised_and_behind_the_floor_a_certificate_valid_at_the_floor_is_renewed_from_the_floor()
+ {
+    let (f, floor) = floored_fixture(T0);
+    f.clock.advance(Duration::from_secs(20 * 86400));
+    // Valid from T0 + 20 d - 1 h to T0 + 50 d.
+    let cert = f.enroll("fridge-2", &f.token("fridge-2")).unwrap();
+    f.clock.advance(Duration::from_secs(20 * 86400));
+    floor.observe();
+    f.clock.set(T0 - time::Duration::days(30));
+    f.clock.set_synced(false);
+
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&cert), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    let renewed = f
+        .registry
+        .renew(
+            &f.identity(&cert),
+            &csr("fridge-2"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.not_after, T0 + time::Duration::days(70));
+}
+
+#[test]
+fn expiry_is_judged_against_the_floor_only_while_unsynchronised_and_a_future_not_before_is_never_refused()
+ {
+    let floor = T0;
+    let reading = |clock: OffsetDateTime, synced: bool| TimeReading {
+        clock,
+        synced,
+        floor: Some(floor),
+    };
+    let hour = time::Duration::hours(1);
+    // Unsynchronised and far ahead: only the floor counts.
+    assert_eq!(
+        check_expiry("01", floor + hour, &reading(floor + 400 * 24 * hour, false)),
+        Ok(())
+    );
+    assert!(matches!(
+        check_expiry("01", floor - hour, &reading(floor - 700 * 24 * hour, false)),
+        Err(CertRefusal::ExpiredBeforeFloor { .. })
+    ));
+    // Synchronised: the clock, never below the floor.
+    assert!(matches!(
+        check_expiry("01", floor + hour, &reading(floor + 2 * hour, true)),
+        Err(CertRefusal::Expired { .. })
+    ));
+    assert!(matches!(
+        check_expiry("01", floor - hour, &reading(floor - 2 * hour, true)),
+        Err(CertRefusal::Expired { .. })
+    ));
+    // notAfter exactly at the floor is not yet past it.
+    assert_eq!(
+        check_expiry("01", floor, &reading(floor - hour, false)),
         Ok(())
     );
 }
