@@ -201,7 +201,7 @@ impl Pipeline {
             if nothing_to_write {
                 return Ok(Vec::new());
             }
-            outbox.append_with(records, |txn| {
+            outbox.append_with(records, |txn, _| {
                 for (device, class, body) in audits {
                     let controlled = class == "controlled-substance";
                     crate::audit::append(
