@@ -56,6 +56,11 @@ pub enum Error {
 
     #[error("admin socket {}: {reason}", socket.display())]
     Admin { socket: PathBuf, reason: String },
+
+    #[error(
+        "outbox key ({lane}, {n}) already holds a stored record; the batch was not written and the record kept (the key counter has moved past every stored key, so sending again will succeed)"
+    )]
+    OutboxKeyTaken { lane: u8, n: u64 },
 }
 
 impl Error {

@@ -17,15 +17,29 @@
 //!   no PUBACK and resends later; the refusal is counted and logged). Nothing accepted is ever
 //!   dropped to make room.
 //!
+//! # Keys
+//! A key is `(lane: u8, n: u64)`. `n` comes from one counter shared by all lanes, which starts
+//! above the largest stored `n` when the outbox is opened and only grows. Every outbox write
+//! (append or delete) holds the outbox's writer lock from before its redb write transaction
+//! begins until after it has committed and the in-memory state is updated, so taking numbers
+//! from the counter and committing the records that use them are one step for other writers
+//! (the pipeline, the alert channels and the audit keeper append from different threads): no
+//! two records ever get the same key. A transaction that does not commit leaves its numbers
+//! unused; gaps are harmless, only order matters. As a last guard, an append that finds its key
+//! already taken is not committed and fails with [`Error::OutboxKeyTaken`]; a stored record is
+//! never overwritten.
+//!
+//! The same lock keeps the record and byte counts and each lane's first record exact, so
+//! [`Outbox::depth`] answers from memory without a read transaction.
+//!
 //! # Tables and layout
-//! - `outbox`: key `(lane: u8, n: u64)`, `n` from a counter that only grows while the process
-//!   runs and restarts above the largest stored key. Value, version 1:
+//! - `outbox`: key `(lane, n)` as above. Value, version 1:
 //!   `[1u8][accepted_at: u64 BE, ms since epoch][flags: u8, bit 0 = retain][topic_len: u16 BE]
 //!   [topic][payload]`, payload being the exact JSON sent.
 //! - `outbox_seq`: topic → last `seq` given on that stream (u64).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::{ReadableTable, TableDefinition};
 use tokio::sync::Notify;
@@ -105,10 +119,48 @@ pub struct Depth {
 pub struct Outbox {
     store: Store,
     max_bytes: u64,
-    next: Arc<AtomicU64>,
-    records: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
+    /// Held across every outbox write transaction, commit included (see the module docs, Keys).
+    writer: Arc<Mutex<Writer>>,
+    /// What [`Outbox::depth`] reports: a copy the writer refreshes after each commit, so readers
+    /// never wait behind a commit's fsync and never open a read transaction.
+    published: Arc<Mutex<Depth>>,
+    /// Counts committed appends; see [`Outbox::appends`].
+    appends: Arc<AtomicU64>,
     ready: Arc<Notify>,
+}
+
+/// The first record of a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    n: u64,
+    /// `None` if the record's header is unreadable (reported when it is read, not here).
+    accepted_ms: Option<u64>,
+}
+
+/// State owned by whoever holds the writer lock; exact, because every outbox write (append or
+/// delete) changes it under that lock, in step with its commit.
+#[derive(Debug)]
+struct Writer {
+    /// The next key number to hand out, in any lane.
+    next: u64,
+    records: u64,
+    bytes: u64,
+    heads: [Option<Head>; LANES],
+}
+
+impl Writer {
+    fn depth(&self) -> Depth {
+        Depth {
+            records: self.records,
+            bytes: self.bytes,
+            oldest_ms: self
+                .heads
+                .iter()
+                .flatten()
+                .filter_map(|h| h.accepted_ms)
+                .min(),
+        }
+    }
 }
 
 fn encode(accepted_ms: u64, retain: bool, topic: &str, payload: &[u8]) -> Result<Vec<u8>> {
@@ -124,27 +176,35 @@ fn encode(accepted_ms: u64, retain: bool, topic: &str, payload: &[u8]) -> Result
     Ok(value)
 }
 
-fn decode(key: Key, value: &[u8]) -> Result<Record> {
-    let corrupt = |reason: &str| Error::Corrupt {
+fn corrupt(key: Key, reason: &str) -> Error {
+    Error::Corrupt {
         table: "outbox".to_owned(),
         key: format!("{key:?}"),
         reason: reason.to_owned(),
-    };
+    }
+}
+
+fn accepted_ms(key: Key, value: &[u8]) -> Result<u64> {
     if value.len() < HEADER {
-        return Err(corrupt("shorter than its header"));
+        return Err(corrupt(key, "shorter than its header"));
     }
     if value[0] != VERSION {
-        return Err(corrupt("unknown record version"));
+        return Err(corrupt(key, "unknown record version"));
     }
-    let accepted_ms = u64::from_be_bytes(value[1..9].try_into().map_err(|_| corrupt("header"))?);
+    let bytes = value[1..9].try_into().map_err(|_| corrupt(key, "header"))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn decode(key: Key, value: &[u8]) -> Result<Record> {
+    let accepted_ms = accepted_ms(key, value)?;
     let retain = value[9] & 1 == 1;
     let topic_len = usize::from(u16::from_be_bytes([value[10], value[11]]));
     let rest = &value[HEADER..];
     if rest.len() < topic_len {
-        return Err(corrupt("topic runs past the end"));
+        return Err(corrupt(key, "topic runs past the end"));
     }
     let topic = std::str::from_utf8(&rest[..topic_len])
-        .map_err(|_| corrupt("topic is not UTF-8"))?
+        .map_err(|_| corrupt(key, "topic is not UTF-8"))?
         .to_owned();
     Ok(Record {
         key,
@@ -155,30 +215,84 @@ fn decode(key: Key, value: &[u8]) -> Result<Record> {
     })
 }
 
+fn head(key: Key, value: &[u8]) -> Head {
+    Head {
+        n: key.1,
+        accepted_ms: accepted_ms(key, value).ok(),
+    }
+}
+
+/// The first record of `lane`, if any.
+fn first_in_lane(table: &impl ReadableTable<Key, &'static [u8]>, lane: u8) -> Result<Option<Head>> {
+    match table.range((lane, 0)..=(lane, u64::MAX))?.next() {
+        Some(entry) => {
+            let (key, value) = entry?;
+            Ok(Some(head(key.value(), value.value())))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Up to `limit` records of `lane` with key numbers after `after` (from the start when `None`),
+/// appended to `out`.
+fn take_lane(
+    table: &impl ReadableTable<Key, &'static [u8]>,
+    lane: u8,
+    after: Option<u64>,
+    limit: usize,
+    out: &mut Vec<Record>,
+) -> Result<()> {
+    let start = match after {
+        None => 0,
+        Some(u64::MAX) => return Ok(()),
+        Some(n) => n + 1,
+    };
+    for entry in table.range((lane, start)..=(lane, u64::MAX))?.take(limit) {
+        let (key, value) = entry?;
+        out.push(decode(key.value(), value.value())?);
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded state is changed only after a commit succeeded, in steps that cannot panic, so
+    // a panic elsewhere while it was held (a payload builder, say) leaves it consistent.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Outbox {
     /// Opens the outbox in `store`, counting what it holds.
     pub fn open(store: Store, max_bytes: u64) -> Result<Outbox> {
-        let (next, records, bytes) = store.read(|txn| {
+        let writer = store.read(|txn| {
+            let mut writer = Writer {
+                next: 0,
+                records: 0,
+                bytes: 0,
+                heads: [None; LANES],
+            };
             let table = match txn.open_table(OUTBOX) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0, 0)),
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(writer),
                 Err(e) => return Err(e.into()),
             };
-            let (mut next, mut records, mut bytes) = (0u64, 0u64, 0u64);
             for entry in table.iter()? {
                 let (key, value) = entry?;
-                next = next.max(key.value().1 + 1);
-                records += 1;
-                bytes += value.value().len() as u64;
+                let key = key.value();
+                writer.next = writer.next.max(key.1 + 1);
+                writer.records += 1;
+                writer.bytes += value.value().len() as u64;
+                if let Some(slot) = writer.heads.get_mut(usize::from(key.0)) {
+                    slot.get_or_insert_with(|| head(key, value.value()));
+                }
             }
-            Ok((next, records, bytes))
+            Ok(writer)
         })?;
         Ok(Outbox {
             store,
             max_bytes,
-            next: Arc::new(AtomicU64::new(next)),
-            records: Arc::new(AtomicU64::new(records)),
-            bytes: Arc::new(AtomicU64::new(bytes)),
+            published: Arc::new(Mutex::new(writer.depth())),
+            writer: Arc::new(Mutex::new(writer)),
+            appends: Arc::new(AtomicU64::new(0)),
             ready: Arc::new(Notify::new()),
         })
     }
@@ -189,26 +303,27 @@ impl Outbox {
         self.append_with(batch, |_, _| Ok(()))
     }
 
-    /// Like [`Outbox::append`], and runs `also` in the same transaction with each record's
-    /// outcome: what it writes (audit entries for the appended events, and only those) is
-    /// durable together with them or not at all.
+    /// Like [`Outbox::append`], and runs `also` in the same transaction, after the records, with
+    /// what became of each of them: what it writes (audit entries for the appended events) is
+    /// durable together with them or not at all. An `Err` from `also` writes nothing.
     pub fn append_with(
         &self,
         batch: Vec<NewRecord>,
         also: impl FnOnce(&redb::WriteTransaction, &[Result<Appended, AppendError>]) -> Result<()>,
     ) -> Result<Vec<Result<Appended, AppendError>>> {
-        let mut added_bytes = 0u64;
-        let mut added_records = 0u64;
-        let stored = self.bytes.load(Ordering::Relaxed);
-        let outcome = self.store.write(|txn| {
+        let mut writer = lock(&self.writer);
+        let writer = &mut *writer;
+        let (out, added_records, added_bytes, new_heads) = self.store.write(|txn| {
             let mut table = txn.open_table(OUTBOX)?;
             let mut seqs = txn.open_table(SEQ)?;
             let mut out = Vec::with_capacity(batch.len());
-            let mut next = self.next.load(Ordering::Relaxed);
+            let (mut added_records, mut added_bytes) = (0u64, 0u64);
+            let mut new_heads = writer.heads;
             for record in batch {
-                if stored + added_bytes >= self.max_bytes {
+                let stored = writer.bytes + added_bytes;
+                if stored >= self.max_bytes {
                     out.push(Err(AppendError::Full {
-                        bytes: stored + added_bytes,
+                        bytes: stored,
                         max_bytes: self.max_bytes,
                     }));
                     continue;
@@ -217,22 +332,40 @@ impl Outbox {
                 seqs.insert(record.topic.as_str(), seq)?;
                 let payload = (record.payload)(seq);
                 let value = encode(record.accepted_ms, record.retain, &record.topic, &payload)?;
-                let key = (record.priority as u8, next);
-                next += 1;
-                table.insert(key, value.as_slice())?;
+                // Taken from the counter now, under the writer lock: if this transaction does
+                // not commit the number is simply never used.
+                let lane = record.priority as u8;
+                let key = (lane, writer.next);
+                writer.next += 1;
+                if table.insert(key, value.as_slice())?.is_some() {
+                    // The counter disagrees with the store. Returning an error drops the
+                    // transaction uncommitted, so the record that held the key is untouched.
+                    // Move the counter past every stored key so the next append succeeds.
+                    for l in 0..LANES as u8 {
+                        if let Some(last) = table.range((l, 0)..=(l, u64::MAX))?.next_back() {
+                            writer.next = writer.next.max(last?.0.value().1.saturating_add(1));
+                        }
+                    }
+                    return Err(Error::OutboxKeyTaken { lane, n: key.1 });
+                }
+                new_heads[usize::from(lane)].get_or_insert(Head {
+                    n: key.1,
+                    accepted_ms: Some(record.accepted_ms),
+                });
                 added_bytes += value.len() as u64;
                 added_records += 1;
                 out.push(Ok(Appended { key, seq }));
             }
             drop((table, seqs));
             also(txn, &out)?;
-            Ok((out, next))
+            Ok((out, added_records, added_bytes, new_heads))
         })?;
-        let (out, next) = outcome;
-        self.next.store(next, Ordering::Relaxed);
-        self.records.fetch_add(added_records, Ordering::Relaxed);
-        self.bytes.fetch_add(added_bytes, Ordering::Relaxed);
+        writer.records += added_records;
+        writer.bytes += added_bytes;
+        writer.heads = new_heads;
+        *lock(&self.published) = writer.depth();
         if added_records > 0 {
+            self.appends.fetch_add(1, Ordering::Release);
             self.ready.notify_one();
         }
         Ok(out)
@@ -240,20 +373,30 @@ impl Outbox {
 
     /// Up to `limit` records of `lane` with keys after `after` (from the start when `None`).
     pub fn read_after(&self, lane: u8, after: Option<u64>, limit: usize) -> Result<Vec<Record>> {
+        let mut cursors = [Some(u64::MAX); LANES];
+        if let Some(cursor) = cursors.get_mut(usize::from(lane)) {
+            *cursor = after;
+        }
+        self.read_due(&cursors, limit)
+    }
+
+    /// The records due next, in one read transaction: up to `limit` of them, lane by lane in
+    /// priority order (critical first), each lane's in key order after its cursor (`None`: from
+    /// the lane's start; `Some(u64::MAX)`: skip the lane).
+    pub fn read_due(&self, cursors: &[Option<u64>; LANES], limit: usize) -> Result<Vec<Record>> {
         self.store.read(|txn| {
             let table = match txn.open_table(OUTBOX) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(e) => return Err(e.into()),
             };
-            let start = after.map_or(0, |n| n.saturating_add(1));
-            if after == Some(u64::MAX) {
-                return Ok(Vec::new());
-            }
             let mut out = Vec::new();
-            for entry in table.range((lane, start)..=(lane, u64::MAX))?.take(limit) {
-                let (key, value) = entry?;
-                out.push(decode(key.value(), value.value())?);
+            for (lane, cursor) in (0u8..).zip(cursors) {
+                let room = limit - out.len();
+                if room == 0 {
+                    break;
+                }
+                take_lane(&table, lane, *cursor, room, &mut out)?;
             }
             Ok(out)
         })
@@ -264,42 +407,49 @@ impl Outbox {
         if keys.is_empty() {
             return Ok(());
         }
-        let (removed, freed) = self.store.write_lazy(|txn| {
+        let mut writer = lock(&self.writer);
+        let writer = &mut *writer;
+        let (removed, freed, heads) = self.store.write_lazy(|txn| {
             let mut table = txn.open_table(OUTBOX)?;
             let (mut removed, mut freed) = (0u64, 0u64);
+            let mut heads = writer.heads;
+            let mut moved = [false; LANES];
             for key in keys {
                 if let Some(value) = table.remove(*key)? {
                     removed += 1;
                     freed += value.value().len() as u64;
+                    let lane = usize::from(key.0);
+                    if heads.get(lane).copied().flatten().map(|h| h.n) == Some(key.1) {
+                        moved[lane] = true;
+                    }
                 }
             }
-            Ok((removed, freed))
+            // A lane's first record went: its next one, if any, is now the first.
+            for (lane, slot) in (0u8..).zip(heads.iter_mut()) {
+                if moved[usize::from(lane)] {
+                    *slot = first_in_lane(&table, lane)?;
+                }
+            }
+            Ok((removed, freed, heads))
         })?;
-        self.records.fetch_sub(
-            removed.min(self.records.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
-        self.bytes.fetch_sub(
-            freed.min(self.bytes.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        writer.records = writer.records.saturating_sub(removed);
+        writer.bytes = writer.bytes.saturating_sub(freed);
+        writer.heads = heads;
+        *lock(&self.published) = writer.depth();
         Ok(())
     }
 
-    /// How many records wait, their size, and the age of the oldest.
+    /// How many records wait, their size, and the age of the oldest. Reads no transaction: the
+    /// figures are kept up to date by every append and delete.
     pub fn depth(&self) -> Result<Depth> {
-        let mut oldest_ms = None;
-        for lane in 0..LANES as u8 {
-            if let Some(first) = self.read_after(lane, None, 1)?.into_iter().next() {
-                oldest_ms =
-                    Some(oldest_ms.map_or(first.accepted_ms, |o: u64| o.min(first.accepted_ms)));
-            }
-        }
-        Ok(Depth {
-            records: self.records.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
-            oldest_ms,
-        })
+        Ok(*lock(&self.published))
+    }
+
+    /// How many appends have committed since the outbox was opened. A reader that found every
+    /// lane exhausted while this read `n` need not read again until it changes: it changes
+    /// after the commit of any append that stored a record.
+    pub fn appends(&self) -> u64 {
+        self.appends.load(Ordering::Acquire)
     }
 
     /// Resolves after the next append (or at once if one happened since the last call).

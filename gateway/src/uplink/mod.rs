@@ -239,7 +239,7 @@ impl Uplink {
             true,
             status_payload(true, "connected", self.clock.now(), self.clock.synced()),
         );
-        let mut cursors: [Option<u64>; LANES] = [None; LANES];
+        let mut cursors = Cursors::default();
         let mut acked: Vec<Key> = Vec::new();
         let mut flush = tokio::time::interval(DELETE_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,42 +309,43 @@ impl Uplink {
         result
     }
 
-    /// Requests publishes for the next records, highest priority lane first, up to the window.
+    /// Requests publishes for the next records, highest priority lane first, up to the window,
+    /// from one read of the outbox. Reads nothing when the window is full, or when the last read
+    /// found every lane exhausted and nothing was appended since.
     fn fill(
         &self,
         client: &AsyncClient,
         inflight: &mut Inflight,
-        cursors: &mut [Option<u64>; LANES],
+        cursors: &mut Cursors,
     ) -> Result<()> {
-        for (lane, cursor) in cursors.iter_mut().enumerate() {
-            while inflight.has_room() {
-                let records = self
-                    .outbox
-                    .read_after(lane as u8, *cursor, inflight.room())?;
-                if records.is_empty() {
-                    break;
+        let room = inflight.room();
+        let appends = self.outbox.appends();
+        if room == 0 || cursors.exhausted_at == Some(appends) {
+            return Ok(());
+        }
+        let records = self.outbox.read_due(&cursors.lanes, room)?;
+        let exhausted = records.len() < room;
+        for record in records {
+            let key = record.key;
+            match client.try_publish(
+                record.topic,
+                QoS::AtLeastOnce,
+                record.retain,
+                record.payload,
+            ) {
+                Ok(()) => {
+                    cursors.lanes[usize::from(key.0)] = Some(key.1);
+                    inflight.request(Some(key));
                 }
-                for record in records {
-                    let key = record.key;
-                    match client.try_publish(
-                        record.topic,
-                        QoS::AtLeastOnce,
-                        record.retain,
-                        record.payload,
-                    ) {
-                        Ok(()) => {
-                            *cursor = Some(key.1);
-                            inflight.request(Some(key));
-                        }
-                        Err(e) => {
-                            // The request channel is full: send it on the next connection.
-                            tracing::debug!(error = %e, "Publish request not queued.");
-                            return Ok(());
-                        }
-                    }
+                Err(e) => {
+                    // The request channel is full: the record is read again next time.
+                    tracing::debug!(error = %e, "Publish request not queued.");
+                    cursors.exhausted_at = None;
+                    return Ok(());
                 }
             }
         }
+        cursors.exhausted_at = exhausted.then_some(appends);
         Ok(())
     }
 
@@ -362,6 +363,17 @@ impl Uplink {
             Err(e) => tracing::error!(error = %e, "Outbox delete task failed."),
         }
     }
+}
+
+/// How far a connection has sent each lane.
+#[derive(Debug, Default)]
+struct Cursors {
+    /// Per lane, the key number of the last record requested (`None`: nothing yet, start at the
+    /// lane's beginning). Keys only grow, so a record appended later is always after the cursor.
+    lanes: [Option<u64>; LANES],
+    /// [`Outbox::appends`] as it was before a read that found every lane exhausted: until it
+    /// changes there is nothing new to read.
+    exhausted_at: Option<u64>,
 }
 
 /// `base` ± 25 %, so a site's gateways do not reconnect in lockstep after a broker restart.
