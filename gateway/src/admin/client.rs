@@ -16,15 +16,38 @@ use crate::store::Store;
 /// Runs `request` against the gateway configured by `config`: through the daemon's admin socket
 /// when one answers, otherwise directly on the store.
 pub fn call(config: &Config, request: Request) -> Result<Reply> {
+    session(config, |send| send(request))
+}
+
+/// Runs `f`, which may send any number of requests in turn: each over its own connection to the
+/// daemon's socket when a daemon answers, otherwise on the store, opened once for all of them.
+pub fn session<R>(
+    config: &Config,
+    f: impl FnOnce(&mut dyn FnMut(Request) -> Result<Reply>) -> Result<R>,
+) -> Result<R> {
     let socket = config.paths().admin_socket();
     // A daemon that is starting holds the store before its socket answers, and a command run
     // directly holds the store briefly: retry for a while instead of failing on the overlap.
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         if let Ok(stream) = UnixStream::connect(&socket) {
-            return over_socket(stream, &request)
-                .map_err(|reason| Error::Admin { socket, reason })?
-                .map_err(Error::Invalid);
+            let mut first = Some(stream);
+            let mut send = |request: Request| -> Result<Reply> {
+                let stream = match first.take() {
+                    Some(stream) => stream,
+                    None => UnixStream::connect(&socket).map_err(|e| Error::Admin {
+                        socket: socket.clone(),
+                        reason: format!("the daemon stopped answering: {e}"),
+                    })?,
+                };
+                over_socket(stream, &request)
+                    .map_err(|reason| Error::Admin {
+                        socket: socket.clone(),
+                        reason,
+                    })?
+                    .map_err(Error::Invalid)
+            };
+            return f(&mut send);
         }
         match Store::open(&config.paths().store()) {
             Ok(store) => {
@@ -33,7 +56,7 @@ pub fn call(config: &Config, request: Request) -> Result<Reply> {
                     crate::clock::system(config.gateway.assume_clock_synced),
                 );
                 let context = Context::new(config, registry);
-                return execute(&context, request);
+                return f(&mut |request| execute(&context, request));
             }
             Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

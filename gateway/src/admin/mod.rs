@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::call;
+pub use client::{call, session};
 pub use server::AdminServer;
 
 use crate::error::{Error, Result};
@@ -23,6 +23,9 @@ use crate::registry::{Actor, DeviceRecord, Registry, TokenInfo};
 
 /// Largest admin request accepted.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Most audit entries in one page of an export: what one reply holds in memory at most.
+pub const EXPORT_PAGE: u32 = 1000;
 
 /// A command to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,10 +47,19 @@ pub enum Request {
         id: String,
         reason: String,
     },
-    /// Audit entries with `from <= ts < to` (RFC 3339 bounds, both optional), oldest first.
+    /// One page of the audit entries with `from <= ts < to` (RFC 3339 bounds or dates, both
+    /// optional), oldest first: at most `limit` (and at most [`EXPORT_PAGE`]) entries after
+    /// entry `after`, up to entry `until`. The reply says where the next page starts; see
+    /// [`export_pages`].
     AuditExport {
         from: Option<String>,
         to: Option<String>,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        until: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
     },
     AuditVerify {
         /// A checkpoint as the cloud received it (JSON), to check the chain against.
@@ -92,8 +104,12 @@ pub enum Reply {
     Device {
         device: DeviceRecord,
     },
-    Audit {
+    /// A page of an audit export. `next_after`: ask again with `after` set to it (and `until`)
+    /// for the next page; `None`: the export is complete.
+    AuditPage {
         entries: Vec<crate::audit::AuditBody>,
+        next_after: Option<u64>,
+        until: u64,
     },
     AuditVerified {
         entries: u64,
@@ -157,6 +173,8 @@ pub struct Context {
     pub ca_der: std::result::Result<Vec<u8>, String>,
     /// Cold-chain limits by device, for reports.
     pub limits: std::collections::HashMap<String, crate::coldchain::Limits>,
+    /// `[audit].retention`: a checkpoint of a removed entry fails verification unless older.
+    pub audit_retention: Duration,
 }
 
 impl Context {
@@ -179,6 +197,7 @@ impl Context {
                 .iter()
                 .filter_map(|(id, d)| crate::coldchain::Limits::of(d).map(|l| (id.clone(), l)))
                 .collect(),
+            audit_retention: config.audit.retention,
         }
     }
 }
@@ -231,7 +250,13 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
         Request::DeviceRevoke { id, reason } => Ok(Reply::Device {
             device: ctx.registry.revoke_device(&id, &reason, &actor)?,
         }),
-        Request::AuditExport { from, to } => {
+        Request::AuditExport {
+            from,
+            to,
+            after,
+            until,
+            limit,
+        } => {
             let parse = |bound: Option<String>,
                          name: &str|
              -> Result<Option<time::OffsetDateTime>> {
@@ -241,19 +266,23 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                     })
                     .transpose()
             };
-            let (from, to) = (parse(from, "from")?, parse(to, "to")?);
-            let entries = crate::audit::entries(ctx.registry.store(), 1, usize::MAX)?
-                .into_iter()
-                .filter(|e| {
-                    let ts = time::OffsetDateTime::parse(
-                        &e.ts,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .ok();
-                    ts.is_none_or(|ts| from.is_none_or(|f| ts >= f) && to.is_none_or(|t| ts < t))
-                })
-                .collect();
-            Ok(Reply::Audit { entries })
+            let range = crate::audit::ExportRange {
+                from: parse(from, "from")?,
+                to: parse(to, "to")?,
+                after,
+                until,
+            };
+            let limit = limit.unwrap_or(EXPORT_PAGE).min(EXPORT_PAGE) as usize;
+            let mut entries = Vec::with_capacity(limit.min(64));
+            let end = crate::audit::export(ctx.registry.store(), &range, limit, |e| {
+                entries.push(e);
+                Ok(())
+            })?;
+            Ok(Reply::AuditPage {
+                entries,
+                next_after: end.more.then_some(end.last).flatten(),
+                until: end.until,
+            })
         }
         Request::AlertList { all } => {
             let mut alerts = if all {
@@ -328,11 +357,62 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                      certificate: {e}"
                 ))
             })?;
-            audit_verified(crate::audit::verify(
+            let retention = crate::audit::Retention {
+                now: ctx.registry.clock().now(),
+                keep: ctx.audit_retention,
+            };
+            audit_verified(crate::audit::verify_at(
                 ctx.registry.store(),
                 Some(ca),
                 &external,
+                retention,
             )?)
+        }
+    }
+}
+
+/// Exports the audit entries with `from <= ts < to` page by page through `send` (the daemon's
+/// socket, or [`execute`] on the store), handing them to `write` one at a time: at most one page
+/// (`page` entries, at most [`EXPORT_PAGE`]) is held at once, however long the trail. The export
+/// ends at the head as it was when it began. Returns the number of entries written.
+pub fn export_pages(
+    send: &mut dyn FnMut(Request) -> Result<Reply>,
+    from: Option<String>,
+    to: Option<String>,
+    page: u32,
+    mut write: impl FnMut(crate::audit::AuditBody) -> Result<()>,
+) -> Result<u64> {
+    let (mut after, mut until) = (None, None);
+    let mut written = 0u64;
+    loop {
+        let reply = send(Request::AuditExport {
+            from: from.clone(),
+            to: to.clone(),
+            after,
+            until,
+            limit: Some(page),
+        })?;
+        let Reply::AuditPage {
+            entries,
+            next_after,
+            until: head,
+        } = reply
+        else {
+            return Err(Error::Invalid(
+                "unexpected answer to an audit export; is the daemon the same rxgate version?"
+                    .to_owned(),
+            ));
+        };
+        for entry in entries {
+            write(entry)?;
+            written += 1;
+        }
+        match next_after {
+            Some(next) => {
+                after = Some(next);
+                until = Some(head);
+            }
+            None => return Ok(written),
         }
     }
 }
@@ -370,4 +450,60 @@ fn audit_verified(outcome: Result<u64, crate::audit::Broken>) -> Result<Reply> {
             broken: Some((broken.seq, broken.reason)),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audit_export_through_the_admin_protocol_comes_in_bounded_pages_holding_exactly_the_range()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::parse(
+            "[gateway]\nsite = \"store-1\"\ndata_dir = \"data\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let store = crate::store::Store::create(&dir.path().join("s.redb")).unwrap();
+        let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+        store
+            .write(|txn| {
+                for i in 0..50_000 {
+                    let record =
+                        crate::audit::Record::new(crate::audit::Kind::AccessEvent, "cab-1");
+                    crate::audit::append(txn, start + time::Duration::minutes(i), true, record)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let clock = crate::clock::ManualClock::new(start, true);
+        let ctx = Context::new(&config, Registry::new(store, clock));
+        let mut largest = 0;
+        let mut pages = 0;
+        let mut send = |request: Request| {
+            let reply = execute(&ctx, request)?;
+            if let Reply::AuditPage { entries, .. } = &reply {
+                largest = largest.max(entries.len());
+                pages += 1;
+            }
+            Ok(reply)
+        };
+        let mut seqs = Vec::new();
+        let written = export_pages(
+            &mut send,
+            Some("2026-01-10".to_owned()),
+            Some("2026-01-12".to_owned()),
+            EXPORT_PAGE,
+            |e| {
+                seqs.push(e.seq);
+                Ok(())
+            },
+        )
+        .unwrap();
+        // 2026-01-10 00:00 is minute 9 × 1440 (entry 12 961); 2026-01-12 00:00 is entry 15 841.
+        assert_eq!(seqs, (12_961..=15_840).collect::<Vec<_>>());
+        assert_eq!(written, 2_880);
+        assert_eq!((largest, pages), (EXPORT_PAGE as usize, 3));
+    }
 }

@@ -156,3 +156,18 @@ pub fn checkpoints(store: &Store) -> Result<Vec<Checkpoint>> {
         Ok(out)
     })
 }
+
+/// The newest stored checkpoint.
+pub fn last(store: &Store) -> Result<Option<Checkpoint>> {
+    store.read(|txn| {
+        let table = match txn.open_table(CHECKPOINTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match table.last()? {
+            Some((seq, _)) => store::get_json(&table, "audit_checkpoints", seq.value()),
+            None => Ok(None),
+        }
+    })
+}

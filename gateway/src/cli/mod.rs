@@ -450,8 +450,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(output::audit_verified(&reply))
                 }
                 AuditCommand::Export { from, to, format } => {
-                    let reply = admin::call(&config, Request::AuditExport { from, to })?;
-                    output::audit_export(&reply, format);
+                    let stdout = std::io::stdout();
+                    let mut out = output::AuditExport::new(stdout.lock(), format);
+                    out.begin()?;
+                    admin::session(&config, |send| {
+                        admin::export_pages(send, from, to, admin::EXPORT_PAGE, |entry| {
+                            out.entry(&entry).map_err(|e| {
+                                crate::error::Error::Invalid(format!(
+                                    "cannot write the export: {e}"
+                                ))
+                            })
+                        })
+                    })?;
+                    out.end()?;
                     Ok(ExitCode::SUCCESS)
                 }
             }

@@ -1,6 +1,9 @@
 //! How command results are printed: tables for people, `--json` for scripts.
 
 use crate::admin::Reply;
+use std::io::Write as _;
+
+use crate::audit::AuditBody;
 use crate::clock::rfc3339_seconds as rfc3339;
 use crate::pki::InitReport;
 
@@ -91,7 +94,7 @@ pub fn reply(reply: &Reply, as_json: bool) {
                 .collect(),
         ),
         Reply::Device { device } => println!("device {} is now {}", device.id, device.status),
-        Reply::Audit { .. } => audit_export(reply, super::ExportFormat::Json),
+        Reply::AuditPage { entries, .. } => json(entries),
         Reply::Alerts { alerts } if as_json => json(alerts),
         Reply::Alerts { alerts } => {
             if alerts.is_empty() {
@@ -205,21 +208,49 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// `rxgate audit export`.
-pub fn audit_export(reply: &Reply, format: super::ExportFormat) {
-    let Reply::Audit { entries } = reply else {
-        return;
-    };
-    match format {
-        super::ExportFormat::Json => json(entries),
-        super::ExportFormat::Csv => {
-            println!("seq,ts,clock_synced,kind,actor,device,source,detail,prev");
-            for e in entries {
+/// `rxgate audit export`, written entry by entry as the pages come: a JSON array with one entry
+/// per line, or CSV with a header.
+pub struct AuditExport<W: std::io::Write> {
+    out: std::io::BufWriter<W>,
+    format: super::ExportFormat,
+    written: u64,
+}
+
+impl<W: std::io::Write> AuditExport<W> {
+    pub fn new(out: W, format: super::ExportFormat) -> Self {
+        AuditExport {
+            out: std::io::BufWriter::new(out),
+            format,
+            written: 0,
+        }
+    }
+
+    pub fn begin(&mut self) -> std::io::Result<()> {
+        match self.format {
+            super::ExportFormat::Json => write!(self.out, "["),
+            super::ExportFormat::Csv => {
+                writeln!(
+                    self.out,
+                    "seq,ts,clock_synced,kind,actor,device,source,detail,prev"
+                )
+            }
+        }
+    }
+
+    pub fn entry(&mut self, e: &AuditBody) -> std::io::Result<()> {
+        match self.format {
+            super::ExportFormat::Json => {
+                let sep = if self.written == 0 { "\n" } else { ",\n" };
+                let line = serde_json::to_string(e).map_err(std::io::Error::other)?;
+                write!(self.out, "{sep}{line}")?;
+            }
+            super::ExportFormat::Csv => {
                 let kind = serde_json::to_value(e.kind)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                println!(
+                writeln!(
+                    self.out,
                     "{},{},{},{},{},{},{},{},{}",
                     e.seq,
                     e.ts,
@@ -230,8 +261,21 @@ pub fn audit_export(reply: &Reply, format: super::ExportFormat) {
                     csv_field(e.source.as_deref().unwrap_or("")),
                     csv_field(&e.detail.to_string()),
                     e.prev
-                );
+                )?;
             }
         }
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn end(mut self) -> std::io::Result<()> {
+        if let super::ExportFormat::Json = self.format {
+            if self.written == 0 {
+                writeln!(self.out, "]")?;
+            } else {
+                writeln!(self.out, "\n]")?;
+            }
+        }
+        self.out.flush()
     }
 }
