@@ -14,6 +14,9 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");
 const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_checkpoints");
 
+/// Debian's libfaketime (package `libfaketime`, pulled in by `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// Lines the audit keeper logs each time it applies the retention, whatever it decides.
 const PRUNE_LINES: [&str; 3] = [
     "Audit entries not pruned.",
@@ -64,23 +67,25 @@ fn verify_against_the_clouds_copy(gw: &Gateway) -> (bool, String) {
     )
 }
 
-/// Starts `rxgate run` under `faketime -f <offset>` (the monotonic clock left alone) and waits
+/// Starts `rxgate run` under libfaketime at `offset` (`+800d`) (the monotonic clock left alone) and waits
 /// until the audit keeper has applied the retention once.
 fn run_under_faketime(gw: &mut Gateway, offset: &str) {
     let log = std::fs::File::create(gw.log_path()).unwrap();
-    let child = Command::new("faketime")
-        .args(["-f", offset])
-        .arg(bin("rxgate"))
+    // libfaketime preloaded into rxgate itself (not through the `faketime` wrapper, which
+    // would take the SIGTERM that stops the gateway).
+    let child = Command::new(bin("rxgate"))
         .arg("--config")
         .arg(&gw.config)
         .arg("run")
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", offset)
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("run rxgate under faketime (Debian package faketime)");
+        .expect("run rxgate under libfaketime");
     gw.child = Some(child);
     wait_until(
         Duration::from_secs(30),
