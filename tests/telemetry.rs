@@ -828,12 +828,30 @@ fn a_gateway_killed_during_telemetry_modbus_polls_and_an_alert_flood_keeps_every
     let (fridge_sim, fridge_port) = rxgate_e2e::start_ready(sim, "rxgate-sim fridge");
     let cloud = Cloud::start(tmp.path());
     let model = rxgate_e2e::workspace().join("config/devices/acme-fr400.toml");
+    // The default policy's event rate limit (2 a second, bursts of 120) would hold the cabinet
+    // back, and access flags fold into one alert per (device, flag): this test wants a flood of
+    // kept events and of alert notifications, so the limit is raised and every occurrence is
+    // sent on (a digest interval of zero).
+    let policy = tmp.path().join("policy.toml");
+    let default =
+        std::fs::read_to_string(rxgate_e2e::workspace().join("config/policy.toml")).unwrap();
+    let unlimited = default.replace(
+        "rate_limit = { per_second = 2.0, burst = 120 }",
+        "rate_limit = { per_second = 1000.0, burst = 1000 }",
+    );
+    assert_ne!(
+        unlimited, default,
+        "the default policy's event rate limit moved"
+    );
+    std::fs::write(&policy, unlimited).unwrap();
     // The fridge is polled as often as the gateway allows (100 ms), 10 readings a second.
     let mut gw = gateway_for_fleet(
         &cloud,
         &format!(
-            "[devices.fridge-modbus]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{fridge_port}\"\n\
+            "[gateway]\npolicy_file = \"{}\"\n[alerts]\nflag_digest_every = \"0s\"\n\
+             [devices.fridge-modbus]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{fridge_port}\"\n\
              model = \"{}\"\npoll_interval = \"100ms\"\ntimeout = \"80ms\"\nmax_backoff = \"400ms\"\n",
+            policy.display(),
             model.display()
         ),
     );
@@ -845,9 +863,9 @@ fn a_gateway_killed_during_telemetry_modbus_polls_and_an_alert_flood_keeps_every
     let devices = enroll_fleet(&gw, 10);
     let cabinet = Credentials::load(&gw.enroll_with_sim("cabinet-01", "cabinet")).unwrap();
 
-    // The default policy rate-limits telemetry only (50 a second per device, bursts of 500) and
-    // has no limit on events: 40 events a second, each flagged, and 40 readings a second per
-    // device, at most 450 each (under the burst whatever the pacing), are all kept.
+    // Telemetry is rate-limited (50 a second per device, bursts of 500) and events are not here:
+    // 40 events a second, each flagged, and 40 readings a second per device, at most 450 each
+    // (under the burst whatever the pacing), are all kept.
     let flood = Fleet::publishing(
         &gw,
         vec![cabinet],
