@@ -166,7 +166,7 @@ fn cacerts_took(gw: &Gateway) -> Duration {
 
 /// Finding: 64 silent TCP connections from two addresses held every EST connection slot, since
 /// the slot was taken before the TLS handshake and no pending handshake was ever evicted; a
-/// legitimate `cacerts` waited 8 s. Now one address holds at most a quarter of the slots, and
+/// legitimate `cacerts` waited 8 s. Now one address holds at most half of the slots, and
 /// when all are taken the oldest unfinished handshake makes room.
 #[test]
 fn silent_tcp_connections_from_a_few_hosts_cannot_keep_a_real_client_off_est() {

@@ -121,7 +121,7 @@ pub struct EnrollConfig {
     #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Connections served at once. When all are taken, the oldest unfinished TLS handshake is
-    /// dropped to make room; one source address may hold at most a quarter of them.
+    /// dropped to make room; one source address may hold at most half of them.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: NonZeroUsize,
 }

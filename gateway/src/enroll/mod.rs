@@ -86,11 +86,12 @@ impl EnrollServer {
             router: est::router(Arc::new(state)),
             limits: Limits {
                 handshake_timeout: e.handshake_timeout,
-                // Per source well below the total: one host cannot fill the listener.
+                // Per source below the total: one host cannot fill the listener, and when
+                // several do, the oldest unfinished handshake makes room (`net`).
                 max_pending_handshakes: e.max_connections.get(),
-                max_pending_per_source: e.max_connections.get().div_ceil(4),
+                max_pending_per_source: e.max_connections.get().div_ceil(2),
                 max_connections: e.max_connections.get(),
-                max_connections_per_source: e.max_connections.get().div_ceil(4),
+                max_connections_per_source: e.max_connections.get().div_ceil(2),
             },
         })
     }
