@@ -135,20 +135,6 @@ fn idle_connections_to_the_metrics_endpoint_cannot_exhaust_the_gateways_file_des
     );
 }
 
-/// A TCP connection to `to` from the loopback address `source`, as a silent LAN host would open.
-fn tcp_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let stream = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(std::net::SocketAddr::from((source, 0)))?;
-        socket.connect(to).await?.into_std()
-    })?;
-    stream.set_nonblocking(false)?;
-    Ok(stream)
-}
-
 /// Seconds `rxgate-sim`-style EST `cacerts` takes from 127.0.0.1, over curl.
 fn cacerts_took(gw: &Gateway) -> Duration {
     let started = Instant::now();
@@ -174,7 +160,7 @@ fn silent_tcp_connections_from_a_few_hosts_cannot_keep_a_real_client_off_est() {
     // The finding as reported: two hosts, 32 connections each.
     let two_hosts: Vec<TcpStream> = [[127, 0, 0, 2], [127, 0, 0, 3]]
         .iter()
-        .flat_map(|source| (0..32).filter_map(|_| tcp_from(*source, gw.enroll).ok()))
+        .flat_map(|source| (0..32).filter_map(|_| rxgate_e2e::tcp_from(*source, gw.enroll).ok()))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let took = cacerts_took(&gw);
@@ -185,7 +171,9 @@ fn silent_tcp_connections_from_a_few_hosts_cannot_keep_a_real_client_off_est() {
     );
     // Enough hosts to take every slot (6 × 16 > 64): the oldest silent handshakes make room.
     let many_hosts: Vec<TcpStream> = (2..8u8)
-        .flat_map(|host| (0..16).filter_map(move |_| tcp_from([127, 0, 0, host], gw.enroll).ok()))
+        .flat_map(|host| {
+            (0..16).filter_map(move |_| rxgate_e2e::tcp_from([127, 0, 0, host], gw.enroll).ok())
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let took = cacerts_took(&gw);
@@ -204,7 +192,7 @@ fn tls_without_connect(
     to: std::net::SocketAddr,
     tls: &std::sync::Arc<rustls::ClientConfig>,
 ) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let mut tcp = tcp_from(source, to).ok()?;
+    let mut tcp = rxgate_e2e::tcp_from(source, to).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let name =
         rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());

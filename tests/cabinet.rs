@@ -207,18 +207,7 @@ fn a_cabinet_resends_what_was_not_acknowledged_when_the_gateway_is_killed_and_re
         .expect("a free port below the ephemeral range");
     // 300 events at 200 a second is far past the default policy's event rate limit (2 a second,
     // bursts of 120): this test is about resending across a restart, so the limit is raised.
-    let policy = tmp.path().join("policy.toml");
-    let default =
-        std::fs::read_to_string(rxgate_e2e::workspace().join("config/policy.toml")).unwrap();
-    let unlimited = default.replace(
-        "rate_limit = { per_second = 2.0, burst = 120 }",
-        "rate_limit = { per_second = 1000.0, burst = 1000 }",
-    );
-    assert_ne!(
-        unlimited, default,
-        "the default policy's event rate limit moved"
-    );
-    std::fs::write(&policy, unlimited).unwrap();
+    let policy = rxgate_e2e::policy_without_event_limit(tmp.path());
     let mut gw = Gateway::start(&format!(
         "{}[mqtt]\nlisten = \"127.0.0.1:{port}\"\n[gateway]\npolicy_file = \"{}\"\n",
         cloud.pki.gateway_config(cloud.port),

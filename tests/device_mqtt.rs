@@ -651,19 +651,10 @@ fn with_a_hundred_silent_connections_open_an_enrolled_device_still_connects_and_
 /// TCP connections to `to`, one from each loopback address in `sources` (all of 127.0.0.0/8 is
 /// local), in that order, that never send a byte.
 fn silent_from(sources: impl IntoIterator<Item = [u8; 4]>, to: SocketAddr) -> Vec<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
     sources
         .into_iter()
         .map(|source| {
-            let stream = rt
-                .block_on(async {
-                    let socket = tokio::net::TcpSocket::new_v4()?;
-                    socket.bind(SocketAddr::from((source, 0)))?;
-                    socket.connect(to).await?.into_std()
-                })
+            let stream = rxgate_e2e::tcp_from(source, to)
                 .unwrap_or_else(|e| panic!("connect from {source:?} to {to}: {e}"));
             stream.set_nonblocking(true).unwrap();
             stream

@@ -832,18 +832,7 @@ fn a_gateway_killed_during_telemetry_modbus_polls_and_an_alert_flood_keeps_every
     // back, and access flags fold into one alert per (device, flag): this test wants a flood of
     // kept events and of alert notifications, so the limit is raised and every occurrence is
     // sent on (a digest interval of zero).
-    let policy = tmp.path().join("policy.toml");
-    let default =
-        std::fs::read_to_string(rxgate_e2e::workspace().join("config/policy.toml")).unwrap();
-    let unlimited = default.replace(
-        "rate_limit = { per_second = 2.0, burst = 120 }",
-        "rate_limit = { per_second = 1000.0, burst = 1000 }",
-    );
-    assert_ne!(
-        unlimited, default,
-        "the default policy's event rate limit moved"
-    );
-    std::fs::write(&policy, unlimited).unwrap();
+    let policy = rxgate_e2e::policy_without_event_limit(tmp.path());
     // The fridge is polled as often as the gateway allows (100 ms), 10 readings a second.
     let mut gw = gateway_for_fleet(
         &cloud,

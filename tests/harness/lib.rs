@@ -90,6 +90,38 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A TCP connection to `to` from the loopback address `source`, as a silent LAN host would open.
+pub fn tcp_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from((source, 0)))?;
+        socket.connect(to).await?.into_std()
+    })?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Writes the default policy into `dir` with its per-device event rate limit (2 a second,
+/// bursts of 120) raised out of the way, for tests that flood events on purpose; returns its path.
+pub fn policy_without_event_limit(dir: &Path) -> PathBuf {
+    let default = std::fs::read_to_string(workspace().join("config/policy.toml"))
+        .expect("the default policy");
+    let unlimited = default.replace(
+        "rate_limit = { per_second = 2.0, burst = 120 }",
+        "rate_limit = { per_second = 1000.0, burst = 1000 }",
+    );
+    assert_ne!(
+        unlimited, default,
+        "the default policy's event rate limit moved"
+    );
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, unlimited).expect("write the policy");
+    path
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 
