@@ -91,7 +91,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// A TCP connection to `to` from the loopback address `source`, as a silent LAN host would open.
-pub fn tcp_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+pub fn tcp_from(source: [u8; 4], to: std::net::SocketAddr) -> std::io::Result<std::net::TcpStream> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
