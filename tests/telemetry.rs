@@ -254,6 +254,22 @@ async fn device(
     }
 }
 
+/// Each device's acknowledged message numbers, checked to have come in the order the messages
+/// were sent (MQTT 3.1.1 §4.6: PUBACKs in the order the PUBLISHes came).
+fn acked_in_order(tallies: &BTreeMap<String, Tally>) -> BTreeMap<String, Vec<u64>> {
+    for (device, tally) in tallies {
+        assert_eq!(
+            tally.acked,
+            (0..tally.acked.len() as u64).collect::<Vec<_>>(),
+            "{device}: PUBACKs out of order"
+        );
+    }
+    tallies
+        .iter()
+        .map(|(device, tally)| (device.clone(), tally.acked.clone()))
+        .collect()
+}
+
 /// One telemetry message as the backend received it.
 struct Arrival {
     device: String,
@@ -492,18 +508,7 @@ fn a_gateway_killed_while_ten_devices_publish_delivers_every_acknowledged_readin
         tallies.values().any(|t| t.sent > t.acked.len() as u64),
         "killed while messages were in flight"
     );
-    for (device, tally) in &tallies {
-        // MQTT 3.1.1 §4.6: PUBACKs in the order the PUBLISHes came.
-        assert_eq!(
-            tally.acked,
-            (0..tally.acked.len() as u64).collect::<Vec<_>>(),
-            "{device}: PUBACKs out of order"
-        );
-    }
-    let acked: BTreeMap<String, Vec<u64>> = tallies
-        .into_iter()
-        .map(|(device, tally)| (device, tally.acked))
-        .collect();
+    let acked = acked_in_order(&tallies);
 
     gw.spawn();
     wait_for_complete_delivery(&gw, &backend, &acked, false, Duration::from_secs(60));
@@ -892,18 +897,8 @@ fn a_gateway_killed_during_telemetry_modbus_polls_and_an_alert_flood_keeps_every
     let tallies = ended(&fleet, "every device");
     let cabinet = ended(&flood, "the cabinet");
     drop((fleet, flood));
-    for (device, tally) in tallies.iter().chain(&cabinet) {
-        // MQTT 3.1.1 §4.6: PUBACKs in the order the PUBLISHes came.
-        assert_eq!(
-            tally.acked,
-            (0..tally.acked.len() as u64).collect::<Vec<_>>(),
-            "{device}: PUBACKs out of order"
-        );
-    }
-    let acked: BTreeMap<String, Vec<u64>> = tallies
-        .into_iter()
-        .map(|(device, tally)| (device, tally.acked))
-        .collect();
+    acked_in_order(&cabinet);
+    let acked = acked_in_order(&tallies);
     let events_acked = cabinet["cabinet-01"].acked.clone();
     let alerts_before = backend.json_on(ALERTS).len();
 
