@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ring::hmac;
-use rxgate::pipeline::{Point, Value};
+use rxgate::message::{Point, Value};
 use rxgate::policy::{Context, Event, Policy, Stream, telemetry_body};
 use time::macros::datetime;
 

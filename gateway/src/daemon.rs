@@ -18,12 +18,13 @@ use crate::clock::floor::FloorKeeper;
 use crate::config::Config;
 use crate::enroll::EnrollServer;
 use crate::error::Result;
+use crate::message::Ingest;
 use crate::metrics::MetricsServer;
 use crate::modbus::{ModbusPoller, ModbusTlsIdentity};
 use crate::outbox::Outbox;
-use crate::pipeline::policy::{PolicyHandle, PolicyStage};
-use crate::pipeline::{Ingest, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::pki::GatewayPki;
+use crate::policy::stage::{PolicyHandle, PolicyStage};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::uplink::{self, Uplink};
@@ -255,7 +256,7 @@ impl Gateway {
         core_tasks.spawn(self.refusal_log.run(core.clone()));
         core_tasks.spawn(self.audit_keeper.run(core.clone()));
         core_tasks.spawn(self.floor_keeper.run(core.clone()));
-        core_tasks.spawn(crate::pipeline::policy::watch(
+        core_tasks.spawn(crate::policy::stage::watch(
             self.policy,
             self.hangup,
             self.store,

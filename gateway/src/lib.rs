@@ -17,6 +17,7 @@ pub mod demo;
 pub mod enroll;
 pub mod error;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod modbus;
 pub mod net;

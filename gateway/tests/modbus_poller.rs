@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use rxgate::clock::SystemClock;
 use rxgate::config::Config;
+use rxgate::message::{Accepted, Ingest, Intake, Point, Quality, Reading, Submission, Value};
 use rxgate::modbus::{ModbusPoller, ModbusTlsIdentity};
-use rxgate::pipeline::{Accepted, Ingest, Intake, Point, Quality, Reading, Submission, Value};
 use rxgate_sim::fridge::{Fault, FridgeOptions, FridgeSim, TlsOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -167,7 +167,7 @@ pub struct Context {
     /// The running alert monitor, when the daemon runs.
     pub alerts: Option<crate::alerts::AlertsHandle>,
     /// The running policy, when the daemon runs.
-    pub policy: Option<crate::pipeline::policy::PolicyHandle>,
+    pub policy: Option<crate::policy::stage::PolicyHandle>,
     /// The gateway's CA certificate (DER), to check checkpoint signatures; or why it could
     /// not be read.
     pub ca_der: std::result::Result<Vec<u8>, String>,

@@ -8,8 +8,8 @@ use serde::Serialize;
 use super::notify::{Deliver, DeliveryError, DeliveryFuture};
 use super::queue::Channel;
 use super::record::{Alert, Notification};
+use crate::message::envelope::{self, Stamp};
 use crate::outbox::{NewRecord, Outbox, Priority};
-use crate::pipeline::envelope::{self, Stamp};
 
 /// Body of an `alert` message on `rxgate/v1/<site>/alerts`.
 #[derive(Debug, Serialize)]

@@ -22,7 +22,7 @@ use crate::clock::SharedClock;
 use crate::coldchain::{self, AlertKind, Change, Input, Limits, Severity, State};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::pipeline::{Point, Quality, Value};
+use crate::message::{Point, Quality, Value};
 use crate::store::Store;
 
 /// How often buckets, engine states and the day's statistics are written even without news.
@@ -414,7 +414,7 @@ impl Monitor {
                     limit,
                 } => {
                     let alert = Alert {
-                        id: crate::pipeline::envelope::new_id(now),
+                        id: crate::message::envelope::new_id(now),
                         site: self.site.clone(),
                         device: device.to_owned(),
                         kind,
@@ -610,7 +610,7 @@ impl Monitor {
             return;
         }
         let alert = Alert {
-            id: crate::pipeline::envelope::new_id(now),
+            id: crate::message::envelope::new_id(now),
             site: self.site.clone(),
             device: device.to_owned(),
             kind: AlertKind::AccessFlag,

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint::{Checkpoint, Signer};
 use crate::clock::{SharedClock, rfc3339};
 use crate::error::{Error, Result};
+use crate::message::envelope::{self, Stamp};
 use crate::outbox::{NewRecord, Outbox, Priority};
-use crate::pipeline::envelope::{self, Stamp};
 use crate::store::Store;
 
 /// `[audit]`

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::pipeline::{Point, Quality, Value};
+use crate::message::{Point, Quality, Value};
 
 /// Largest payload accepted on `telemetry` or `events`.
 pub const MAX_PAYLOAD: usize = 64 * 1024;

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{MAX_PACKET, RELAY_USER, Shared, acl, payload};
 use crate::audit::{Kind, Refusal};
-use crate::pipeline::{Intake, Reading, Refused};
+use crate::message::{Intake, Reading, Refused};
 use crate::registry::Change;
 
 /// Telemetry and event messages of one session being made durable at once, at most. Beyond it
@@ -369,7 +369,7 @@ async fn queue_status(
     id: &str,
     online: bool,
     reason: String,
-) -> Option<crate::pipeline::Pending> {
+) -> Option<crate::message::Pending> {
     let intake = Intake::Status {
         device: id.to_owned(),
         online,
@@ -389,7 +389,7 @@ async fn queue_status(
 }
 
 /// Waits for a queued status to be durable, logging when it is not.
-async fn settle_status(id: &str, pending: crate::pipeline::Pending) {
+async fn settle_status(id: &str, pending: crate::message::Pending) {
     match tokio::time::timeout(STATUS_WAIT, pending.outcome()).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::warn!(device = id, error = %e, "Device status not recorded."),

@@ -1,7 +1,7 @@
 //! From raw registers to values: pure functions, no I/O.
 
 use crate::config::{DataType, Function, RegisterConfig, WordOrder};
-use crate::pipeline::Value;
+use crate::message::Value;
 
 /// One point of a device's register map, checked and ready to decode.
 #[derive(Debug, Clone, PartialEq)]

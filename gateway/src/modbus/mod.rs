@@ -55,7 +55,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigErrors, DeviceConfig, Transport};
 use crate::error::{Error, Result};
-use crate::pipeline::Ingest;
+use crate::message::Ingest;
 
 pub use decode::{DecodeError, PointSpec, Raw, decode_point, raw_number, scaled};
 pub use health::{Health, StatusChange, next_delay};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::Function;
-use crate::pipeline::{Ingest, Intake, Point, Quality, Reading, Value};
+use crate::message::{Ingest, Intake, Point, Quality, Reading, Value};
 
 use super::decode::{PointSpec, Raw, decode_point};
 use super::health::{Health, Jitter, StatusChange, next_delay};

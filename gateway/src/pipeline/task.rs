@@ -11,11 +11,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
-use super::policy::{PolicyStage, Shaped};
-use super::{Accepted, Intake, Refused, Submission};
 use crate::alerts::monitor::Observation;
+use crate::message::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
+use crate::message::{Accepted, Intake, Refused, Submission};
 use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};
+use crate::policy::stage::{PolicyStage, Shaped};
 
 /// The running pipeline.
 pub struct Pipeline {
@@ -421,7 +421,7 @@ mod tests {
 
     use super::*;
     use crate::clock::ManualClock;
-    use crate::pipeline::{Ingest, Point, Reading, Value};
+    use crate::message::{Ingest, Point, Reading, Value};
     use crate::store::Store;
 
     #[tokio::test]
@@ -530,7 +530,7 @@ mod tests {
         let outbox = Outbox::open(store.clone(), 10).unwrap();
         let clock = ManualClock::new(time::macros::datetime!(2026-05-01 02:00 UTC), true);
         let (ingest, rx) = Ingest::channel(16, clock.clone());
-        let handle = super::super::policy::PolicyHandle::load(None).unwrap();
+        let handle = crate::policy::stage::PolicyHandle::load(None).unwrap();
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
         let (refusals, _log) = crate::audit::RefusalLog::new(store.clone(), clock.clone());
         let (alerts, mut flags) = crate::alerts::AlertsHandle::channel(64);

@@ -37,6 +37,7 @@ mod cel;
 mod cli;
 mod file;
 mod rule;
+pub mod stage;
 mod transform;
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 use super::*;
-use crate::pipeline::Point;
+use crate::message::Point;
 
 fn key() -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, b"test site key")
@@ -369,15 +369,15 @@ fn telemetry_transforms_apply_to_points_and_map_back_onto_points() {
     let mut points = BTreeMap::new();
     points.insert(
         "temp_f".to_owned(),
-        Point::good(crate::pipeline::Value::Number(50.0), Some("°F")),
+        Point::good(crate::message::Value::Number(50.0), Some("°F")),
     );
     points.insert(
         "humidity_permille".to_owned(),
-        Point::good(crate::pipeline::Value::Number(415.0), None),
+        Point::good(crate::message::Value::Number(415.0), None),
     );
     points.insert(
         "debug".to_owned(),
-        Point::good(crate::pipeline::Value::Bool(true), None),
+        Point::good(crate::message::Value::Bool(true), None),
     );
     let body = telemetry_body(&points);
     let key = key();
@@ -414,12 +414,12 @@ fn telemetry_transforms_apply_to_points_and_map_back_onto_points() {
     assert_eq!(back.len(), 2);
     assert_eq!(
         back["temperature_c"].value,
-        Some(crate::pipeline::Value::Number(10.0))
+        Some(crate::message::Value::Number(10.0))
     );
     assert_eq!(back["temperature_c"].unit.as_deref(), Some("°C"));
     assert_eq!(
         back["humidity_permille"].value,
-        Some(crate::pipeline::Value::Number(41.5))
+        Some(crate::message::Value::Number(41.5))
     );
 }
 

@@ -17,7 +17,7 @@ use serde_json::{Map, Number, Value};
 
 use super::rule::Rule;
 use super::{Decision, Stream};
-use crate::pipeline::{Point, Quality};
+use crate::message::{Point, Quality};
 
 /// What a redacted field holds.
 pub const REDACTED: &str = "redacted";
@@ -40,10 +40,10 @@ pub fn telemetry_body(points: &BTreeMap<String, Point>) -> Map<String, Value> {
     let mut out = Map::new();
     for (name, point) in points {
         let value = match point.value {
-            Some(crate::pipeline::Value::Number(n)) => {
+            Some(crate::message::Value::Number(n)) => {
                 Number::from_f64(n).map_or(Value::Null, Value::Number)
             }
-            Some(crate::pipeline::Value::Bool(b)) => Value::Bool(b),
+            Some(crate::message::Value::Bool(b)) => Value::Bool(b),
             None => Value::Null,
         };
         out.insert(name.clone(), value);
@@ -67,8 +67,8 @@ impl Decision {
             let source_name = self.point_sources.get(name).unwrap_or(name);
             let source = original.get(source_name);
             let value = match value {
-                Value::Bool(b) => Some(crate::pipeline::Value::Bool(*b)),
-                Value::Number(n) => n.as_f64().map(crate::pipeline::Value::Number),
+                Value::Bool(b) => Some(crate::message::Value::Bool(*b)),
+                Value::Number(n) => n.as_f64().map(crate::message::Value::Number),
                 _ => None,
             };
             let unit = self
@@ -253,7 +253,7 @@ mod tests {
         let mut points = BTreeMap::new();
         points.insert(
             "temp_f".to_owned(),
-            Point::good(crate::pipeline::Value::Number(39.2), Some("°F")),
+            Point::good(crate::message::Value::Number(39.2), Some("°F")),
         );
         points.insert(
             "door".to_owned(),
@@ -282,7 +282,7 @@ mod tests {
         let back = decision.telemetry_points(&points);
         assert_eq!(
             back["temperature_c"].value,
-            Some(crate::pipeline::Value::Number(4.0))
+            Some(crate::message::Value::Number(4.0))
         );
         assert_eq!(back["temperature_c"].unit.as_deref(), Some("°C"));
         assert_eq!(back["temperature_c"].quality, Quality::Good);

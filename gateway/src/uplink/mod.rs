@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{SharedClock, rfc3339};
 use crate::config::{CloudConfig, cloud_endpoint};
 use crate::error::{Error, Result};
+use crate::message::envelope;
 use crate::outbox::{Key, LANES, Outbox};
-use crate::pipeline::envelope;
 pub use inflight::Inflight;
 
 /// Acknowledged records are deleted in batches of this size, or every [`DELETE_EVERY`].

@@ -8,7 +8,7 @@ use time::macros::datetime;
 use super::*;
 use crate::alerts::notify::gpio::RecordingSignals;
 use crate::clock::TokioClock;
-use crate::pipeline::Point;
+use crate::message::Point;
 
 const T0: OffsetDateTime = datetime!(2026-05-01 08:00 UTC);
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 use time::macros::datetime;
 
 use super::*;
-use crate::pipeline::Quality;
+use crate::message::Quality;
 
 const T0: OffsetDateTime = datetime!(2026-05-01 12:00 UTC);
 

@@ -13,9 +13,11 @@ use ring::hmac;
 use serde_json::{Map, Value as Json};
 use time::OffsetDateTime;
 
-use super::{Intake, Point, Reading, Refused, Value};
+use crate::message::{Intake, Point, Reading, Refused, Value};
 use crate::outbox::Priority;
-use crate::policy::{self, Context, Decision, Event, Flag, Policy, PolicyErrors, Stream, Verdict};
+use crate::policy::{
+    self as policy, Context, Decision, Event, Flag, Policy, PolicyErrors, Stream, Verdict,
+};
 
 /// The running policy, shared with whatever reloads it.
 #[derive(Clone)]
