@@ -69,7 +69,8 @@ impl Gateway {
     pub async fn build(config: &Config, clock: SharedClock) -> Result<Gateway> {
         let paths = config.paths();
         let store = open_store(&paths.store()).await?;
-        let floor = crate::clock::floor::open(&store, clock)?;
+        let floor =
+            crate::clock::floor::open(&store, clock, crate::audit::newest_synced_entry(&store)?)?;
         let reading = crate::clock::Clock::reading(floor.as_ref());
         tracing::info!(
             floor = %crate::clock::rfc3339(floor.floor()),

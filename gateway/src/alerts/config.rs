@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::notify::email::{SmtpSecurity, SmtpUrl};
 use super::notify::webhook::WebhookUrl;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// `[alerts]`
 #[derive(Debug, Clone, Deserialize)]

@@ -648,6 +648,31 @@ pub fn export(
     })
 }
 
+/// How many of the newest audit entries are searched for one with a synchronised timestamp.
+pub const AUDIT_LOOKBACK: u64 = 256;
+
+/// The timestamp of the newest audit entry written with a synchronised clock, among the last
+/// [`AUDIT_LOOKBACK`].
+pub fn newest_synced_entry(store: &Store) -> Result<Option<OffsetDateTime>> {
+    let last = store.read(|txn| match txn.open_table(AUDIT) {
+        Ok(table) => Ok(table.last()?.map(|(seq, _)| seq.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    })?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let from = last.saturating_sub(AUDIT_LOOKBACK - 1);
+    let entries = entries(store, from, AUDIT_LOOKBACK as usize)?;
+    Ok(entries
+        .iter()
+        .rev()
+        .filter(|e| e.clock_synced)
+        .find_map(|e| {
+            OffsetDateTime::parse(&e.ts, &time::format_description::well_known::Rfc3339).ok()
+        }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

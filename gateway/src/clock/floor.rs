@@ -5,7 +5,7 @@
 //! - the build time, embedded by `build.rs` (`SOURCE_DATE_EPOCH`, or when the build ran);
 //! - `clock_floor["floor"]` (below), the floor the gateway last persisted;
 //! - the timestamp of the newest audit entry stamped with a synchronised clock (among the last
-//!   [`AUDIT_LOOKBACK`] entries), so a store written before this table existed has a floor too.
+//!   `audit::AUDIT_LOOKBACK` entries), so a store written before this table existed has a floor too.
 //!
 //! Only times taken from a synchronised clock enter the floor: an unsynchronised clock may run
 //! ahead (a wrong RTC, a bad manual setting), and a floor pushed into the future would expire
@@ -35,9 +35,6 @@ const FLOOR_KEY: &str = "floor";
 /// How often, at most, the floor is written while the clock is synchronised.
 pub const PERSIST_EVERY: Duration = Duration::from_secs(60);
 
-/// How many of the newest audit entries are searched for one with a synchronised timestamp.
-pub const AUDIT_LOOKBACK: u64 = 256;
-
 /// The build time embedded by `build.rs`.
 pub fn build_time() -> OffsetDateTime {
     env!("RXGATE_BUILD_EPOCH")
@@ -64,28 +61,6 @@ pub fn persisted(store: &Store) -> Result<Option<OffsetDateTime>> {
     })
 }
 
-/// The timestamp of the newest audit entry written with a synchronised clock, among the last
-/// [`AUDIT_LOOKBACK`].
-pub fn newest_synced_audit_entry(store: &Store) -> Result<Option<OffsetDateTime>> {
-    let last = store.read(|txn| match txn.open_table(crate::audit::AUDIT) {
-        Ok(table) => Ok(table.last()?.map(|(seq, _)| seq.value())),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    })?;
-    let Some(last) = last else {
-        return Ok(None);
-    };
-    let from = last.saturating_sub(AUDIT_LOOKBACK - 1);
-    let entries = crate::audit::entries(store, from, AUDIT_LOOKBACK as usize)?;
-    Ok(entries
-        .iter()
-        .rev()
-        .filter(|e| e.clock_synced)
-        .find_map(|e| {
-            OffsetDateTime::parse(&e.ts, &time::format_description::well_known::Rfc3339).ok()
-        }))
-}
-
 /// The floor a gateway starts with: the latest of the times it knows have passed.
 pub fn start_floor(
     build: OffsetDateTime,
@@ -98,13 +73,14 @@ pub fn start_floor(
         .fold(build, OffsetDateTime::max)
 }
 
-/// Wraps `clock` in the floor this store and this build know of.
-pub fn open(store: &Store, clock: SharedClock) -> Result<Arc<TimeFloor>> {
-    let floor = start_floor(
-        build_time(),
-        persisted(store)?,
-        newest_synced_audit_entry(store)?,
-    );
+/// Wraps `clock` in the floor this store and this build know of; `newest_synced_entry` is the
+/// newest audit entry's synchronised time (`audit::newest_synced_entry`).
+pub fn open(
+    store: &Store,
+    clock: SharedClock,
+    newest_synced_entry: Option<OffsetDateTime>,
+) -> Result<Arc<TimeFloor>> {
+    let floor = start_floor(build_time(), persisted(store)?, newest_synced_entry);
     Ok(TimeFloor::new(clock, floor))
 }
 
@@ -232,10 +208,10 @@ mod tests {
     #[test]
     fn only_audit_entries_stamped_by_a_synchronised_clock_count() {
         let (_dir, store) = store();
-        assert_eq!(newest_synced_audit_entry(&store).unwrap(), None);
+        assert_eq!(crate::audit::newest_synced_entry(&store).unwrap(), None);
         audit_at(&store, T0, true);
         audit_at(&store, T0 + time::Duration::days(400), false);
-        assert_eq!(newest_synced_audit_entry(&store).unwrap(), Some(T0));
+        assert_eq!(crate::audit::newest_synced_entry(&store).unwrap(), Some(T0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -243,7 +219,7 @@ mod tests {
         let (_dir, store) = store();
         let later = build_time() + time::Duration::days(10);
         let clock = ManualClock::new(later, true);
-        let floor = open(&store, clock.clone()).unwrap();
+        let floor = open(&store, clock.clone(), None).unwrap();
         assert_eq!(floor.floor(), build_time());
         let shutdown = CancellationToken::new();
         let task =
@@ -258,7 +234,7 @@ mod tests {
 
         // After a power cut the clock is a month behind and unsynchronised.
         let stale = ManualClock::new(later - time::Duration::days(30), false);
-        let floor = open(&store, stale).unwrap();
+        let floor = open(&store, stale, None).unwrap();
         assert_eq!(floor.floor(), at_shutdown);
         assert_eq!(floor.now(), at_shutdown);
         assert!(floor.raised());

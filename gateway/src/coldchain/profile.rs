@@ -122,8 +122,8 @@ impl Limits {
 }
 
 /// Checks a device's cold-chain keys, adding an error per problem (key and value named).
-pub(crate) fn check(id: &str, device: &DeviceConfig, errors: &mut Vec<crate::config::ConfigError>) {
-    use crate::config::ConfigError;
+pub(crate) fn check(id: &str, device: &DeviceConfig, errors: &mut Vec<crate::error::ConfigError>) {
+    use crate::error::ConfigError;
     let key = |k: &str| format!("devices.{id}.{k}");
     let Some(limits) = Limits::of(device) else {
         for (name, set) in [

@@ -1,6 +1,5 @@
 //! Turning TOML into [`Config`] and checking it, collecting every error with its key and value.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,85 +10,7 @@ use super::{
     OutboxConfig,
 };
 
-/// One problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Dotted key (`enroll.listen`), or the section (`enroll`) when serde only knew that much,
-    /// or empty for a problem with the file as a whole.
-    pub key: String,
-    /// The offending value as written, when there is one.
-    pub value: Option<String>,
-    /// What is wrong and what is expected.
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(
-        key: impl Into<String>,
-        value: impl fmt::Display,
-        message: impl Into<String>,
-    ) -> Self {
-        ConfigError {
-            key: key.into(),
-            value: Some(value.to_string()),
-            message: message.into(),
-        }
-    }
-
-    fn section(key: &str, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.to_owned(),
-            value: None,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn file(message: String) -> Self {
-        ConfigError {
-            key: String::new(),
-            value: None,
-            message,
-        }
-    }
-
-    pub(crate) fn syntax(e: &toml::de::Error) -> Self {
-        ConfigError::file(format!("invalid TOML: {}", e.to_string().trim_end()))
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&*self.key, &self.value) {
-            ("", _) => f.write_str(&self.message),
-            (key, Some(value)) => write!(f, "{key} = {value}: {}", self.message),
-            (key, None) => write!(f, "{key}: {}", self.message),
-        }
-    }
-}
-
-/// Every problem found in a config file; never empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl ConfigErrors {
-    pub(crate) fn single(e: ConfigError) -> Self {
-        ConfigErrors(vec![e])
-    }
-}
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+pub use crate::error::{ConfigError, ConfigErrors};
 
 fn section<T: DeserializeOwned>(
     table: &mut toml::Table,

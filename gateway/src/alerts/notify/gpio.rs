@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::alerts::config::{GpioBackend, GpioConfig};
-use crate::config::{ConfigError, ConfigErrors};
+use crate::error::{ConfigError, ConfigErrors};
 use crate::error::{Error, Result};
 
 /// The logical state of the outputs.
