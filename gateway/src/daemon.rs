@@ -120,7 +120,24 @@ impl Gateway {
             refusals.clone(),
         )
         .await?;
-        let refusal_log = refusal_log.with_flags(alerts_handle.clone());
+        let (flags, mut raised) = tokio::sync::mpsc::channel::<crate::audit::RefusalFlag>(16);
+        let refusal_log = refusal_log.with_flags(flags);
+        {
+            // The refusal log's flags become alerts; it does not know the alert monitor.
+            let alerts = alerts_handle.clone();
+            tokio::spawn(async move {
+                while let Some(flag) = raised.recv().await {
+                    alerts
+                        .flag(
+                            &flag.device,
+                            flag.flag,
+                            crate::coldchain::Severity::Warning,
+                            flag.detail,
+                        )
+                        .await;
+                }
+            });
+        }
         let policy =
             PolicyHandle::load(config.gateway.policy_file.as_deref()).map_err(|errors| {
                 crate::Error::Invalid(format!("the policy does not load:\n{errors}"))
@@ -153,9 +170,7 @@ impl Gateway {
         };
         let metrics = MetricsServer::build(
             config.metrics.listen,
-            outbox.clone(),
-            uplink_status,
-            clock.clone(),
+            health_probe(&outbox, uplink_status, &clock),
         )
         .await?;
         let addresses = vec![
@@ -423,4 +438,30 @@ pub async fn run(config: Config, clock: SharedClock) -> Result<()> {
     gateway.run(shutdown).await;
     tracing::info!("rxgate stopped.");
     Ok(())
+}
+
+/// What `/health` and `/metrics` read at each scrape: the outbox's depth and age, the uplink's
+/// state and whether the clock is synchronised.
+fn health_probe(
+    outbox: &Outbox,
+    uplink: crate::uplink::Status,
+    clock: &SharedClock,
+) -> crate::metrics::HealthProbe {
+    let (outbox, clock) = (outbox.clone(), clock.clone());
+    std::sync::Arc::new(move || {
+        let depth = outbox.depth().unwrap_or_default();
+        let now_ms = clock.now().unix_timestamp_nanos() / 1_000_000;
+        let age = depth.oldest_ms.map_or(0.0, |oldest| {
+            ((now_ms - i128::from(oldest)).max(0) as f64) / 1000.0
+        });
+        let state = uplink.get();
+        crate::metrics::Health {
+            uplink: state.as_str(),
+            uplink_connected: state == crate::uplink::State::Connected,
+            outbox_records: depth.records,
+            outbox_bytes: depth.bytes,
+            outbox_oldest_age_seconds: age,
+            clock_synced: clock.synced(),
+        }
+    })
 }

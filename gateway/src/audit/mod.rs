@@ -52,7 +52,7 @@ pub use checkpoint::{Checkpoint, Signer};
 pub use keeper::{
     AuditConfig, AuditKeeper, MIN_RETENTION, PruneHold, checkpoints_topic, prune_cutoff,
 };
-pub use refusals::{Refusal, RefusalLog, Refusals};
+pub use refusals::{Refusal, RefusalFlag, RefusalLog, Refusals};
 
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_meta");

@@ -55,16 +55,10 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    /// Counts the refusal in the metrics and queues it for the audit trail. If the queue is full
-    /// (a flood), the refusal is only counted.
+    /// Counts the refusal in the metrics and queues it for the audit trail and the log, which
+    /// get the same folded entries: a flood of one kind costs the journal about as few lines as
+    /// the trail entries. If the queue is full (a flood), the refusal is only counted.
     pub fn record(&self, refusal: Refusal) {
-        tracing::info!(
-            device = refusal.device.as_deref().unwrap_or("-"),
-            source = ?refusal.source,
-            class = refusal.class,
-            reason = %refusal.reason,
-            "Refused."
-        );
         crate::metrics::refused(refusal.class);
         if self.tx.try_send(refusal).is_err() {
             crate::metrics::refused("audit_queue_full");
@@ -77,9 +71,9 @@ pub struct RefusalLog {
     rx: mpsc::Receiver<Refusal>,
     store: Store,
     clock: SharedClock,
-    flags: Option<crate::alerts::AlertsHandle>,
-    /// Refused connections per source: window start, count, flagged in this window.
-    sources: std::collections::HashMap<IpAddr, (tokio::time::Instant, u32, bool)>,
+    flags: Option<mpsc::Sender<RefusalFlag>>,
+    /// Refused connections of the device listener in the current [`REPEAT_WINDOW`].
+    connections: Option<ConnectionWindow>,
     /// Every kind of refusal seen within its [`SUMMARY_EVERY`] window.
     recent: std::collections::HashMap<FoldKey, Recent>,
 }
@@ -103,15 +97,17 @@ impl RefusalLog {
                 store,
                 clock,
                 flags: None,
-                sources: std::collections::HashMap::new(),
+                connections: None,
                 recent: std::collections::HashMap::new(),
             },
         )
     }
 
-    /// Raises `repeated_refused_connections` through `flags` when one source is refused
-    /// [`REPEAT_THRESHOLD`] times within [`REPEAT_WINDOW`].
-    pub fn with_flags(mut self, flags: crate::alerts::AlertsHandle) -> Self {
+    /// Raises `repeated_refused_connections` on `flags` when some source (an IPv4 address, or
+    /// an IPv6 /64, which one host can fill with addresses) has [`REPEAT_THRESHOLD`] connections
+    /// refused within [`REPEAT_WINDOW`]: once per window for the whole listener, counting every
+    /// source refused in it, so a thousand addresses raise one flag, not a thousand.
+    pub fn with_flags(mut self, flags: mpsc::Sender<RefusalFlag>) -> Self {
         self.flags = Some(flags);
         self
     }
@@ -123,35 +119,17 @@ impl RefusalLog {
             return;
         };
         let now = tokio::time::Instant::now();
-        if self.sources.len() > 4096 {
-            self.sources
-                .retain(|_, (start, _, _)| now.duration_since(*start) < REPEAT_WINDOW);
-        }
-        let entry = self.sources.entry(source).or_insert((now, 0, false));
-        if now.duration_since(entry.0) >= REPEAT_WINDOW {
-            *entry = (now, 0, false);
-        }
-        entry.1 += 1;
-        if entry.1 >= REPEAT_THRESHOLD && !entry.2 {
-            entry.2 = true;
-            // A connection refused before it named a device is the gateway's own business; the
-            // source address is in the detail.
-            let device = refusal
-                .device
-                .clone()
-                .unwrap_or_else(|| "gateway".to_owned());
-            flags
-                .flag(
-                    &device,
-                    "repeated_refused_connections",
-                    crate::coldchain::Severity::Warning,
-                    serde_json::json!({
-                        "source": source.to_string(),
-                        "refused": entry.1,
-                        "within_s": REPEAT_WINDOW.as_secs(),
-                        "last_reason": refusal.reason,
-                    }),
-                )
+        let window = match &mut self.connections {
+            Some(window) if now.duration_since(window.since) < REPEAT_WINDOW => window,
+            slot => slot.insert(ConnectionWindow::new(now)),
+        };
+        if let Some(detail) = window.count(source_key(source), &refusal.reason) {
+            let _ = flags
+                .send(RefusalFlag {
+                    device: "gateway".to_owned(),
+                    flag: "repeated_refused_connections",
+                    detail,
+                })
                 .await;
         }
     }
@@ -241,6 +219,18 @@ impl RefusalLog {
         if batch.is_empty() {
             return;
         }
+        for entry in &batch {
+            let refusal = &entry.refusal;
+            tracing::info!(
+                device = refusal.device.as_deref().unwrap_or("-"),
+                source = ?refusal.source,
+                class = refusal.class,
+                count = entry.count,
+                summary = entry.summary_since.is_some(),
+                reason = %refusal.reason,
+                "Refused."
+            );
+        }
         let store = self.store.clone();
         let clock = self.clock.clone();
         let result = tokio::task::spawn_blocking(move || {
@@ -288,6 +278,91 @@ impl RefusalLog {
             Ok(Err(e)) => tracing::error!(error = %e, "Cannot write refusals to the audit trail."),
             Err(e) => tracing::error!(error = %e, "Refusal log task failed."),
         }
+    }
+}
+
+/// A flag the refusal log raises, for the alert monitor (the daemon forwards it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusalFlag {
+    pub device: String,
+    pub flag: &'static str,
+    pub detail: serde_json::Value,
+}
+
+/// Sources whose refusals are counted within one window; beyond it, refusals are counted together.
+const WINDOW_SOURCES: usize = 4096;
+/// Sources named in a flag's detail, most refused first.
+const NAMED_SOURCES: usize = 10;
+
+/// The device listener's refused connections within one [`REPEAT_WINDOW`].
+struct ConnectionWindow {
+    since: tokio::time::Instant,
+    per_source: std::collections::HashMap<String, u32>,
+    /// Refusals from sources beyond [`WINDOW_SOURCES`].
+    others: u32,
+    refused: u32,
+    flagged: bool,
+}
+
+impl ConnectionWindow {
+    fn new(since: tokio::time::Instant) -> Self {
+        ConnectionWindow {
+            since,
+            per_source: std::collections::HashMap::new(),
+            others: 0,
+            refused: 0,
+            flagged: false,
+        }
+    }
+
+    /// Counts one refusal from `source`; the flag's detail when this one makes the window loud.
+    fn count(&mut self, source: String, last_reason: &str) -> Option<serde_json::Value> {
+        self.refused += 1;
+        let from_source =
+            if self.per_source.contains_key(&source) || self.per_source.len() < WINDOW_SOURCES {
+                let n = self.per_source.entry(source).or_insert(0);
+                *n += 1;
+                *n
+            } else {
+                self.others += 1;
+                self.others
+            };
+        // One loud source (a device retrying with a revoked certificate), or many quiet ones
+        // together (a scan from a range of addresses).
+        let loud = from_source >= REPEAT_THRESHOLD || self.refused >= REPEAT_THRESHOLD * 10;
+        if self.flagged || !loud {
+            return None;
+        }
+        self.flagged = true;
+        let mut loudest: Vec<(&String, &u32)> = self.per_source.iter().collect();
+        loudest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let named: Vec<serde_json::Value> = loudest
+            .into_iter()
+            .take(NAMED_SOURCES)
+            .map(|(source, n)| serde_json::json!({"source": source, "refused": n}))
+            .collect();
+        Some(serde_json::json!({
+            "listener": "mqtt",
+            "sources": self.per_source.len() + usize::from(self.others > 0),
+            "refused": self.refused,
+            "within_s": REPEAT_WINDOW.as_secs(),
+            "loudest": named,
+            "last_reason": last_reason,
+        }))
+    }
+}
+
+/// A refusal's source as counted for flags: an IPv4 address, or an IPv6 address's /64.
+fn source_key(source: IpAddr) -> String {
+    match source {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -364,46 +439,97 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn repeated_refused_connections_from_one_source_raise_one_flag() {
+    /// Runs a refusal log over `refusals` (sent before it starts) and returns the flags it raised.
+    async fn flags_of(refusals: Vec<Refusal>) -> Vec<RefusalFlag> {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("s.redb")).unwrap();
         let clock = crate::clock::ManualClock::new(time::OffsetDateTime::UNIX_EPOCH, true);
-        let (refusals, log) = RefusalLog::new(store, clock);
-        let (handle, mut commands) = crate::alerts::AlertsHandle::channel(16);
-        let log = log.with_flags(handle);
-        let source: IpAddr = "192.0.2.7".parse().unwrap();
-        for _ in 0..(REPEAT_THRESHOLD * 2) {
-            refusals.record(Refusal {
-                kind: Kind::ConnectionRefused,
-                device: None,
-                source: Some(source),
-                class: "tls_handshake",
-                reason: "TLS handshake failed: unknown issuer".to_owned(),
-            });
+        let (handle, log) = RefusalLog::new(store, clock);
+        let (tx, mut rx) = mpsc::channel(16);
+        let log = log.with_flags(tx);
+        for refusal in refusals {
+            handle.record(refusal);
         }
         let shutdown = CancellationToken::new();
         shutdown.cancel();
-        let task = tokio::spawn(log.run(shutdown));
-        let flag = commands.recv().await.expect("a flag");
-        let crate::alerts::monitor::Command::Flag {
-            device,
-            flag,
-            detail,
-            ..
-        } = flag
-        else {
-            panic!("expected a flag");
-        };
-        assert_eq!(flag, "repeated_refused_connections");
-        assert_eq!(device, "gateway");
-        assert_eq!(detail["source"], "192.0.2.7");
-        assert_eq!(detail["refused"], REPEAT_THRESHOLD);
-        task.await.unwrap();
-        assert!(
-            commands.try_recv().is_err(),
-            "one flag per window, not one per refusal"
+        log.run(shutdown).await;
+        let mut flags = Vec::new();
+        while let Ok(flag) = rx.try_recv() {
+            flags.push(flag);
+        }
+        flags
+    }
+
+    fn refused_connection(source: &str) -> Refusal {
+        Refusal {
+            kind: Kind::ConnectionRefused,
+            device: None,
+            source: Some(source.parse().unwrap()),
+            class: "tls_handshake",
+            reason: "TLS handshake failed: unknown issuer".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_refused_connections_from_one_source_raise_one_flag() {
+        let flags = flags_of(vec![
+            refused_connection("192.0.2.7");
+            REPEAT_THRESHOLD as usize * 2
+        ])
+        .await;
+        assert_eq!(
+            flags.len(),
+            1,
+            "one flag per window, not one per refusal: {flags:?}"
         );
+        let flag = &flags[0];
+        assert_eq!(flag.flag, "repeated_refused_connections");
+        assert_eq!(flag.device, "gateway");
+        assert_eq!(flag.detail["listener"], "mqtt");
+        assert_eq!(flag.detail["sources"], 1);
+        assert_eq!(flag.detail["refused"], REPEAT_THRESHOLD);
+        assert_eq!(flag.detail["loudest"][0]["source"], "192.0.2.7");
+    }
+
+    #[tokio::test]
+    async fn twenty_loud_addresses_raise_one_flag_for_the_listener() {
+        let mut refusals = Vec::new();
+        for round in 0..REPEAT_THRESHOLD {
+            for host in 1..=20 {
+                let _ = round;
+                refusals.push(refused_connection(&format!("192.0.2.{host}")));
+            }
+        }
+        let flags = flags_of(refusals).await;
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!(flags[0].detail["sources"], 20);
+    }
+
+    #[tokio::test]
+    async fn ipv6_addresses_of_one_64_count_as_one_source() {
+        // A host given a /64 has 2^64 addresses: each refused only once, they still add up.
+        let refusals: Vec<Refusal> = (1..=REPEAT_THRESHOLD)
+            .map(|i| refused_connection(&format!("2001:db8:1:2::{i:x}")))
+            .collect();
+        let flags = flags_of(refusals).await;
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!(flags[0].detail["sources"], 1);
+        assert_eq!(flags[0].detail["loudest"][0]["source"], "2001:db8:1:2::/64");
+        // Addresses in different /64s, each refused once, are quiet.
+        let quiet: Vec<Refusal> = (1..=REPEAT_THRESHOLD)
+            .map(|i| refused_connection(&format!("2001:db8:{i:x}::1")))
+            .collect();
+        assert!(flags_of(quiet).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn many_quiet_sources_together_raise_the_flag() {
+        let refusals: Vec<Refusal> = (0..REPEAT_THRESHOLD * 10)
+            .map(|i| refused_connection(&format!("10.{}.{}.1", i / 250, i % 250)))
+            .collect();
+        let flags = flags_of(refusals).await;
+        assert_eq!(flags.len(), 1, "{flags:?}");
+        assert_eq!(flags[0].detail["sources"], REPEAT_THRESHOLD * 10);
     }
 
     #[tokio::test]

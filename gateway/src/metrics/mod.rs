@@ -22,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::outbox::Outbox;
-use crate::uplink::{self, State as UplinkState};
 
 const MESSAGES_IN: &str = "rxgate_messages_in_total";
 const MESSAGES_OUT: &str = "rxgate_messages_out_total";
@@ -101,12 +99,8 @@ pub fn device_online(delta: f64) {
     gauge!(DEVICES_ONLINE).increment(delta);
 }
 
-pub fn uplink_state(state: UplinkState) {
-    gauge!(UPLINK_CONNECTED).set(if state == UplinkState::Connected {
-        1.0
-    } else {
-        0.0
-    });
+pub fn uplink_connected(connected: bool) {
+    gauge!(UPLINK_CONNECTED).set(if connected { 1.0 } else { 0.0 });
 }
 
 pub fn uplink_disconnect() {
@@ -147,12 +141,22 @@ pub const MAX_CONNECTIONS: usize = 16;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
-#[derive(Clone)]
-struct Scrape {
-    outbox: Outbox,
-    uplink: uplink::Status,
-    clock: crate::clock::SharedClock,
+/// What the gateway's components publish for `/metrics` and `/health`, read at each scrape: the
+/// daemon builds it from the outbox, the uplink and the clock, so this module imports none of
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    /// The uplink's state (`connected`, `backoff`, ...).
+    pub uplink: &'static str,
+    pub uplink_connected: bool,
+    pub outbox_records: u64,
+    pub outbox_bytes: u64,
+    pub outbox_oldest_age_seconds: f64,
+    pub clock_synced: bool,
 }
+
+/// Reads the gateway's [`Health`]; may block briefly (it is called off the async workers).
+pub type HealthProbe = Arc<dyn Fn() -> Health + Send + Sync>;
 
 /// The metrics and health endpoint, bound.
 pub struct MetricsServer {
@@ -161,12 +165,7 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    pub async fn build(
-        listen: SocketAddr,
-        outbox: Outbox,
-        uplink: uplink::Status,
-        clock: crate::clock::SharedClock,
-    ) -> Result<Self> {
+    pub async fn build(listen: SocketAddr, probe: HealthProbe) -> Result<Self> {
         handle();
         let listener = TcpListener::bind(listen)
             .await
@@ -178,11 +177,7 @@ impl MetricsServer {
         let router = Router::new()
             .route("/metrics", get(metrics))
             .route("/health", get(health))
-            .with_state(Scrape {
-                outbox,
-                uplink,
-                clock,
-            });
+            .with_state(probe);
         Ok(MetricsServer { listener, router })
     }
 
@@ -241,28 +236,18 @@ impl MetricsServer {
     }
 }
 
-fn depth(scrape: &Scrape) -> (u64, u64, f64) {
-    let Ok(depth) = scrape.outbox.depth() else {
-        return (0, 0, 0.0);
-    };
-    let now_ms = scrape.clock.now().unix_timestamp_nanos() / 1_000_000;
-    let age = depth.oldest_ms.map_or(0.0, |oldest| {
-        ((now_ms - i128::from(oldest)).max(0) as f64) / 1000.0
-    });
-    (depth.records, depth.bytes, age)
+async fn probe(probe: &HealthProbe) -> Option<Health> {
+    let probe = probe.clone();
+    tokio::task::spawn_blocking(move || probe()).await.ok()
 }
 
-async fn metrics(State(scrape): State<Scrape>) -> Response {
-    let (records, bytes, age) = tokio::task::spawn_blocking({
-        let scrape = scrape.clone();
-        move || depth(&scrape)
-    })
-    .await
-    .unwrap_or((0, 0, 0.0));
-    gauge!(OUTBOX_RECORDS).set(records as f64);
-    gauge!(OUTBOX_BYTES).set(bytes as f64);
-    gauge!(OUTBOX_AGE).set(age);
-    uplink_state(scrape.uplink.get());
+async fn metrics(State(health): State<HealthProbe>) -> Response {
+    if let Some(health) = probe(&health).await {
+        gauge!(OUTBOX_RECORDS).set(health.outbox_records as f64);
+        gauge!(OUTBOX_BYTES).set(health.outbox_bytes as f64);
+        gauge!(OUTBOX_AGE).set(health.outbox_oldest_age_seconds);
+        uplink_connected(health.uplink_connected);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -271,20 +256,17 @@ async fn metrics(State(scrape): State<Scrape>) -> Response {
         .into_response()
 }
 
-async fn health(State(scrape): State<Scrape>) -> Response {
-    let (records, _, age) = tokio::task::spawn_blocking({
-        let scrape = scrape.clone();
-        move || depth(&scrape)
-    })
-    .await
-    .unwrap_or((0, 0, 0.0));
+async fn health(State(health): State<HealthProbe>) -> Response {
+    let Some(health) = probe(&health).await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the health probe failed").into_response();
+    };
     axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "uplink": scrape.uplink.get().as_str(),
-        "outbox_depth": records,
-        "outbox_oldest_age_seconds": age,
-        "clock_synced": scrape.clock.synced(),
+        "uplink": health.uplink,
+        "outbox_depth": health.outbox_records,
+        "outbox_oldest_age_seconds": health.outbox_oldest_age_seconds,
+        "clock_synced": health.clock_synced,
     }))
     .into_response()
 }
@@ -293,12 +275,12 @@ const GPIO_OUTPUT: &str = "rxgate_gpio_output";
 
 /// The GPIO outputs as they are now set: `rxgate_gpio_output{output="buzzer|relay|led"}` is 1
 /// while the output is on.
-pub fn gpio_outputs(outputs: &crate::alerts::notify::gpio::Outputs) {
+pub fn gpio_outputs(outputs: impl IntoIterator<Item = (&'static str, bool)>) {
     describe_gauge!(
         GPIO_OUTPUT,
         "1 while the alarm output (buzzer, relay, led) is on."
     );
-    for (output, on) in outputs.each() {
+    for (output, on) in outputs {
         gauge!(GPIO_OUTPUT, "output" => output).set(if on { 1.0 } else { 0.0 });
     }
 }

@@ -76,7 +76,7 @@ impl Status {
 
     fn set(&self, state: State) {
         self.0.store(state as u8, Ordering::Relaxed);
-        crate::metrics::uplink_state(state);
+        crate::metrics::uplink_connected(state == State::Connected);
     }
 }
 

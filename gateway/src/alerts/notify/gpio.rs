@@ -60,7 +60,7 @@ pub struct RecordingSignals {
 
 impl RecordingSignals {
     pub fn new() -> RecordingSignals {
-        crate::metrics::gpio_outputs(&Outputs::default());
+        crate::metrics::gpio_outputs(Outputs::default().each());
         RecordingSignals::default()
     }
 
@@ -81,7 +81,7 @@ impl Signals for RecordingSignals {
             log_changes(state.0, outputs);
             state.0 = outputs;
             state.1.push(outputs);
-            crate::metrics::gpio_outputs(&outputs);
+            crate::metrics::gpio_outputs(outputs.each());
         }
         Ok(())
     }
@@ -269,7 +269,7 @@ mod pi {
             for (output, pin, active_low) in config.wired() {
                 tracing::info!(output, pin, active_low, "GPIO output ready.");
             }
-            crate::metrics::gpio_outputs(&Outputs::default());
+            crate::metrics::gpio_outputs(Outputs::default().each());
             Ok(PiSignals {
                 state: Mutex::new(State {
                     current: Outputs::default(),
@@ -305,7 +305,7 @@ mod pi {
                 led.drive(outputs.led);
             }
             state.current = outputs;
-            crate::metrics::gpio_outputs(&outputs);
+            crate::metrics::gpio_outputs(outputs.each());
             Ok(())
         }
 
