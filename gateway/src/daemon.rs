@@ -81,7 +81,7 @@ impl Gateway {
         );
         let floor_keeper = FloorKeeper::new(store.clone(), floor.clone());
         let clock: SharedClock = floor;
-        let pki = GatewayPki::load(config, clock.as_ref())?;
+        let pki = GatewayPki::load(&config.pki(), clock.as_ref())?;
         let registry = Registry::new(store.clone(), clock.clone());
         let outbox = Outbox::open(
             store.clone(),
@@ -149,7 +149,8 @@ impl Gateway {
             broker.take_policy_link(),
         );
         let modbus = ModbusPoller::build(
-            config,
+            &config.gateway.site,
+            &config.devices,
             ingest.clone(),
             Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
         )?;

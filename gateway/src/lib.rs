@@ -14,6 +14,7 @@ pub mod coldchain;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod devices;
 pub mod enroll;
 pub mod error;
 pub mod logging;

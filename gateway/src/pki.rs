@@ -11,7 +11,6 @@ use time::OffsetDateTime;
 
 use crate::audit::{self, Kind, Record};
 use crate::clock::{Clock, ExpiryReference};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::paths::{DataPaths, create_private_dir, write_atomic};
 use crate::store::Store;
@@ -45,9 +44,21 @@ fn read(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(Error::io("cannot read", path))
 }
 
+/// What the gateway's PKI is told by the config (`Config::pki`).
+#[derive(Debug, Clone)]
+pub struct PkiSettings {
+    pub paths: DataPaths,
+    /// `[gateway].site`, named in a generated CA's subject.
+    pub site: String,
+    /// `[gateway].server_names`, beyond `localhost` and `127.0.0.1`.
+    pub server_names: Vec<String>,
+    /// `[enroll].server_cert_validity`.
+    pub server_cert_validity: Duration,
+}
+
 /// `rxgate init`: creates `data_dir` (0700), the CA, the server certificate and the store.
-pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result<InitReport> {
-    let paths = config.paths();
+pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> Result<InitReport> {
+    let paths = config.paths.clone();
     if options.ca_cert.is_some() != options.ca_key.is_some() {
         return Err(Error::Invalid(
             "--ca-cert and --ca-key go together".to_owned(),
@@ -79,7 +90,7 @@ pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result
             let chain = options.ca_chain.as_deref().map(read).transpose()?;
             CertificateAuthority::from_pem(&read(cert)?, &read(key)?, chain.as_deref())?
         }
-        _ => CertificateAuthority::generate(&format!("rxgate CA {}", config.gateway.site), now)?,
+        _ => CertificateAuthority::generate(&format!("rxgate CA {}", config.site), now)?,
     };
     write_atomic(&paths.ca_key(), ca.key_pem().as_bytes(), PRIVATE)
         .map_err(Error::io("cannot write", paths.ca_key()))?;
@@ -97,7 +108,7 @@ pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result
             .map_err(Error::io("cannot write", paths.ca_chain()))?;
     }
     let names = server_names(config);
-    issue_server_cert(&paths, &ca, &names, config.enroll.server_cert_validity, now)?;
+    issue_server_cert(&paths, &ca, &names, config.server_cert_validity, now)?;
     // Kept across --force: a new key would give every patient a new pseudonym.
     pseudonym_key(&paths)?;
 
@@ -126,9 +137,9 @@ pub fn init(config: &Config, options: &InitOptions, clock: &dyn Clock) -> Result
 }
 
 /// The names in the server certificate: `localhost`, `127.0.0.1`, then `[gateway].server_names`.
-pub fn server_names(config: &Config) -> Vec<String> {
+pub fn server_names(config: &PkiSettings) -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    for name in &config.gateway.server_names {
+    for name in &config.server_names {
         if !names.contains(name) {
             names.push(name.clone());
         }
@@ -163,8 +174,8 @@ impl GatewayPki {
     /// Loads the CA and server certificate, re-issuing the server certificate first when it is
     /// missing, lacks a configured name, or has less than a tenth of its lifetime left. On an
     /// unsynchronised clock only expiry before the time floor counts (`clock::floor`).
-    pub fn load(config: &Config, clock: &dyn Clock) -> Result<GatewayPki> {
-        let paths = config.paths();
+    pub fn load(config: &PkiSettings, clock: &dyn Clock) -> Result<GatewayPki> {
+        let paths = config.paths.clone();
         for required in [paths.ca_cert(), paths.ca_key()] {
             if !required.exists() {
                 return Err(Error::NotInitialised { missing: required });
@@ -182,7 +193,7 @@ impl GatewayPki {
             chain.as_deref(),
         )?;
         let names = server_names(config);
-        let validity = config.enroll.server_cert_validity;
+        let validity = config.server_cert_validity;
         if let Some(reason) = server_cert_needs_renewal(&paths, &names, validity, clock) {
             tracing::info!(reason, "Issuing a new server certificate.");
             issue_server_cert(&paths, &ca, &names, validity, clock.now())?;

@@ -36,8 +36,8 @@ impl Running {
 
     fn start_with(config: &Config, tls: Option<ModbusTlsIdentity>) -> Running {
         let (ingest, rx) = Ingest::channel(8, Arc::new(SystemClock));
-        let poller =
-            ModbusPoller::build(config, ingest, tls).unwrap_or_else(|e| panic!("build: {e}"));
+        let poller = ModbusPoller::build(&config.gateway.site, &config.devices, ingest, tls)
+            .unwrap_or_else(|e| panic!("build: {e}"));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(poller.run(shutdown.clone()));
         Running { rx, shutdown, task }
@@ -765,7 +765,8 @@ async fn build_refuses_an_invalid_device_naming_its_key() {
     .expect("device");
     config.devices.insert("fridge-01".into(), device);
     let (ingest, _rx) = Ingest::channel(1, Arc::new(SystemClock));
-    let err = ModbusPoller::build(&config, ingest, None).expect_err("no address");
+    let err = ModbusPoller::build(&config.gateway.site, &config.devices, ingest, None)
+        .expect_err("no address");
     assert!(
         err.to_string().contains("devices.fridge-01.address"),
         "{err}"
@@ -778,6 +779,7 @@ async fn build_refuses_a_tls_device_without_the_gateway_identity() {
         "[devices.fridge-01]\ntransport = \"tls\"\naddress = \"127.0.0.1\"\nmodel = \"devices/acme-fr400.toml\"\n",
     );
     let (ingest, _rx) = Ingest::channel(1, Arc::new(SystemClock));
-    let err = ModbusPoller::build(&config, ingest, None).expect_err("no identity");
+    let err = ModbusPoller::build(&config.gateway.site, &config.devices, ingest, None)
+        .expect_err("no identity");
     assert!(err.to_string().contains("TLS identity"), "{err}");
 }

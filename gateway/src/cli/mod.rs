@@ -309,7 +309,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ca_chain,
             };
             let clock = crate::clock::system(config.gateway.assume_clock_synced);
-            let report = pki::init(&config, &options, clock.as_ref())?;
+            let report = pki::init(&config.pki(), &options, clock.as_ref())?;
             output::init(&report);
             Ok(ExitCode::SUCCESS)
         }

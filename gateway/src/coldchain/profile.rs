@@ -2,43 +2,17 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use crate::devices::DeviceConfig;
 
-use crate::config::DeviceConfig;
+pub use crate::devices::Profile;
 
-/// Storage classes with their allowed ranges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Profile {
-    /// Refrigerated vaccines and most fridge medicines: 2–8 °C. At or below 0 °C is an alarm at
-    /// once: freezing destroys vaccines.
-    Refrigerator,
-    /// Frozen: −50 to −15 °C.
-    Freezer,
-    /// Ultra-cold: −90 to −60 °C.
-    UltraCold,
-    /// Controlled room temperature: 20–25 °C.
-    Room,
-}
-
-impl Profile {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Profile::Refrigerator => "refrigerator",
-            Profile::Freezer => "freezer",
-            Profile::UltraCold => "ultra-cold",
-            Profile::Room => "room",
-        }
-    }
-
-    /// (low, high, critical low, critical high, probe min, probe max)
-    fn defaults(self) -> (f64, f64, Option<f64>, Option<f64>, f64, f64) {
-        match self {
-            Profile::Refrigerator => (2.0, 8.0, Some(0.0), None, -40.0, 60.0),
-            Profile::Freezer => (-50.0, -15.0, None, Some(-5.0), -90.0, 60.0),
-            Profile::UltraCold => (-90.0, -60.0, None, Some(-40.0), -120.0, 60.0),
-            Profile::Room => (20.0, 25.0, None, None, -40.0, 80.0),
-        }
+/// (low, high, critical low, critical high, probe min, probe max) of a profile.
+fn defaults(profile: Profile) -> (f64, f64, Option<f64>, Option<f64>, f64, f64) {
+    match profile {
+        Profile::Refrigerator => (2.0, 8.0, Some(0.0), None, -40.0, 60.0),
+        Profile::Freezer => (-50.0, -15.0, None, Some(-5.0), -90.0, 60.0),
+        Profile::UltraCold => (-90.0, -60.0, None, Some(-40.0), -120.0, 60.0),
+        Profile::Room => (20.0, 25.0, None, None, -40.0, 80.0),
     }
 }
 
@@ -75,7 +49,7 @@ impl Limits {
     /// The limits of a device with a `profile`; `None` when it is not monitored.
     pub fn of(device: &DeviceConfig) -> Option<Limits> {
         let profile = device.profile?;
-        let (low, high, critical_low, critical_high, probe_min, probe_max) = profile.defaults();
+        let (low, high, critical_low, critical_high, probe_min, probe_max) = defaults(profile);
         Some(Limits {
             profile,
             low: device.low.unwrap_or(low),

@@ -5,7 +5,6 @@
 //! config file itself ([`Config::load`]). [`Config::check`] collects *every* problem, each naming
 //! its key and the offending value, so `rxgate config check` can print them all at once.
 
-mod devices;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,10 +16,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::metrics::MetricsConfig;
-pub use devices::{
+pub use crate::devices::{
     DataType, DeviceConfig, Function, ModelFile, Parity, RegisterConfig, Transport, WordOrder,
 };
+pub use crate::metrics::MetricsConfig;
 pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint, notices};
 
 /// Where the CLI looks for the config when `--config` is not given.
@@ -347,6 +346,16 @@ impl Config {
     /// The file layout under `data_dir`.
     pub fn paths(&self) -> crate::paths::DataPaths {
         crate::paths::DataPaths::new(&self.gateway.data_dir)
+    }
+
+    /// What the PKI needs of this config.
+    pub fn pki(&self) -> crate::pki::PkiSettings {
+        crate::pki::PkiSettings {
+            paths: self.paths(),
+            site: self.gateway.site.clone(),
+            server_names: self.gateway.server_names.clone(),
+            server_cert_validity: self.enroll.server_cert_validity,
+        }
     }
 
     /// A config for a gateway on loopback with ephemeral ports under `data_dir`: what `rxgate

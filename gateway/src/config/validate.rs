@@ -300,10 +300,10 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         ));
     }
     for (id, device) in &config.devices {
-        super::devices::check_device(id, device, &mut errors);
+        crate::devices::check_device(id, device, &mut errors);
         crate::coldchain::profile::check(id, device, &mut errors);
     }
-    super::devices::check_serial_buses(&config.devices, &mut errors);
+    crate::devices::check_serial_buses(&config.devices, &mut errors);
     let metrics = &config.metrics;
     if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
         errors.push(ConfigError::new(

@@ -147,7 +147,7 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
         "smtp_url = \"smtp://{smtp}\"\nfrom = \"rxgate {SITE} <rxgate@pharmacy.example>\"\nto = [\"duty-pharmacist@pharmacy.example\"]\n"
     ))?);
     config.check()?;
-    let report = pki::init(&config, &InitOptions::default(), clock.as_ref())?;
+    let report = pki::init(&config.pki(), &InitOptions::default(), clock.as_ref())?;
     println!(
         "  gateway CA created: {} ({})",
         report.ca_subject,

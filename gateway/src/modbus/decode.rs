@@ -1,6 +1,6 @@
 //! From raw registers to values: pure functions, no I/O.
 
-use crate::config::{DataType, Function, RegisterConfig, WordOrder};
+use crate::devices::{DataType, Function, RegisterConfig, WordOrder};
 use crate::message::Value;
 
 /// One point of a device's register map, checked and ready to decode.

@@ -22,7 +22,7 @@ use tokio_modbus::client::Context;
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
 use crate::clock::SharedClock;
-use crate::config::{DeviceConfig, Parity};
+use crate::devices::{DeviceConfig, Parity};
 use crate::error::{Error, Result};
 
 /// How one TCP or TLS device is reached.

@@ -53,7 +53,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigErrors, DeviceConfig, Transport};
+use crate::devices::{DeviceConfig, Transport};
+use crate::error::ConfigErrors;
 use crate::error::{Error, Result};
 use crate::message::Ingest;
 
@@ -101,22 +102,23 @@ impl ModbusPoller {
     /// Checks every polled device (as `rxgate config check` does), loads model files and plans
     /// the reads. Opens no connection. `tls` is required when a device uses `transport = "tls"`.
     pub fn build(
-        config: &Config,
+        site: &str,
+        inventory: &BTreeMap<String, DeviceConfig>,
         ingest: Ingest,
         tls: Option<ModbusTlsIdentity>,
     ) -> Result<ModbusPoller> {
         let mut errors = Vec::new();
-        for (id, device) in config.devices.iter().filter(|(_, d)| d.is_modbus()) {
+        for (id, device) in inventory.iter().filter(|(_, d)| d.is_modbus()) {
             device.check(id, &mut errors);
         }
-        DeviceConfig::check_buses(&config.devices, &mut errors);
+        DeviceConfig::check_buses(inventory, &mut errors);
         if !errors.is_empty() {
             return Err(Error::Config(ConfigErrors(errors)));
         }
 
         let mut devices = Vec::new();
         let mut buses: BTreeMap<PathBuf, (SerialLine, Vec<Device>)> = BTreeMap::new();
-        for (id, config_device) in &config.devices {
+        for (id, config_device) in inventory {
             let Some(transport) = config_device.transport else {
                 continue;
             };
@@ -134,14 +136,7 @@ impl ModbusPoller {
                                  the gateway's TLS identity"
                             ))
                         })?;
-                        link::tls_link(
-                            id,
-                            &config.gateway.site,
-                            config_device,
-                            &host,
-                            port,
-                            identity,
-                        )?
+                        link::tls_link(id, site, config_device, &host, port, identity)?
                     } else {
                         Link::Tcp { host, port }
                     };

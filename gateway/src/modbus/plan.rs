@@ -7,7 +7,7 @@
 //! that spans a register they do not implement; the poller then splits that request into one
 //! per point ([`split`]) and keeps the split for the rest of the run.
 
-use crate::config::Function;
+use crate::devices::Function;
 
 use super::decode::PointSpec;
 
@@ -88,7 +88,7 @@ pub fn split(request: &ReadRequest, points: &[PointSpec]) -> Vec<ReadRequest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DataType, WordOrder};
+    use crate::devices::{DataType, WordOrder};
 
     fn point(name: &str, function: Function, address: u16, data_type: DataType) -> PointSpec {
         PointSpec {

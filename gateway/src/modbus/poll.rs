@@ -13,7 +13,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::Function;
+use crate::devices::Function;
 use crate::message::{Ingest, Intake, Point, Quality, Reading, Value};
 
 use super::decode::{PointSpec, Raw, decode_point};
@@ -642,7 +642,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
-    use crate::config::{DataType, WordOrder};
+    use crate::devices::{DataType, WordOrder};
 
     fn point(name: &str, address: u16, data_type: DataType) -> PointSpec {
         PointSpec {

@@ -1,9 +1,13 @@
-//! `[devices.<id>]`: per-device settings. A device with a `transport` is polled over Modbus; a
+//! `[devices.<id>]`: what the pharmacy says about each device, shared by the Modbus poller
+//! (transport and register map) and the cold-chain monitor (profile and limits). Below both:
+//! it imports neither.
+//!
+//! Per-device settings. A device with a `transport` is polled over Modbus; a
 //! device without one speaks MQTT and needs no keys here unless it has cold-chain settings.
 //!
 //! A Modbus device's register map is its model file (`model`, see `config/devices/`) followed by
 //! its inline `registers`. [`check_device`] checks one device, reading its model file; the
-//! poller (`crate::modbus`) runs the same check in its `build`, so it never polls a map that
+//! Modbus poller runs the same check in its `build`, so it never polls a map that
 //! `rxgate config check` would refuse.
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::validate::ConfigError;
+use crate::error::ConfigError;
 
 /// One device's section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,7 +85,7 @@ pub struct DeviceConfig {
     // --- Cold chain ---------------------------------------------------------------------------
     /// Temperature profile: `refrigerator` (2–8 °C), `freezer` (−50 to −15 °C), `ultra-cold`
     /// (−90 to −60 °C) or `room` (20–25 °C). Absent: the device is not monitored.
-    pub profile: Option<crate::coldchain::Profile>,
+    pub profile: Option<Profile>,
     /// Lowest allowed temperature, °C (default: the profile's).
     pub low: Option<f64>,
     /// Highest allowed temperature, °C (default: the profile's).
@@ -120,6 +124,32 @@ pub struct DeviceConfig {
     /// depends on the profile, e.g. −40 to 60 °C for a refrigerator).
     pub probe_min: Option<f64>,
     pub probe_max: Option<f64>,
+}
+
+/// Storage classes with their allowed ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Refrigerated vaccines and most fridge medicines: 2–8 °C. At or below 0 °C is an alarm at
+    /// once: freezing destroys vaccines.
+    Refrigerator,
+    /// Frozen: −50 to −15 °C.
+    Freezer,
+    /// Ultra-cold: −90 to −60 °C.
+    UltraCold,
+    /// Controlled room temperature: 20–25 °C.
+    Room,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Refrigerator => "refrigerator",
+            Profile::Freezer => "freezer",
+            Profile::UltraCold => "ultra-cold",
+            Profile::Room => "room",
+        }
+    }
 }
 
 /// How a Modbus device is reached.
