@@ -105,10 +105,17 @@ impl Gateway {
             &config.gateway.site,
             config.audit.clone(),
         );
-        let queue = NotifyQueue::open(store.clone(), alerts::configured_channels(config))?;
+        let queue = NotifyQueue::open(store.clone(), alerts::configured_channels(&config.alerts))?;
         let signals = alerts::notify::gpio::build(config.alerts.gpio.as_ref())?;
-        let (monitor, alerts_handle, observations) =
-            Monitor::build(config, store.clone(), clock.clone(), queue.clone(), signals)?;
+        let (monitor, alerts_handle, observations) = Monitor::build(
+            &config.gateway.site,
+            &config.devices,
+            &config.alerts,
+            store.clone(),
+            clock.clone(),
+            queue.clone(),
+            signals,
+        )?;
         let pipeline =
             pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
         let enroll = EnrollServer::build(config, registry.clone(), &pki).await?;

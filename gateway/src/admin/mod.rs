@@ -186,7 +186,7 @@ impl Context {
             default_token_ttl: config.enroll.token_ttl,
             listeners: Vec::new(),
             running: false,
-            alert_channels: crate::alerts::configured_channels(config),
+            alert_channels: crate::alerts::configured_channels(&config.alerts),
             alerts: None,
             policy: None,
             ca_der: crate::tls::load_certs(&config.paths().ca_cert())

@@ -14,15 +14,15 @@ pub use monitor::{AlertsHandle, Monitor, Observation};
 pub use queue::{Channel, NotifyQueue};
 pub use record::{Alert, AlertState, Event, Notification};
 
-/// The notification channels `config` asks for: the cloud (through the outbox, so alerts wait
+/// The notification channels `[alerts]` asks for: the cloud (through the outbox, so alerts wait
 /// there while no `[cloud]` is configured) and the local broker always, e-mail and webhook when
 /// configured.
-pub fn configured_channels(config: &crate::config::Config) -> Vec<Channel> {
+pub fn configured_channels(config: &AlertsConfig) -> Vec<Channel> {
     let mut channels = vec![Channel::Cloud, Channel::Local];
-    if config.alerts.email.is_some() {
+    if config.email.is_some() {
         channels.push(Channel::Email);
     }
-    if config.alerts.webhook.is_some() {
+    if config.webhook.is_some() {
         channels.push(Channel::Webhook);
     }
     channels

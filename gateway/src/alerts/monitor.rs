@@ -1,8 +1,11 @@
-//! The monitor task: steps each monitored device's cold-chain engine on its readings and at its
-//! deadlines, turns the engine's changes into alerts, excursion records and daily statistics,
-//! queues notifications durably, drives the GPIO outputs, and escalates alerts nobody
-//! acknowledges. It is the only writer of alerts while the daemon runs; acknowledgements reach
-//! it as [`Command`]s.
+//! The alert task: turns the cold-chain task's [`Update`]s into alerts and stores them with the
+//! excursion records, daily statistics and engine state they came with (one transaction each),
+//! queues notifications durably, raises access and security flags, drives the GPIO outputs,
+//! escalates alerts nobody acknowledges and records acknowledgements. It is the only writer of
+//! alerts while the daemon runs; acknowledgements and flags reach it as [`Command`]s.
+//!
+//! [`Monitor`] is the two tasks together: the cold-chain task (`coldchain::monitor`) judges
+//! readings, this one acts on what it finds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,30 +16,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::history::{self, Bucket};
+use super::history;
 use super::notify::gpio::{Outputs, Signals};
 use super::queue::{Channel, NotifyQueue};
 use super::record::{Alert, AlertState, Event, Notification};
 use crate::audit::{self, Kind, Record};
 use crate::clock::SharedClock;
-use crate::coldchain::{self, AlertKind, Change, Input, Limits, Severity, State};
-use crate::config::Config;
+pub use crate::coldchain::monitor::Observation;
+use crate::coldchain::monitor::{ColdChain, Update};
+use crate::coldchain::{AlertKind, Change, Limits, Severity, State, history as coldchain_history};
+use crate::devices::DeviceConfig;
 use crate::error::{Error, Result};
-use crate::message::{Point, Quality, Value};
 use crate::store::Store;
-
-/// How often buckets, engine states and the day's statistics are written even without news.
-const FLUSH_EVERY: Duration = Duration::from_secs(60);
-/// Readings waiting for the monitor, at most (the pipeline waits beyond it).
-pub const OBSERVATIONS_QUEUE: usize = 1024;
-
-/// A telemetry reading accepted by the pipeline.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    pub device: String,
-    pub at: OffsetDateTime,
-    pub points: BTreeMap<String, Point>,
-}
 
 /// Requests to the monitor.
 #[derive(Debug)]
@@ -210,67 +201,46 @@ fn notification(
     }
 }
 
-/// The running monitor.
+/// The cold-chain task and the alert task, built together.
 pub struct Monitor {
-    store: Store,
-    clock: SharedClock,
-    site: String,
-    limits: HashMap<String, Limits>,
-    states: HashMap<String, State>,
-    buckets: HashMap<String, Bucket>,
-    /// Alerts not yet resolved, by id.
-    open: HashMap<Uuid, Alert>,
-    queue: NotifyQueue,
-    signals: Arc<dyn Signals>,
-    escalate_after: Duration,
-    flag_digest_every: Duration,
-    observations: mpsc::Receiver<Observation>,
-    commands: mpsc::Receiver<Command>,
+    coldchain: ColdChain,
+    alerts: AlertTask,
 }
 
 impl Monitor {
     /// Loads what was persisted (engine states, open alerts) and sets the outputs accordingly,
-    /// so an alarm sounding before a restart sounds again after it.
+    /// so an alarm sounding before a restart sounds again after it. `devices` with a cold-chain
+    /// profile are monitored.
     pub fn build(
-        config: &Config,
+        site: &str,
+        devices: &BTreeMap<String, DeviceConfig>,
+        config: &super::AlertsConfig,
         store: Store,
         clock: SharedClock,
         queue: NotifyQueue,
         signals: Arc<dyn Signals>,
     ) -> Result<(Monitor, AlertsHandle, mpsc::Sender<Observation>)> {
-        let limits: HashMap<String, Limits> = config
-            .devices
-            .iter()
-            .filter_map(|(id, device)| Limits::of(device).map(|l| (id.clone(), l)))
-            .collect();
-        let states = history::states(&store)?
-            .into_iter()
-            .filter(|(device, _)| limits.contains_key(device))
-            .collect();
+        let (coldchain, observe_tx, updates) = ColdChain::build(devices, &store, clock.clone())?;
         let open = history::open_alerts(&store)?
             .into_iter()
             .map(|a| (a.id, a))
             .collect();
-        let (observe_tx, observations) = mpsc::channel(OBSERVATIONS_QUEUE);
         let (command_tx, commands) = mpsc::channel(64);
-        let monitor = Monitor {
+        let alerts = AlertTask {
             store,
             clock,
-            site: config.gateway.site.clone(),
-            limits,
-            states,
-            buckets: HashMap::new(),
+            site: site.to_owned(),
             open,
             queue,
             signals,
-            escalate_after: config.alerts.escalate_after,
-            flag_digest_every: config.alerts.flag_digest_every,
-            observations,
+            escalate_after: config.escalate_after,
+            flag_digest_every: config.flag_digest_every,
+            updates,
             commands,
         };
-        monitor.drive_outputs();
+        alerts.drive_outputs();
         Ok((
-            monitor,
+            Monitor { coldchain, alerts },
             AlertsHandle {
                 commands: command_tx,
             },
@@ -280,126 +250,105 @@ impl Monitor {
 
     /// Devices under cold-chain monitoring.
     pub fn monitored(&self) -> Vec<String> {
-        self.limits.keys().cloned().collect()
+        self.coldchain.monitored()
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        flush.tick().await;
+    /// Runs both tasks until `shutdown`; the alert task stores every update the cold-chain
+    /// task sent before it stopped.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tokio::join!(
+            self.coldchain.run(shutdown.clone()),
+            self.alerts.run(shutdown)
+        );
+    }
+}
+
+/// The running alert task.
+struct AlertTask {
+    store: Store,
+    clock: SharedClock,
+    site: String,
+    /// Alerts not yet resolved, by id.
+    open: HashMap<Uuid, Alert>,
+    queue: NotifyQueue,
+    signals: Arc<dyn Signals>,
+    escalate_after: Duration,
+    flag_digest_every: Duration,
+    updates: mpsc::Receiver<Update>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl AlertTask {
+    async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            let wait = self.next_deadline().map(|deadline| {
+            let wait = self.next_escalation().map(|deadline| {
                 let left = (deadline - self.clock.now()).max(time::Duration::ZERO);
                 Duration::try_from(left).unwrap_or(Duration::ZERO)
             });
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(observation) = self.observations.recv() => self.observe(observation),
+                update = self.updates.recv() => match update {
+                    Some(update) => self.update(update),
+                    None => break,
+                },
                 Some(command) = self.commands.recv() => self.command(command),
-                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => self.tick(),
-                _ = flush.tick() => self.flush(),
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => self.escalate(self.clock.now()),
             }
         }
-        while let Ok(observation) = self.observations.try_recv() {
-            self.observe(observation);
+        // The cold-chain task sends what it still holds, then closes the channel.
+        while let Some(update) = self.updates.recv().await {
+            self.update(update);
         }
-        self.flush();
     }
 
-    fn next_deadline(&self) -> Option<OffsetDateTime> {
-        let engine = self
-            .states
-            .iter()
-            .filter_map(|(device, state)| coldchain::next_deadline(state, self.limits.get(device)?))
-            .min();
-        let escalation = self
-            .open
+    fn next_escalation(&self) -> Option<OffsetDateTime> {
+        self.open
             .values()
             .filter(|a| matches!(a.state, AlertState::Raised | AlertState::Notified))
             .map(|a| a.raised_at + self.escalate_after)
-            .min();
-        [engine, escalation].into_iter().flatten().min()
+            .min()
     }
 
-    fn observe(&mut self, observation: Observation) {
-        let Some(limits) = self.limits.get(&observation.device).cloned() else {
-            return;
-        };
-        let good = |name: &str| {
-            observation
-                .points
-                .get(name)
-                .filter(|p| p.quality == Quality::Good)
-                .and_then(|p| p.value)
-        };
-        let temperature = match good(&limits.point) {
-            Some(Value::Number(t)) => Some(t),
-            _ => None,
-        };
-        let door_open = match good(&limits.door_point) {
-            Some(Value::Bool(open)) => Some(open),
-            Some(Value::Number(n)) => Some(n != 0.0),
-            None => None,
-        };
-        if let Some(t) = temperature
-            .filter(|t| t.is_finite() && (limits.probe_min..=limits.probe_max).contains(t))
-        {
-            let start = history::bucket_start(observation.at);
-            match self.buckets.get_mut(&observation.device) {
-                Some(bucket) if bucket.start == start => bucket.add(t),
-                _ => {
-                    if let Some(done) = self
-                        .buckets
-                        .insert(observation.device.clone(), Bucket::new(start, t))
-                    {
-                        self.write(|txn| history::save_bucket(txn, &observation.device, &done));
+    fn update(&mut self, update: Update) {
+        match update {
+            Update::Changed {
+                device,
+                at,
+                limits,
+                changes,
+                state,
+            } => self.apply(&device, changes, at, &limits, &state),
+            Update::Bucket { device, bucket } => {
+                self.write(|txn| coldchain_history::save_bucket(txn, &device, &bucket));
+            }
+            Update::Flush { states, buckets } => {
+                self.write(|txn| {
+                    for (device, state) in &states {
+                        coldchain_history::save_state(txn, device, state)?;
+                        if let Some(day) = &state.day {
+                            coldchain_history::save_day(txn, device, day)?;
+                        }
                     }
-                }
+                    for (device, bucket) in &buckets {
+                        coldchain_history::save_bucket(txn, device, bucket)?;
+                    }
+                    Ok(())
+                });
             }
         }
-        self.step(
-            &observation.device,
-            Input::Reading {
-                temperature,
-                door_open,
-            },
-            observation.at,
-            &limits,
-        );
     }
 
-    fn tick(&mut self) {
-        let now = self.clock.now();
-        let due: Vec<(String, Limits)> = self
-            .states
-            .iter()
-            .filter_map(|(device, state)| {
-                let limits = self.limits.get(device)?;
-                coldchain::next_deadline(state, limits)
-                    .filter(|d| *d <= now)
-                    .map(|_| (device.clone(), limits.clone()))
-            })
-            .collect();
-        for (device, limits) in due {
-            self.step(&device, Input::Tick, now, &limits);
-        }
-        self.escalate(now);
-    }
-
-    fn step(&mut self, device: &str, input: Input, now: OffsetDateTime, limits: &Limits) {
-        let state = self.states.remove(device).unwrap_or_default();
-        let (state, changes) = coldchain::step(state, input, now, limits);
-        let important = !changes.is_empty();
-        self.states.insert(device.to_owned(), state);
-        if important {
-            self.apply(device, changes, now, limits);
-        }
-    }
-
-    /// Turns engine changes into stored alerts and queued notifications, in one transaction.
-    fn apply(&mut self, device: &str, changes: Vec<Change>, now: OffsetDateTime, limits: &Limits) {
+    /// Turns engine changes into stored alerts and queued notifications, in one transaction
+    /// with the engine's new state.
+    fn apply(
+        &mut self,
+        device: &str,
+        changes: Vec<Change>,
+        now: OffsetDateTime,
+        limits: &Limits,
+        state: &State,
+    ) {
         let synced = self.clock.synced();
-        let state = self.states.get(device).cloned().unwrap_or_default();
         let mut updated: Vec<Alert> = Vec::new();
         let mut notifications: Vec<Notification> = Vec::new();
         let mut excursions = Vec::new();
@@ -505,15 +454,15 @@ impl Monitor {
                 queue.enqueue(txn, notification)?;
             }
             for record in &excursions {
-                history::save_excursion(txn, device, record)?;
+                coldchain_history::save_excursion(txn, device, record)?;
             }
             for day in &days {
-                history::save_day(txn, device, day)?;
+                coldchain_history::save_day(txn, device, day)?;
             }
             if !days.is_empty() {
-                history::prune(txn, now)?;
+                coldchain_history::prune(txn, now)?;
             }
-            history::save_state(txn, device, &state)
+            coldchain_history::save_state(txn, device, state)
         });
         if written {
             self.queue.wake();
@@ -774,24 +723,6 @@ impl Monitor {
         if let Err(e) = self.signals.set(outputs) {
             tracing::error!(error = %e, "Cannot drive the GPIO outputs.");
         }
-    }
-
-    /// Writes buckets, engine states and the days in progress.
-    fn flush(&mut self) {
-        let states = self.states.clone();
-        let buckets = self.buckets.clone();
-        self.write(|txn| {
-            for (device, state) in &states {
-                history::save_state(txn, device, state)?;
-                if let Some(day) = &state.day {
-                    history::save_day(txn, device, day)?;
-                }
-            }
-            for (device, bucket) in &buckets {
-                history::save_bucket(txn, device, bucket)?;
-            }
-            Ok(())
-        });
     }
 
     /// Runs a store write; a failure is logged (the monitor keeps running on what it holds).

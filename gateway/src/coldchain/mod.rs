@@ -2,7 +2,9 @@
 //! keeping excursion records and the daily minimum and maximum per device.
 
 pub mod engine;
+pub mod history;
 pub mod mkt;
+pub mod monitor;
 pub mod profile;
 
 pub use engine::{

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::alerts::monitor::Observation;
+use crate::coldchain::monitor::Observation;
 use crate::message::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
 use crate::message::{Accepted, Intake, Refused, Submission};
 use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};

@@ -6,7 +6,7 @@ mod svg;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime, Time};
 
-use crate::alerts::history;
+use crate::coldchain::history;
 use crate::coldchain::{DailyStats, ExcursionRecord, Limits};
 use crate::error::{Error, Result};
 use crate::store::Store;

@@ -3,7 +3,7 @@ use std::time::Duration;
 use time::macros::{date, datetime};
 
 use super::*;
-use crate::alerts::history::{self, Bucket};
+use crate::coldchain::history::{self, Bucket};
 use crate::coldchain::{self, Change, Input};
 
 /// Readings every 10 minutes for three days: 4–6 °C, with an excursion to 11 °C on the

@@ -8,7 +8,8 @@ use time::macros::datetime;
 use super::*;
 use crate::alerts::notify::gpio::RecordingSignals;
 use crate::clock::TokioClock;
-use crate::message::Point;
+use crate::config::Config;
+use crate::message::{Point, Value};
 
 const T0: OffsetDateTime = datetime!(2026-05-01 08:00 UTC);
 
@@ -44,8 +45,11 @@ fn start_on(dir: tempfile::TempDir, store: Store) -> Fixture {
     let clock: SharedClock = TokioClock::new(T0);
     let signals = Arc::new(RecordingSignals::new());
     let queue = NotifyQueue::open(store.clone(), vec![Channel::Cloud, Channel::Email]).unwrap();
+    let config = config();
     let (monitor, handle, observe) = Monitor::build(
-        &config(),
+        &config.gateway.site,
+        &config.devices,
+        &config.alerts,
         store.clone(),
         clock.clone(),
         queue.clone(),
@@ -235,7 +239,7 @@ async fn a_restart_mid_excursion_gives_one_alert_and_one_continuous_excursion_re
     let alerts = f.alerts();
     assert_eq!(alerts.len(), 1, "not raised twice: {alerts:?}");
     assert!(!alerts[0].active);
-    let records = history::excursions(
+    let records = crate::coldchain::history::excursions(
         &f.store,
         "fridge-01",
         T0 - time::Duration::days(1),

@@ -1,0 +1,241 @@
+//! The cold-chain task: readings in, alert changes out.
+//!
+//! It steps each monitored device's engine on the readings the pipeline accepted
+//! ([`Observation`]) and at the engine's deadlines, keeps the five-minute buckets of the
+//! temperature history, and sends what must be kept as [`Update`]s on a bounded channel to the
+//! alert task (`alerts::monitor`). It writes nothing itself: the alert task stores each update
+//! in one transaction with the alerts it raises, so an engine state is never durable without
+//! its alert, and updates are stored in the order they were made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::history::{self, Bucket};
+use super::{Change, Input, Limits, State};
+use crate::clock::SharedClock;
+use crate::devices::DeviceConfig;
+use crate::error::Result;
+use crate::message::{Point, Quality, Value};
+use crate::store::Store;
+
+/// How often buckets, engine states and the day's statistics are written even without news.
+const FLUSH_EVERY: Duration = Duration::from_secs(60);
+/// Readings waiting for the task, at most (the pipeline waits beyond it).
+pub const OBSERVATIONS_QUEUE: usize = 1024;
+/// Updates waiting for the alert task, at most (the cold-chain task waits beyond it).
+pub const UPDATES_QUEUE: usize = 256;
+
+/// A telemetry reading accepted by the pipeline.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub device: String,
+    pub at: OffsetDateTime,
+    pub points: BTreeMap<String, Point>,
+}
+
+/// What the cold-chain task hands the alert task to act on and store.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A device's engine changed: alerts to raise, worsen or clear, an excursion record or a
+    /// closed day; stored with the engine's new `state`.
+    Changed {
+        device: String,
+        at: OffsetDateTime,
+        limits: Box<Limits>,
+        changes: Vec<Change>,
+        state: Box<State>,
+    },
+    /// A five-minute bucket of the temperature history is complete.
+    Bucket { device: String, bucket: Bucket },
+    /// Every engine state and bucket in progress, written periodically and at shutdown.
+    Flush {
+        states: Vec<(String, State)>,
+        buckets: Vec<(String, Bucket)>,
+    },
+}
+
+/// The running cold-chain task.
+pub struct ColdChain {
+    clock: SharedClock,
+    limits: HashMap<String, Limits>,
+    states: HashMap<String, State>,
+    buckets: HashMap<String, Bucket>,
+    observations: mpsc::Receiver<Observation>,
+    updates: mpsc::Sender<Update>,
+}
+
+impl ColdChain {
+    /// Judges the devices of `devices` that have a cold-chain profile, from the engine states
+    /// persisted in `store`. Returns the task, where readings go, and where its updates come out.
+    pub fn build(
+        devices: &BTreeMap<String, DeviceConfig>,
+        store: &Store,
+        clock: SharedClock,
+    ) -> Result<(ColdChain, mpsc::Sender<Observation>, mpsc::Receiver<Update>)> {
+        let limits: HashMap<String, Limits> = devices
+            .iter()
+            .filter_map(|(id, device)| Limits::of(device).map(|l| (id.clone(), l)))
+            .collect();
+        let states = history::states(store)?
+            .into_iter()
+            .filter(|(device, _)| limits.contains_key(device))
+            .collect();
+        let (observe_tx, observations) = mpsc::channel(OBSERVATIONS_QUEUE);
+        let (updates, updates_rx) = mpsc::channel(UPDATES_QUEUE);
+        Ok((
+            ColdChain {
+                clock,
+                limits,
+                states,
+                buckets: HashMap::new(),
+                observations,
+                updates,
+            },
+            observe_tx,
+            updates_rx,
+        ))
+    }
+
+    /// Devices under cold-chain monitoring.
+    pub fn monitored(&self) -> Vec<String> {
+        self.limits.keys().cloned().collect()
+    }
+
+    /// Runs until `shutdown`, then judges the readings already queued, sends a last flush and
+    /// closes its updates channel.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        flush.tick().await;
+        loop {
+            let wait = self.next_deadline().map(|deadline| {
+                let left = (deadline - self.clock.now()).max(time::Duration::ZERO);
+                Duration::try_from(left).unwrap_or(Duration::ZERO)
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(observation) = self.observations.recv() => self.observe(observation).await,
+                _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => self.tick().await,
+                _ = flush.tick() => self.flush().await,
+            }
+        }
+        while let Ok(observation) = self.observations.try_recv() {
+            self.observe(observation).await;
+        }
+        self.flush().await;
+    }
+
+    fn next_deadline(&self) -> Option<OffsetDateTime> {
+        self.states
+            .iter()
+            .filter_map(|(device, state)| super::next_deadline(state, self.limits.get(device)?))
+            .min()
+    }
+
+    async fn send(&self, update: Update) {
+        if self.updates.send(update).await.is_err() {
+            tracing::error!("The alert task has stopped: a cold-chain update is not stored.");
+        }
+    }
+
+    async fn observe(&mut self, observation: Observation) {
+        let Some(limits) = self.limits.get(&observation.device).cloned() else {
+            return;
+        };
+        let good = |name: &str| {
+            observation
+                .points
+                .get(name)
+                .filter(|p| p.quality == Quality::Good)
+                .and_then(|p| p.value)
+        };
+        let temperature = match good(&limits.point) {
+            Some(Value::Number(t)) => Some(t),
+            _ => None,
+        };
+        let door_open = match good(&limits.door_point) {
+            Some(Value::Bool(open)) => Some(open),
+            Some(Value::Number(n)) => Some(n != 0.0),
+            None => None,
+        };
+        if let Some(t) = temperature
+            .filter(|t| t.is_finite() && (limits.probe_min..=limits.probe_max).contains(t))
+        {
+            let start = history::bucket_start(observation.at);
+            match self.buckets.get_mut(&observation.device) {
+                Some(bucket) if bucket.start == start => bucket.add(t),
+                _ => {
+                    if let Some(done) = self
+                        .buckets
+                        .insert(observation.device.clone(), Bucket::new(start, t))
+                    {
+                        self.send(Update::Bucket {
+                            device: observation.device.clone(),
+                            bucket: done,
+                        })
+                        .await;
+                    }
+                }
+            }
+        }
+        self.step(
+            &observation.device,
+            Input::Reading {
+                temperature,
+                door_open,
+            },
+            observation.at,
+            &limits,
+        )
+        .await;
+    }
+
+    async fn tick(&mut self) {
+        let now = self.clock.now();
+        let due: Vec<(String, Limits)> = self
+            .states
+            .iter()
+            .filter_map(|(device, state)| {
+                let limits = self.limits.get(device)?;
+                super::next_deadline(state, limits)
+                    .filter(|d| *d <= now)
+                    .map(|_| (device.clone(), limits.clone()))
+            })
+            .collect();
+        for (device, limits) in due {
+            self.step(&device, Input::Tick, now, &limits).await;
+        }
+    }
+
+    async fn step(&mut self, device: &str, input: Input, now: OffsetDateTime, limits: &Limits) {
+        let state = self.states.remove(device).unwrap_or_default();
+        let (state, changes) = super::step(state, input, now, limits);
+        self.states.insert(device.to_owned(), state.clone());
+        if !changes.is_empty() {
+            self.send(Update::Changed {
+                device: device.to_owned(),
+                at: now,
+                limits: Box::new(limits.clone()),
+                changes,
+                state: Box::new(state),
+            })
+            .await;
+        }
+    }
+
+    async fn flush(&mut self) {
+        self.send(Update::Flush {
+            states: self
+                .states
+                .iter()
+                .map(|(d, s)| (d.clone(), s.clone()))
+                .collect(),
+            buckets: self.buckets.iter().map(|(d, b)| (d.clone(), *b)).collect(),
+        })
+        .await;
+    }
+}
