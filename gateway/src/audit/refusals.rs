@@ -280,8 +280,7 @@ impl RefusalLog {
                         }
                         None => "unknown".to_owned(),
                     };
-                    let mut record = Record::new(refusal.kind, actor)
-                    .detail(detail);
+                    let mut record = Record::new(refusal.kind, actor).detail(detail);
                     if let Some(device) = refusal.device {
                         record = record.device(device);
                     }

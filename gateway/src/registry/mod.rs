@@ -391,13 +391,16 @@ impl Registry {
                 })),
                 // The gateway's time, never earlier than the floor: a clock thrown back by a
                 // power cut cannot reopen a grace that has passed.
-                CertStatus::Superseded if cert.superseded_until.is_none_or(|until| until <= now) => {
+                CertStatus::Superseded
+                    if cert.superseded_until.is_none_or(|until| until <= now) =>
+                {
                     Ok(Err(CertRefusal::Superseded {
                         device: cert.device,
                         serial: cert.serial,
-                        until: cert
-                            .superseded_until
-                            .map_or_else(|| "before this gateway version".to_owned(), crate::clock::rfc3339),
+                        until: cert.superseded_until.map_or_else(
+                            || "before this gateway version".to_owned(),
+                            crate::clock::rfc3339,
+                        ),
                     }))
                 }
                 CertStatus::Superseded | CertStatus::Current => Ok(Ok(())),
@@ -550,7 +553,8 @@ impl Registry {
             record.serial = Some(issued.serial.clone());
             record.not_after = Some(issued.not_after);
             record.last_seen = Some(now);
-            txn.open_table(DEVICES)?.insert(device, to_json(&record).as_slice())?;
+            txn.open_table(DEVICES)?
+                .insert(device, to_json(&record).as_slice())?;
             self.audit(
                 txn,
                 actor.record(Kind::DeviceRenewed).device(device).detail(serde_json::json!({

@@ -133,7 +133,14 @@ fn a_source_with_five_wrong_secrets_is_locked_out_but_another_source_still_enrol
     let secret = f.token("fridge-1");
     let attempt = |secret: &str, source: IpAddr| {
         f.registry
-            .enroll("fridge-1", secret, &csr("fridge-1"), &f.ca, &policy(), source)
+            .enroll(
+                "fridge-1",
+                secret,
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                source,
+            )
             .unwrap()
     };
     for n in 1..=5 {
@@ -152,7 +159,10 @@ fn a_source_with_five_wrong_secrets_is_locked_out_but_another_source_still_enrol
         })
     ));
     let token = &f.registry.tokens().unwrap()[0];
-    assert_eq!((token.state.as_str(), token.failed_attempts), ("pending", 5));
+    assert_eq!(
+        (token.state.as_str(), token.failed_attempts),
+        ("pending", 5)
+    );
     assert!(attempt(&secret, SOURCE).is_ok());
 }
 
@@ -161,11 +171,23 @@ fn a_lockout_ends_after_failed_lockout_and_the_source_gets_a_fresh_allowance() {
     let f = fixture();
     let (_, secret) = f
         .registry
-        .create_token("fridge-1", "fridge", Duration::from_secs(3600), &Actor::cli())
+        .create_token(
+            "fridge-1",
+            "fridge",
+            Duration::from_secs(3600),
+            &Actor::cli(),
+        )
         .unwrap();
     let attempt = |secret: &str| {
         f.registry
-            .enroll("fridge-1", secret, &csr("fridge-1"), &f.ca, &policy(), STRANGER)
+            .enroll(
+                "fridge-1",
+                secret,
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                STRANGER,
+            )
             .unwrap()
     };
     for _ in 0..5 {
@@ -192,15 +214,29 @@ fn wrong_secrets_from_many_sources_burn_the_token_at_burn_after_failed_and_it_is
         let source = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, n % 5));
         let refusal = f
             .registry
-            .enroll("fridge-1", "rxg_wrong", &csr("fridge-1"), &f.ca, &policy(), source)
+            .enroll(
+                "fridge-1",
+                "rxg_wrong",
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                source,
+            )
             .unwrap()
             .unwrap_err();
         assert_eq!(refusal.class(), "wrong_token");
-        assert_eq!(refusal.to_string().contains("now burnt"), n == 19, "{n}: {refusal}");
+        assert_eq!(
+            refusal.to_string().contains("now burnt"),
+            n == 19,
+            "{n}: {refusal}"
+        );
     }
     assert!(matches!(
         f.enroll("fridge-1", &secret),
-        Err(Refusal::Unauthenticated { class: "token_burnt", .. })
+        Err(Refusal::Unauthenticated {
+            class: "token_burnt",
+            ..
+        })
     ));
     let kinds: Vec<_> = crate::audit::entries(f.registry.store(), 1, 100)
         .unwrap()
@@ -209,7 +245,10 @@ fn wrong_secrets_from_many_sources_burn_the_token_at_burn_after_failed_and_it_is
         .collect();
     assert_eq!(kinds.iter().filter(|k| **k == Kind::TokenBurnt).count(), 1);
     // Refusals go to the folding refusal log from the EST layer, not one entry each here.
-    assert_eq!(kinds.iter().filter(|k| **k == Kind::EnrollRefused).count(), 0);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == Kind::EnrollRefused).count(),
+        0
+    );
 }
 
 #[test]
@@ -308,7 +347,13 @@ fn renewal_issues_a_new_serial_and_the_old_certificate_is_accepted_only_for_the_
     let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
     let renew = |cert: &IssuedCert| {
         f.registry
-            .renew(&f.identity(cert), &csr("fridge-1"), &f.ca, &policy(), SOURCE)
+            .renew(
+                &f.identity(cert),
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                SOURCE,
+            )
             .unwrap()
     };
     let second = renew(&first).unwrap();
@@ -359,7 +404,13 @@ fn with_no_grace_a_superseded_certificate_is_refused_at_once() {
         ..policy()
     };
     f.registry
-        .renew(&f.identity(&first), &csr("fridge-1"), &f.ca, &no_grace, SOURCE)
+        .renew(
+            &f.identity(&first),
+            &csr("fridge-1"),
+            &f.ca,
+            &no_grace,
+            SOURCE,
+        )
         .unwrap()
         .unwrap();
     assert!(matches!(

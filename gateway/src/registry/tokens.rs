@@ -277,11 +277,7 @@ pub(super) fn verify(
 
 /// Keeps `sources` below [`MAX_SOURCES`] before `source` is added: addresses not locked out go
 /// first, fewest failures first.
-fn make_room(
-    sources: &mut BTreeMap<IpAddr, SourceFailures>,
-    source: IpAddr,
-    now: OffsetDateTime,
-) {
+fn make_room(sources: &mut BTreeMap<IpAddr, SourceFailures>, source: IpAddr, now: OffsetDateTime) {
     if sources.len() < MAX_SOURCES || sources.contains_key(&source) {
         return;
     }
