@@ -483,7 +483,13 @@ fn malformed_enrollments_claiming_a_real_device_fold_into_a_few_entries_none_bla
         .iter()
         .filter(|e| e["actor"] == "fridge-01" || e["device"] == "fridge-01")
         .collect();
-    assert!(blamed.is_empty(), "blamed on the fridge: {blamed:?}");
+    assert!(
+        blamed.is_empty(),
+        "{} of {} entries blamed on the fridge, the first: {:?}",
+        blamed.len(),
+        refused.len(),
+        blamed.first()
+    );
     assert!(
         refused.iter().all(|e| e["actor"] == "unauthenticated"
             && e["detail"]["claimed_device"] == "fridge-01"
