@@ -368,3 +368,454 @@ fn one_device_cannot_exhaust_the_gateways_memory_with_retained_messages() {
         Duration::from_secs(10),
     );
 }
+
+/// `<name>.key` and `<name>.csr.b64` (base64 DER PKCS#10, P-256, subject CN `cn`) in `dir`.
+fn csr_b64(dir: &std::path::Path, name: &str, cn: &str) -> std::path::PathBuf {
+    let (key, der) = (format!("{name}.key"), format!("{name}.csr.der"));
+    rxgate_e2e::openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-keyout",
+            &key,
+            "-subj",
+            &format!("/CN={cn}"),
+            "-outform",
+            "DER",
+            "-out",
+            &der,
+        ],
+    );
+    let b64 = dir.join(format!("{name}.csr.b64"));
+    rxgate_e2e::openssl(dir, &["base64", "-in", &der, "-out", b64.to_str().unwrap()]);
+    b64
+}
+
+/// POSTs `body` to EST `endpoint` from the loopback address `source` with extra curl `args`
+/// (credentials, client certificate).
+fn est_post(
+    gw: &Gateway,
+    source: &str,
+    endpoint: &str,
+    args: &[&str],
+    body: &std::path::Path,
+) -> rxgate_e2e::Http {
+    let ca = gw.ca_cert().display().to_string();
+    let data = format!("@{}", body.display());
+    let url = format!("{}/.well-known/est/{endpoint}", gw.est_url());
+    let mut all = vec![
+        "--interface",
+        source,
+        "--cacert",
+        &ca,
+        "-H",
+        "Content-Type: application/pkcs10",
+        "--data-binary",
+        &data,
+    ];
+    all.extend_from_slice(args);
+    all.push(&url);
+    curl(gw.dir.path(), &all)
+}
+
+/// The audit trail of a stopped gateway (the CLI reads the store itself), entries of `kind`.
+fn audit_entries(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
+    let all: serde_json::Value = serde_json::from_str(&gw.cli_ok(&["audit", "export"])).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Finding: each malformed `simpleenroll` wrote one audit entry of its own, with the device id
+/// it merely claimed as the actor: 120 requests, 120 entries blamed on a real fridge. Now such
+/// refusals go to the folding refusal log as `unauthenticated`, the claimed id in the detail:
+/// one entry per second at most, and after ten an hour one summary, every refusal counted.
+#[test]
+fn malformed_enrollments_claiming_a_real_device_fold_into_a_few_entries_none_blamed_on_it() {
+    let mut gw = Gateway::start("[enroll]\nrate_per_minute = 6000\nrate_burst = 200\n");
+    gw.enroll_with_sim("fridge-01", "fridge");
+    std::fs::write(gw.path("bad.b64"), "this is not base64 !!!\n").unwrap();
+    // 120 requests over kept-alive connections: curl's URL glob repeats the request.
+    let started = Instant::now();
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(gw.ca_cert())
+        .args([
+            "-u",
+            "fridge-01:rxg_anything",
+            "-H",
+            "Content-Type: application/pkcs10",
+        ])
+        .args([
+            "--data-binary",
+            "@bad.b64",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+        ])
+        .arg(format!(
+            "{}/.well-known/est/simpleenroll?n=[1-120]",
+            gw.est_url()
+        ))
+        .current_dir(gw.dir.path()));
+    let took = started.elapsed();
+    let statuses = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        statuses.lines().filter(|s| *s == "400").count(),
+        120,
+        "{}",
+        text(&out)
+    );
+    assert!(gw.stop(), "{}", gw.logs());
+
+    let refused = audit_entries(&gw, "enroll.refused");
+    let blamed: Vec<_> = refused
+        .iter()
+        .filter(|e| e["actor"] == "fridge-01" || e["device"] == "fridge-01")
+        .collect();
+    assert!(
+        blamed.is_empty(),
+        "{} of {} entries blamed on the fridge, the first: {:?}",
+        blamed.len(),
+        refused.len(),
+        blamed.first()
+    );
+    assert!(
+        refused.iter().all(|e| e["actor"] == "unauthenticated"
+            && e["detail"]["claimed_device"] == "fridge-01"
+            && e["detail"]["class"] == "bad_csr"
+            && e["source"] == "127.0.0.1"),
+        "{refused:#?}"
+    );
+    let counted: u64 = refused
+        .iter()
+        .map(|e| e["detail"]["count"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(counted, 120, "every refusal counted: {refused:#?}");
+    // One entry per second of the flood, at most ten before the rest is held for one summary.
+    let bound = (took.as_secs() as usize + 2).min(11);
+    assert!(
+        refused.len() <= bound,
+        "{} entries for 120 refusals in {took:?}, more than {bound}",
+        refused.len()
+    );
+}
+
+/// Copies the credentials folder `from` (device.crt, device.key, ca.crt) to `to`.
+fn copy_credentials(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["device.crt", "device.key", "ca.crt"] {
+        std::fs::copy(from.join(name), to.join(name)).unwrap();
+    }
+}
+
+/// Finding: a certificate an earlier renewal had replaced renewed again (200), so a stolen key
+/// outlived the device's own renewal. Now only the newest certificate is accepted once the
+/// replaced one's grace (`[enroll].superseded_grace`) is over, for renewal and on the MQTT
+/// listener alike; within the grace the device may still be switching.
+#[test]
+fn a_certificate_replaced_by_a_renewal_connects_only_within_the_grace_then_is_refused_everywhere() {
+    const GRACE: Duration = Duration::from_secs(4);
+    let gw = Gateway::start("[enroll]\nsuperseded_grace = \"4s\"\n");
+    let current = gw.enroll_with_sim("fridge-01", "fridge");
+    let old = gw.path("old-cert");
+    copy_credentials(&current, &old);
+    let renew = run(Command::new(rxgate_e2e::bin("rxgate-sim"))
+        .args(["renew", "--est", &gw.est_url(), "--dir"])
+        .arg(&current));
+    let renewed_at = Instant::now();
+    assert!(renew.status.success(), "{}", text(&renew));
+    let telemetry = r#"{"points":{"temperature_c":5.0}}"#;
+    let topic = "devices/fridge-01/telemetry";
+
+    let within = gw.mosquitto_pub(&old, "fridge-01", topic, telemetry);
+    assert!(
+        renewed_at.elapsed() < GRACE,
+        "the machine is too slow for this test's grace"
+    );
+    assert!(
+        within.status.success(),
+        "within the grace: {}",
+        text(&within)
+    );
+
+    wait_until(GRACE * 3, "the grace to end", || {
+        (renewed_at.elapsed() > GRACE + Duration::from_millis(300)).then_some(())
+    });
+    let after = gw.mosquitto_pub(&old, "fridge-01", topic, telemetry);
+    assert!(!after.status.success(), "after the grace: {}", text(&after));
+    let csr = csr_b64(gw.dir.path(), "again", "fridge-01");
+    let (cert, key) = (old.join("device.crt"), old.join("device.key"));
+    let refused = est_post(
+        &gw,
+        "127.0.0.1",
+        "simplereenroll",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+        &csr,
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body_text());
+    assert!(
+        refused
+            .body_text()
+            .contains("was replaced by a renewal and is no longer accepted"),
+        "{}",
+        refused.body_text()
+    );
+    // The newest certificate goes on working.
+    let newest = gw.mosquitto_pub(&current, "fridge-01", topic, telemetry);
+    assert!(newest.status.success(), "{}", text(&newest));
+    let trail = wait_until(Duration::from_secs(10), "the refusals recorded", || {
+        let trail = gw.cli_ok(&["audit", "export"]);
+        (trail.contains("certificate_refused") && trail.contains("certificate_superseded"))
+            .then_some(trail)
+    });
+    assert!(trail.contains("replaced by a renewal"), "{trail}");
+}
+
+/// Finding: five wrong guesses from anyone burnt a device's pending token. Now wrong tokens are
+/// counted per source address: the guesser is locked out, the installer elsewhere enrolls.
+#[test]
+fn five_wrong_tokens_from_one_host_do_not_stop_the_installer_at_another_from_enrolling() {
+    let gw = Gateway::start("");
+    let token = gw.token("cab-1", "cabinet");
+    let csr = csr_b64(gw.dir.path(), "cab-1", "cab-1");
+    for guess in 0..6 {
+        let wrong = est_post(
+            &gw,
+            "127.0.0.2",
+            "simpleenroll",
+            &["-u", &format!("cab-1:rxg_guess{guess}")],
+            &csr,
+        );
+        assert_eq!(wrong.status, 401, "{}", wrong.body_text());
+    }
+    // The guesser's address is locked out: even the right token is not looked at from it.
+    let locked = est_post(
+        &gw,
+        "127.0.0.2",
+        "simpleenroll",
+        &["-u", &format!("cab-1:{token}")],
+        &csr,
+    );
+    assert_eq!(locked.status, 401, "{}", locked.body_text());
+    let installer = est_post(
+        &gw,
+        "127.0.0.3",
+        "simpleenroll",
+        &["-u", &format!("cab-1:{token}")],
+        &csr,
+    );
+    assert_eq!(installer.status, 200, "{}", installer.body_text());
+    let tokens: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["token", "list", "--json"])).unwrap();
+    assert_eq!(tokens[0]["state"], "used");
+    // The sixth guess came while its address was locked out: refused without being checked.
+    assert_eq!(tokens[0]["failed_attempts"], 5);
+}
+
+/// Finding: the 401 to `simpleenroll` said whether a token existed, was used or was burnt. Now
+/// every 401 there has the same body; only the audit trail keeps the reason.
+#[test]
+fn every_refused_simpleenroll_gets_the_same_401_body_and_the_audit_trail_keeps_each_reason() {
+    let mut gw = Gateway::start("[enroll]\nmax_failed_attempts = 1\nburn_after_failed = 2\n");
+    let dir = gw.dir.path().to_owned();
+    let csr = |device: &str| csr_b64(&dir, device, device);
+    let basic = |device: &str, token: &str| format!("{device}:{token}");
+    let mut refused: Vec<(&str, rxgate_e2e::Http)> = Vec::new();
+
+    let pending = gw.token("fridge-02", "fridge");
+    let fridge_csr = csr("fridge-02");
+    refused.push((
+        "no credentials",
+        est_post(&gw, "127.0.0.1", "simpleenroll", &[], &fridge_csr),
+    ));
+    refused.push((
+        "malformed credentials",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-H", "Authorization: Basic !!!"],
+            &fridge_csr,
+        ),
+    ));
+    refused.push((
+        "not a device id",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", "../etc:rxg_x"],
+            &fridge_csr,
+        ),
+    ));
+    refused.push((
+        "unknown device",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("ghost-01", "rxg_x")],
+            &csr("ghost-01"),
+        ),
+    ));
+    refused.push((
+        "wrong token",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("fridge-02", "rxg_wrong")],
+            &fridge_csr,
+        ),
+    ));
+    refused.push((
+        "locked-out source",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("fridge-02", &pending)],
+            &fridge_csr,
+        ),
+    ));
+    let burnt_csr = csr("fridge-03");
+    let burnt = gw.token("fridge-03", "fridge");
+    for source in ["127.0.0.4", "127.0.0.5"] {
+        let guess = est_post(
+            &gw,
+            source,
+            "simpleenroll",
+            &["-u", &basic("fridge-03", "rxg_g")],
+            &burnt_csr,
+        );
+        assert_eq!(guess.status, 401, "{}", guess.body_text());
+    }
+    refused.push((
+        "burnt token",
+        est_post(
+            &gw,
+            "127.0.0.6",
+            "simpleenroll",
+            &["-u", &basic("fridge-03", &burnt)],
+            &burnt_csr,
+        ),
+    ));
+    let used_csr = csr("fridge-04");
+    let used = gw.token("fridge-04", "fridge");
+    let first = est_post(
+        &gw,
+        "127.0.0.1",
+        "simpleenroll",
+        &["-u", &basic("fridge-04", &used)],
+        &used_csr,
+    );
+    assert_eq!(first.status, 200, "{}", first.body_text());
+    refused.push((
+        "used token",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("fridge-04", &used)],
+            &used_csr,
+        ),
+    ));
+    let short = gw.cli_ok(&[
+        "token",
+        "create",
+        "--device",
+        "fridge-05",
+        "--kind",
+        "fridge",
+        "--ttl",
+        "1s",
+    ]);
+    let expires = Instant::now() + Duration::from_millis(1100);
+    let short_csr = csr("fridge-05");
+    wait_until(Duration::from_secs(5), "the token to expire", || {
+        (Instant::now() > expires).then_some(())
+    });
+    refused.push((
+        "expired token",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("fridge-05", short.trim())],
+            &short_csr,
+        ),
+    ));
+
+    let (_, reference) = &refused[0];
+    for (case, answer) in &refused {
+        assert_eq!(answer.status, 401, "{case}: {}", answer.body_text());
+        assert_eq!(
+            answer.body,
+            reference.body,
+            "{case}: {:?} differs from {:?}",
+            answer.body_text(),
+            reference.body_text()
+        );
+        assert!(
+            answer.headers.contains("www-authenticate: Basic"),
+            "{case}: {}",
+            answer.headers
+        );
+    }
+    assert!(
+        reference
+            .body_text()
+            .contains("do not match a pending enrollment"),
+        "{}",
+        reference.body_text()
+    );
+
+    assert!(gw.stop(), "{}", gw.logs());
+    let trail = audit_entries(&gw, "enroll.refused");
+    let classes: std::collections::BTreeSet<&str> = trail
+        .iter()
+        .filter(|e| e["actor"] == "unauthenticated")
+        .filter_map(|e| e["detail"]["class"].as_str())
+        .collect();
+    for class in [
+        "malformed_auth",
+        "invalid_device_id",
+        "no_token",
+        "wrong_token",
+        "source_locked_out",
+        "token_burnt",
+        "token_used",
+        "token_expired",
+    ] {
+        assert!(classes.contains(class), "no {class} in {classes:?}");
+    }
+    let reason_of = |claimed: &str, class: &str| {
+        trail
+            .iter()
+            .find(|e| e["detail"]["claimed_device"] == claimed && e["detail"]["class"] == class)
+            .and_then(|e| e["detail"]["reason"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(reason_of("fridge-04", "token_used").contains("already used"));
+    assert!(reason_of("fridge-03", "token_burnt").contains("burnt after 2 failed attempts"));
+    assert!(reason_of("fridge-02", "source_locked_out").contains("127.0.0.1 is locked out"));
+    assert!(reason_of("ghost-01", "no_token").contains("no enrollment token exists"));
+    assert_eq!(audit_entries(&gw, "token.burnt").len(), 1);
+}

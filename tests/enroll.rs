@@ -226,20 +226,13 @@ fn reused_wrong_missing_and_expired_tokens_get_401_and_the_daemon_keeps_serving(
 
     let wrong = device.enroll(&gw, "rxg_not-the-token", &csr);
     assert_eq!(wrong.status, 401, "{}", wrong.body_text());
-    assert!(
-        wrong.body_text().contains("wrong token"),
-        "{}",
-        wrong.body_text()
-    );
+    // Every 401 to simpleenroll has the same body; the reason is in the audit trail only.
+    assert_eq!(wrong.body, missing.body, "{}", wrong.body_text());
 
     assert_eq!(device.enroll(&gw, &token, &csr).status, 200);
     let reused = device.enroll(&gw, &token, &csr);
     assert_eq!(reused.status, 401, "{}", reused.body_text());
-    assert!(
-        reused.body_text().contains("already used"),
-        "{}",
-        reused.body_text()
-    );
+    assert_eq!(reused.body, missing.body, "{}", reused.body_text());
 
     let short = gw.cli_ok(&[
         "token",
@@ -256,18 +249,14 @@ fn reused_wrong_missing_and_expired_tokens_get_401_and_the_daemon_keeps_serving(
     std::thread::sleep(Duration::from_millis(1100));
     let expired = other.enroll(&gw, short.trim(), &other_csr);
     assert_eq!(expired.status, 401, "{}", expired.body_text());
-    assert!(
-        expired.body_text().contains("expired"),
-        "{}",
-        expired.body_text()
-    );
+    assert_eq!(expired.body, missing.body, "{}", expired.body_text());
 
     assert_serving(&mut gw);
 }
 
 #[test]
-fn five_wrong_tokens_burn_the_real_one() {
-    let gw = Gateway::start("");
+fn five_wrong_tokens_from_one_source_lock_it_out_and_burn_after_failed_burns_the_real_one() {
+    let gw = Gateway::start("[enroll]\nburn_after_failed = 5\n");
     let device = Device::new(&gw, "cab-1");
     let csr = device.p256_csr("dev");
     let token = gw.token("cab-1", "cabinet");
@@ -276,7 +265,12 @@ fn five_wrong_tokens_burn_the_real_one() {
     }
     let late = device.enroll(&gw, &token, &csr);
     assert_eq!(late.status, 401);
-    assert!(late.body_text().contains("burnt"), "{}", late.body_text());
+    assert!(
+        late.body_text()
+            .contains("do not match a pending enrollment"),
+        "{}",
+        late.body_text()
+    );
     let tokens: serde_json::Value =
         serde_json::from_str(&gw.cli_ok(&["token", "list", "--json"])).unwrap();
     assert_eq!(tokens[0]["state"], "burnt");
@@ -1001,15 +995,17 @@ fn with_ntp_blocked_after_a_power_cut_a_certificate_expired_before_the_time_floo
     assert_eq!(renewed.status, 200, "{}", renewed.body_text());
 
     // The gateway's own timestamps did not go a month back: the refusal is stamped at the floor.
-    let entries: serde_json::Value =
-        serde_json::from_str(&gw.cli_ok(&["audit", "export", "--from", "2020-01-01"])).unwrap();
-    let refusal = entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|e| e["kind"] == "enroll.refused" && e["device"] == "stolen-01")
-        .unwrap_or_else(|| panic!("no enroll.refused entry: {entries}"));
+    // Refusals reach the audit trail through the refusal log, within a second.
+    let refusal = wait_until(Duration::from_secs(10), "the refusal recorded", || {
+        let entries: serde_json::Value =
+            serde_json::from_str(&gw.cli_ok(&["audit", "export", "--from", "2020-01-01"])).ok()?;
+        entries
+            .as_array()?
+            .iter()
+            .rev()
+            .find(|e| e["kind"] == "enroll.refused" && e["device"] == "stolen-01")
+            .cloned()
+    });
     assert_eq!(refusal["clock_synced"], false, "{refusal}");
     assert!(
         rfc3339(refusal["ts"].as_str().unwrap()) >= floor,

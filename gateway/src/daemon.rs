@@ -118,7 +118,7 @@ impl Gateway {
         )?;
         let pipeline =
             pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
-        let enroll = EnrollServer::build(config, registry.clone(), &pki).await?;
+        let enroll = EnrollServer::build(config, registry.clone(), &pki, refusals.clone()).await?;
         let mut broker = DeviceBroker::build(
             config,
             registry.clone(),

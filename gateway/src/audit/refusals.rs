@@ -46,6 +46,11 @@ pub struct Refusal {
     pub class: &'static str,
     /// The full reason, for people.
     pub reason: String,
+    /// A device id the request named but did not prove (EST `simpleenroll` refused before its
+    /// token was accepted), recorded in the detail as `claimed_device`. Such a refusal, like any
+    /// `enroll.refused` without a `device`, has the actor `unauthenticated`: a stranger's
+    /// requests are never blamed on a real device.
+    pub claimed_device: Option<String>,
 }
 
 /// Where listeners report refusals. Cheap to clone.
@@ -246,6 +251,9 @@ impl RefusalLog {
                         "reason": refusal.reason,
                         "count": count,
                     });
+                    if let Some(claimed) = &refusal.claimed_device {
+                        detail["claimed_device"] = claimed.clone().into();
+                    }
                     if let Some(first_at) = summary_since {
                         detail["summary"] = true.into();
                         detail["first_at"] = first_at
@@ -253,14 +261,16 @@ impl RefusalLog {
                             .unwrap_or_default()
                             .into();
                     }
-                    let mut record = Record::new(
-                        refusal.kind,
-                        refusal
-                            .device
-                            .clone()
-                            .unwrap_or_else(|| "unknown".to_owned()),
-                    )
-                    .detail(detail);
+                    let actor = match &refusal.device {
+                        Some(device) => device.clone(),
+                        None if refusal.claimed_device.is_some()
+                            || refusal.kind == Kind::EnrollRefused =>
+                        {
+                            "unauthenticated".to_owned()
+                        }
+                        None => "unknown".to_owned(),
+                    };
+                    let mut record = Record::new(refusal.kind, actor).detail(detail);
                     if let Some(device) = refusal.device {
                         record = record.device(device);
                     }
@@ -374,7 +384,13 @@ struct Entry {
 }
 
 /// What makes two refusals "the same" for folding.
-type FoldKey = (Kind, Option<String>, Option<IpAddr>, &'static str);
+type FoldKey = (
+    Kind,
+    Option<String>,
+    Option<IpAddr>,
+    &'static str,
+    Option<String>,
+);
 
 fn fold_key(refusal: &Refusal) -> FoldKey {
     (
@@ -382,6 +398,7 @@ fn fold_key(refusal: &Refusal) -> FoldKey {
         refusal.device.clone(),
         refusal.source,
         refusal.class,
+        refusal.claimed_device.clone(),
     )
 }
 
@@ -413,6 +430,7 @@ mod tests {
             source: None,
             class,
             reason: format!("{class} from {device}"),
+            claimed_device: None,
         }
     }
 
@@ -467,6 +485,7 @@ mod tests {
             source: Some(source.parse().unwrap()),
             class: "tls_handshake",
             reason: "TLS handshake failed: unknown issuer".to_owned(),
+            claimed_device: None,
         }
     }
 

@@ -376,6 +376,7 @@ impl DeviceBroker {
                     source: Some(peer.ip()),
                     class: "tls_handshake",
                     reason: format!("TLS handshake failed: {reason}"),
+                    claimed_device: None,
                 }),
                 other => refusals.record(Refusal {
                     kind: Kind::ConnectionRefused,
@@ -392,6 +393,7 @@ impl DeviceBroker {
                             .to_owned(),
                         Dropped::HandshakeFailed(reason) => reason,
                     },
+                    claimed_device: None,
                 }),
             },
             move |tls, peer| session::serve(shared.clone(), tls, peer, session_shutdown.clone()),

@@ -122,6 +122,7 @@ pub(super) async fn serve(
             source: Some(peer.ip()),
             class,
             reason,
+            claimed_device: None,
         });
     };
 
@@ -481,6 +482,7 @@ impl Relay<'_> {
             source: self.device.get_ref().0.peer_addr().ok().map(|a| a.ip()),
             class,
             reason,
+            claimed_device: None,
         });
     }
 

@@ -104,9 +104,21 @@ pub struct EnrollConfig {
     /// Default lifetime of an enrollment token (`rxgate token create --ttl` overrides it).
     #[serde(default = "defaults::token_ttl", with = "humantime_serde")]
     pub token_ttl: Duration,
-    /// Failed attempts after which a device's pending token is burnt.
+    /// Wrong tokens one source address may try for a device before that address is locked out
+    /// of the device's token for `failed_lockout` (other addresses are not affected).
     #[serde(default = "defaults::max_failed_attempts")]
     pub max_failed_attempts: NonZeroU32,
+    /// How long a source address that used up `max_failed_attempts` is refused for that token.
+    #[serde(default = "defaults::failed_lockout", with = "humantime_serde")]
+    pub failed_lockout: Duration,
+    /// Wrong tokens from all addresses together after which the token is burnt and a new one
+    /// must be created: a bound on guesses however many addresses a guesser uses.
+    #[serde(default = "defaults::burn_after_failed")]
+    pub burn_after_failed: NonZeroU32,
+    /// How long a certificate replaced by a renewal is still accepted (MQTT, renewal), so a
+    /// device can switch over or retry a renewal whose answer it lost. `0s`: refused at once.
+    #[serde(default = "defaults::superseded_grace", with = "humantime_serde")]
+    pub superseded_grace: Duration,
     /// Largest request body accepted; larger requests get 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
@@ -226,6 +238,15 @@ mod defaults {
     pub fn max_failed_attempts() -> NonZeroU32 {
         NonZeroU32::new(5).expect("5 is not zero")
     }
+    pub fn failed_lockout() -> Duration {
+        Duration::from_secs(15 * 60)
+    }
+    pub fn burn_after_failed() -> NonZeroU32 {
+        NonZeroU32::new(1000).expect("1000 is not zero")
+    }
+    pub fn superseded_grace() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
     pub fn max_body_bytes() -> NonZeroUsize {
         NonZeroUsize::new(64 * 1024).expect("64 KiB is not zero")
     }
@@ -282,6 +303,9 @@ impl Default for EnrollConfig {
             server_cert_validity: defaults::server_cert_validity(),
             token_ttl: defaults::token_ttl(),
             max_failed_attempts: defaults::max_failed_attempts(),
+            failed_lockout: defaults::failed_lockout(),
+            burn_after_failed: defaults::burn_after_failed(),
+            superseded_grace: defaults::superseded_grace(),
             max_body_bytes: defaults::max_body_bytes(),
             rate_per_minute: defaults::rate_per_minute(),
             rate_burst: defaults::rate_burst(),

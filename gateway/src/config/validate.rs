@@ -249,6 +249,30 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         Duration::from_secs(1),
         MINUTE,
     );
+    duration_within(
+        &mut errors,
+        "enroll.failed_lockout",
+        e.failed_lockout,
+        Duration::ZERO,
+        DAY,
+    );
+    duration_within(
+        &mut errors,
+        "enroll.superseded_grace",
+        e.superseded_grace,
+        Duration::ZERO,
+        DAY,
+    );
+    if e.burn_after_failed < e.max_failed_attempts {
+        errors.push(ConfigError::new(
+            "enroll.burn_after_failed",
+            e.burn_after_failed,
+            format!(
+                "must be at least enroll.max_failed_attempts ({}): the per-address lockout is what keeps one guesser from burning the token",
+                e.max_failed_attempts
+            ),
+        ));
+    }
     if e.max_body_bytes.get() < 4096 || e.max_body_bytes.get() > 1 << 20 {
         errors.push(ConfigError::new(
             "enroll.max_body_bytes",

@@ -16,6 +16,7 @@ use rxgate_certs::{CertificateAuthority, CheckedCsr, IssuedCert};
 
 use super::ConnInfo;
 use super::limit::RateLimiter;
+use crate::audit::{Kind, Refusals};
 use crate::error::Result;
 use crate::registry::{IssuePolicy, Refusal, Registry};
 
@@ -27,12 +28,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const PKCS7: &str = "application/pkcs7-mime";
 const PKCS7_CERTS_ONLY: &str = "application/pkcs7-mime; smime-type=certs-only";
 
+/// The one answer to every `simpleenroll` whose credentials are not accepted: missing or
+/// malformed, unknown device, no token, wrong, used, expired, burnt or revoked token, locked-out
+/// source. Which it was is recorded in the audit trail only, so the answer tells a stranger
+/// nothing about a device or its token.
+pub(crate) const UNAUTHENTICATED: &str = "enrollment refused: the device id and token do not \
+     match a pending enrollment. Check both (user = device id, password = the token printed by \
+     `rxgate token create`); a token works once, until it expires. If it still fails, ask the \
+     administrator to create a new token; the gateway's audit trail says why this one was refused.";
+
 pub(crate) struct Est {
     registry: Registry,
     ca: Arc<CertificateAuthority>,
     policy: IssuePolicy,
     limiter: RateLimiter,
     max_body: usize,
+    /// Where refusals go: folded per second, summarised when they keep coming.
+    refusals: Refusals,
     /// `cacerts` never changes while the daemon runs: encoded once.
     cacerts: String,
 }
@@ -44,6 +56,7 @@ impl Est {
         policy: IssuePolicy,
         limiter: RateLimiter,
         max_body: usize,
+        refusals: Refusals,
     ) -> Result<Self> {
         let cacerts =
             rxgate_certs::base64::encode_body(&rxgate_certs::pkcs7::certs_only(&ca.chain_der())?);
@@ -53,6 +66,7 @@ impl Est {
             policy,
             limiter,
             max_body,
+            refusals,
             cacerts,
         })
     }
@@ -220,11 +234,45 @@ fn unauthorized(message: impl Into<String>) -> Response {
     response
 }
 
+/// Who a refused request was from, for the audit trail.
+enum Requester<'a> {
+    /// Named this device id but did not prove it (`simpleenroll` before the token is accepted).
+    Claimed(Option<&'a str>),
+    /// Proved to be this device (a token that was accepted, or its certificate).
+    Device(&'a str),
+}
+
+impl Est {
+    /// Reports a refused request to the refusal log, which folds repeats.
+    fn report(
+        &self,
+        requester: Requester<'_>,
+        source: IpAddr,
+        endpoint: &'static str,
+        class: &'static str,
+        reason: &str,
+    ) {
+        let (device, claimed_device) = match requester {
+            Requester::Claimed(claimed) => (None, claimed.map(str::to_owned)),
+            Requester::Device(device) => (Some(device.to_owned()), None),
+        };
+        self.refusals.record(crate::audit::Refusal {
+            kind: Kind::EnrollRefused,
+            device,
+            source: Some(source),
+            class,
+            reason: format!("{endpoint}: {reason}"),
+            claimed_device,
+        });
+    }
+}
+
 fn refusal(refusal: Refusal) -> Response {
     match refusal {
-        Refusal::Unauthorized(m) => unauthorized(m),
-        Refusal::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
-        Refusal::BadRequest(m) => text(StatusCode::BAD_REQUEST, m),
+        Refusal::Unauthenticated { .. } => unauthorized(UNAUTHENTICATED),
+        Refusal::Unauthorized { reason, .. } => unauthorized(reason),
+        Refusal::Forbidden { reason, .. } => text(StatusCode::FORBIDDEN, reason),
+        Refusal::BadRequest { reason, .. } => text(StatusCode::BAD_REQUEST, reason),
     }
 }
 
@@ -266,14 +314,38 @@ async fn simple_enroll(
     }
     let (device, token) = match basic_auth(&headers) {
         Ok(credentials) => credentials,
-        Err(reason) => return unauthorized(reason),
+        Err(reason) => {
+            est.report(
+                Requester::Claimed(None),
+                source,
+                "simpleenroll",
+                "malformed_auth",
+                &reason,
+            );
+            return unauthorized(UNAUTHENTICATED);
+        }
     };
-    if rxgate_certs::validate_device_id(&device).is_err() {
-        return unauthorized(format!("no enrollment token exists for device {device:?}"));
+    if let Err(e) = rxgate_certs::validate_device_id(&device) {
+        est.report(
+            Requester::Claimed(None),
+            source,
+            "simpleenroll",
+            "invalid_device_id",
+            &format!("the user name is not a device id: {e}"),
+        );
+        return unauthorized(UNAUTHENTICATED);
     }
     let csr = match read_csr(body, est.max_body, &headers).await {
         Ok(csr) => csr,
-        Err(refused) => return record(&est, &device, source, "simpleenroll", refused).await,
+        Err(refused) => {
+            return answer_refused(
+                &est,
+                Requester::Claimed(Some(&device)),
+                source,
+                "simpleenroll",
+                refused,
+            );
+        }
     };
     let outcome = {
         let est = est.clone();
@@ -287,7 +359,18 @@ async fn simple_enroll(
     match outcome {
         Err(response) => response,
         Ok(Err(refused)) => {
-            tracing::warn!(%device, %source, reason = %refused, "Enrollment refused.");
+            let requester = match refused {
+                // Only a CSR problem comes after the token was accepted.
+                Refusal::BadRequest { .. } => Requester::Device(&device),
+                _ => Requester::Claimed(Some(&device)),
+            };
+            est.report(
+                requester,
+                source,
+                "simpleenroll",
+                refused.class(),
+                &refused.to_string(),
+            );
             refusal(refused)
         }
         Ok(Ok(cert)) => {
@@ -323,7 +406,15 @@ async fn simple_reenroll(
     let device = identity.device_id.clone();
     let csr = match read_csr(body, est.max_body, &headers).await {
         Ok(csr) => csr,
-        Err(refused) => return record(&est, &device, source, "simplereenroll", refused).await,
+        Err(refused) => {
+            return answer_refused(
+                &est,
+                Requester::Device(&device),
+                source,
+                "simplereenroll",
+                refused,
+            );
+        }
     };
     let outcome = {
         let est = est.clone();
@@ -336,7 +427,13 @@ async fn simple_reenroll(
     match outcome {
         Err(response) => response,
         Ok(Err(refused)) => {
-            tracing::warn!(%device, %source, reason = %refused, "Renewal refused.");
+            est.report(
+                Requester::Device(&device),
+                source,
+                "simplereenroll",
+                refused.class(),
+                &refused.to_string(),
+            );
             refusal(refused)
         }
         Ok(Ok(cert)) => {
@@ -346,19 +443,20 @@ async fn simple_reenroll(
     }
 }
 
-/// Records a refused request in the audit trail, then answers it.
-async fn record(
-    est: &Arc<Est>,
-    device: &str,
+/// Reports a request refused for its body (unreadable, oversized, not a CSR), then answers it.
+/// The body is checked before the token, so on `simpleenroll` the device id is only claimed.
+fn answer_refused(
+    est: &Est,
+    requester: Requester<'_>,
     source: IpAddr,
     endpoint: &'static str,
     (status, reason): Refused,
 ) -> Response {
-    tracing::warn!(device, %source, endpoint, %status, reason, "EST request refused.");
-    let registry = est.registry.clone();
-    let (device_owned, reason_owned) = (device.to_owned(), reason.clone());
-    let _ =
-        blocking(move || registry.record_refusal(&device_owned, source, endpoint, &reason_owned))
-            .await;
+    let class = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::REQUEST_TIMEOUT => "body_timeout",
+        _ => "bad_csr",
+    };
+    est.report(requester, source, endpoint, class, &reason);
     text(status, reason)
 }

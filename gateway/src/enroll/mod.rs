@@ -7,7 +7,11 @@
 //!   (TLS client certificate, optional on this listener), same body and answer.
 //!
 //! Bad input is answered with a plain-text reason and the right status (400, 401, 403, 413, 429)
-//! and never reaches anything that could take the daemon down.
+//! and never reaches anything that could take the daemon down. The exception is a 401 to
+//! `simpleenroll`: every one has the same body ([`est::UNAUTHENTICATED`]), so it says nothing about
+//! a device or its token. Every refusal goes to the folding refusal log (`audit::Refusals`); one
+//! to an unproven `simpleenroll` has the actor `unauthenticated` and the claimed device id in its
+//! detail.
 
 mod est;
 mod limit;
@@ -22,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Refusals;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::{self, Limits};
@@ -52,6 +57,7 @@ impl EnrollServer {
         config: &Config,
         registry: Registry,
         pki: &GatewayPki,
+        refusals: Refusals,
     ) -> Result<EnrollServer> {
         let e = &config.enroll;
         let listener = TcpListener::bind(e.listen)
@@ -76,9 +82,13 @@ impl EnrollServer {
                 validity: e.cert_validity,
                 backdate: e.cert_backdate,
                 max_failed_attempts: e.max_failed_attempts.get(),
+                failed_lockout: e.failed_lockout,
+                burn_after_failed: e.burn_after_failed.get(),
+                superseded_grace: e.superseded_grace,
             },
             RateLimiter::new(e.rate_per_minute.get(), e.rate_burst.get()),
             e.max_body_bytes.get(),
+            refusals,
         )?;
         Ok(EnrollServer {
             listener,

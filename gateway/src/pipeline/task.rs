@@ -180,6 +180,7 @@ impl Pipeline {
                         source: None,
                         class,
                         reason: refused.to_string(),
+                        claimed_device: None,
                     });
                 }
                 waiting.push((submission.reply, Outcome::Refused(refused)));

@@ -6,7 +6,11 @@
 //!   fast hash is as strong as a slow one, and the secret itself never touches disk or logs.
 //! - `devices`: device id → [`DeviceRecord`].
 //! - `certs`: serial (lowercase hex) → [`CertRecord`]; what the listeners consult at every
-//!   connection to refuse revoked certificates.
+//!   connection to refuse revoked certificates, and certificates a renewal replaced once their
+//!   grace (`superseded_until`) is over.
+//!
+//! Refusals are not written here: the EST layer reports them to the folding refusal log
+//! (`audit::Refusals`), so a flood of bad requests costs a few audit entries, not one each.
 //!
 //! Every change is written together with its audit entry in one transaction.
 
@@ -86,7 +90,8 @@ pub struct Revocation {
 pub enum CertStatus {
     /// The device's newest certificate.
     Current,
-    /// Replaced by a renewal; still accepted until it expires so a device can switch over.
+    /// Replaced by a renewal; still accepted until `superseded_until` (`[enroll].superseded_grace`
+    /// after the renewal) so a device can switch over, refused everywhere after it.
     Superseded,
     /// Refused everywhere.
     Revoked,
@@ -99,6 +104,14 @@ pub struct CertRecord {
     pub status: CertStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    /// When a superseded certificate stops being accepted. A superseded record without it
+    /// (written before the grace existed) is refused.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub superseded_until: Option<OffsetDateTime>,
 }
 
 /// Why the registry refuses a certificate presented by a device.
@@ -108,6 +121,16 @@ pub enum CertRefusal {
     Unknown { serial: String },
     #[error("certificate {serial} of device {device} is revoked")]
     Revoked { device: String, serial: String },
+    #[error(
+        "certificate {serial} of device {device} was replaced by a renewal and is no longer \
+         accepted (since {until}); use the device's newest certificate, or enroll it again with \
+         a new token (`rxgate token create`)"
+    )]
+    Superseded {
+        device: String,
+        serial: String,
+        until: String,
+    },
     #[error("device {device} is revoked")]
     DeviceRevoked { device: String },
     #[error("certificate {serial} belongs to device {owner}, not {device}")]
@@ -138,18 +161,36 @@ pub enum CertRefusal {
     },
 }
 
-/// Why an enrollment or renewal is refused; the EST layer maps these to HTTP statuses.
+/// Why an enrollment or renewal is refused; the EST layer maps these to HTTP statuses and
+/// reports them to the refusal log. `class` is the short, stable reason (audit and metrics),
+/// `reason` the full one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// 401: missing, wrong, used, expired, burnt or revoked token.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// 403: the device is revoked.
-    #[error("{0}")]
-    Forbidden(String),
+    /// 401 to a request that proved nothing (`simpleenroll`: no token, wrong, used, expired,
+    /// burnt or revoked token, locked-out source). The requester gets one fixed answer for all of
+    /// them; `reason` is for the audit trail only.
+    #[error("{reason}")]
+    Unauthenticated { class: &'static str, reason: String },
+    /// 401 with the reason (`simplereenroll`: a certificate the registry does not accept).
+    #[error("{reason}")]
+    Unauthorized { class: &'static str, reason: String },
+    /// 403: the device or its certificate is revoked or replaced.
+    #[error("{reason}")]
+    Forbidden { class: &'static str, reason: String },
     /// 400: the request itself is wrong (a CSR for another device).
-    #[error("{0}")]
-    BadRequest(String),
+    #[error("{reason}")]
+    BadRequest { class: &'static str, reason: String },
+}
+
+impl Refusal {
+    pub fn class(&self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated { class, .. }
+            | Refusal::Unauthorized { class, .. }
+            | Refusal::Forbidden { class, .. }
+            | Refusal::BadRequest { class, .. } => class,
+        }
+    }
 }
 
 /// A registry change the running daemon's components react to.
@@ -196,7 +237,13 @@ pub struct IssuePolicy {
     pub site: String,
     pub validity: Duration,
     pub backdate: Duration,
+    /// Wrong tokens one source may try before it is locked out of the token for `failed_lockout`.
     pub max_failed_attempts: u32,
+    pub failed_lockout: Duration,
+    /// Wrong tokens from all sources after which the token is burnt.
+    pub burn_after_failed: u32,
+    /// How long a certificate replaced by a renewal is still accepted.
+    pub superseded_grace: Duration,
 }
 
 /// The registry: the store plus the clock, and a channel announcing changes to live components.
@@ -293,7 +340,7 @@ impl Registry {
     }
 
     /// Checks a certificate presented by a device against the registry: known, not revoked,
-    /// device active, same site, not expired ([`check_expiry`]: against the clock while it is
+    /// not replaced by a renewal longer ago than its grace, device active, same site, not expired ([`check_expiry`]: against the clock while it is
     /// synchronised, against the time floor while it is not).
     pub fn check_certificate(
         &self,
@@ -307,11 +354,11 @@ impl Registry {
                 expected: site.to_owned(),
             }));
         }
-        if let Err(refusal) =
-            check_expiry(&identity.serial, identity.not_after, &self.clock.reading())
-        {
+        let reading = self.clock.reading();
+        if let Err(refusal) = check_expiry(&identity.serial, identity.not_after, &reading) {
             return Ok(Err(refusal));
         }
+        let now = reading.now();
         self.store.read(|txn| {
             let cert: Option<CertRecord> = match txn.open_table(CERTS) {
                 Ok(t) => store::get_json(&t, "certs", identity.serial.as_str())?,
@@ -337,13 +384,27 @@ impl Registry {
                     device: cert.device,
                 }));
             }
-            if cert.status == CertStatus::Revoked {
-                return Ok(Err(CertRefusal::Revoked {
+            match cert.status {
+                CertStatus::Revoked => Ok(Err(CertRefusal::Revoked {
                     device: cert.device,
                     serial: cert.serial,
-                }));
+                })),
+                // The gateway's time, never earlier than the floor: a clock thrown back by a
+                // power cut cannot reopen a grace that has passed.
+                CertStatus::Superseded
+                    if cert.superseded_until.is_none_or(|until| until <= now) =>
+                {
+                    Ok(Err(CertRefusal::Superseded {
+                        device: cert.device,
+                        serial: cert.serial,
+                        until: cert.superseded_until.map_or_else(
+                            || "before this gateway version".to_owned(),
+                            crate::clock::rfc3339,
+                        ),
+                    }))
+                }
+                CertStatus::Superseded | CertStatus::Current => Ok(Ok(())),
             }
-            Ok(Ok(()))
         })
     }
 
@@ -362,45 +423,48 @@ impl Registry {
     ) -> Result<Result<IssuedCert, Refusal>> {
         let now = self.clock.now();
         let actor = Actor::device(device, source);
+        let limits = tokens::Limits {
+            per_source: policy.max_failed_attempts,
+            lockout: policy.failed_lockout,
+            burn_after: policy.burn_after_failed,
+        };
         self.store.write(|txn| {
-            let token = match tokens::verify(txn, device, secret, now, policy.max_failed_attempts)? {
+            let token = match tokens::verify(txn, device, secret, source, now, limits)? {
                 Ok(token) => token,
                 Err(refused) => {
-                    let revoked = matches!(load_device(txn, device)?, Some(d) if d.status == DeviceStatus::Revoked);
-                    let refusal = if revoked && refused.no_token {
-                        Refusal::Forbidden(format!(
-                            "device {device} is revoked; an administrator must create a new token to re-commission it"
-                        ))
-                    } else {
-                        Refusal::Unauthorized(refused.reason)
-                    };
-                    self.audit(
-                        txn,
-                        actor.record(Kind::EnrollRefused).device(device).detail(serde_json::json!({
-                            "endpoint": "simpleenroll",
-                            "reason": refusal.to_string(),
-                        })),
-                    )?;
                     if refused.burnt_now {
-                        self.audit(txn, Record::new(Kind::TokenBurnt, "gateway").device(device))?;
+                        self.audit(
+                            txn,
+                            Record::new(Kind::TokenBurnt, "gateway")
+                                .device(device)
+                                .detail(serde_json::json!({ "reason": refused.reason })),
+                        )?;
                     }
-                    return Ok(Err(refusal));
+                    let revoked = matches!(load_device(txn, device)?, Some(d) if d.status == DeviceStatus::Revoked);
+                    return Ok(Err(if revoked && refused.no_token {
+                        Refusal::Forbidden {
+                            class: "device_revoked",
+                            reason: format!(
+                                "device {device} is revoked; an administrator must create a new token to re-commission it"
+                            ),
+                        }
+                    } else {
+                        Refusal::Unauthenticated {
+                            class: refused.class,
+                            reason: refused.reason,
+                        }
+                    }));
                 }
             };
             if csr.common_name != device {
                 // The token stays usable: the installer only needs to fix the CSR.
-                let refusal = Refusal::BadRequest(format!(
-                    "the CSR's subject CN is {:?} but the token is for device {device:?}",
-                    csr.common_name
-                ));
-                self.audit(
-                    txn,
-                    actor
-                        .record(Kind::EnrollRefused)
-                        .device(device)
-                        .detail(serde_json::json!({"endpoint": "simpleenroll", "reason": refusal.to_string()})),
-                )?;
-                return Ok(Err(refusal));
+                return Ok(Err(Refusal::BadRequest {
+                    class: "csr_for_another_device",
+                    reason: format!(
+                        "the CSR's subject CN is {:?} but the token is for device {device:?}",
+                        csr.common_name
+                    ),
+                }));
             }
             let kind = token.kind.clone();
             tokens::mark_used(txn, token, now)?;
@@ -449,68 +513,58 @@ impl Registry {
         let actor = Actor::device(device, source);
         let now = self.clock.now();
         let check = self.check_certificate(identity, &policy.site)?;
-        self.store.write(|txn| {
-            let refusal = match check {
-                Err(CertRefusal::DeviceRevoked { .. } | CertRefusal::Revoked { .. }) => {
-                    Some(Refusal::Forbidden(format!("device {device} or its certificate is revoked")))
-                }
-                Err(other) => Some(Refusal::Unauthorized(other.to_string())),
-                Ok(()) if csr.common_name != device => Some(Refusal::BadRequest(format!(
+        let refusal = match check {
+            Err(CertRefusal::DeviceRevoked { .. } | CertRefusal::Revoked { .. }) => {
+                Some(Refusal::Forbidden {
+                    class: "certificate_revoked",
+                    reason: format!("device {device} or its certificate is revoked"),
+                })
+            }
+            Err(superseded @ CertRefusal::Superseded { .. }) => Some(Refusal::Forbidden {
+                class: "certificate_superseded",
+                reason: superseded.to_string(),
+            }),
+            Err(other) => Some(Refusal::Unauthorized {
+                class: "certificate_refused",
+                reason: other.to_string(),
+            }),
+            Ok(()) if csr.common_name != device => Some(Refusal::BadRequest {
+                class: "csr_for_another_device",
+                reason: format!(
                     "the CSR's subject CN is {:?} but the client certificate is for device {device:?}",
                     csr.common_name
-                ))),
-                Ok(()) => None,
-            };
-            if let Some(refusal) = refusal {
-                self.audit(
-                    txn,
-                    actor
-                        .record(Kind::EnrollRefused)
-                        .device(device)
-                        .detail(serde_json::json!({"endpoint": "simplereenroll", "serial": identity.serial, "reason": refusal.to_string()})),
-                )?;
-                return Ok(Err(refusal));
-            }
+                ),
+            }),
+            Ok(()) => None,
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Err(refusal));
+        }
+        self.store.write(|txn| {
             let Some(mut record) = load_device(txn, device)? else {
-                return Ok(Err(Refusal::Unauthorized(format!("device {device} is not registered"))));
+                return Ok(Err(Refusal::Unauthorized {
+                    class: "device_unknown",
+                    reason: format!("device {device} is not registered"),
+                }));
             };
             let issued = ca.issue_device(csr, &profile(policy, &record.kind, device, now))?;
-            supersede_current(txn, device)?;
+            supersede_current(txn, device, now + policy.superseded_grace)?;
             insert_cert(txn, device, &issued)?;
             record.serial = Some(issued.serial.clone());
             record.not_after = Some(issued.not_after);
             record.last_seen = Some(now);
-            txn.open_table(DEVICES)?.insert(device, to_json(&record).as_slice())?;
+            txn.open_table(DEVICES)?
+                .insert(device, to_json(&record).as_slice())?;
             self.audit(
                 txn,
                 actor.record(Kind::DeviceRenewed).device(device).detail(serde_json::json!({
                     "serial": issued.serial,
                     "previous_serial": identity.serial,
+                    "previous_accepted_until": crate::clock::rfc3339(now + policy.superseded_grace),
                     "not_after": crate::clock::rfc3339(issued.not_after),
                 })),
             )?;
             Ok(Ok(issued))
-        })
-    }
-
-    /// Records a refused EST request that never reached the token or certificate checks
-    /// (malformed or oversized body).
-    pub fn record_refusal(
-        &self,
-        device: &str,
-        source: IpAddr,
-        endpoint: &str,
-        reason: &str,
-    ) -> Result<()> {
-        self.store.write(|txn| {
-            self.audit(
-                txn,
-                Actor::device(device, source)
-                    .record(Kind::EnrollRefused)
-                    .device(device)
-                    .detail(serde_json::json!({ "endpoint": endpoint, "reason": reason })),
-            )
-            .map(drop)
         })
     }
 
@@ -580,6 +634,7 @@ fn insert_cert(txn: &WriteTransaction, device: &str, issued: &IssuedCert) -> Res
         device: device.to_owned(),
         status: CertStatus::Current,
         not_after: issued.not_after,
+        superseded_until: None,
     };
     txn.open_table(CERTS)?
         .insert(issued.serial.as_str(), to_json(&record).as_slice())?;
@@ -627,10 +682,16 @@ fn revoke_certs_of(txn: &WriteTransaction, device: &str) -> Result<Vec<String>> 
     set_cert_status(txn, live, CertStatus::Revoked)
 }
 
-fn supersede_current(txn: &WriteTransaction, device: &str) -> Result<()> {
+/// Marks the device's current certificate superseded, accepted until `until`. A certificate
+/// already superseded keeps its own deadline: renewing from it again does not extend it.
+fn supersede_current(txn: &WriteTransaction, device: &str, until: OffsetDateTime) -> Result<()> {
     let current = certs_of(txn, device)?
         .into_iter()
         .filter(|c| c.status == CertStatus::Current)
+        .map(|mut c| {
+            c.superseded_until = Some(until);
+            c
+        })
         .collect();
     set_cert_status(txn, current, CertStatus::Superseded).map(drop)
 }

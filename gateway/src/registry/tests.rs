@@ -52,6 +52,9 @@ fn policy() -> IssuePolicy {
         validity: Duration::from_secs(30 * 86400),
         backdate: Duration::from_secs(3600),
         max_failed_attempts: 5,
+        failed_lockout: Duration::from_secs(900),
+        burn_after_failed: 20,
+        superseded_grace: Duration::from_secs(300),
     }
 }
 
@@ -118,33 +121,133 @@ fn enrollment_consumes_the_token_and_a_second_use_is_unauthorized() {
     assert_eq!(device.status, DeviceStatus::Active);
     assert_eq!(device.serial.as_deref(), Some(cert.serial.as_str()));
     assert!(
-        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("already used"))
+        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthenticated { class: "token_used", reason }) if reason.contains("already used"))
     );
 }
 
+const STRANGER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 66));
+
 #[test]
-fn the_fifth_wrong_secret_burns_the_token_and_is_audited() {
+fn a_source_with_five_wrong_secrets_is_locked_out_but_another_source_still_enrolls() {
     let f = fixture();
     let secret = f.token("fridge-1");
-    for attempt in 1..=5 {
-        let refusal = f.enroll("fridge-1", "rxg_wrong").unwrap_err();
+    let attempt = |secret: &str, source: IpAddr| {
+        f.registry
+            .enroll(
+                "fridge-1",
+                secret,
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                source,
+            )
+            .unwrap()
+    };
+    for n in 1..=5 {
+        let refusal = attempt("rxg_wrong", STRANGER).unwrap_err();
         assert!(
-            matches!(&refusal, Refusal::Unauthorized(r) if r.contains("wrong token")),
-            "{attempt}: {refusal}"
+            matches!(&refusal, Refusal::Unauthenticated { class: "wrong_token", reason } if reason.contains(&format!("({n} from 192.0.2.66"))),
+            "{n}: {refusal}"
         );
     }
-    assert!(
-        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("burnt"))
+    // Locked out: even the right secret from the stranger's address is not looked at.
+    assert!(matches!(
+        attempt(&secret, STRANGER),
+        Err(Refusal::Unauthenticated {
+            class: "source_locked_out",
+            ..
+        })
+    ));
+    let token = &f.registry.tokens().unwrap()[0];
+    assert_eq!(
+        (token.state.as_str(), token.failed_attempts),
+        ("pending", 5)
     );
+    assert!(attempt(&secret, SOURCE).is_ok());
+}
+
+#[test]
+fn a_lockout_ends_after_failed_lockout_and_the_source_gets_a_fresh_allowance() {
+    let f = fixture();
+    let (_, secret) = f
+        .registry
+        .create_token(
+            "fridge-1",
+            "fridge",
+            Duration::from_secs(3600),
+            &Actor::cli(),
+        )
+        .unwrap();
+    let attempt = |secret: &str| {
+        f.registry
+            .enroll(
+                "fridge-1",
+                secret,
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                STRANGER,
+            )
+            .unwrap()
+    };
+    for _ in 0..5 {
+        attempt("rxg_wrong").unwrap_err();
+    }
+    f.clock.advance(Duration::from_secs(899));
+    assert!(matches!(
+        attempt(&secret),
+        Err(Refusal::Unauthenticated {
+            class: "source_locked_out",
+            ..
+        })
+    ));
+    f.clock.advance(Duration::from_secs(1));
+    assert!(attempt(&secret).is_ok());
+}
+
+#[test]
+fn wrong_secrets_from_many_sources_burn_the_token_at_burn_after_failed_and_it_is_audited() {
+    let f = fixture();
+    let secret = f.token("fridge-1");
+    // 20 wrong secrets, 4 from each of 5 addresses: nobody locked out, the token burnt.
+    for n in 0..20u8 {
+        let source = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, n % 5));
+        let refusal = f
+            .registry
+            .enroll(
+                "fridge-1",
+                "rxg_wrong",
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                source,
+            )
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(refusal.class(), "wrong_token");
+        assert_eq!(
+            refusal.to_string().contains("now burnt"),
+            n == 19,
+            "{n}: {refusal}"
+        );
+    }
+    assert!(matches!(
+        f.enroll("fridge-1", &secret),
+        Err(Refusal::Unauthenticated {
+            class: "token_burnt",
+            ..
+        })
+    ));
     let kinds: Vec<_> = crate::audit::entries(f.registry.store(), 1, 100)
         .unwrap()
         .into_iter()
         .map(|e| e.kind)
         .collect();
     assert_eq!(kinds.iter().filter(|k| **k == Kind::TokenBurnt).count(), 1);
+    // Refusals go to the folding refusal log from the EST layer, not one entry each here.
     assert_eq!(
         kinds.iter().filter(|k| **k == Kind::EnrollRefused).count(),
-        6
+        0
     );
 }
 
@@ -154,7 +257,7 @@ fn an_expired_token_is_refused_even_with_the_right_secret() {
     let secret = f.token("fridge-1");
     f.clock.advance(Duration::from_secs(601));
     assert!(
-        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthorized(r)) if r.contains("expired"))
+        matches!(f.enroll("fridge-1", &secret), Err(Refusal::Unauthenticated { class: "token_expired", reason }) if reason.contains("expired"))
     );
     assert_eq!(f.registry.tokens().unwrap()[0].state, "expired");
 }
@@ -174,7 +277,7 @@ fn a_csr_for_another_device_is_a_bad_request_and_keeps_the_token() {
             SOURCE,
         )
         .unwrap();
-    assert!(matches!(foreign, Err(Refusal::BadRequest(_))));
+    assert!(matches!(foreign, Err(Refusal::BadRequest { .. })));
     assert!(f.enroll("fridge-1", &secret).is_ok());
 }
 
@@ -205,11 +308,14 @@ fn revoking_refuses_every_certificate_of_the_device_and_announces_it() {
         .registry
         .renew(&identity, &csr("fridge-1"), &f.ca, &policy(), SOURCE)
         .unwrap();
-    assert!(matches!(renewal, Err(Refusal::Forbidden(_))));
+    assert!(matches!(renewal, Err(Refusal::Forbidden { .. })));
     // Without a new token, enrollment is forbidden rather than unauthorized.
     assert!(matches!(
         f.enroll("fridge-1", "rxg_x"),
-        Err(Refusal::Forbidden(_))
+        Err(Refusal::Forbidden {
+            class: "device_revoked",
+            ..
+        })
     ));
 }
 
@@ -236,33 +342,22 @@ fn recommissioning_with_a_new_token_revokes_the_old_certificate() {
 }
 
 #[test]
-fn renewal_issues_a_new_serial_and_the_old_certificate_stays_valid_until_expiry() {
+fn renewal_issues_a_new_serial_and_the_old_certificate_is_accepted_only_for_the_grace() {
     let f = fixture();
     let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
-    let second = f
-        .registry
-        .renew(
-            &f.identity(&first),
-            &csr("fridge-1"),
-            &f.ca,
-            &policy(),
-            SOURCE,
-        )
-        .unwrap()
-        .unwrap();
+    let renew = |cert: &IssuedCert| {
+        f.registry
+            .renew(
+                &f.identity(cert),
+                &csr("fridge-1"),
+                &f.ca,
+                &policy(),
+                SOURCE,
+            )
+            .unwrap()
+    };
+    let second = renew(&first).unwrap();
     assert_ne!(first.serial, second.serial);
-    assert_eq!(
-        f.registry
-            .check_certificate(&f.identity(&first), SITE)
-            .unwrap(),
-        Ok(())
-    );
-    assert_eq!(
-        f.registry
-            .check_certificate(&f.identity(&second), SITE)
-            .unwrap(),
-        Ok(())
-    );
     assert_eq!(
         f.registry
             .device("fridge-1")
@@ -272,6 +367,58 @@ fn renewal_issues_a_new_serial_and_the_old_certificate_stays_valid_until_expiry(
             .as_deref(),
         Some(second.serial.as_str())
     );
+    f.clock.advance(Duration::from_secs(299));
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&first), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    f.clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        f.registry
+            .check_certificate(&f.identity(&first), SITE)
+            .unwrap(),
+        Err(CertRefusal::Superseded { .. })
+    ));
+    let refused = renew(&first).unwrap_err();
+    assert!(
+        matches!(&refused, Refusal::Forbidden { class: "certificate_superseded", reason } if reason.contains("replaced by a renewal")),
+        "{refused}"
+    );
+    assert_eq!(
+        f.registry
+            .check_certificate(&f.identity(&second), SITE)
+            .unwrap(),
+        Ok(())
+    );
+    assert!(renew(&second).is_ok());
+}
+
+#[test]
+fn with_no_grace_a_superseded_certificate_is_refused_at_once() {
+    let f = fixture();
+    let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    let no_grace = IssuePolicy {
+        superseded_grace: Duration::ZERO,
+        ..policy()
+    };
+    f.registry
+        .renew(
+            &f.identity(&first),
+            &csr("fridge-1"),
+            &f.ca,
+            &no_grace,
+            SOURCE,
+        )
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        f.registry
+            .check_certificate(&f.identity(&first), SITE)
+            .unwrap(),
+        Err(CertRefusal::Superseded { .. })
+    ));
 }
 
 #[test]
@@ -323,7 +470,13 @@ fn with_the_clock_unsynchronised_and_behind_the_floor_a_certificate_expired_befo
          time floor); enroll the device again with a new token (`rxgate token create`)",
         stolen.serial
     );
-    assert_eq!(refused, Err(Refusal::Unauthorized(expected.clone())));
+    assert_eq!(
+        refused,
+        Err(Refusal::Unauthorized {
+            class: "certificate_refused",
+            reason: expected.clone()
+        })
+    );
     assert_eq!(
         f.registry
             .check_certificate(&f.identity(&stolen), SITE)
@@ -331,11 +484,6 @@ fn with_the_clock_unsynchronised_and_behind_the_floor_a_certificate_expired_befo
             .map_err(|e| e.to_string()),
         Err(expected)
     );
-    let entries = crate::audit::entries(f.registry.store(), 1, 100).unwrap();
-    let last = entries.last().unwrap();
-    assert_eq!(last.kind, Kind::EnrollRefused);
-    assert_eq!(last.ts, "2026-04-10T12:00:00Z", "stamped at the floor");
-    assert!(!last.clock_synced);
 }
 
 #[test]

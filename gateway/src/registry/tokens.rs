@@ -1,5 +1,7 @@
 //! One-time enrollment tokens.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
@@ -18,6 +20,9 @@ use crate::store::{self, to_json};
 
 /// Prefix of every token secret, so a leaked one is recognisable by secret scanners.
 const SECRET_PREFIX: &str = "rxg_";
+/// Source addresses whose wrong guesses one token remembers; beyond it, addresses not locked out
+/// are forgotten first (the record is rewritten at every attempt, so it stays small).
+const MAX_SOURCES: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,8 +46,31 @@ pub struct TokenRecord {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// Wrong secrets from all sources together.
     pub failed_attempts: u32,
     pub state: TokenState,
+    /// Wrong secrets per source address, for the per-source lockout.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_by_source: BTreeMap<IpAddr, SourceFailures>,
+}
+
+/// One source address's wrong secrets for one token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailures {
+    pub failures: u32,
+    /// Set when `failures` reached the per-source limit: until then the source is refused
+    /// without its secret being looked at.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub locked_until: Option<OffsetDateTime>,
+}
+
+/// How many wrong secrets a token takes: per source before that source is locked out, and from
+/// all sources before the token is burnt.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub per_source: u32,
+    pub lockout: Duration,
+    pub burn_after: u32,
 }
 
 /// What `rxgate token list` shows: no secret, no hash.
@@ -82,8 +110,10 @@ impl TokenRecord {
 }
 
 /// A token check that failed. `no_token`: there was nothing pending for the device at all.
+/// `class` and `reason` are for the audit trail only: the requester is told none of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TokenRefused {
+    pub class: &'static str,
     pub reason: String,
     pub no_token: bool,
     pub burnt_now: bool,
@@ -115,17 +145,23 @@ fn save_token(txn: &WriteTransaction, token: &TokenRecord) -> Result<()> {
     Ok(())
 }
 
-/// Checks `secret` against the device's pending token without consuming it. A wrong secret counts
-/// as a failed attempt, and the attempt that reaches `max_failed` burns the token.
+/// Checks `secret` from `source` against the device's pending token without consuming it.
+///
+/// A wrong secret counts against its source and against the token. A source that reaches
+/// `limits.per_source` is locked out of this token for `limits.lockout`: its attempts are refused
+/// unchecked, so a stranger at one address cannot use up the installer's attempts at another.
+/// The wrong secret that brings all sources together to `limits.burn_after` burns the token.
 pub(super) fn verify(
     txn: &WriteTransaction,
     device: &str,
     secret: &str,
+    source: IpAddr,
     now: OffsetDateTime,
-    max_failed: u32,
+    limits: Limits,
 ) -> Result<Result<TokenRecord, TokenRefused>> {
-    let refused = |reason: String, no_token: bool| {
+    let refused = |class: &'static str, reason: String, no_token: bool| {
         Ok(Err(TokenRefused {
+            class,
             reason,
             no_token,
             burnt_now: false,
@@ -133,6 +169,7 @@ pub(super) fn verify(
     };
     let Some(mut token) = load_token(txn, device)? else {
         return refused(
+            "no_token",
             format!("no enrollment token exists for device {device:?}"),
             true,
         );
@@ -140,43 +177,86 @@ pub(super) fn verify(
     match token.state {
         TokenState::Used => {
             return refused(
+                "token_used",
                 format!("the token for device {device:?} was already used"),
                 true,
             );
         }
         TokenState::Burnt => {
             return refused(
+                "token_burnt",
                 format!(
-                    "the token for device {device:?} was burnt after too many failed attempts; create a new one"
+                    "the token for device {device:?} was burnt after {} failed attempts; create a new one",
+                    token.failed_attempts
                 ),
                 true,
             );
         }
         TokenState::Revoked => {
-            return refused(format!("the token for device {device:?} was revoked"), true);
+            return refused(
+                "token_revoked",
+                format!("the token for device {device:?} was revoked"),
+                true,
+            );
         }
         TokenState::Pending => {}
+    }
+    if let Some(entry) = token.failed_by_source.get_mut(&source) {
+        match entry.locked_until {
+            Some(until) if until > now => {
+                return refused(
+                    "source_locked_out",
+                    format!(
+                        "{source} is locked out of the token for device {device:?} until {} after {} wrong tokens; the secret was not checked",
+                        crate::clock::rfc3339(until),
+                        entry.failures
+                    ),
+                    false,
+                );
+            }
+            // The lockout is over: a fresh allowance.
+            Some(_) => {
+                entry.failures = 0;
+                entry.locked_until = None;
+            }
+            None => {}
+        }
     }
     let matches: bool = sha256_hex(secret)
         .as_bytes()
         .ct_eq(token.secret_sha256.as_bytes())
         .into();
     if !matches {
-        token.failed_attempts += 1;
-        let burnt_now = token.failed_attempts >= max_failed;
+        token.failed_attempts = token.failed_attempts.saturating_add(1);
+        make_room(&mut token.failed_by_source, source, now);
+        let entry = token
+            .failed_by_source
+            .entry(source)
+            .or_insert(SourceFailures {
+                failures: 0,
+                locked_until: None,
+            });
+        entry.failures = entry.failures.saturating_add(1);
+        let mut reason = format!(
+            "wrong token for device {device:?} ({} from {source}, {} from all sources)",
+            entry.failures, token.failed_attempts
+        );
+        if entry.failures >= limits.per_source {
+            let until = now + limits.lockout;
+            entry.locked_until = Some(until);
+            reason.push_str(&format!(
+                "; {source} is locked out of this token until {}",
+                crate::clock::rfc3339(until)
+            ));
+        }
+        let burnt_now = token.failed_attempts >= limits.burn_after;
         if burnt_now {
             token.state = TokenState::Burnt;
+            reason.push_str("; the token is now burnt");
         }
         save_token(txn, &token)?;
-        let reason = if burnt_now {
-            format!(
-                "wrong token for device {device:?}; after {} failed attempts the token is now burnt",
-                token.failed_attempts
-            )
-        } else {
-            format!("wrong token for device {device:?}")
-        };
         return Ok(Err(TokenRefused {
+            class: "wrong_token",
             reason,
             no_token: false,
             burnt_now,
@@ -184,6 +264,7 @@ pub(super) fn verify(
     }
     if token.expires_at <= now {
         return refused(
+            "token_expired",
             format!(
                 "the token for device {device:?} expired at {}",
                 crate::clock::rfc3339(token.expires_at)
@@ -192,6 +273,21 @@ pub(super) fn verify(
         );
     }
     Ok(Ok(token))
+}
+
+/// Keeps `sources` below [`MAX_SOURCES`] before `source` is added: addresses not locked out go
+/// first, fewest failures first.
+fn make_room(sources: &mut BTreeMap<IpAddr, SourceFailures>, source: IpAddr, now: OffsetDateTime) {
+    if sources.len() < MAX_SOURCES || sources.contains_key(&source) {
+        return;
+    }
+    let victim = sources
+        .iter()
+        .min_by_key(|(_, f)| (f.locked_until.is_some_and(|until| until > now), f.failures))
+        .map(|(ip, _)| *ip);
+    if let Some(victim) = victim {
+        sources.remove(&victim);
+    }
 }
 
 pub(super) fn mark_used(
@@ -246,6 +342,7 @@ impl Registry {
             expires_at: now + ttl,
             failed_attempts: 0,
             state: TokenState::Pending,
+            failed_by_source: BTreeMap::new(),
         };
         self.store.write(|txn| {
             let existing = load_device(txn, device)?;
