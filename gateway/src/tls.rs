@@ -168,6 +168,10 @@ impl ClientCertVerifier for DeviceCertVerifier {
 
 /// A TLS 1.2/1.3 server config presenting `chain` (server certificate first, then the CA chain
 /// so clients holding only the root can build the path) and verifying device certificates.
+///
+/// The server picks the cipher suite by its own order (the provider's: AES-256-GCM, AES-128-GCM,
+/// ChaCha20-Poly1305, ECDHE only), not the client's: a client listing a weaker suite first
+/// does not get it, and an audit (testssl.sh `cipher_order`) sees a configured order.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -185,6 +189,7 @@ pub fn server_config(
             ))
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -193,4 +198,96 @@ pub fn peer_certificate(conn: &rustls::ServerConnection) -> Option<CertificateDe
     conn.peer_certificates()
         .and_then(|certs| certs.first())
         .map(|c| c.clone().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::ring::cipher_suite;
+    use rustls::{
+        CipherSuite, ClientConfig, ClientConnection, ServerConnection, SupportedCipherSuite,
+    };
+    use rustls_pki_types::ServerName;
+    use rxgate_certs::CertificateAuthority;
+
+    fn gateway_server_config() -> (Arc<ServerConfig>, CertificateDer<'static>) {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::generate("rxgate CA test", now).unwrap();
+        let issued = ca
+            .issue_server(
+                &["localhost".to_owned()],
+                std::time::Duration::from_secs(86_400),
+                now,
+            )
+            .unwrap();
+        let mut chain = vec![issued.cert.der.clone()];
+        chain.extend(ca.chain_der());
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
+        let verifier = DeviceCertVerifier::new(&ca.chain_der(), false).unwrap();
+        let config = server_config(chain, key, verifier, &[]).unwrap();
+        (config, ca.chain_der()[0].clone())
+    }
+
+    /// The suite the gateway picks for a client that lists `offered` in that order.
+    fn negotiated(
+        version: &'static rustls::SupportedProtocolVersion,
+        offered: Vec<SupportedCipherSuite>,
+    ) -> CipherSuite {
+        let (server_config, ca) = gateway_server_config();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let provider = CryptoProvider {
+            cipher_suites: offered,
+            ..rustls::crypto::ring::default_provider()
+        };
+        let client_config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = ServerConnection::new(server_config).unwrap();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut flight = Vec::new();
+            client.write_tls(&mut flight).unwrap();
+            server.read_tls(&mut flight.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            let mut flight = Vec::new();
+            server.write_tls(&mut flight).unwrap();
+            client.read_tls(&mut flight.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!server.is_handshaking(), "the handshake did not finish");
+        server.negotiated_cipher_suite().unwrap().suite()
+    }
+
+    #[test]
+    fn a_tls13_client_preferring_chacha20_gets_the_servers_first_choice_aes_256_gcm() {
+        let suite = negotiated(
+            &rustls::version::TLS13,
+            vec![
+                cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+                cipher_suite::TLS13_AES_128_GCM_SHA256,
+                cipher_suite::TLS13_AES_256_GCM_SHA384,
+            ],
+        );
+        assert_eq!(suite, CipherSuite::TLS13_AES_256_GCM_SHA384);
+    }
+
+    #[test]
+    fn a_tls12_client_preferring_chacha20_gets_the_servers_first_choice_aes_256_gcm() {
+        let suite = negotiated(
+            &rustls::version::TLS12,
+            vec![
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+        );
+        assert_eq!(suite, CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
+    }
 }

@@ -79,6 +79,25 @@ pub(crate) fn router(est: Arc<Est>) -> Router {
         .route("/.well-known/est/simplereenroll", post(simple_reenroll))
         .fallback(not_found)
         .with_state(est)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Headers on every EST answer, errors and 404s included. EST clients are not browsers, but a
+/// browser pointed at the listener must not sniff a certificate into a script, frame it, or
+/// keep an issued certificate in its cache. No HSTS: it would bind every port of the host name,
+/// the plain-HTTP metrics endpoint among them.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
