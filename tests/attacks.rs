@@ -819,3 +819,126 @@ fn every_refused_simpleenroll_gets_the_same_401_body_and_the_audit_trail_keeps_e
     assert!(reason_of("ghost-01", "no_token").contains("no enrollment token exists"));
     assert_eq!(audit_entries(&gw, "token.burnt").len(), 1);
 }
+
+/// Alerts as `rxgate alerts list --all --json` gives them.
+fn alerts(gw: &Gateway) -> Vec<serde_json::Value> {
+    serde_json::from_str(&gw.cli_ok(&["alerts", "list", "--all", "--json"])).unwrap()
+}
+
+/// Finding: each address with 10 refused TLS connections raised its own alert (20 addresses, 20
+/// alerts; with IPv6, unlimited). Now the device listener raises one flag per window for all
+/// sources together, counting them, and the alert it becomes ends up with the window's count.
+#[test]
+fn twenty_addresses_refused_ten_times_each_raise_one_alert_that_counts_them_all() {
+    let mut gw = Gateway::init("");
+    gw.spawn_logging("info");
+    let started = Instant::now();
+    // Round-robin, so every source is counted before the first reaches the threshold.
+    for _round in 0..10 {
+        for host in 2..=21u8 {
+            let mut tcp = rxgate_e2e::tcp_from([127, 0, 0, host], gw.mqtt).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest);
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "200 refused connections took {:?}",
+        started.elapsed()
+    );
+    let flagged = wait_until(
+        Duration::from_secs(10),
+        "the refused-connection alert",
+        || {
+            let flagged: Vec<serde_json::Value> = alerts(&gw)
+                .into_iter()
+                .filter(|a| a["flag"] == "repeated_refused_connections")
+                .collect();
+            (!flagged.is_empty()).then_some(flagged)
+        },
+    );
+    assert_eq!(flagged.len(), 1, "one alert for the listener: {flagged:#?}");
+    assert_eq!(flagged[0]["device"], "gateway");
+    assert_eq!(flagged[0]["detail"]["listener"], "mqtt");
+    assert_eq!(flagged[0]["detail"]["sources"], 20, "{:#}", flagged[0]);
+    // Round-robin: the hundredth refusal (five from each source) made the window loud. The
+    // window's whole count follows when it closes, five minutes on (unit-tested in
+    // audit::refusals).
+    assert_eq!(flagged[0]["detail"]["refused"], 100, "{:#}", flagged[0]);
+    assert_eq!(flagged[0]["occurrences"], 1, "{:#}", flagged[0]);
+}
+
+/// Finding: every rate-limited message wrote an INFO line (2 400 lines in 5 s under a flood).
+/// Now the log says what the audit trail says: one line per folded entry, each with its count.
+#[test]
+fn a_device_held_to_its_rate_limit_costs_the_log_a_few_lines_that_count_every_refusal() {
+    let mut gw = Gateway::init("");
+    gw.spawn_logging("info");
+    let creds = gw.enroll_with_sim("sensor-flood", "sensor");
+    // 3 000 telemetry messages as fast as the device's PUBACKs come (QoS 1, so none is lost on
+    // the way), far over the default limit (50 a second, bursts of 500): most are refused.
+    let lines: String = (0..3000)
+        .map(|i| format!("{{\"points\":{{\"x\":{i}}}}}\n"))
+        .collect();
+    let mut publisher = gw
+        .device_client("mosquitto_pub", &creds, "sensor-flood")
+        .args(["-t", "devices/sensor-flood/telemetry", "-l", "-q", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    publisher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = publisher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let refused_metric = || -> u64 {
+        let metrics = curl(gw.dir.path(), &[&format!("http://{}/metrics", gw.metrics)]).body_text();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("rxgate_refusals_total{") && l.contains("rate_limited"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let refused = wait_until(Duration::from_secs(10), "the flood to be counted", || {
+        let n = refused_metric();
+        (n >= 1000).then_some(n)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = refused.max(refused_metric());
+    assert!(gw.stop(), "the gateway stops cleanly:\n{}", gw.logs());
+    let logs = gw.logs();
+    let refusal_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("Refused.") && l.contains("rate_limited"))
+        .collect();
+    assert!(
+        !refusal_lines.is_empty() && refusal_lines.len() <= 12,
+        "{} log lines for {refused} refusals:\n{}",
+        refusal_lines.len(),
+        refusal_lines.join("\n")
+    );
+    let counted: u64 = refusal_lines
+        .iter()
+        .filter_map(|l| {
+            let at = l.find("count=")? + "count=".len();
+            l[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        counted,
+        refused,
+        "the log lines count every refusal:\n{}",
+        refusal_lines.join("\n")
+    );
+}

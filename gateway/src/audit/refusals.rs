@@ -153,14 +153,37 @@ impl RefusalLog {
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.flush(&mut pending, false).await,
+                _ = tick.tick() => {
+                    self.close_window(false).await;
+                    self.flush(&mut pending, false).await;
+                }
             }
         }
         while let Ok(refusal) = self.rx.try_recv() {
             self.watch(&refusal).await;
             pending.push(refusal);
         }
+        self.close_window(true).await;
         self.flush(&mut pending, true).await;
+    }
+
+    /// Ends the refused-connection window once it is over (or at shutdown, `last`): a flagged
+    /// window that kept counting raises the flag once more with its whole count, so the alert
+    /// (which folds it in) ends up saying how many sources and refusals the window saw.
+    async fn close_window(&mut self, last: bool) {
+        let over = |w: &ConnectionWindow| last || w.since.elapsed() >= REPEAT_WINDOW;
+        let Some(window) = self.connections.take_if(|w| over(w)) else {
+            return;
+        };
+        if let (Some(flags), Some(detail)) = (&self.flags, window.closing_detail()) {
+            let _ = flags
+                .send(RefusalFlag {
+                    device: "gateway".to_owned(),
+                    flag: "repeated_refused_connections",
+                    detail,
+                })
+                .await;
+        }
     }
 
     /// Decides what of `pending` is written now and what is held for a summary, and adds the
@@ -311,7 +334,9 @@ struct ConnectionWindow {
     /// Refusals from sources beyond [`WINDOW_SOURCES`].
     others: u32,
     refused: u32,
-    flagged: bool,
+    last_reason: String,
+    /// `refused` when the flag was raised, if it was.
+    flagged_at: Option<u32>,
 }
 
 impl ConnectionWindow {
@@ -321,13 +346,15 @@ impl ConnectionWindow {
             per_source: std::collections::HashMap::new(),
             others: 0,
             refused: 0,
-            flagged: false,
+            last_reason: String::new(),
+            flagged_at: None,
         }
     }
 
     /// Counts one refusal from `source`; the flag's detail when this one makes the window loud.
     fn count(&mut self, source: String, last_reason: &str) -> Option<serde_json::Value> {
         self.refused += 1;
+        last_reason.clone_into(&mut self.last_reason);
         let from_source =
             if self.per_source.contains_key(&source) || self.per_source.len() < WINDOW_SOURCES {
                 let n = self.per_source.entry(source).or_insert(0);
@@ -340,10 +367,15 @@ impl ConnectionWindow {
         // One loud source (a device retrying with a revoked certificate), or many quiet ones
         // together (a scan from a range of addresses).
         let loud = from_source >= REPEAT_THRESHOLD || self.refused >= REPEAT_THRESHOLD * 10;
-        if self.flagged || !loud {
+        if self.flagged_at.is_some() || !loud {
             return None;
         }
-        self.flagged = true;
+        self.flagged_at = Some(self.refused);
+        Some(self.detail(false))
+    }
+
+    /// The window's count for the flag; `closed` once the window is over.
+    fn detail(&self, closed: bool) -> serde_json::Value {
         let mut loudest: Vec<(&String, &u32)> = self.per_source.iter().collect();
         loudest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let named: Vec<serde_json::Value> = loudest
@@ -351,14 +383,21 @@ impl ConnectionWindow {
             .take(NAMED_SOURCES)
             .map(|(source, n)| serde_json::json!({"source": source, "refused": n}))
             .collect();
-        Some(serde_json::json!({
+        serde_json::json!({
             "listener": "mqtt",
             "sources": self.per_source.len() + usize::from(self.others > 0),
             "refused": self.refused,
             "within_s": REPEAT_WINDOW.as_secs(),
+            "window_closed": closed,
             "loudest": named,
-            "last_reason": last_reason,
-        }))
+            "last_reason": self.last_reason,
+        })
+    }
+
+    /// The closing count, when refusals came after the flag was raised.
+    fn closing_detail(&self) -> Option<serde_json::Value> {
+        let at = self.flagged_at?;
+        (self.refused > at).then(|| self.detail(true))
     }
 }
 
@@ -496,11 +535,14 @@ mod tests {
             REPEAT_THRESHOLD as usize * 2
         ])
         .await;
+        // Raised when the source gets loud, then once more when the window closes with its count.
         assert_eq!(
             flags.len(),
-            1,
-            "one flag per window, not one per refusal: {flags:?}"
+            2,
+            "one flag per window and its closing count: {flags:?}"
         );
+        assert_eq!(flags[1].detail["window_closed"], true);
+        assert_eq!(flags[1].detail["refused"], REPEAT_THRESHOLD * 2);
         let flag = &flags[0];
         assert_eq!(flag.flag, "repeated_refused_connections");
         assert_eq!(flag.device, "gateway");
@@ -513,15 +555,16 @@ mod tests {
     #[tokio::test]
     async fn twenty_loud_addresses_raise_one_flag_for_the_listener() {
         let mut refusals = Vec::new();
-        for round in 0..REPEAT_THRESHOLD {
+        for _round in 0..REPEAT_THRESHOLD {
             for host in 1..=20 {
-                let _ = round;
                 refusals.push(refused_connection(&format!("192.0.2.{host}")));
             }
         }
         let flags = flags_of(refusals).await;
-        assert_eq!(flags.len(), 1, "{flags:?}");
-        assert_eq!(flags[0].detail["sources"], 20);
+        assert_eq!(flags.len(), 2, "{flags:?}");
+        assert_eq!(flags[1].detail["sources"], 20);
+        assert_eq!(flags[1].detail["refused"], REPEAT_THRESHOLD * 20);
+        assert_eq!(flags[1].detail["loudest"].as_array().unwrap().len(), 10);
     }
 
     #[tokio::test]
