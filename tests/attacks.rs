@@ -942,3 +942,59 @@ fn a_device_held_to_its_rate_limit_costs_the_log_a_few_lines_that_count_every_re
         refusal_lines.join("\n")
     );
 }
+
+/// A session already open with a certificate that a renewal then replaces is served through the
+/// grace (the device may still be switching over) and dropped when the grace ends: a stolen key
+/// connected before the renewal does not keep its session.
+#[test]
+fn a_session_open_with_a_certificate_a_renewal_replaces_is_dropped_when_the_grace_ends() {
+    const GRACE: Duration = Duration::from_secs(4);
+    let mut gw = Gateway::init("[enroll]\nsuperseded_grace = \"4s\"\n");
+    gw.spawn_logging("info");
+    let current = gw.enroll_with_sim("fridge-01", "fridge");
+    let old = gw.path("old-cert");
+    copy_credentials(&current, &old);
+    let mut session = gw
+        .device_client("mosquitto_sub", &old, "fridge-01")
+        .args(["-t", "devices/fridge-01/rejected", "-q", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the old certificate's session",
+        || gw.logs().contains("Device connected.").then_some(()),
+    );
+    let renew = run(Command::new(rxgate_e2e::bin("rxgate-sim"))
+        .args(["renew", "--est", &gw.est_url(), "--dir"])
+        .arg(&current));
+    let renewed_at = Instant::now();
+    assert!(renew.status.success(), "{}", text(&renew));
+    const DROPPED: &str = "certificate replaced by a renewal; its grace is over";
+    std::thread::sleep(GRACE / 2);
+    assert!(
+        !gw.logs().contains(DROPPED),
+        "dropped within the grace:\n{}",
+        gw.logs()
+    );
+    wait_until(GRACE * 2, "the session to be dropped", || {
+        gw.logs().contains(DROPPED).then_some(())
+    });
+    let dropped_after = renewed_at.elapsed();
+    let _ = session.kill();
+    let _ = session.wait();
+    assert!(
+        dropped_after >= GRACE - Duration::from_millis(500),
+        "dropped {dropped_after:?} after the renewal, before the grace"
+    );
+    // Its reconnection, if it tried one, was refused; the newest certificate still connects.
+    let topic = "devices/fridge-01/telemetry";
+    let newest = gw.mosquitto_pub(
+        &current,
+        "fridge-01",
+        topic,
+        r#"{"points":{"temperature_c":5.0}}"#,
+    );
+    assert!(newest.status.success(), "{}", text(&newest));
+}

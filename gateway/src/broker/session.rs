@@ -59,6 +59,8 @@ enum End {
     DeviceClosed,
     BrokerClosed,
     Revoked,
+    /// The session's certificate was replaced by a renewal and its grace is over.
+    Superseded,
     Shutdown,
     Error(String),
 }
@@ -69,6 +71,7 @@ impl End {
             End::DeviceClosed => "device disconnected".to_owned(),
             End::BrokerClosed => "session closed by the broker (keep-alive or takeover)".to_owned(),
             End::Revoked => "device revoked".to_owned(),
+            End::Superseded => "certificate replaced by a renewal; its grace is over".to_owned(),
             End::Shutdown => "gateway shutting down".to_owned(),
             End::Error(e) => e.clone(),
         }
@@ -145,6 +148,7 @@ pub(super) async fn serve(
     };
     let id = identity.device_id.clone();
     let kind = identity.kind.clone();
+    let serial = identity.serial.clone();
     let ticket = super::ConnectTicket::take(&shared.awaiting_connect, &id);
     let mut changes = shared.registry.subscribe();
     let check = {
@@ -321,9 +325,22 @@ pub(super) async fn serve(
         tokio::spawn(async move { settle_status(&id, online).await });
     }
 
+    // A certificate a renewal replaced is served until its grace ends, then the session is
+    // dropped like a revoked one: a stolen key does not outlive the device's own renewal.
+    let accepted_until = {
+        let registry = shared.registry.clone();
+        let serial = serial.clone();
+        tokio::task::spawn_blocking(move || registry.superseded_until(&serial))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+    };
     let end = Relay {
         shared: &shared,
         id: &id,
+        serial: &serial,
+        ends_at: accepted_until.map(|until| deadline_of(&shared, until)),
         kind: &kind,
         device: &mut device,
         broker: &mut broker,
@@ -398,9 +415,20 @@ async fn settle_status(id: &str, pending: crate::message::Pending) {
     }
 }
 
+/// The monotonic instant of the wall-clock time `until` (the gateway's floored time): a clock
+/// thrown back later does not lengthen a grace.
+fn deadline_of(shared: &Shared, until: time::OffsetDateTime) -> tokio::time::Instant {
+    let left = until - shared.registry.clock().now();
+    tokio::time::Instant::now() + std::time::Duration::try_from(left).unwrap_or_default()
+}
+
 struct Relay<'a> {
     shared: &'a Arc<Shared>,
     id: &'a str,
+    /// The serial of the session's certificate.
+    serial: &'a str,
+    /// When the session ends because its certificate was superseded.
+    ends_at: Option<tokio::time::Instant>,
     kind: &'a str,
     device: &'a mut TlsStream<TcpStream>,
     broker: &'a mut TcpStream,
@@ -441,13 +469,24 @@ impl Relay<'_> {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return End::Shutdown,
+                _ = tokio::time::sleep_until(self.ends_at.unwrap_or_else(tokio::time::Instant::now)), if self.ends_at.is_some() => return End::Superseded,
                 change = self.changes.recv() => match change {
                     Ok(Change::Revoked { device }) if device == self.id => return End::Revoked,
+                    Ok(Change::Superseded { device, serial, until })
+                        if device == self.id && serial != self.serial =>
+                    {
+                        let at = deadline_of(self.shared, until);
+                        self.ends_at = Some(self.ends_at.map_or(at, |sooner| sooner.min(at)));
+                    }
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Missed some changes: ask the registry directly.
                         if matches!(self.shared.registry.device(self.id), Ok(Some(d)) if d.status == crate::registry::DeviceStatus::Revoked) {
                             return End::Revoked;
+                        }
+                        if let Ok(Some(until)) = self.shared.registry.superseded_until(self.serial) {
+                            let at = deadline_of(self.shared, until);
+                            self.ends_at = Some(self.ends_at.map_or(at, |sooner| sooner.min(at)));
                         }
                     }
                     Err(broadcast::error::RecvError::Closed) => return End::Shutdown,

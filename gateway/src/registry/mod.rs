@@ -198,6 +198,13 @@ impl Refusal {
 pub enum Change {
     /// Drop every live session of this device.
     Revoked { device: String },
+    /// The device renewed: sessions holding any of its certificates other than `serial` end at
+    /// `until` (the end of `[enroll].superseded_grace`), or sooner if theirs ends sooner.
+    Superseded {
+        device: String,
+        serial: String,
+        until: OffsetDateTime,
+    },
 }
 
 /// Who asks, from where: recorded in the audit trail.
@@ -540,7 +547,8 @@ impl Registry {
         if let Some(refusal) = refusal {
             return Ok(Err(refusal));
         }
-        self.store.write(|txn| {
+        let mut superseded = None;
+        let outcome = self.store.write(|txn| {
             let Some(mut record) = load_device(txn, device)? else {
                 return Ok(Err(Refusal::Unauthorized {
                     class: "device_unknown",
@@ -549,6 +557,7 @@ impl Registry {
             };
             let issued = ca.issue_device(csr, &profile(policy, &record.kind, device, now))?;
             supersede_current(txn, device, now + policy.superseded_grace)?;
+            superseded = Some(issued.serial.clone());
             insert_cert(txn, device, &issued)?;
             record.serial = Some(issued.serial.clone());
             record.not_after = Some(issued.not_after);
@@ -565,6 +574,28 @@ impl Registry {
                 })),
             )?;
             Ok(Ok(issued))
+        })?;
+        if let Some(serial) = superseded {
+            let _ = self.changes.send(Change::Superseded {
+                device: device.to_owned(),
+                serial,
+                until: now + policy.superseded_grace,
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Until when the certificate `serial` is accepted, if it has been superseded by a renewal.
+    pub fn superseded_until(&self, serial: &str) -> Result<Option<OffsetDateTime>> {
+        self.store.read(|txn| {
+            let cert: Option<CertRecord> = match txn.open_table(CERTS) {
+                Ok(t) => store::get_json(&t, "certs", serial)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            Ok(cert
+                .filter(|c| c.status == CertStatus::Superseded)
+                .and_then(|c| c.superseded_until))
         })
     }
 
