@@ -736,6 +736,17 @@ fn every_refused_simpleenroll_gets_the_same_401_body_and_the_audit_trail_keeps_e
             &used_csr,
         ),
     ));
+    gw.cli_ok(&["device", "revoke", "fridge-04", "--reason", "stolen"]);
+    refused.push((
+        "revoked device, no token",
+        est_post(
+            &gw,
+            "127.0.0.1",
+            "simpleenroll",
+            &["-u", &basic("fridge-04", "rxg_x")],
+            &used_csr,
+        ),
+    ));
     let short = gw.cli_ok(&[
         "token",
         "create",
@@ -802,6 +813,7 @@ fn every_refused_simpleenroll_gets_the_same_401_body_and_the_audit_trail_keeps_e
         "token_burnt",
         "token_used",
         "token_expired",
+        "device_revoked",
     ] {
         assert!(classes.contains(class), "no {class} in {classes:?}");
     }

@@ -447,9 +447,12 @@ impl Registry {
                                 .detail(serde_json::json!({ "reason": refused.reason })),
                         )?;
                     }
+                    // A revoked device without a token gets the same 401 as any unknown id:
+                    // a stranger cannot probe which devices were revoked. The reason is in the
+                    // audit trail, and `rxgate device list` shows the state to the installer.
                     let revoked = matches!(load_device(txn, device)?, Some(d) if d.status == DeviceStatus::Revoked);
                     return Ok(Err(if revoked && refused.no_token {
-                        Refusal::Forbidden {
+                        Refusal::Unauthenticated {
                             class: "device_revoked",
                             reason: format!(
                                 "device {device} is revoked; an administrator must create a new token to re-commission it"

@@ -309,10 +309,11 @@ fn revoking_refuses_every_certificate_of_the_device_and_announces_it() {
         .renew(&identity, &csr("fridge-1"), &f.ca, &policy(), SOURCE)
         .unwrap();
     assert!(matches!(renewal, Err(Refusal::Forbidden { .. })));
-    // Without a new token, enrollment is forbidden rather than unauthorized.
+    // Without a new token, enrollment is refused like any unknown device's (the same 401 a
+    // stranger gets), with the reason kept for the audit trail.
     assert!(matches!(
         f.enroll("fridge-1", "rxg_x"),
-        Err(Refusal::Forbidden {
+        Err(Refusal::Unauthenticated {
             class: "device_revoked",
             ..
         })
