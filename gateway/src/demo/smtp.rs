@@ -71,7 +71,8 @@ async fn session(stream: tokio::net::TcpStream, tx: mpsc::Sender<Mail>) -> std::
                 }
                 if in_subject && data.starts_with([' ', '\t']) {
                     if let Some(s) = subject.as_mut() {
-                        s.push_str(data.trim_start());
+                        // Unfolding (RFC 5322 2.2.3) removes the line break, not the space after it.
+                        s.push_str(&data);
                     }
                     continue;
                 }
