@@ -129,13 +129,7 @@ impl RefusalLog {
             slot => slot.insert(ConnectionWindow::new(now)),
         };
         if let Some(detail) = window.count(source_key(source), &refusal.reason) {
-            let _ = flags
-                .send(RefusalFlag {
-                    device: "gateway".to_owned(),
-                    flag: "repeated_refused_connections",
-                    detail,
-                })
-                .await;
+            raise_refused_connections(flags, detail).await;
         }
     }
 
@@ -176,13 +170,7 @@ impl RefusalLog {
             return;
         };
         if let (Some(flags), Some(detail)) = (&self.flags, window.closing_detail()) {
-            let _ = flags
-                .send(RefusalFlag {
-                    device: "gateway".to_owned(),
-                    flag: "repeated_refused_connections",
-                    detail,
-                })
-                .await;
+            raise_refused_connections(flags, detail).await;
         }
     }
 
@@ -399,6 +387,17 @@ impl ConnectionWindow {
         let at = self.flagged_at?;
         (self.refused > at).then(|| self.detail(true))
     }
+}
+
+/// Raises the listener's `repeated_refused_connections` flag, which is the gateway's own.
+async fn raise_refused_connections(flags: &mpsc::Sender<RefusalFlag>, detail: serde_json::Value) {
+    let _ = flags
+        .send(RefusalFlag {
+            device: "gateway".to_owned(),
+            flag: "repeated_refused_connections",
+            detail,
+        })
+        .await;
 }
 
 /// A refusal's source as counted for flags: an IPv4 address, or an IPv6 address's /64.
