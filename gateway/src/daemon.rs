@@ -120,7 +120,8 @@ impl Gateway {
             pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
         let enroll = EnrollServer::build(config, registry.clone(), &pki, refusals.clone()).await?;
         let mut broker = DeviceBroker::build(
-            config,
+            &config.gateway.site,
+            &config.mqtt,
             registry.clone(),
             &pki,
             ingest.clone(),

@@ -12,6 +12,9 @@
 //!
 //! Everything else (subscriptions, retained messages, deliveries to the device) is rumqttd's.
 
+mod config;
+pub use config::MqttConfig;
+
 mod acl;
 pub mod payload;
 mod session;
@@ -26,7 +29,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Kind, Refusal, Refusals};
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::message::Ingest;
 use crate::net::{self, Dropped, Limits};
@@ -257,19 +259,21 @@ fn relay_config(listen: SocketAddr, password: &str, max_connections: usize) -> r
 }
 
 impl DeviceBroker {
-    /// Starts the embedded broker on loopback and binds `[mqtt].listen`.
+    /// Starts the embedded broker on loopback and binds `[mqtt].listen`, for the devices of
+    /// `site`.
     pub async fn build(
-        config: &Config,
+        site: &str,
+        m: &MqttConfig,
         registry: Registry,
         pki: &GatewayPki,
         ingest: Ingest,
         refusals: Refusals,
     ) -> Result<DeviceBroker> {
-        let listener = TcpListener::bind(config.mqtt.listen)
+        let listener = TcpListener::bind(m.listen)
             .await
             .map_err(|source| Error::Io {
                 action: "cannot listen for device MQTT on",
-                path: config.mqtt.listen.to_string().into(),
+                path: m.listen.to_string().into(),
                 source,
             })?;
         let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), true)?;
@@ -279,7 +283,6 @@ impl DeviceBroker {
             verifier,
             &[b"mqtt"],
         )?;
-        let m = &config.mqtt;
 
         let password = random_password()?;
         let relay = free_loopback_port()?;
@@ -329,7 +332,7 @@ impl DeviceBroker {
                 registry,
                 ingest,
                 refusals,
-                site: config.gateway.site.clone(),
+                site: site.to_owned(),
                 relay,
                 relay_password: password,
                 connect_timeout: m.connect_timeout,

@@ -8,7 +8,6 @@
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
@@ -16,11 +15,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::broker::MqttConfig;
 pub use crate::devices::{
     DataType, DeviceConfig, Function, ModelFile, Parity, RegisterConfig, Transport, WordOrder,
 };
 pub use crate::metrics::MetricsConfig;
-pub use validate::{CloudEndpoint, ConfigError, ConfigErrors, cloud_endpoint, notices};
+pub use crate::outbox::OutboxConfig;
+pub use crate::uplink::{CloudConfig, CloudEndpoint, cloud_endpoint};
+pub use validate::{ConfigError, ConfigErrors, notices};
 
 /// Where the CLI looks for the config when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/rxgate/gateway.toml";
@@ -137,76 +139,6 @@ pub struct EnrollConfig {
     pub max_connections: NonZeroUsize,
 }
 
-/// `[mqtt]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttConfig {
-    /// Address of the device-facing MQTT listener (TLS with client certificates only).
-    #[serde(default = "defaults::mqtt_listen")]
-    pub listen: SocketAddr,
-    /// Time a device has to complete the TLS handshake.
-    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
-    pub handshake_timeout: Duration,
-    /// Time a device has, after the handshake, to send its MQTT CONNECT.
-    #[serde(default = "defaults::handshake_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// TLS handshakes in progress at once; beyond it the oldest is dropped (a silent
-    /// connection cannot keep a real device out).
-    #[serde(default = "defaults::max_pending_handshakes")]
-    pub max_pending_handshakes: NonZeroUsize,
-    /// Device sessions at once.
-    #[serde(default = "defaults::mqtt_max_connections")]
-    pub max_connections: NonZeroUsize,
-    /// Connections from one source address at once: sessions and TLS handshakes in progress
-    /// alike.
-    #[serde(default = "defaults::mqtt_max_per_source")]
-    pub max_connections_per_source: NonZeroUsize,
-}
-
-/// `[cloud]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloudConfig {
-    /// Broker URL, `mqtts://host:port` (TLS) or `mqtt://host:port` (loopback testing only).
-    pub url: String,
-    /// CA certificate(s) that verify the cloud broker (PEM).
-    pub ca_file: Option<PathBuf>,
-    /// The gateway's client certificate towards the cloud (PEM).
-    pub cert_file: Option<PathBuf>,
-    /// Private key for `cert_file` (PEM, PKCS#8 or SEC1).
-    pub key_file: Option<PathBuf>,
-    /// MQTT client id (default `rxgate-<site>`).
-    pub client_id: Option<String>,
-    /// MQTT keep-alive interval.
-    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// Messages sent but not yet acknowledged by the broker, at most.
-    #[serde(default = "defaults::max_inflight")]
-    pub max_inflight: NonZeroUsize,
-    /// First wait before reconnecting after a failure; doubles up to `reconnect_max`.
-    #[serde(default = "defaults::reconnect_min", with = "humantime_serde")]
-    pub reconnect_min: Duration,
-    /// Longest wait between reconnection attempts.
-    #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
-    pub reconnect_max: Duration,
-}
-
-/// `[outbox]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxConfig {
-    /// Space the outbox may use, in MiB. When it is full new messages are refused (devices
-    /// resend later); nothing already accepted is dropped.
-    #[serde(default = "defaults::outbox_max_mib")]
-    pub max_mib: NonZeroU32,
-    /// Messages written together in one durable commit, at most.
-    #[serde(default = "defaults::batch_max")]
-    pub batch_max: NonZeroUsize,
-    /// Longest a message waits for its batch to fill before it is committed.
-    #[serde(default = "defaults::batch_delay", with = "humantime_serde")]
-    pub batch_delay: Duration,
-}
-
 /// Defaults live here, in one place.
 mod defaults {
     use super::*;
@@ -219,9 +151,6 @@ mod defaults {
     }
     pub fn enroll_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8443))
-    }
-    pub fn mqtt_listen() -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 8883))
     }
     pub fn cert_validity() -> Duration {
         Duration::from_secs(30 * 24 * 3600)
@@ -262,36 +191,6 @@ mod defaults {
     pub fn max_connections() -> NonZeroUsize {
         NonZeroUsize::new(64).expect("64 is not zero")
     }
-    pub fn max_pending_handshakes() -> NonZeroUsize {
-        NonZeroUsize::new(256).expect("256 is not zero")
-    }
-    pub fn mqtt_max_connections() -> NonZeroUsize {
-        NonZeroUsize::new(512).expect("512 is not zero")
-    }
-    pub fn mqtt_max_per_source() -> NonZeroUsize {
-        NonZeroUsize::new(128).expect("128 is not zero")
-    }
-    pub fn keep_alive() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn max_inflight() -> NonZeroUsize {
-        NonZeroUsize::new(64).expect("64 is not zero")
-    }
-    pub fn reconnect_min() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn reconnect_max() -> Duration {
-        Duration::from_secs(120)
-    }
-    pub fn outbox_max_mib() -> NonZeroU32 {
-        NonZeroU32::new(1024).expect("1024 is not zero")
-    }
-    pub fn batch_max() -> NonZeroUsize {
-        NonZeroUsize::new(256).expect("256 is not zero")
-    }
-    pub fn batch_delay() -> Duration {
-        Duration::from_millis(20)
-    }
 }
 
 impl Default for EnrollConfig {
@@ -311,29 +210,6 @@ impl Default for EnrollConfig {
             rate_burst: defaults::rate_burst(),
             handshake_timeout: defaults::handshake_timeout(),
             max_connections: defaults::max_connections(),
-        }
-    }
-}
-
-impl Default for OutboxConfig {
-    fn default() -> Self {
-        OutboxConfig {
-            max_mib: defaults::outbox_max_mib(),
-            batch_max: defaults::batch_max(),
-            batch_delay: defaults::batch_delay(),
-        }
-    }
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        MqttConfig {
-            listen: defaults::mqtt_listen(),
-            handshake_timeout: defaults::handshake_timeout(),
-            connect_timeout: defaults::handshake_timeout(),
-            max_pending_handshakes: defaults::max_pending_handshakes(),
-            max_connections: defaults::mqtt_max_connections(),
-            max_connections_per_source: defaults::mqtt_max_per_source(),
         }
     }
 }
@@ -413,12 +289,6 @@ impl Config {
             audit: crate::audit::AuditConfig::default(),
             devices: BTreeMap::new(),
         }
-    }
-}
-
-impl fmt::Display for CloudConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
     }
 }
 

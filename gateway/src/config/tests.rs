@@ -151,7 +151,7 @@ fn missing_gateway_section_is_an_error() {
 
 #[test]
 fn cloud_endpoint_parses_scheme_host_and_default_port() {
-    use validate::cloud_endpoint;
+    use crate::uplink::cloud_endpoint;
     let e = cloud_endpoint("mqtts://broker.example").unwrap();
     assert_eq!(
         (e.tls, e.host.as_str(), e.port),

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::uplink::cloud_endpoint;
+
 use super::{
     CloudConfig, Config, DeviceConfig, EnrollConfig, GatewayConfig, MetricsConfig, MqttConfig,
     OutboxConfig,
@@ -411,56 +413,4 @@ fn check_cloud(cloud: &CloudConfig, errors: &mut Vec<ConfigError>) {
             "cert_file and key_file go together: set both or neither",
         ));
     }
-}
-
-/// A parsed `[cloud].url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloudEndpoint {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parses `mqtts://host:port` or `mqtt://host:port` (port defaults to 8883 / 1883).
-pub fn cloud_endpoint(url: &str) -> Result<CloudEndpoint, String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err("must start with mqtts:// (or mqtt:// for a broker on loopback)".to_owned());
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') || rest.contains('@') || rest.is_empty() {
-        return Err("must be scheme://host[:port] with no path or credentials".to_owned());
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || rest.starts_with('[') => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("port {port:?} is not a number between 1 and 65535"))?;
-            (host.trim_start_matches('[').trim_end_matches(']'), port)
-        }
-        _ => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() || port == 0 {
-        return Err("must name a host and a non-zero port".to_owned());
-    }
-    // Plaintext would carry patient pseudonyms, access records and the gateway's login across
-    // the network in clear: only a broker on this machine may be reached without TLS. Names
-    // other than `localhost` are not resolved here (parsing does no I/O), so they are refused.
-    let on_loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !tls && !on_loopback {
-        return Err(format!(
-            "mqtt:// (no TLS) is only for a broker on loopback (127.0.0.1, ::1, localhost), not {host}; use mqtts://{host}:8883"
-        ));
-    }
-    Ok(CloudEndpoint {
-        tls,
-        host: host.to_owned(),
-        port,
-    })
 }

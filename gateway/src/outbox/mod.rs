@@ -38,6 +38,9 @@
 //!   [topic][payload]`, payload being the exact JSON sent.
 //! - `outbox_seq`: topic → last `seq` given on that stream (u64).
 
+mod config;
+pub use config::OutboxConfig;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

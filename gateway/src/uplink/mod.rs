@@ -10,6 +10,9 @@
 //! reports each as `Outgoing::Publish(pkid)`. [`Inflight`] pairs those, in order, with the
 //! outbox keys we requested, and PUBACKs with keys by packet id.
 
+mod config;
+pub use config::{CloudConfig, CloudEndpoint, cloud_endpoint};
+
 mod inflight;
 
 use std::sync::Arc;
@@ -23,7 +26,6 @@ use rumqttc::{
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{SharedClock, rfc3339};
-use crate::config::{CloudConfig, cloud_endpoint};
 use crate::error::{Error, Result};
 use crate::message::envelope;
 use crate::outbox::{Key, LANES, Outbox};
