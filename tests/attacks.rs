@@ -1010,3 +1010,93 @@ fn a_session_open_with_a_certificate_a_renewal_replaces_is_dropped_when_the_grac
     );
     assert!(newest.status.success(), "{}", text(&newest));
 }
+
+/// Finding: one cabinet sent 1 000 valid CII overrides without a witness after hours in 3.3 s:
+/// 1 000 audit entries and 2 000 unresolved alerts, each sent on every channel. Now flags fold
+/// into one open alert per (device, flag) that counts its occurrences, and the pharmacist gets an
+/// e-mail per flag, not per event; the audit trail still holds every accepted event once.
+#[test]
+fn a_cabinet_flooding_unwitnessed_overrides_raises_one_alert_and_one_e_mail_per_flag() {
+    const EVENTS: usize = 1000;
+    let tmp = tempfile::tempdir().unwrap();
+    let mail_dir = tmp.path().join("mail");
+    let (_smtp, smtp_port) = rxgate_e2e::smtp_sink(0, &mail_dir);
+    // The default policy, its event rate limit raised out of the way so all 1 000 are accepted
+    // (with it, the cabinet would be held to 2 a second and resend the rest later).
+    let policy = rxgate_e2e::policy_without_event_limit(tmp.path());
+    let mut gw = Gateway::init(&format!(
+        "[gateway]\npolicy_file = \"{}\"\n\
+         [alerts.email]\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nfrom = \"rxgate <rxgate@pharmacy.example>\"\n\
+         to = [\"duty@pharmacy.example\"]\ntimeout = \"5s\"\n",
+        policy.display()
+    ));
+    gw.spawn_logging("info");
+    let creds = gw.enroll_with_sim("cabinet-01", "cabinet");
+    let events: String = (0..EVENTS)
+        .map(|n| {
+            format!(
+                r#"{{"type":"access","action":"override","user":"nurse-7","drawer":"C1","ndc":"0409-1234-01","item":"Morphine 10mg","schedule":"CII","quantity":1,"auth":"badge","event_id":"flood-{n}"}}"#
+            ) + "\n"
+        })
+        .collect();
+    let mut cabinet = gw
+        .device_client("mosquitto_pub", &creds, "cabinet-01")
+        .args(["-t", "devices/cabinet-01/events", "-l", "-q", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cabinet
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(events.as_bytes())
+        .unwrap();
+    let out = cabinet.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    eprintln!("published after {:?}; {} audited; refusals: {}", std::time::Instant::now(), audit_entries(&gw, "access.event").len(), gw.logs().lines().rev().take(15).collect::<Vec<_>>().join("\n"));
+
+    // Every event acknowledged is in the audit trail, once.
+    let accepted = wait_until(Duration::from_secs(30), "every event audited", || {
+        let entries = audit_entries(&gw, "access.event");
+        (entries.len() >= EVENTS).then_some(entries)
+    });
+    let ids: std::collections::BTreeSet<String> = accepted
+        .iter()
+        .filter_map(|e| e["detail"]["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(accepted.len(), EVENTS, "each accepted event audited once");
+    assert_eq!(
+        ids.len(),
+        EVENTS,
+        "every event id audited: {} distinct",
+        ids.len()
+    );
+
+    // One open alert per flag, counting every event that raised it.
+    let flags = wait_until(Duration::from_secs(20), "the flags to fold", || {
+        let flags: Vec<serde_json::Value> = alerts(&gw)
+            .into_iter()
+            .filter(|a| a["kind"] == "access_flag")
+            .collect();
+        flags
+            .iter()
+            .any(|a| a["flag"] == "override_without_witness" && a["occurrences"] == EVENTS)
+            .then_some(flags)
+    });
+    let names: std::collections::BTreeSet<&str> =
+        flags.iter().filter_map(|a| a["flag"].as_str()).collect();
+    assert_eq!(names.len(), flags.len(), "one alert per flag: {flags:#?}");
+    assert!(flags.len() <= 3, "{flags:#?}");
+    for alert in &flags {
+        assert_eq!(alert["occurrences"], EVENTS, "{alert:#}");
+    }
+    // An e-mail per flag, sent when it was raised; the occurrences after it wait for the
+    // digest (an hour by default).
+    let mails = rxgate_e2e::wait_for_mails(&mail_dir, flags.len(), Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(2));
+    let mails = rxgate_e2e::mails(&mail_dir).len().max(mails.len());
+    assert_eq!(mails, flags.len(), "e-mails for {} flags", flags.len());
+    assert!(gw.is_running(), "{}", gw.logs());
+}

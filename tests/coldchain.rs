@@ -2,57 +2,14 @@
 //! polling it, a real SMTP server (aiosmtpd), the GPIO fake seen through the metrics, and
 //! mosquitto as the cloud.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use rxgate_e2e::cloud::{Cloud, Subscription};
-use rxgate_e2e::{Gateway, Proc, bin, curl, start_ready, wait_until, workspace};
-
-/// A Python with aiosmtpd (Debian package python3-aiosmtpd): `RXGATE_SMTP_PYTHON`, else
-/// Debian's, else `python3`.
-fn smtp_python() -> PathBuf {
-    std::env::var_os("RXGATE_SMTP_PYTHON")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(["/usr/bin/python3", "python3"].map(PathBuf::from))
-        .find(|p| {
-            Command::new(p)
-                .args(["-c", "import aiosmtpd"])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .expect("a Python with aiosmtpd: apt-get install python3-aiosmtpd")
-}
-
-/// A real SMTP server writing each mail as JSON into `dir`.
-fn smtp_sink(port: u16, dir: &Path) -> (Proc, u16) {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut cmd = Command::new(smtp_python());
-    cmd.arg(workspace().join("gateway/tests/smtp_sink.py"))
-        .args(["--port", &port.to_string(), "--dir"])
-        .arg(dir);
-    start_ready(cmd, "the SMTP sink")
-}
-
-fn mails(dir: &Path) -> Vec<serde_json::Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
-        .collect()
-}
-
-fn wait_for_mails(dir: &Path, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
-    wait_until(timeout, &format!("{n} mail(s)"), || {
-        let got = mails(dir);
-        (got.len() >= n).then_some(got)
-    })
-}
+use rxgate_e2e::{
+    Gateway, Proc, bin, curl, mails, smtp_sink, start_ready, wait_for_mails, wait_until, workspace,
+};
 
 /// The fridge: 5 °C, time 600 times faster, the compressor failing at once.
 fn failing_fridge() -> (Proc, u16) {

@@ -506,3 +506,48 @@ pub fn curl_raw(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir))
 }
+
+/// A Python with aiosmtpd (Debian package python3-aiosmtpd): `RXGATE_SMTP_PYTHON`, else
+/// Debian's, else `python3`.
+pub fn smtp_python() -> PathBuf {
+    std::env::var_os("RXGATE_SMTP_PYTHON")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/usr/bin/python3", "python3"].map(PathBuf::from))
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "import aiosmtpd"])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .expect("a Python with aiosmtpd: apt-get install python3-aiosmtpd")
+}
+
+/// A real SMTP server writing each mail as JSON into `dir`.
+pub fn smtp_sink(port: u16, dir: &Path) -> (Proc, u16) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new(smtp_python());
+    cmd.arg(workspace().join("gateway/tests/smtp_sink.py"))
+        .args(["--port", &port.to_string(), "--dir"])
+        .arg(dir);
+    start_ready(cmd, "the SMTP sink")
+}
+
+pub fn mails(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok())
+        .collect()
+}
+
+pub fn wait_for_mails(dir: &Path, n: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    wait_until(timeout, &format!("{n} mail(s)"), || {
+        let got = mails(dir);
+        (got.len() >= n).then_some(got)
+    })
+}
