@@ -1082,7 +1082,13 @@ fn a_revoked_device_is_listed_in_the_crl_its_certificates_point_to_and_openssl_r
         || {
             let answer = curl(
                 dir,
-                &["--cacert", ca.to_str().unwrap(), "--resolve", &resolve, &crl_uri],
+                &[
+                    "--cacert",
+                    ca.to_str().unwrap(),
+                    "--resolve",
+                    &resolve,
+                    &crl_uri,
+                ],
             );
             assert_eq!(answer.status, 200, "{}", answer.body_text());
             assert!(

@@ -34,9 +34,7 @@ impl RevocationReason {
     fn to_rcgen(self) -> rcgen::RevocationReason {
         match self {
             RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
-            RevocationReason::CessationOfOperation => {
-                rcgen::RevocationReason::CessationOfOperation
-            }
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
             RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
         }
     }
@@ -164,7 +162,7 @@ fn serial_bytes(hex: &str) -> Result<Vec<u8>, Error> {
     let bad = || Error::InvalidCrl {
         reason: format!("serial {hex:?} is not an even number of hex digits"),
     };
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
     (0..hex.len())

@@ -365,15 +365,21 @@ mod tests {
             Some("https://localhost:8443/crl")
         );
         assert_eq!(
-            crl_uri(&["rxgate.local".to_owned(), "10.0.0.2".to_owned()], at("0.0.0.0:9443"))
-                .as_deref(),
+            crl_uri(
+                &["rxgate.local".to_owned(), "10.0.0.2".to_owned()],
+                at("0.0.0.0:9443")
+            )
+            .as_deref(),
             Some("https://rxgate.local:9443/crl")
         );
         assert_eq!(
             crl_uri(&["fd00::1".to_owned()], at("[::]:8443")).as_deref(),
             Some("https://[fd00::1]:8443/crl")
         );
-        assert_eq!(crl_uri(&["rxgate.local".to_owned()], at("127.0.0.1:0")), None);
+        assert_eq!(
+            crl_uri(&["rxgate.local".to_owned()], at("127.0.0.1:0")),
+            None
+        );
     }
 
     #[test]

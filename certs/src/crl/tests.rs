@@ -67,7 +67,10 @@ fn issue_crl_lists_each_serial_with_its_time_and_reason_signed_by_the_ca() {
     let (_, ca_x509) = X509Certificate::from_der(ca.cert_der()).unwrap();
     crl.verify_signature(ca_x509.public_key()).unwrap();
     assert_eq!(crl.issuer().as_raw(), ca_x509.subject().as_raw());
-    assert_eq!(crl.crl_number().map(|n| n.to_string()), Some("7".to_owned()));
+    assert_eq!(
+        crl.crl_number().map(|n| n.to_string()),
+        Some("7".to_owned())
+    );
     assert_eq!(crl.last_update().to_datetime(), NOW);
     assert_eq!(
         crl.next_update().map(|t| t.to_datetime()),
@@ -91,11 +94,7 @@ fn issue_crl_lists_each_serial_with_its_time_and_reason_signed_by_the_ca() {
                 datetime!(2025-05-31 10:00:00 UTC),
                 Some(ReasonCode::Superseded)
             ),
-            (
-                "0102".to_owned(),
-                datetime!(2025-05-30 09:30:00 UTC),
-                None
-            ),
+            ("0102".to_owned(), datetime!(2025-05-30 09:30:00 UTC), None),
         ]
     );
 }
@@ -152,9 +151,16 @@ fn issue_crl_refuses_a_ca_whose_key_usage_lacks_crl_sign() {
 fn certificates_carry_the_crl_distribution_point_only_once_the_ca_has_one() {
     let ca = ca();
     let server = ca
-        .issue_server(&["rxgate.local".to_owned()], Duration::from_secs(86_400), NOW)
+        .issue_server(
+            &["rxgate.local".to_owned()],
+            Duration::from_secs(86_400),
+            NOW,
+        )
         .unwrap();
-    assert_eq!(crl_distribution_uris(&server.cert.der).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        crl_distribution_uris(&server.cert.der).unwrap(),
+        Vec::<String>::new()
+    );
     assert_eq!(
         crl_distribution_uris(&device_cert(&ca).der).unwrap(),
         Vec::<String>::new()
@@ -163,10 +169,17 @@ fn certificates_carry_the_crl_distribution_point_only_once_the_ca_has_one() {
     let ca = ca.with_crl_uri(Some(URI.to_owned())).unwrap();
     assert_eq!(ca.crl_uri(), Some(URI));
     let server = ca
-        .issue_server(&["rxgate.local".to_owned()], Duration::from_secs(86_400), NOW)
+        .issue_server(
+            &["rxgate.local".to_owned()],
+            Duration::from_secs(86_400),
+            NOW,
+        )
         .unwrap();
     assert_eq!(crl_distribution_uris(&server.cert.der).unwrap(), vec![URI]);
-    assert_eq!(crl_distribution_uris(&device_cert(&ca).der).unwrap(), vec![URI]);
+    assert_eq!(
+        crl_distribution_uris(&device_cert(&ca).der).unwrap(),
+        vec![URI]
+    );
 }
 
 #[test]

@@ -54,7 +54,11 @@ pub(crate) struct CrlPublisher {
 }
 
 impl CrlPublisher {
-    pub(crate) fn new(registry: Registry, ca: Arc<CertificateAuthority>, validity: Duration) -> Self {
+    pub(crate) fn new(
+        registry: Registry,
+        ca: Arc<CertificateAuthority>,
+        validity: Duration,
+    ) -> Self {
         CrlPublisher {
             registry,
             ca,

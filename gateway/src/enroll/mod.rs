@@ -81,7 +81,8 @@ impl EnrollServer {
             &[b"http/1.1"],
         )?;
         let crl = if pki.ca.signs_crls() {
-            let publisher = crl::CrlPublisher::new(registry.clone(), pki.ca.clone(), e.crl_validity);
+            let publisher =
+                crl::CrlPublisher::new(registry.clone(), pki.ca.clone(), e.crl_validity);
             let first = publisher.clone();
             let wait = tokio::task::spawn_blocking(move || first.publish())
                 .await
@@ -134,9 +135,9 @@ impl EnrollServer {
 
     /// Serves until `shutdown`, then lets requests in flight finish.
     pub async fn run(self, shutdown: CancellationToken) {
-        let crl_task = self.crl.map(|(publisher, wait)| {
-            tokio::spawn(publisher.run(wait, shutdown.clone()))
-        });
+        let crl_task = self
+            .crl
+            .map(|(publisher, wait)| tokio::spawn(publisher.run(wait, shutdown.clone())));
         let router = self.router;
         let header_timeout = self.limits.handshake_timeout;
         let conn_shutdown = shutdown.clone();

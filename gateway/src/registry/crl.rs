@@ -46,7 +46,11 @@ impl Registry {
                 next_change: None,
             };
             for cert in certs {
-                if cert.not_after.checked_add(keep_expired).is_some_and(|t| t < now) {
+                if cert
+                    .not_after
+                    .checked_add(keep_expired)
+                    .is_some_and(|t| t < now)
+                {
                     continue;
                 }
                 let revoked_device = device(&cert.device)
@@ -62,8 +66,10 @@ impl Registry {
                     )),
                     CertStatus::Superseded => match cert.superseded_until {
                         Some(until) if until > now => {
-                            out.next_change =
-                                Some(out.next_change.map_or(until, |t: OffsetDateTime| t.min(until)));
+                            out.next_change = Some(
+                                out.next_change
+                                    .map_or(until, |t: OffsetDateTime| t.min(until)),
+                            );
                             revoked_device.map(|at| (at, None))
                         }
                         Some(until) => Some((until, Some(RevocationReason::Superseded))),

@@ -626,7 +626,13 @@ fn every_change_is_in_a_verifiable_audit_chain() {
 
 const CRL_KEEP: Duration = Duration::from_secs(86_400);
 
-fn listed(entries: &CrlEntries) -> Vec<(String, OffsetDateTime, Option<rxgate_certs::RevocationReason>)> {
+fn listed(
+    entries: &CrlEntries,
+) -> Vec<(
+    String,
+    OffsetDateTime,
+    Option<rxgate_certs::RevocationReason>,
+)> {
     entries
         .revoked
         .iter()
@@ -638,7 +644,10 @@ fn listed(entries: &CrlEntries) -> Vec<(String, OffsetDateTime, Option<rxgate_ce
 fn the_crl_lists_a_revoked_device_certificate_at_its_revocation_time_without_a_reason() {
     let f = fixture();
     let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
-    assert_eq!(listed(&f.registry.crl_entries(T0, CRL_KEEP).unwrap()), vec![]);
+    assert_eq!(
+        listed(&f.registry.crl_entries(T0, CRL_KEEP).unwrap()),
+        vec![]
+    );
     f.clock.advance(Duration::from_secs(60));
     f.registry
         .revoke_device("fridge-1", "stolen", &Actor::cli())
@@ -656,7 +665,10 @@ fn the_crl_lists_a_certificate_replaced_by_a_new_enrollment_as_superseded() {
     let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
     f.clock.advance(Duration::from_secs(30));
     let second = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
-    let entries = f.registry.crl_entries(T0 + Duration::from_secs(40), CRL_KEEP).unwrap();
+    let entries = f
+        .registry
+        .crl_entries(T0 + Duration::from_secs(40), CRL_KEEP)
+        .unwrap();
     assert_eq!(
         listed(&entries),
         vec![(
@@ -673,7 +685,13 @@ fn the_crl_lists_a_renewed_certificate_only_once_its_grace_is_over_and_says_when
     let f = fixture();
     let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
     f.registry
-        .renew(&f.identity(&first), &csr("fridge-1"), &f.ca, &policy(), SOURCE)
+        .renew(
+            &f.identity(&first),
+            &csr("fridge-1"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
         .unwrap()
         .unwrap();
     let grace_end = T0 + Duration::from_secs(300);
@@ -701,11 +719,22 @@ fn the_crl_drops_a_revoked_certificate_once_it_has_been_expired_for_longer_than_
         .unwrap();
     let at_expiry_plus_keep = cert.not_after + CRL_KEEP;
     assert_eq!(
-        f.registry.crl_entries(at_expiry_plus_keep, CRL_KEEP).unwrap().revoked.len(),
+        f.registry
+            .crl_entries(at_expiry_plus_keep, CRL_KEEP)
+            .unwrap()
+            .revoked
+            .len(),
         1
     );
     let later = at_expiry_plus_keep + Duration::from_secs(1);
-    assert_eq!(f.registry.crl_entries(later, CRL_KEEP).unwrap().revoked.len(), 0);
+    assert_eq!(
+        f.registry
+            .crl_entries(later, CRL_KEEP)
+            .unwrap()
+            .revoked
+            .len(),
+        0
+    );
 }
 
 #[test]
