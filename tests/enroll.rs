@@ -1012,3 +1012,171 @@ fn with_ntp_blocked_after_a_power_cut_a_certificate_expired_before_the_time_floo
         "{refusal}"
     );
 }
+
+/// A loopback port free right now, for an EST listener whose port must be known before it
+/// binds: it is written into certificates as the CRL distribution point (port 0 writes none).
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// `openssl x509 -ext crlDistributionPoints` of a PEM certificate.
+fn crl_distribution_point(dir: &Path, cert: &Path) -> String {
+    let out = openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            cert.to_str().unwrap(),
+            "-noout",
+            "-ext",
+            "crlDistributionPoints",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `openssl verify -crl_check` of `cert` against the CA and the CRL: its exit status and output.
+fn verify_with_crl(dir: &Path, ca: &Path, crl_pem: &Path, cert: &Path) -> (bool, String) {
+    let output = rxgate_e2e::run(
+        std::process::Command::new("openssl")
+            .args(["verify", "-crl_check", "-CAfile"])
+            .arg(ca)
+            .arg("-CRLfile")
+            .arg(crl_pem)
+            .arg(cert)
+            .current_dir(dir),
+    );
+    (output.status.success(), text(&output))
+}
+
+#[test]
+fn a_revoked_device_is_listed_in_the_crl_its_certificates_point_to_and_openssl_refuses_only_its_certificate()
+ {
+    let port = free_loopback_port();
+    let gw = Gateway::start(&format!("[enroll]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let dir = gw.dir.path();
+    let ca = gw.ca_cert();
+    let crl_uri = format!("https://localhost:{port}/crl");
+    let revoked = gw.enroll_with_sim("fridge-21", "fridge").join("device.crt");
+    let good = gw.enroll_with_sim("fridge-22", "fridge").join("device.crt");
+
+    for cert in [gw.data_dir().join("tls/server.crt"), revoked.clone()] {
+        let ext = crl_distribution_point(dir, &cert);
+        assert!(
+            ext.contains(&format!("URI:{crl_uri}")),
+            "{} lacks the CRL distribution point {crl_uri}:\n{ext}",
+            cert.display()
+        );
+    }
+
+    let serial = Device::new(&gw, "reader").serial(&revoked).to_uppercase();
+    gw.cli_ok(&["device", "revoke", "fridge-21", "--reason", "stolen"]);
+    let crl_der = gw.path("crl.der");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let listing = wait_until(
+        Duration::from_secs(10),
+        "the CRL at the distribution point to list the revoked serial",
+        || {
+            let answer = curl(
+                dir,
+                &[
+                    "--cacert",
+                    ca.to_str().unwrap(),
+                    "--resolve",
+                    &resolve,
+                    &crl_uri,
+                ],
+            );
+            assert_eq!(answer.status, 200, "{}", answer.body_text());
+            assert!(
+                answer
+                    .headers
+                    .to_ascii_lowercase()
+                    .contains("content-type: application/pkix-crl\r\n"),
+                "{}",
+                answer.headers
+            );
+            std::fs::write(&crl_der, &answer.body).unwrap();
+            let out = openssl(
+                dir,
+                &[
+                    "crl",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    crl_der.to_str().unwrap(),
+                    "-CAfile",
+                    ca.to_str().unwrap(),
+                    "-noout",
+                    "-text",
+                ],
+            );
+            let listing = text(&out);
+            listing
+                .contains(&format!("Serial Number: {serial}"))
+                .then_some(listing)
+        },
+    );
+    assert!(listing.contains("verify OK"), "{listing}");
+    assert!(listing.contains("X509v3 CRL Number"), "{listing}");
+    assert!(listing.contains("Next Update:"), "{listing}");
+
+    let crl_pem = gw.path("crl.pem");
+    openssl(
+        dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            crl_der.to_str().unwrap(),
+            "-out",
+            crl_pem.to_str().unwrap(),
+        ],
+    );
+    let (ok, out) = verify_with_crl(dir, &ca, &crl_pem, &revoked);
+    assert!(!ok && out.contains("certificate revoked"), "{out}");
+    let (ok, out) = verify_with_crl(dir, &ca, &crl_pem, &good);
+    assert!(ok && out.contains(": OK"), "{out}");
+}
+
+#[test]
+fn with_an_ephemeral_est_port_certificates_name_no_crl_distribution_point_but_the_crl_is_served() {
+    let gw = Gateway::start("");
+    let dir = gw.dir.path();
+    let ext = crl_distribution_point(dir, &gw.data_dir().join("tls/server.crt"));
+    assert!(!ext.contains("URI:"), "{ext}");
+    let answer = curl(
+        dir,
+        &[
+            "--cacert",
+            gw.ca_cert().to_str().unwrap(),
+            &format!("{}/crl", gw.est_url()),
+        ],
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body_text());
+    let crl_der = gw.path("crl.der");
+    std::fs::write(&crl_der, &answer.body).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            crl_der.to_str().unwrap(),
+            "-CAfile",
+            gw.ca_cert().to_str().unwrap(),
+            "-noout",
+            "-text",
+        ],
+    );
+    let listing = text(&out);
+    assert!(
+        listing.contains("verify OK") && listing.contains("No Revoked Certificates."),
+        "{listing}"
+    );
+}

@@ -44,6 +44,10 @@ pub struct CertificateAuthority {
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// Whether the CA certificate allows signing CRLs (keyUsage cRLSign, or no keyUsage).
+    signs_crls: bool,
+    /// Where the CA's CRL is published; written into every certificate it issues.
+    crl_uri: Option<String>,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for CertificateAuthority {
             .field("not_before", &self.not_before)
             .field("not_after", &self.not_after)
             .field("parents", &self.parents.len())
+            .field("crl_uri", &self.crl_uri)
             .finish_non_exhaustive()
     }
 }
@@ -177,6 +182,7 @@ impl CertificateAuthority {
         let parents = order_parents(&x509, &cert, parents)?;
         let not_before = x509.validity().not_before.to_datetime();
         let not_after = x509.validity().not_after.to_datetime();
+        let signs_crls = !matches!(x509.key_usage(), Ok(Some(ku)) if !ku.value.crl_sign());
         Ok(Self {
             cert,
             parents,
@@ -184,7 +190,35 @@ impl CertificateAuthority {
             subject,
             not_before,
             not_after,
+            signs_crls,
+            crl_uri: None,
         })
+    }
+
+    /// Sets where this CA's CRL is published: every certificate issued from then on carries a
+    /// CRL distribution points extension with this one URI (`http://` or `https://`). `None`
+    /// issues certificates without one.
+    pub fn with_crl_uri(mut self, uri: Option<String>) -> Result<Self, Error> {
+        if let Some(uri) = &uri {
+            crate::crl::check_crl_uri(uri)?;
+        }
+        self.crl_uri = uri;
+        Ok(self)
+    }
+
+    /// Where this CA's CRL is published, if set ([`Self::with_crl_uri`]).
+    pub fn crl_uri(&self) -> Option<&str> {
+        self.crl_uri.as_deref()
+    }
+
+    /// Whether the CA certificate allows signing CRLs: its keyUsage has cRLSign, or it has no
+    /// keyUsage. A CA made by [`Self::generate`] always does.
+    pub fn signs_crls(&self) -> bool {
+        self.signs_crls
+    }
+
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 
     /// The CA certificate's PEM.
@@ -234,8 +268,9 @@ impl CertificateAuthority {
     /// Issues the gateway's TLS server certificate with a fresh ECDSA P-256 key: `CN` = the first
     /// name, one SAN per name (an IP address SAN when the name parses as one, a DNS name
     /// otherwise), extended key usages serverAuth and clientAuth (the gateway also presents it
-    /// to Modbus/TLS devices), `CA:FALSE`, a random 16-byte serial, valid from one hour before
-    /// `now` for `validity` (never past the CA's own end).
+    /// to Modbus/TLS devices), `CA:FALSE`, a random 16-byte serial, the CA's CRL distribution
+    /// point when it has one, valid from one hour before `now` for `validity` (never past the
+    /// CA's own end).
     pub fn issue_server(
         &self,
         names: &[String],
@@ -280,7 +315,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(Error::build("sign the server certificate"))?;
-        let cert = finish(cert.der().clone(), serial, |_| Ok(()))?;
+        let cert = finish(cert.der().clone(), serial, self.crl_uri(), |_| Ok(()))?;
         Ok(IssuedKeyPair {
             cert,
             key_pem: pem::pkcs8_key_pem(key.serialized_der()),
@@ -290,7 +325,8 @@ impl CertificateAuthority {
     /// Issues a device's client certificate from `profile` and the CSR's public key alone:
     /// `CN` = device id, one SAN URI `urn:rxgate:device:<site>:<kind>:<device_id>`, extended key
     /// usage clientAuth, keyUsage digitalSignature, `CA:FALSE`, authority and subject key
-    /// identifiers, a random 16-byte serial, valid from `now - backdate` to `now + validity`
+    /// identifiers, a random 16-byte serial, the CA's CRL distribution point when it has one
+    /// ([`Self::with_crl_uri`]), valid from `now - backdate` to `now + validity`
     /// (never past the CA's own end). Nothing else from the CSR is used; its common name must be
     /// the device id.
     pub fn issue_device(
@@ -327,7 +363,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(csr.public_key(), &self.issuer)
             .map_err(Error::build("sign the device certificate"))?;
-        finish(cert.der().clone(), serial, |x509| {
+        finish(cert.der().clone(), serial, self.crl_uri(), |x509| {
             check_device_profile(x509, &uri, &csr.public_key().subject_public_key_info())
         })
     }
@@ -368,6 +404,7 @@ impl CertificateAuthority {
         params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
+        params.crl_distribution_points = crate::crl::distribution_points(self.crl_uri());
         let serial = random_serial()?;
         let serial_hex = hex(serial.as_ref());
         params.serial_number = Some(serial);
@@ -507,6 +544,7 @@ fn order_parents(
 fn finish(
     der: CertificateDer<'static>,
     serial: String,
+    crl_uri: Option<&str>,
     check: impl FnOnce(&X509Certificate<'_>) -> Result<(), Error>,
 ) -> Result<IssuedCert, Error> {
     let x509 = parse_cert("the issued certificate", &der)?;
@@ -519,6 +557,9 @@ fn finish(
     }
     if crate::identity::serial_hex(x509.raw_serial()) != serial {
         return Err(violation("the serial number differs"));
+    }
+    if crate::crl::uris_of(&x509) != crl_uri.into_iter().map(str::to_owned).collect::<Vec<_>>() {
+        return Err(violation("the CRL distribution point is not the CA's"));
     }
     check(&x509)?;
     let not_before = x509.validity().not_before.to_datetime();

@@ -271,6 +271,21 @@ pub enum Error {
     /// The system random number generator failed.
     #[error("the system random number generator failed; check that /dev/urandom is available")]
     Random,
+    /// The CA certificate's keyUsage does not allow signing CRLs.
+    #[error(
+        "the CA {subject:?} may not sign CRLs (its keyUsage lacks cRLSign); import a CA \
+         certificate that has it to publish revocations"
+    )]
+    CannotSignCrl {
+        /// The CA's subject.
+        subject: String,
+    },
+    /// A CRL or a CRL distribution point cannot be built from what was given.
+    #[error("invalid CRL: {reason}")]
+    InvalidCrl {
+        /// What is wrong.
+        reason: String,
+    },
     /// A certificate rxgate just built does not have the profile it was built with: a bug.
     #[error(
         "internal error: the issued certificate does not match its profile ({detail}); please report this"

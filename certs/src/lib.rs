@@ -13,6 +13,7 @@
 
 pub mod base64;
 mod ca;
+mod crl;
 mod csr;
 mod error;
 mod identity;
@@ -25,6 +26,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 pub use ca::{CertificateAuthority, DeviceProfile, IssuedCert, IssuedKeyPair};
+pub use crl::{CrlContent, RevocationReason, RevokedCert, crl_distribution_uris};
 pub use csr::{CheckedCsr, KeyAlg, KeyKind, check_csr, new_device_csr};
 pub use error::{CsrError, Error};
 pub use identity::{

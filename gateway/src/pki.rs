@@ -54,6 +54,43 @@ pub struct PkiSettings {
     pub server_names: Vec<String>,
     /// `[enroll].server_cert_validity`.
     pub server_cert_validity: Duration,
+    /// Where the CA's CRL is published ([`crl_uri`]); `None` when the EST port is not fixed.
+    pub crl_uri: Option<String>,
+}
+
+/// The path of the CRL on the EST listener.
+pub const CRL_PATH: &str = "/crl";
+
+/// The CRL distribution point written into every certificate the CA issues:
+/// `https://<host>:<port>/crl`, where host is the first of `[gateway].server_names` (the name
+/// devices are told to use), or `localhost` when none is configured, and port is the port of
+/// `[enroll].listen`. `None` when that port is 0: an ephemeral port changes at every start, so no
+/// URI written into a certificate would stay right.
+pub fn crl_uri(server_names: &[String], est_listen: std::net::SocketAddr) -> Option<String> {
+    if est_listen.port() == 0 {
+        return None;
+    }
+    let host = server_names.first().map_or("localhost", String::as_str);
+    let host = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => host.to_owned(),
+    };
+    Some(format!("https://{host}:{}{CRL_PATH}", est_listen.port()))
+}
+
+/// Points `ca` at its CRL, unless it may not sign CRLs (an imported intermediate whose keyUsage
+/// lacks cRLSign): then certificates name no distribution point, rather than one that never
+/// answers.
+fn with_crl(ca: CertificateAuthority, uri: Option<&str>) -> Result<CertificateAuthority> {
+    if uri.is_some() && !ca.signs_crls() {
+        tracing::warn!(
+            ca = ca.subject(),
+            "The CA may not sign CRLs (keyUsage lacks cRLSign): no CRL is published and \
+             certificates name no CRL distribution point."
+        );
+        return Ok(ca);
+    }
+    Ok(ca.with_crl_uri(uri.map(str::to_owned))?)
 }
 
 /// `rxgate init`: creates `data_dir` (0700), the CA, the server certificate and the store.
@@ -92,6 +129,7 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
         }
         _ => CertificateAuthority::generate(&format!("rxgate CA {}", config.site), now)?,
     };
+    let ca = with_crl(ca, config.crl_uri.as_deref())?;
     write_atomic(&paths.ca_key(), ca.key_pem().as_bytes(), PRIVATE)
         .map_err(Error::io("cannot write", paths.ca_key()))?;
     write_atomic(&paths.ca_cert(), ca.cert_pem().as_bytes(), PUBLIC)
@@ -172,7 +210,8 @@ pub struct GatewayPki {
 
 impl GatewayPki {
     /// Loads the CA and server certificate, re-issuing the server certificate first when it is
-    /// missing, lacks a configured name, or has less than a tenth of its lifetime left. On an
+    /// missing, lacks a configured name, names another CRL distribution point than the CA's
+    /// ([`crl_uri`]), or has less than a tenth of its lifetime left. On an
     /// unsynchronised clock only expiry before the time floor counts (`clock::floor`).
     pub fn load(config: &PkiSettings, clock: &dyn Clock) -> Result<GatewayPki> {
         let paths = config.paths.clone();
@@ -192,9 +231,12 @@ impl GatewayPki {
             &read(&paths.ca_key())?,
             chain.as_deref(),
         )?;
+        let ca = with_crl(ca, config.crl_uri.as_deref())?;
         let names = server_names(config);
         let validity = config.server_cert_validity;
-        if let Some(reason) = server_cert_needs_renewal(&paths, &names, validity, clock) {
+        if let Some(reason) =
+            server_cert_needs_renewal(&paths, &names, ca.crl_uri(), validity, clock)
+        {
             tracing::info!(reason, "Issuing a new server certificate.");
             issue_server_cert(&paths, &ca, &names, validity, clock.now())?;
         }
@@ -213,6 +255,7 @@ impl GatewayPki {
 fn server_cert_needs_renewal(
     paths: &DataPaths,
     names: &[String],
+    crl_uri: Option<&str>,
     validity: Duration,
     clock: &dyn Clock,
 ) -> Option<&'static str> {
@@ -243,6 +286,10 @@ fn server_cert_needs_renewal(
     }
     if names.iter().any(|n| !present.contains(n)) {
         return Some("server_names changed");
+    }
+    let crl_uris = rxgate_certs::crl_distribution_uris(&certs[0]).unwrap_or_default();
+    if crl_uris.iter().map(String::as_str).ne(crl_uri) {
+        return Some("CRL distribution point changed");
     }
     let not_after = cert.validity().not_after.timestamp();
     match clock.reading().expiry_reference() {
@@ -284,4 +331,77 @@ pub fn pseudonym_key(paths: &DataPaths) -> Result<ring::hmac::Key> {
         Err(e) => return Err(Error::io("cannot read", &path)(e)),
     };
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn settings(dir: &std::path::Path, crl_uri: Option<&str>) -> PkiSettings {
+        PkiSettings {
+            paths: DataPaths::new(dir),
+            site: "store-1".to_owned(),
+            server_names: Vec::new(),
+            server_cert_validity: Duration::from_secs(90 * 86_400),
+            crl_uri: crl_uri.map(str::to_owned),
+        }
+    }
+
+    fn server_crl_uris(settings: &PkiSettings) -> Vec<String> {
+        let certs = crate::tls::load_certs(&settings.paths.server_cert()).unwrap();
+        rxgate_certs::crl_distribution_uris(&certs[0]).unwrap()
+    }
+
+    #[test]
+    fn crl_uri_names_the_first_server_name_or_localhost_and_the_est_port_and_is_none_on_port_0() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            crl_uri(&[], at("0.0.0.0:8443")).as_deref(),
+            Some("https://localhost:8443/crl")
+        );
+        assert_eq!(
+            crl_uri(
+                &["rxgate.local".to_owned(), "10.0.0.2".to_owned()],
+                at("0.0.0.0:9443")
+            )
+            .as_deref(),
+            Some("https://rxgate.local:9443/crl")
+        );
+        assert_eq!(
+            crl_uri(&["fd00::1".to_owned()], at("[::]:8443")).as_deref(),
+            Some("https://[fd00::1]:8443/crl")
+        );
+        assert_eq!(
+            crl_uri(&["rxgate.local".to_owned()], at("127.0.0.1:0")),
+            None
+        );
+    }
+
+    #[test]
+    fn load_reissues_the_server_certificate_when_its_crl_distribution_point_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-03-01 12:00 UTC), true);
+        let first = settings(dir.path(), Some("https://localhost:8443/crl"));
+        init(&first, &InitOptions::default(), clock.as_ref()).unwrap();
+        assert_eq!(server_crl_uris(&first), vec!["https://localhost:8443/crl"]);
+        let loaded = GatewayPki::load(&first, clock.as_ref()).unwrap();
+        assert_eq!(loaded.ca.crl_uri(), Some("https://localhost:8443/crl"));
+        let before = std::fs::read(first.paths.server_cert()).unwrap();
+        drop(loaded);
+        GatewayPki::load(&first, clock.as_ref()).unwrap();
+        assert_eq!(std::fs::read(first.paths.server_cert()).unwrap(), before);
+
+        let moved = settings(dir.path(), Some("https://localhost:9443/crl"));
+        GatewayPki::load(&moved, clock.as_ref()).unwrap();
+        assert_eq!(server_crl_uris(&moved), vec!["https://localhost:9443/crl"]);
+
+        let none = settings(dir.path(), None);
+        GatewayPki::load(&none, clock.as_ref()).unwrap();
+        assert_eq!(server_crl_uris(&none), Vec::<String>::new());
+    }
 }

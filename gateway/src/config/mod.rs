@@ -121,6 +121,11 @@ pub struct EnrollConfig {
     /// device can switch over or retry a renewal whose answer it lost. `0s`: refused at once.
     #[serde(default = "defaults::superseded_grace", with = "humantime_serde")]
     pub superseded_grace: Duration,
+    /// How long each CRL the gateway publishes (`GET /crl` on this listener) is valid: its
+    /// nextUpdate is its thisUpdate plus this. A new CRL is signed at every revocation and when
+    /// half of this has passed.
+    #[serde(default = "defaults::crl_validity", with = "humantime_serde")]
+    pub crl_validity: Duration,
     /// Largest request body accepted; larger requests get 413.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: NonZeroUsize,
@@ -176,6 +181,9 @@ mod defaults {
     pub fn superseded_grace() -> Duration {
         Duration::from_secs(5 * 60)
     }
+    pub fn crl_validity() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
     pub fn max_body_bytes() -> NonZeroUsize {
         NonZeroUsize::new(64 * 1024).expect("64 KiB is not zero")
     }
@@ -205,6 +213,7 @@ impl Default for EnrollConfig {
             failed_lockout: defaults::failed_lockout(),
             burn_after_failed: defaults::burn_after_failed(),
             superseded_grace: defaults::superseded_grace(),
+            crl_validity: defaults::crl_validity(),
             max_body_bytes: defaults::max_body_bytes(),
             rate_per_minute: defaults::rate_per_minute(),
             rate_burst: defaults::rate_burst(),
@@ -255,6 +264,7 @@ impl Config {
             site: self.gateway.site.clone(),
             server_names: self.gateway.server_names.clone(),
             server_cert_validity: self.enroll.server_cert_validity,
+            crl_uri: crate::pki::crl_uri(&self.gateway.server_names, self.enroll.listen),
         }
     }
 

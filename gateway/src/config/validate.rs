@@ -265,6 +265,13 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         Duration::ZERO,
         DAY,
     );
+    duration_within(
+        &mut errors,
+        "enroll.crl_validity",
+        e.crl_validity,
+        HOUR,
+        7 * DAY,
+    );
     if e.burn_after_failed < e.max_failed_attempts {
         errors.push(ConfigError::new(
             "enroll.burn_after_failed",

@@ -47,6 +47,8 @@ pub(crate) struct Est {
     refusals: Refusals,
     /// `cacerts` never changes while the daemon runs: encoded once.
     cacerts: String,
+    /// The CA's newest CRL; `None` when the CA may not sign CRLs.
+    crl: Option<super::crl::Published>,
 }
 
 impl Est {
@@ -57,6 +59,7 @@ impl Est {
         limiter: RateLimiter,
         max_body: usize,
         refusals: Refusals,
+        crl: Option<super::crl::Published>,
     ) -> Result<Self> {
         let cacerts =
             rxgate_certs::base64::encode_body(&rxgate_certs::pkcs7::certs_only(&ca.chain_der())?);
@@ -68,6 +71,7 @@ impl Est {
             max_body,
             refusals,
             cacerts,
+            crl,
         })
     }
 }
@@ -77,6 +81,7 @@ pub(crate) fn router(est: Arc<Est>) -> Router {
         .route("/.well-known/est/cacerts", get(cacerts))
         .route("/.well-known/est/simpleenroll", post(simple_enroll))
         .route("/.well-known/est/simplereenroll", post(simple_reenroll))
+        .route(crate::pki::CRL_PATH, get(crl))
         .fallback(not_found)
         .with_state(est)
         .layer(axum::middleware::map_response(security_headers))
@@ -129,7 +134,7 @@ fn pkcs7(content_type: &'static str, body: String) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "not an EST endpoint; use /.well-known/est/cacerts, simpleenroll or simplereenroll",
+        "not an EST endpoint; use /.well-known/est/cacerts, simpleenroll or simplereenroll, or /crl",
     )
 }
 
@@ -153,6 +158,27 @@ async fn cacerts(State(est): State<Arc<Est>>, Extension(conn): Extension<ConnInf
         return refused;
     }
     pkcs7(PKCS7, est.cacerts.clone())
+}
+
+/// The CA's CRL (DER), as the publisher last signed it. Public: no authentication, rate-limited
+/// like every EST route.
+async fn crl(State(est): State<Arc<Est>>, Extension(conn): Extension<ConnInfo>) -> Response {
+    if let Some(refused) = rate_limited(&est, conn.peer.ip()) {
+        return refused;
+    }
+    match est.crl.as_ref().and_then(super::crl::Published::current) {
+        Some(der) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/pkix-crl")],
+            der,
+        )
+            .into_response(),
+        None => text(
+            StatusCode::NOT_FOUND,
+            "this gateway publishes no CRL: its CA certificate may not sign CRLs (keyUsage lacks \
+             cRLSign); revocation is still enforced at every connection",
+        ),
+    }
 }
 
 type Refused = (StatusCode, String);

@@ -5,6 +5,9 @@
 //!   token), body base64 DER PKCS#10; answers the new certificate as base64 PKCS#7 certs-only.
 //! - `POST /.well-known/est/simplereenroll`: authenticated by the device's current certificate
 //!   (TLS client certificate, optional on this listener), same body and answer.
+//! - `GET  /crl`: the CA's CRL, DER (`application/pkix-crl`), no authentication; the URI every
+//!   certificate the CA issues names as its CRL distribution point ([`crate::pki::crl_uri`]).
+//!   Signed by a task of its own, never by a request ([`crl`]).
 //!
 //! Bad input is answered with a plain-text reason and the right status (400, 401, 403, 413, 429)
 //! and never reaches anything that could take the daemon down. The exception is a 401 to
@@ -13,6 +16,7 @@
 //! to an unproven `simpleenroll` has the actor `unauthenticated` and the claimed device id in its
 //! detail.
 
+mod crl;
 mod est;
 mod limit;
 
@@ -39,6 +43,8 @@ pub use limit::RateLimiter;
 /// The EST listener, bound and ready to run.
 pub struct EnrollServer {
     listener: TcpListener,
+    /// The CRL's publisher and when it next signs; `None` when the CA may not sign CRLs.
+    crl: Option<(crl::CrlPublisher, std::time::Duration)>,
     acceptor: TlsAcceptor,
     router: axum::Router,
     limits: Limits,
@@ -74,6 +80,17 @@ impl EnrollServer {
             verifier,
             &[b"http/1.1"],
         )?;
+        let crl = if pki.ca.signs_crls() {
+            let publisher =
+                crl::CrlPublisher::new(registry.clone(), pki.ca.clone(), e.crl_validity);
+            let first = publisher.clone();
+            let wait = tokio::task::spawn_blocking(move || first.publish())
+                .await
+                .map_err(|e| Error::Invalid(format!("the CRL task failed: {e}")))??;
+            Some((publisher, wait))
+        } else {
+            None
+        };
         let state = est::Est::new(
             registry,
             pki.ca.clone(),
@@ -89,9 +106,11 @@ impl EnrollServer {
             RateLimiter::new(e.rate_per_minute.get(), e.rate_burst.get()),
             e.max_body_bytes.get(),
             refusals,
+            crl.as_ref().map(|(publisher, _)| publisher.published()),
         )?;
         Ok(EnrollServer {
             listener,
+            crl,
             acceptor: TlsAcceptor::from(tls),
             router: est::router(Arc::new(state)),
             limits: Limits {
@@ -116,6 +135,9 @@ impl EnrollServer {
 
     /// Serves until `shutdown`, then lets requests in flight finish.
     pub async fn run(self, shutdown: CancellationToken) {
+        let crl_task = self
+            .crl
+            .map(|(publisher, wait)| tokio::spawn(publisher.run(wait, shutdown.clone())));
         let router = self.router;
         let header_timeout = self.limits.handshake_timeout;
         let conn_shutdown = shutdown.clone();
@@ -154,5 +176,8 @@ impl EnrollServer {
             },
         )
         .await;
+        if let Some(task) = crl_task {
+            let _ = task.await;
+        }
     }
 }

@@ -7,13 +7,16 @@
 //! - `devices`: device id → [`DeviceRecord`].
 //! - `certs`: serial (lowercase hex) → [`CertRecord`]; what the listeners consult at every
 //!   connection to refuse revoked certificates, and certificates a renewal replaced once their
-//!   grace (`superseded_until`) is over.
+//!   grace (`superseded_until`) is over; and what the CRL lists ([`crl`]).
+//! - `crl`: `"number"` → the number of the newest CRL signed (u64), so CRL numbers keep growing
+//!   across restarts whatever the clock does.
 //!
 //! Refusals are not written here: the EST layer reports them to the folding refusal log
 //! (`audit::Refusals`), so a flood of bad requests costs a few audit entries, not one each.
 //!
 //! Every change is written together with its audit entry in one transaction.
 
+mod crl;
 mod tokens;
 
 use std::net::IpAddr;
@@ -30,6 +33,7 @@ use crate::clock::{ExpiryReference, SharedClock, TimeReading};
 use crate::error::{Error, Result};
 use crate::store::{self, Store, to_json};
 
+pub use crl::CrlEntries;
 pub use tokens::{TokenInfo, TokenRecord, TokenState};
 
 pub(crate) const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
@@ -112,6 +116,27 @@ pub struct CertRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub superseded_until: Option<OffsetDateTime>,
+    /// When it was revoked (absent in records written before the CRL existed).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Why it was revoked, for the CRL's reasonCode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_because: Option<RevokedBecause>,
+}
+
+/// Why a certificate was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedBecause {
+    /// A new enrollment with a token replaced it (CRL reasonCode superseded).
+    Reenrolled,
+    /// Its device was revoked (`rxgate device revoke`); the operator's reason is free text in the
+    /// audit trail, so the CRL names no reasonCode.
+    DeviceRevoked,
 }
 
 /// Why the registry refuses a certificate presented by a device.
@@ -259,6 +284,8 @@ pub struct Registry {
     store: Store,
     clock: SharedClock,
     changes: broadcast::Sender<Change>,
+    /// Wakes the CRL publisher when a certificate is revoked.
+    revocations: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Registry {
@@ -268,6 +295,7 @@ impl Registry {
             store,
             clock,
             changes,
+            revocations: std::sync::Arc::default(),
         }
     }
 
@@ -328,7 +356,7 @@ impl Registry {
                 by: actor.name.clone(),
             });
             devices.insert(id, to_json(&device).as_slice())?;
-            let serials = revoke_certs_of(txn, id)?;
+            let serials = revoke_certs_of(txn, id, now, RevokedBecause::DeviceRevoked)?;
             tokens::revoke_pending(txn, id)?;
             self.audit(
                 txn,
@@ -342,6 +370,7 @@ impl Registry {
         let _ = self.changes.send(Change::Revoked {
             device: id.to_owned(),
         });
+        self.revocations.notify_one();
         tracing::info!(device = %id, reason, "Device revoked.");
         Ok(record)
     }
@@ -478,7 +507,7 @@ impl Registry {
             }
             let kind = token.kind.clone();
             tokens::mark_used(txn, token, now)?;
-            let revoked_serials = revoke_certs_of(txn, device)?;
+            let revoked_serials = revoke_certs_of(txn, device, now, RevokedBecause::Reenrolled)?;
             let issued = ca.issue_device(csr, &profile(policy, &kind, device, now))?;
             let previous = load_device(txn, device)?;
             let record = DeviceRecord {
@@ -506,7 +535,15 @@ impl Registry {
                 detail["ignored_extensions"] = serde_json::json!(csr.requested_extensions);
             }
             self.audit(txn, actor.record(Kind::DeviceEnrolled).device(device).detail(detail))?;
-            Ok(Ok(issued))
+            Ok(Ok((issued, !revoked_serials.is_empty())))
+        })
+        .map(|outcome| {
+            outcome.map(|(issued, revoked_some)| {
+                if revoked_some {
+                    self.revocations.notify_one();
+                }
+                issued
+            })
         })
     }
 
@@ -669,6 +706,8 @@ fn insert_cert(txn: &WriteTransaction, device: &str, issued: &IssuedCert) -> Res
         status: CertStatus::Current,
         not_after: issued.not_after,
         superseded_until: None,
+        revoked_at: None,
+        revoked_because: None,
     };
     txn.open_table(CERTS)?
         .insert(issued.serial.as_str(), to_json(&record).as_slice())?;
@@ -708,10 +747,20 @@ fn set_cert_status(
     Ok(serials)
 }
 
-fn revoke_certs_of(txn: &WriteTransaction, device: &str) -> Result<Vec<String>> {
+fn revoke_certs_of(
+    txn: &WriteTransaction,
+    device: &str,
+    at: OffsetDateTime,
+    because: RevokedBecause,
+) -> Result<Vec<String>> {
     let live = certs_of(txn, device)?
         .into_iter()
         .filter(|c| c.status != CertStatus::Revoked)
+        .map(|mut c| {
+            c.revoked_at = Some(at);
+            c.revoked_because = Some(because);
+            c
+        })
         .collect();
     set_cert_status(txn, live, CertStatus::Revoked)
 }

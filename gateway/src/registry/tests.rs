@@ -624,3 +624,142 @@ fn every_change_is_in_a_verifiable_audit_chain() {
         Ok(4)
     );
 }
+
+const CRL_KEEP: Duration = Duration::from_secs(86_400);
+
+fn listed(
+    entries: &CrlEntries,
+) -> Vec<(
+    String,
+    OffsetDateTime,
+    Option<rxgate_certs::RevocationReason>,
+)> {
+    entries
+        .revoked
+        .iter()
+        .map(|e| (e.serial.clone(), e.revoked_at, e.reason))
+        .collect()
+}
+
+#[test]
+fn the_crl_lists_a_revoked_device_certificate_at_its_revocation_time_without_a_reason() {
+    let f = fixture();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    assert_eq!(
+        listed(&f.registry.crl_entries(T0, CRL_KEEP).unwrap()),
+        vec![]
+    );
+    f.clock.advance(Duration::from_secs(60));
+    f.registry
+        .revoke_device("fridge-1", "stolen", &Actor::cli())
+        .unwrap();
+    let now = T0 + Duration::from_secs(120);
+    assert_eq!(
+        listed(&f.registry.crl_entries(now, CRL_KEEP).unwrap()),
+        vec![(cert.serial, T0 + Duration::from_secs(60), None)]
+    );
+}
+
+#[test]
+fn the_crl_lists_a_certificate_replaced_by_a_new_enrollment_as_superseded() {
+    let f = fixture();
+    let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.clock.advance(Duration::from_secs(30));
+    let second = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    let entries = f
+        .registry
+        .crl_entries(T0 + Duration::from_secs(40), CRL_KEEP)
+        .unwrap();
+    assert_eq!(
+        listed(&entries),
+        vec![(
+            first.serial,
+            T0 + Duration::from_secs(30),
+            Some(rxgate_certs::RevocationReason::Superseded)
+        )]
+    );
+    assert!(!listed(&entries).iter().any(|(s, ..)| *s == second.serial));
+}
+
+#[test]
+fn the_crl_lists_a_renewed_certificate_only_once_its_grace_is_over_and_says_when_that_is() {
+    let f = fixture();
+    let first = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.registry
+        .renew(
+            &f.identity(&first),
+            &csr("fridge-1"),
+            &f.ca,
+            &policy(),
+            SOURCE,
+        )
+        .unwrap()
+        .unwrap();
+    let grace_end = T0 + Duration::from_secs(300);
+    let during = f.registry.crl_entries(T0, CRL_KEEP).unwrap();
+    assert_eq!(listed(&during), vec![]);
+    assert_eq!(during.next_change, Some(grace_end));
+    let after = f.registry.crl_entries(grace_end, CRL_KEEP).unwrap();
+    assert_eq!(
+        listed(&after),
+        vec![(
+            first.serial,
+            grace_end,
+            Some(rxgate_certs::RevocationReason::Superseded)
+        )]
+    );
+    assert_eq!(after.next_change, None);
+}
+
+#[test]
+fn the_crl_drops_a_revoked_certificate_once_it_has_been_expired_for_longer_than_one_crl_validity() {
+    let f = fixture();
+    let cert = f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.registry
+        .revoke_device("fridge-1", "retired", &Actor::cli())
+        .unwrap();
+    let at_expiry_plus_keep = cert.not_after + CRL_KEEP;
+    assert_eq!(
+        f.registry
+            .crl_entries(at_expiry_plus_keep, CRL_KEEP)
+            .unwrap()
+            .revoked
+            .len(),
+        1
+    );
+    let later = at_expiry_plus_keep + Duration::from_secs(1);
+    assert_eq!(
+        f.registry
+            .crl_entries(later, CRL_KEEP)
+            .unwrap()
+            .revoked
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn crl_numbers_grow_by_one_and_survive_reopening_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let clock = ManualClock::new(T0, true);
+    {
+        let registry = Registry::new(Store::create(&path).unwrap(), clock.clone());
+        assert_eq!(registry.next_crl_number().unwrap(), 1);
+        assert_eq!(registry.next_crl_number().unwrap(), 2);
+    }
+    let registry = Registry::new(Store::create(&path).unwrap(), clock);
+    assert_eq!(registry.next_crl_number().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_revocation_wakes_whoever_waits_for_revocation_changes() {
+    let f = fixture();
+    f.enroll("fridge-1", &f.token("fridge-1")).unwrap();
+    f.registry
+        .revoke_device("fridge-1", "retired", &Actor::cli())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), f.registry.revocation_changed())
+        .await
+        .unwrap();
+}
