@@ -24,6 +24,7 @@
 //! [`SignInError::TryLater`].
 
 mod factors;
+mod os_user;
 mod password;
 mod roles;
 mod signin;
@@ -47,6 +48,7 @@ pub use factors::{
     RECOVERY_CODES, RecoveryCode, TotpRefused, check_totp, new_recovery_codes, new_totp_secret,
     provisioning_uri, totp_code,
 };
+pub use os_user::{current_user, user_name};
 pub use password::{MIN_LENGTH, PasswordRefused, check_policy};
 pub use roles::{Action, Denied, Role, authorize, may};
 pub use signin::{
