@@ -135,7 +135,15 @@ fn an_inspector_without_an_expiry_date_and_a_malformed_date_are_refused_with_the
             "error: an inspector account needs the date it expires (--expires YYYY-MM-DD)\n",
         ),
         (
-            vec!["user", "add", "insp", "--role", "inspector", "--expires", "31/12/2099"],
+            vec![
+                "user",
+                "add",
+                "insp",
+                "--role",
+                "inspector",
+                "--expires",
+                "31/12/2099",
+            ],
             "error: --expires \"31/12/2099\": expected a date like 2026-07-31 (YYYY-MM-DD)\n",
         ),
         (
@@ -145,7 +153,11 @@ fn an_inspector_without_an_expiry_date_and_a_malformed_date_are_refused_with_the
     ] {
         let output = gw.cli(&args);
         assert!(!output.status.success(), "{args:?}");
-        assert_eq!(String::from_utf8_lossy(&output.stderr), expected, "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            expected,
+            "{args:?}"
+        );
     }
     assert_eq!(users(&gw), Vec::<serde_json::Value>::new());
 }
@@ -194,7 +206,13 @@ fn disabling_unlocking_and_resetting_factors_are_audited_under_the_os_user_with_
     );
     let states: Vec<_> = users(&gw)
         .iter()
-        .map(|u| (u["name"].clone(), u["state"].clone(), u["failed_sign_ins"].clone()))
+        .map(|u| {
+            (
+                u["name"].clone(),
+                u["state"].clone(),
+                u["failed_sign_ins"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         states,
@@ -262,7 +280,15 @@ fn alerts_ack_takes_no_by_and_records_the_os_user_as_the_acknowledger() {
             serde_json::from_str(&gw.cli_ok(&["alerts", "list", "--json"])).ok()?;
         alerts.first()?["id"].as_str().map(str::to_owned)
     });
-    let refused = gw.cli(&["alerts", "ack", &id, "--by", "Dr. Okafor", "--note", "moved"]);
+    let refused = gw.cli(&[
+        "alerts",
+        "ack",
+        &id,
+        "--by",
+        "Dr. Okafor",
+        "--note",
+        "moved",
+    ]);
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("unexpected argument '--by'"),
@@ -270,15 +296,25 @@ fn alerts_ack_takes_no_by_and_records_the_os_user_as_the_acknowledger() {
         text(&refused)
     );
     let me = whoami();
-    let done = gw.cli_ok(&["alerts", "ack", &id, "--note", "stock moved to the backup fridge"]);
+    let done = gw.cli_ok(&[
+        "alerts",
+        "ack",
+        &id,
+        "--note",
+        "stock moved to the backup fridge",
+    ]);
     assert!(
-        done.starts_with(&format!("alert {id} (")) && done.contains(&format!(") acknowledged by {me}: now ")),
+        done.starts_with(&format!("alert {id} ("))
+            && done.contains(&format!(") acknowledged by {me}: now ")),
         "{done}"
     );
     let acks = audit(&gw, "alert.acknowledged");
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0]["actor"], me.as_str());
-    assert_eq!(acks[0]["detail"]["note"], "stock moved to the backup fridge");
+    assert_eq!(
+        acks[0]["detail"]["note"],
+        "stock moved to the backup fridge"
+    );
     let alerts: Vec<serde_json::Value> =
         serde_json::from_str(&gw.cli_ok(&["alerts", "list", "--all", "--json"])).unwrap();
     assert_eq!(alerts[0]["acknowledged_by"], me.as_str());

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{call, session};
 pub use crate::people::{current_user, user_name};
+pub use client::{call, session};
 pub use server::AdminServer;
 
 use crate::error::{Error, Result};
@@ -385,7 +385,10 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
                 .iter()
                 .map(|r| r.parse::<crate::people::Role>().map_err(Error::Invalid))
                 .collect::<Result<Vec<_>>>()?;
-            let expires = expires.as_deref().map(crate::people::parse_day).transpose()?;
+            let expires = expires
+                .as_deref()
+                .map(crate::people::parse_day)
+                .transpose()?;
             let (user, setup_link) = ctx.people.add(&name, &roles, expires, &actor.name)?;
             Ok(Reply::UserSetupLink { user, setup_link })
         }

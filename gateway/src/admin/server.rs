@@ -110,10 +110,7 @@ async fn serve(
             Ok(request) => {
                 let is_mutation = !matches!(
                     request,
-                    Request::Status
-                        | Request::TokenList
-                        | Request::DeviceList
-                        | Request::UserList
+                    Request::Status | Request::TokenList | Request::DeviceList | Request::UserList
                 );
                 let name = serde_json::to_value(&request)
                     .ok()

@@ -83,7 +83,16 @@ pub fn print(reply: &Reply, as_json: bool) -> bool {
             println!("no accounts; create the first with `rxgate user add NAME --role admin`")
         }
         Reply::Users { users } => super::output::table(
-            &["NAME", "ROLES", "STATE", "EXPIRES", "TOTP", "RECOVERY", "FAILED", "LAST_SIGN_IN"],
+            &[
+                "NAME",
+                "ROLES",
+                "STATE",
+                "EXPIRES",
+                "TOTP",
+                "RECOVERY",
+                "FAILED",
+                "LAST_SIGN_IN",
+            ],
             users
                 .iter()
                 .map(|u| {
@@ -95,7 +104,9 @@ pub fn print(reply: &Reply, as_json: bool) -> bool {
                         if u.totp { "yes" } else { "no" }.to_owned(),
                         u.recovery_codes_left.to_string(),
                         u.failed_sign_ins.to_string(),
-                        u.last_sign_in.map(rfc3339).unwrap_or_else(|| "-".to_owned()),
+                        u.last_sign_in
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "-".to_owned()),
                     ]
                 })
                 .collect(),

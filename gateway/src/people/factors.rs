@@ -202,7 +202,11 @@ mod tests {
     #[test]
     fn totp_codes_match_the_rfc_6238_test_vectors_truncated_to_six_digits() {
         // Appendix B, SHA-1: 59 s → 94287082, 1111111109 → 07081804, 2000000000 → 69279037.
-        for (unix, code) in [(59, "287082"), (1_111_111_109, "081804"), (2_000_000_000, "279037")] {
+        for (unix, code) in [
+            (59, "287082"),
+            (1_111_111_109, "081804"),
+            (2_000_000_000, "279037"),
+        ] {
             let at = OffsetDateTime::from_unix_timestamp(unix).unwrap();
             assert_eq!(totp_code(RFC_SECRET, at).unwrap(), code, "at {unix}");
         }
@@ -216,7 +220,11 @@ mod tests {
         let step = (at.unix_timestamp() as u64) / 30;
         for offset in [-30, 0, 30] {
             let now = at + time::Duration::seconds(offset);
-            assert_eq!(check_totp(&secret, &code, now, None).unwrap(), Ok(step), "{offset}s");
+            assert_eq!(
+                check_totp(&secret, &code, now, None).unwrap(),
+                Ok(step),
+                "{offset}s"
+            );
         }
         for offset in [-60, 60] {
             let now = at + time::Duration::seconds(offset);
@@ -250,7 +258,10 @@ mod tests {
             Err(TotpRefused::Replayed)
         );
         let next = totp_code(&secret, later).unwrap();
-        assert_eq!(check_totp(&secret, &next, later, Some(step)).unwrap(), Ok(step + 1));
+        assert_eq!(
+            check_totp(&secret, &next, later, Some(step)).unwrap(),
+            Ok(step + 1)
+        );
     }
 
     #[test]
@@ -266,7 +277,12 @@ mod tests {
     fn ten_recovery_codes_each_work_once_in_any_case_and_spacing() {
         let (shown, mut stored) = new_recovery_codes().unwrap();
         assert_eq!((shown.len(), stored.len()), (10, 10));
-        assert!(shown.iter().all(|c| c.len() == 19 && c.matches('-').count() == 3), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .all(|c| c.len() == 19 && c.matches('-').count() == 3),
+            "{shown:?}"
+        );
         let distinct: std::collections::HashSet<_> = shown.iter().collect();
         assert_eq!(distinct.len(), 10);
         let now = datetime!(2026-05-01 10:00 UTC);
@@ -275,6 +291,10 @@ mod tests {
         assert!(!use_recovery_code(&mut stored, &shown[3], now), "used once");
         assert!(!use_recovery_code(&mut stored, "aaaa-aaaa-aaaa-aaaa", now));
         assert_eq!(stored.iter().filter(|c| c.used_at.is_some()).count(), 1);
-        assert!(stored.iter().all(|c| !c.sha256.contains(&normalise(&shown[0]))));
+        assert!(
+            stored
+                .iter()
+                .all(|c| !c.sha256.contains(&normalise(&shown[0])))
+        );
     }
 }

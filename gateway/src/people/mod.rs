@@ -214,13 +214,17 @@ pub struct SetupDone {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SetupError {
     /// Unknown, used, expired, or the account was disabled: one answer for all.
-    #[error("this set-up link does not work (it expired, was used, or was replaced); ask an admin for a new one")]
+    #[error(
+        "this set-up link does not work (it expired, was used, or was replaced); ask an admin for a new one"
+    )]
     InvalidLink,
     /// The link stays valid: choose another password.
     #[error("{0}")]
     Password(#[from] PasswordRefused),
     /// The link stays valid: try the code the app shows now.
-    #[error("the code does not match the authenticator; check the app's clock and enter the code it shows now")]
+    #[error(
+        "the code does not match the authenticator; check the app's clock and enter the code it shows now"
+    )]
     WrongCode,
 }
 
@@ -291,9 +295,7 @@ pub(crate) fn save(txn: &WriteTransaction, account: &Account) -> Result<()> {
 }
 
 fn not_found(name: &str) -> Error {
-    Error::NotFound(format!(
-        "no account {name:?}; see `rxgate user list`"
-    ))
+    Error::NotFound(format!("no account {name:?}; see `rxgate user list`"))
 }
 
 /// Removes every set-up link of `name`.
@@ -352,10 +354,7 @@ impl People {
             .insert(sha256_hex(&token).as_str(), to_json(&record).as_slice())?;
         account.pending_totp_secret = Some(new_totp_secret()?);
         Ok(SetupLink {
-            url: format!(
-                "https://{}:{CONSOLE_PORT}/setup/{token}",
-                self.console_host
-            ),
+            url: format!("https://{}:{CONSOLE_PORT}/setup/{token}", self.console_host),
             expires_at,
         })
     }
@@ -450,7 +449,9 @@ impl People {
         self.store.write(|txn| {
             let mut account = load(txn, name)?.ok_or_else(|| not_found(name))?;
             if account.state == AccountState::Disabled {
-                return Err(Error::Invalid(format!("account {name} is already disabled")));
+                return Err(Error::Invalid(format!(
+                    "account {name} is already disabled"
+                )));
             }
             let was = account.state_at(now);
             account.state = AccountState::Disabled;

@@ -54,7 +54,13 @@ mod tests {
 
     #[test]
     fn the_current_user_is_the_one_the_environment_names() {
-        let expected = std::process::Command::new("id").arg("-un").output().unwrap();
-        assert_eq!(current_user(), String::from_utf8_lossy(&expected.stdout).trim());
+        let expected = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        assert_eq!(
+            current_user(),
+            String::from_utf8_lossy(&expected.stdout).trim()
+        );
     }
 }

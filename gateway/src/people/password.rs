@@ -43,7 +43,9 @@ pub enum PasswordRefused {
     TooShort { length: usize },
     #[error("the password is longer than {MAX_LENGTH} characters; use a shorter one")]
     TooLong,
-    #[error("the password is one of the most common passwords; choose another (a few unrelated words work well)")]
+    #[error(
+        "the password is one of the most common passwords; choose another (a few unrelated words work well)"
+    )]
     Common,
     #[error("the password contains the account name; choose one that does not")]
     ContainsName,
@@ -112,14 +114,15 @@ mod tests {
     #[test]
     fn a_password_hashes_to_argon2id_with_the_owasp_parameters_and_verifies_only_itself() {
         let phc = hash("correct pony battery").unwrap();
-        assert!(
-            phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{phc}"
-        );
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(verify("correct pony battery", &phc));
         assert!(!verify("correct pony batterY", &phc));
         assert!(!verify("correct pony battery", "not a hash"));
-        assert_ne!(hash("correct pony battery").unwrap(), phc, "a fresh salt each time");
+        assert_ne!(
+            hash("correct pony battery").unwrap(),
+            phc,
+            "a fresh salt each time"
+        );
     }
 
     #[test]
@@ -128,8 +131,14 @@ mod tests {
             check_policy("alvarez", "short pass1"),
             Err(PasswordRefused::TooShort { length: 11 })
         );
-        assert_eq!(check_policy("alvarez", "Password1234"), Err(PasswordRefused::Common));
-        assert_eq!(check_policy("alvarez", "QWERTYUIOP123"), Err(PasswordRefused::Common));
+        assert_eq!(
+            check_policy("alvarez", "Password1234"),
+            Err(PasswordRefused::Common)
+        );
+        assert_eq!(
+            check_policy("alvarez", "QWERTYUIOP123"),
+            Err(PasswordRefused::Common)
+        );
         assert_eq!(
             check_policy("alvarez", "my name is ALVAREZ!"),
             Err(PasswordRefused::ContainsName)
@@ -140,7 +149,10 @@ mod tests {
         );
         assert_eq!(check_policy("alvarez", "fridge lamp ocean tulip"), Ok(()));
         // Twelve characters counted as characters, not bytes.
-        assert_eq!(check_policy("alvarez", "ééééééééééé"), Err(PasswordRefused::TooShort { length: 11 }));
+        assert_eq!(
+            check_policy("alvarez", "ééééééééééé"),
+            Err(PasswordRefused::TooShort { length: 11 })
+        );
     }
 
     #[test]

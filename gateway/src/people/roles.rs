@@ -219,11 +219,7 @@ mod tests {
         assert_eq!(TABLE.len(), Action::ALL.len(), "every action has a row");
         for (action, allowed) in TABLE {
             for (role, expected) in Role::ALL.into_iter().zip(allowed) {
-                assert_eq!(
-                    may(&[role], *action),
-                    *expected,
-                    "{role} and {action:?}"
-                );
+                assert_eq!(may(&[role], *action), *expected, "{role} and {action:?}");
             }
         }
     }
@@ -256,7 +252,10 @@ mod tests {
         }
         assert_eq!(
             "root".parse::<Role>(),
-            Err("\"root\" is not a role; use admin, pharmacist, technician, installer or inspector".to_owned())
+            Err(
+                "\"root\" is not a role; use admin, pharmacist, technician, installer or inspector"
+                    .to_owned()
+            )
         );
     }
 }

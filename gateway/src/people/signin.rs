@@ -1,7 +1,7 @@
 //! Signing in: password, then a second factor; failures slow down, then lock.
 //!
 //! Each failed sign-in counts against the name tried and against the source address. After
-//! [`FREE_FAILURES`] failures in a row, the next attempt for that name (or from that source) is
+//! more than [`FREE_FAILURES`] failures in a row, the next attempt for that name (or from that source) is
 //! refused unchecked until [`delay_after`] has passed since the last failure: 1 s, then 2, 4,
 //! ... up to [`MAX_DELAY`]. A success clears both counts. An account whose failures reach
 //! [`LOCK_AFTER`] is locked until an admin unlocks it (`rxgate user unlock`).
@@ -17,7 +17,7 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AccountState, People, PEOPLE, Role, THROTTLE, factors, load, password, save};
+use super::{AccountState, PEOPLE, People, Role, THROTTLE, factors, load, password, save};
 use crate::audit::{Kind, Record};
 use crate::error::Result;
 use crate::store::{self, to_json};
@@ -55,7 +55,9 @@ pub struct Identity {
 /// was wrong. The precise reason is in the audit trail.
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
-    #[error("sign-in refused: the name, password or second factor is wrong, or the account cannot sign in; ask an admin if this persists")]
+    #[error(
+        "sign-in refused: the name, password or second factor is wrong, or the account cannot sign in; ask an admin if this persists"
+    )]
     Refused,
     #[error("too many failed sign-ins; try again in {} s", retry_after.as_secs().max(1))]
     TryLater { retry_after: Duration },
@@ -306,8 +308,7 @@ fn record(
             {
                 account.failed_sign_ins = account.failed_sign_ins.saturating_add(1);
                 account_failures = Some(account.failed_sign_ins);
-                if account.failed_sign_ins >= LOCK_AFTER && account.state == AccountState::Active
-                {
+                if account.failed_sign_ins >= LOCK_AFTER && account.state == AccountState::Active {
                     account.state = AccountState::Locked;
                     locked_now = true;
                 }

@@ -616,10 +616,7 @@ pub fn body(site: &str, n: &Notification) -> String {
         );
     }
     let _ = writeln!(out, "\nWhat to do:");
-    let ack = format!(
-        "  rxgate alerts ack {} --note \"what you did\"",
-        a.id
-    );
+    let ack = format!("  rxgate alerts ack {} --note \"what you did\"", a.id);
     if a.acknowledged_at.is_some() {
         let _ = writeln!(
             out,
