@@ -1055,7 +1055,17 @@ fn a_cabinet_flooding_unwitnessed_overrides_raises_one_alert_and_one_e_mail_per_
         .unwrap();
     let out = cabinet.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    eprintln!("published after {:?}; {} audited; refusals: {}", std::time::Instant::now(), audit_entries(&gw, "access.event").len(), gw.logs().lines().rev().take(15).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "published after {:?}; {} audited; refusals: {}",
+        std::time::Instant::now(),
+        audit_entries(&gw, "access.event").len(),
+        gw.logs()
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // Every event acknowledged is in the audit trail, once.
     let accepted = wait_until(Duration::from_secs(30), "every event audited", || {

@@ -24,6 +24,7 @@ pub mod modbus;
 pub mod net;
 pub mod outbox;
 pub mod paths;
+pub mod people;
 pub mod pipeline;
 pub mod pki;
 pub mod policy;

@@ -157,12 +157,14 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
             txn,
             now,
             clock.synced(),
-            Record::new(Kind::GatewayInitialised, "cli").detail(serde_json::json!({
-                "ca_sha256": ca_sha256,
-                "imported_ca": imported,
-                "replaced": options.force,
-                "server_names": names,
-            })),
+            Record::new(Kind::GatewayInitialised, crate::people::current_user()).detail(
+                serde_json::json!({
+                    "ca_sha256": ca_sha256,
+                    "imported_ca": imported,
+                    "replaced": options.force,
+                    "server_names": names,
+                }),
+            ),
         )
     })?;
     Ok(InitReport {

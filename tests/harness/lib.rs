@@ -71,6 +71,13 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The operating-system user running the tests (`id -un`): the actor of every CLI command.
+pub fn whoami() -> String {
+    let output = Command::new("id").arg("-un").output().expect("run id -un");
+    assert!(output.status.success(), "id -un failed");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -56,7 +56,9 @@ pub fn session<R>(
                     crate::clock::system(config.gateway.assume_clock_synced),
                 );
                 let context = Context::new(config, registry);
-                return f(&mut |request| execute(&context, request));
+                // No daemon to read our credentials: this process's own user acts.
+                let actor = crate::registry::Actor::os_user(&super::current_user());
+                return f(&mut |request| execute(&context, request, &actor));
             }
             Err(Error::StoreLocked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

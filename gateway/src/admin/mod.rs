@@ -5,6 +5,10 @@
 //! daemon running, the CLI opens the store itself and runs the very same [`execute`], so a command
 //! behaves identically either way.
 //!
+//! Every request is run on behalf of the operating-system user on the other end: the daemon reads
+//! it from the socket's peer credentials (SO_PEERCRED), the CLI opening the store itself takes its
+//! own user; that name is the actor of every audit entry the request writes (see [`crate::people::user_name`]).
+//!
 //! Wire format: one JSON [`Request`] per connection, one line; one JSON [`Response`] back, one
 //! line. Requests are bounded to [`MAX_REQUEST_BYTES`].
 
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::people::{current_user, user_name};
 pub use client::{call, session};
 pub use server::AdminServer;
 
@@ -70,9 +75,9 @@ pub enum Request {
     AlertList {
         all: bool,
     },
+    /// Acknowledged by the operating-system user who sends it.
     AlertAck {
         id: String,
-        by: String,
         note: String,
     },
     /// What `rxgate report temperatures` needs for one device and a span of days.
@@ -80,6 +85,23 @@ pub enum Request {
         device: String,
         from: String,
         to: String,
+    },
+    /// A new account (roles by name; `expires`: its last day, YYYY-MM-DD).
+    UserAdd {
+        name: String,
+        roles: Vec<String>,
+        #[serde(default)]
+        expires: Option<String>,
+    },
+    UserList,
+    UserDisable {
+        name: String,
+    },
+    UserResetFactors {
+        name: String,
+    },
+    UserUnlock {
+        name: String,
     },
 }
 
@@ -122,6 +144,17 @@ pub enum Reply {
         alert: Box<crate::alerts::Alert>,
     },
     Report(crate::report::ReportData),
+    /// A new account, or one whose factors were reset: the set-up link, shown once.
+    UserSetupLink {
+        user: crate::people::AccountInfo,
+        setup_link: crate::people::SetupLink,
+    },
+    Users {
+        users: Vec<crate::people::AccountInfo>,
+    },
+    User {
+        user: crate::people::AccountInfo,
+    },
 }
 
 /// The reply on the wire.
@@ -157,6 +190,8 @@ pub struct Status {
 #[derive(Clone)]
 pub struct Context {
     pub registry: Registry,
+    /// Accounts, in the same store.
+    pub people: crate::people::People,
     pub site: String,
     pub default_token_ttl: Duration,
     /// Set by the daemon: listener names and addresses.
@@ -181,6 +216,12 @@ impl Context {
     /// The context for `config`, without a running daemon's extras.
     pub fn new(config: &crate::config::Config, registry: Registry) -> Context {
         Context {
+            people: crate::people::People::new(
+                registry.store().clone(),
+                registry.clock().clone(),
+                &config.gateway.site,
+                &config.gateway.server_names,
+            ),
             registry,
             site: config.gateway.site.clone(),
             default_token_ttl: config.enroll.token_ttl,
@@ -202,9 +243,9 @@ impl Context {
     }
 }
 
-/// Runs one admin request. Used by the daemon's socket and by the CLI when no daemon runs.
-pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
-    let actor = Actor::cli();
+/// Runs one admin request on behalf of `actor` (the operating-system user who sent it). Used by
+/// the daemon's socket and by the CLI when no daemon runs.
+pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> {
     match request {
         Request::Status => {
             let devices = ctx.registry.devices()?;
@@ -235,20 +276,20 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                     humantime::format_duration(ttl)
                 )));
             }
-            let (token, secret) = ctx.registry.create_token(&device, &kind, ttl, &actor)?;
+            let (token, secret) = ctx.registry.create_token(&device, &kind, ttl, actor)?;
             Ok(Reply::TokenCreated { token, secret })
         }
         Request::TokenList => Ok(Reply::Tokens {
             tokens: ctx.registry.tokens()?,
         }),
         Request::TokenRevoke { id } => Ok(Reply::Token {
-            token: ctx.registry.revoke_token(&id, &actor)?,
+            token: ctx.registry.revoke_token(&id, actor)?,
         }),
         Request::DeviceList => Ok(Reply::Devices {
             devices: ctx.registry.devices()?,
         }),
         Request::DeviceRevoke { id, reason } => Ok(Reply::Device {
-            device: ctx.registry.revoke_device(&id, &reason, &actor)?,
+            device: ctx.registry.revoke_device(&id, &reason, actor)?,
         }),
         Request::AuditExport {
             from,
@@ -293,7 +334,8 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
             alerts.reverse();
             Ok(Reply::Alerts { alerts })
         }
-        Request::AlertAck { id, by, note } => {
+        Request::AlertAck { id, note } => {
+            let by = actor.name.clone();
             let id = uuid::Uuid::parse_str(id.trim()).map_err(|_| {
                 Error::Invalid(format!(
                     "{id:?} is not an alert id; see `rxgate alerts list`"
@@ -333,6 +375,35 @@ pub fn execute(ctx: &Context, request: Request) -> Result<Reply> {
                 from,
                 to,
             )?))
+        }
+        Request::UserAdd {
+            name,
+            roles,
+            expires,
+        } => {
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<crate::people::Role>().map_err(Error::Invalid))
+                .collect::<Result<Vec<_>>>()?;
+            let expires = expires
+                .as_deref()
+                .map(crate::people::parse_day)
+                .transpose()?;
+            let (user, setup_link) = ctx.people.add(&name, &roles, expires, &actor.name)?;
+            Ok(Reply::UserSetupLink { user, setup_link })
+        }
+        Request::UserList => Ok(Reply::Users {
+            users: ctx.people.list()?,
+        }),
+        Request::UserDisable { name } => Ok(Reply::User {
+            user: ctx.people.disable(&name, &actor.name)?,
+        }),
+        Request::UserUnlock { name } => Ok(Reply::User {
+            user: ctx.people.unlock(&name, &actor.name)?,
+        }),
+        Request::UserResetFactors { name } => {
+            let (user, setup_link) = ctx.people.reset_factors(&name, &actor.name)?;
+            Ok(Reply::UserSetupLink { user, setup_link })
         }
         Request::AuditVerify { checkpoint } => {
             let external: Vec<crate::audit::Checkpoint> = match checkpoint {
@@ -482,7 +553,7 @@ mod tests {
         let mut largest = 0;
         let mut pages = 0;
         let mut send = |request: Request| {
-            let reply = execute(&ctx, request)?;
+            let reply = execute(&ctx, request, &Actor::cli())?;
             if let Reply::AuditPage { entries, .. } = &reply {
                 largest = largest.max(entries.len());
                 pages += 1;

@@ -84,6 +84,14 @@ async fn serve(
     stream: UnixStream,
     context: Arc<tokio::sync::RwLock<Context>>,
 ) -> std::io::Result<()> {
+    // The kernel's word for who connected, not the client's.
+    let actor = match stream.peer_cred() {
+        Ok(cred) => crate::registry::Actor::os_user(&super::user_name(cred.uid())),
+        Err(e) => {
+            tracing::warn!(error = %e, "Admin connection without peer credentials refused.");
+            return Err(e);
+        }
+    };
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
@@ -102,18 +110,20 @@ async fn serve(
             Ok(request) => {
                 let is_mutation = !matches!(
                     request,
-                    Request::Status | Request::TokenList | Request::DeviceList
+                    Request::Status | Request::TokenList | Request::DeviceList | Request::UserList
                 );
                 let name = serde_json::to_value(&request)
                     .ok()
                     .and_then(|v| v.get("cmd").and_then(|c| c.as_str()).map(str::to_owned))
                     .unwrap_or_default();
                 let ctx = context.read().await.clone();
-                let result = tokio::task::spawn_blocking(move || execute(&ctx, request)).await;
+                let by = actor.name.clone();
+                let result =
+                    tokio::task::spawn_blocking(move || execute(&ctx, request, &actor)).await;
                 match result {
                     Ok(Ok(reply)) => {
                         if is_mutation {
-                            tracing::info!(command = %name, "Admin command done.");
+                            tracing::info!(command = %name, by = %by, "Admin command done.");
                         }
                         Response::Ok(Box::new(reply))
                     }

@@ -110,7 +110,7 @@ impl AlertsHandle {
 pub fn acknowledge(alert: &mut Alert, by: &str, note: &str, now: OffsetDateTime) -> Result<()> {
     if by.trim().is_empty() || note.trim().is_empty() {
         return Err(Error::Invalid(
-            "an acknowledgement needs who (--by NAME) and the corrective action taken (--note TEXT)".to_owned(),
+            "an acknowledgement needs who acknowledges and the corrective action taken (--note TEXT)".to_owned(),
         ));
     }
     if alert.acknowledged_at.is_some() {

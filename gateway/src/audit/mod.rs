@@ -99,6 +99,27 @@ pub enum Kind {
     /// new base (see [`prune`]).
     #[serde(rename = "audit.pruned")]
     AuditPruned,
+    /// An account was created (`detail`: `user`, `roles`, `expires_on`).
+    #[serde(rename = "user.added")]
+    UserAdded,
+    /// Its person completed set-up: password and authenticator confirmed.
+    #[serde(rename = "user.set_up")]
+    UserSetUp,
+    #[serde(rename = "user.disabled")]
+    UserDisabled,
+    #[serde(rename = "user.unlocked")]
+    UserUnlocked,
+    /// Password, authenticator and recovery codes forgotten; a new set-up link issued.
+    #[serde(rename = "user.factors_reset")]
+    UserFactorsReset,
+    /// Locked after repeated failed sign-ins.
+    #[serde(rename = "user.locked")]
+    UserLocked,
+    #[serde(rename = "user.signed_in")]
+    UserSignedIn,
+    /// A refused sign-in; `detail.reason` says precisely why.
+    #[serde(rename = "user.sign_in_refused")]
+    UserSignInRefused,
 }
 
 /// One entry as stored (without its hash).

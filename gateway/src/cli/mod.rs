@@ -1,6 +1,7 @@
 //! The `rxgate` command line: parse, dispatch, print. Logic lives in the library modules.
 
 mod output;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Accounts of the people who use the console.
+    User {
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
     /// Whether the daemon runs, where it listens, how many devices it knows.
     Status {
         #[arg(long)]
@@ -141,14 +147,11 @@ pub enum AlertsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Acknowledge an alert: who takes charge and what was done. Stops escalation and silences
-    /// the buzzer.
+    /// Acknowledge an alert and say what was done. Stops escalation and silences the buzzer. The
+    /// acknowledger is the operating-system user running the command.
     Ack {
         /// The alert id, from `rxgate alerts list`.
         id: String,
-        /// Who acknowledges.
-        #[arg(long)]
-        by: String,
         /// The corrective action taken (kept with the alert and in the audit trail).
         #[arg(long)]
         note: String,
@@ -324,7 +327,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load(&cli.config)?;
             let (request, json) = match command {
                 AlertsCommand::List { all, json } => (Request::AlertList { all }, json),
-                AlertsCommand::Ack { id, by, note } => (Request::AlertAck { id, by, note }, false),
+                AlertsCommand::Ack { id, note } => (Request::AlertAck { id, note }, false),
             };
             let reply = admin::call(&config, request)?;
             output::reply(&reply, json);
@@ -466,6 +469,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::User { command } => {
+            let config = load(&cli.config)?;
+            let (request, json) = command.request();
+            let reply = admin::call(&config, request)?;
+            output::reply(&reply, json);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
             let config = load(&cli.config)?;

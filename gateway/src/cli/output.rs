@@ -12,7 +12,7 @@ fn opt_time(t: Option<time::OffsetDateTime>) -> String {
 }
 
 /// Prints rows as left-aligned columns.
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -36,7 +36,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn json(value: &impl serde::Serialize) {
+pub(super) fn json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(text) => println!("{text}"),
         Err(e) => eprintln!("error: cannot encode the result as JSON: {e}"),
@@ -44,6 +44,9 @@ fn json(value: &impl serde::Serialize) {
 }
 
 pub fn reply(reply: &Reply, as_json: bool) {
+    if super::users::print(reply, as_json) {
+        return;
+    }
     match reply {
         // Only the secret on stdout, so `TOKEN=$(rxgate token create ...)` just works.
         Reply::TokenCreated { token, secret } => {
@@ -132,6 +135,7 @@ pub fn reply(reply: &Reply, as_json: bool) {
             alert.state.as_str()
         ),
         Reply::Report(data) => print!("{}", data.csv()),
+        Reply::UserSetupLink { .. } | Reply::Users { .. } | Reply::User { .. } => {}
         Reply::AuditVerified { .. } => {
             audit_verified(reply);
         }

@@ -247,6 +247,14 @@ impl Actor {
         }
     }
 
+    /// A person at the gateway's command line: the operating-system user.
+    pub fn os_user(name: &str) -> Self {
+        Actor {
+            name: name.to_owned(),
+            source: None,
+        }
+    }
+
     pub fn device(id: &str, source: IpAddr) -> Self {
         Actor {
             name: id.to_owned(),

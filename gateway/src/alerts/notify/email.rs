@@ -616,10 +616,7 @@ pub fn body(site: &str, n: &Notification) -> String {
         );
     }
     let _ = writeln!(out, "\nWhat to do:");
-    let ack = format!(
-        "  rxgate alerts ack {} --by NAME --note \"what you did\"",
-        a.id
-    );
+    let ack = format!("  rxgate alerts ack {} --note \"what you did\"", a.id);
     if a.acknowledged_at.is_some() {
         let _ = writeln!(
             out,
@@ -793,7 +790,7 @@ mod tests {
         ] {
             assert!(body.contains(line), "missing {line:?} in:\n{body}");
         }
-        let ack = format!("rxgate alerts ack {} --by NAME --note", n.alert.id);
+        let ack = format!("rxgate alerts ack {} --note", n.alert.id);
         assert!(body.contains(&ack), "{body}");
         assert!(!body.contains("Ended:"));
         assert!(!body.contains("clock was not synchronised"));

@@ -1,0 +1,587 @@
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use time::macros::{date, datetime};
+use time::{Duration as TimeDelta, OffsetDateTime};
+
+use super::*;
+use crate::clock::ManualClock;
+
+const START: OffsetDateTime = datetime!(2026-05-01 09:00:00 UTC);
+const PASSWORD: &str = "fridge lamp ocean tulip";
+
+fn people() -> (tempfile::TempDir, People, Arc<ManualClock>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s.redb")).unwrap();
+    let clock = ManualClock::new(START, true);
+    let people = People::new(
+        store,
+        clock.clone(),
+        "store-0042",
+        &["rx.example".to_owned()],
+    );
+    (dir, people, clock)
+}
+
+fn token_of(link: &SetupLink) -> String {
+    link.url.rsplit('/').next().unwrap().to_owned()
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+/// An account set up at START with PASSWORD; returns its TOTP secret and recovery codes.
+fn active(people: &People, name: &str, roles: &[Role]) -> (String, Vec<String>) {
+    let (_, link) = people.add(name, roles, None, "root").unwrap();
+    let token = token_of(&link);
+    let offer = people.setup_offer(&token, START).unwrap().unwrap();
+    let code = totp_code(&offer.totp_secret, START).unwrap();
+    let done = people
+        .redeem_setup(&token, PASSWORD, &code, START)
+        .unwrap()
+        .unwrap();
+    (offer.totp_secret, done.recovery_codes)
+}
+
+fn audit_kinds(people: &People) -> Vec<(Kind, String, serde_json::Value)> {
+    crate::audit::entries(people.store(), 1, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.actor, e.detail))
+        .collect()
+}
+
+fn sign_in(
+    people: &People,
+    name: &str,
+    password: &str,
+    factor: SecondFactor,
+    at: OffsetDateTime,
+) -> std::result::Result<Identity, SignInError> {
+    people.verify_sign_in(name, password, &factor, ip(1), at)
+}
+
+#[test]
+fn a_new_store_has_no_account_and_add_creates_a_pending_one_with_a_24_hour_link() {
+    let (_dir, people, _) = people();
+    assert_eq!(people.list().unwrap(), Vec::new());
+    let (info, link) = people
+        .add(
+            "alvarez",
+            &[Role::Pharmacist, Role::Technician],
+            None,
+            "root",
+        )
+        .unwrap();
+    assert_eq!(info.state, "pending");
+    assert_eq!(info.roles, vec![Role::Pharmacist, Role::Technician]);
+    assert_eq!(info.created_by, "root");
+    assert!(
+        link.url.starts_with("https://rx.example:8444/setup/"),
+        "{}",
+        link.url
+    );
+    assert_eq!(token_of(&link).len(), 43, "256 bits, base64url");
+    assert_eq!(link.expires_at, START + TimeDelta::hours(24));
+    let stored = people.account("alvarez").unwrap().unwrap();
+    assert_eq!(stored.password, None);
+    // Only the hash of the token is stored.
+    let raw = std::fs::read(people.store().path()).unwrap();
+    let token = token_of(&link);
+    assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+    let audit = audit_kinds(&people);
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0].0, audit[0].1.as_str()), (Kind::UserAdded, "root"));
+    assert_eq!(
+        audit[0].2["roles"],
+        serde_json::json!(["pharmacist", "technician"])
+    );
+}
+
+#[test]
+fn add_refuses_an_inspector_without_expiry_a_past_expiry_a_bad_name_no_role_and_a_duplicate() {
+    let (_dir, people, _) = people();
+    let err = |r: Result<(AccountInfo, SetupLink)>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(people.add("insp", &[Role::Inspector], None, "root")),
+        "an inspector account needs the date it expires (--expires YYYY-MM-DD)"
+    );
+    assert_eq!(
+        err(people.add(
+            "insp",
+            &[Role::Inspector],
+            Some(date!(2026 - 04 - 30)),
+            "root"
+        )),
+        "--expires 2026-04-30 is in the past; give the last day the account should work"
+    );
+    assert!(err(people.add("Alvarez", &[Role::Admin], None, "root")).contains("is not valid"));
+    assert!(
+        err(people.add("alvarez", &[], None, "root"))
+            .starts_with("an account needs at least one role")
+    );
+    people.add("alvarez", &[Role::Admin], None, "root").unwrap();
+    assert_eq!(
+        err(people.add("alvarez", &[Role::Admin], None, "root")),
+        "an account \"alvarez\" already exists; see `rxgate user list`"
+    );
+    let (info, _) = people
+        .add(
+            "insp",
+            &[Role::Inspector],
+            Some(date!(2026 - 05 - 01)),
+            "root",
+        )
+        .unwrap();
+    assert_eq!(info.expires_on.as_deref(), Some("2026-05-01"));
+}
+
+#[test]
+fn redeeming_a_setup_link_checks_password_and_code_then_activates_with_ten_recovery_codes_once() {
+    let (_dir, people, _) = people();
+    let (_, link) = people
+        .add("alvarez", &[Role::Pharmacist], None, "root")
+        .unwrap();
+    let token = token_of(&link);
+    let offer = people.setup_offer(&token, START).unwrap().unwrap();
+    assert_eq!(offer.name, "alvarez");
+    assert!(
+        offer
+            .otpauth_uri
+            .starts_with("otpauth://totp/rxgate%20store-0042:alvarez?secret="),
+        "{}",
+        offer.otpauth_uri
+    );
+    let code = totp_code(&offer.totp_secret, START).unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_eq!(
+        people.redeem_setup(&token, PASSWORD, wrong, START).unwrap(),
+        Err(SetupError::WrongCode)
+    );
+    assert_eq!(
+        people
+            .redeem_setup(&token, "password1234", &code, START)
+            .unwrap(),
+        Err(SetupError::Password(PasswordRefused::Common))
+    );
+    assert_eq!(
+        people
+            .redeem_setup(&token, "alvarez-the-great", &code, START)
+            .unwrap(),
+        Err(SetupError::Password(PasswordRefused::ContainsName))
+    );
+    let done = people
+        .redeem_setup(&token, PASSWORD, &code, START)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.recovery_codes.len(), 10);
+    let account = people.account("alvarez").unwrap().unwrap();
+    assert_eq!(account.state, AccountState::Active);
+    assert!(
+        account
+            .password
+            .as_deref()
+            .unwrap()
+            .starts_with("$argon2id$")
+    );
+    assert_eq!(
+        account.totp_secret.as_deref(),
+        Some(offer.totp_secret.as_str())
+    );
+    assert_eq!(
+        people.redeem_setup(&token, PASSWORD, &code, START).unwrap(),
+        Err(SetupError::InvalidLink),
+        "a link works once"
+    );
+    // The confirmation code itself cannot be replayed to sign in.
+    assert!(matches!(
+        sign_in(
+            &people,
+            "alvarez",
+            PASSWORD,
+            SecondFactor::Totp(code),
+            START
+        ),
+        Err(SignInError::Refused)
+    ));
+    let setup = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserSetUp)
+        .unwrap();
+    assert_eq!((setup.0, setup.1.as_str()), (Kind::UserSetUp, "alvarez"));
+}
+
+#[test]
+fn a_setup_link_stops_working_after_24_hours_and_when_replaced_or_disabled() {
+    let (_dir, people, _) = people();
+    let (_, link) = people
+        .add("alvarez", &[Role::Technician], None, "root")
+        .unwrap();
+    let token = token_of(&link);
+    let late = START + TimeDelta::hours(24);
+    assert_eq!(
+        people.setup_offer(&token, late).unwrap(),
+        Err(SetupError::InvalidLink)
+    );
+    assert!(
+        people
+            .setup_offer(&token, late - TimeDelta::seconds(1))
+            .unwrap()
+            .is_ok()
+    );
+    let (_, fresh) = people.reset_factors("alvarez", "root").unwrap();
+    assert_eq!(
+        people.setup_offer(&token, START).unwrap(),
+        Err(SetupError::InvalidLink)
+    );
+    people.disable("alvarez", "root").unwrap();
+    assert_eq!(
+        people.setup_offer(&token_of(&fresh), START).unwrap(),
+        Err(SetupError::InvalidLink)
+    );
+    assert_eq!(
+        people.setup_offer("not-a-token", START).unwrap(),
+        Err(SetupError::InvalidLink)
+    );
+}
+
+#[test]
+fn sign_in_takes_password_and_a_fresh_totp_code_and_refuses_the_same_code_twice() {
+    let (_dir, people, _) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    let at = START + TimeDelta::minutes(5);
+    let code = totp_code(&secret, at).unwrap();
+    let identity = sign_in(
+        &people,
+        "alvarez",
+        PASSWORD,
+        SecondFactor::Totp(code.clone()),
+        at,
+    )
+    .unwrap();
+    assert_eq!(identity.name, "alvarez");
+    assert_eq!(identity.roles, vec![Role::Pharmacist]);
+    assert!(matches!(
+        sign_in(
+            &people,
+            "alvarez",
+            PASSWORD,
+            SecondFactor::Totp(code),
+            at + TimeDelta::seconds(20)
+        ),
+        Err(SignInError::Refused)
+    ));
+    let last = audit_kinds(&people).pop().unwrap();
+    assert_eq!(last.0, Kind::UserSignInRefused);
+    assert_eq!(last.2["reason"], "TOTP code already used (replay refused)");
+    let next = at + TimeDelta::seconds(30);
+    let code = totp_code(&secret, next).unwrap();
+    assert!(sign_in(&people, "alvarez", PASSWORD, SecondFactor::Totp(code), next).is_ok());
+}
+
+#[test]
+fn a_recovery_code_signs_in_once_and_is_then_spent() {
+    let (_dir, people, _) = people();
+    let (_, codes) = active(&people, "alvarez", &[Role::Admin]);
+    let at = START + TimeDelta::minutes(1);
+    let identity = sign_in(
+        &people,
+        "alvarez",
+        PASSWORD,
+        SecondFactor::RecoveryCode(codes[0].clone()),
+        at,
+    )
+    .unwrap();
+    assert_eq!(identity.recovery_codes_left, 9);
+    assert!(matches!(
+        sign_in(
+            &people,
+            "alvarez",
+            PASSWORD,
+            SecondFactor::RecoveryCode(codes[0].clone()),
+            at + TimeDelta::minutes(1)
+        ),
+        Err(SignInError::Refused)
+    ));
+    let info = people.list().unwrap().remove(0);
+    assert_eq!(info.recovery_codes_left, 9);
+    let signed_in = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserSignedIn)
+        .unwrap();
+    assert_eq!(signed_in.2["factor"], "recovery_code");
+}
+
+#[test]
+fn a_wrong_password_and_an_unknown_name_get_the_same_answer_and_precise_audit_reasons() {
+    let (_dir, people, _) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    let at = START + TimeDelta::minutes(1);
+    let code = || SecondFactor::Totp(totp_code(&secret, at).unwrap());
+    let wrong = sign_in(&people, "alvarez", "not the password", code(), at).unwrap_err();
+    let unknown = sign_in(&people, "nobody", PASSWORD, code(), at).unwrap_err();
+    assert_eq!(wrong.to_string(), unknown.to_string());
+    assert!(matches!(wrong, SignInError::Refused));
+    let reasons: Vec<_> = audit_kinds(&people)
+        .into_iter()
+        .filter(|e| e.0 == Kind::UserSignInRefused)
+        .map(|e| (e.1, e.2["user"].clone(), e.2["reason"].clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                "unauthenticated".to_owned(),
+                "alvarez".into(),
+                "wrong password".into()
+            ),
+            (
+                "unauthenticated".to_owned(),
+                "nobody".into(),
+                "no such account".into()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn failures_slow_down_exponentially_per_name_and_per_source() {
+    assert_eq!(
+        (1..=9)
+            .map(|n| delay_after(n).as_secs())
+            .collect::<Vec<_>>(),
+        vec![0, 0, 1, 2, 4, 8, 16, 32, 64]
+    );
+    assert_eq!(delay_after(40), std::time::Duration::from_secs(900));
+    let (_dir, people, _) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    let at = START + TimeDelta::minutes(1);
+    for _ in 0..3 {
+        assert!(matches!(
+            sign_in(&people, "nobody", "x", SecondFactor::Totp("1".into()), at),
+            Err(SignInError::Refused)
+        ));
+    }
+    // The unknown name waits exactly as an account would, and so does its source.
+    match sign_in(&people, "nobody", "x", SecondFactor::Totp("1".into()), at) {
+        Err(SignInError::TryLater { retry_after }) => assert_eq!(retry_after.as_secs(), 1),
+        other => panic!("{other:?}"),
+    }
+    let code = totp_code(&secret, at).unwrap();
+    assert!(
+        matches!(
+            people.verify_sign_in(
+                "alvarez",
+                PASSWORD,
+                &SecondFactor::Totp(code.clone()),
+                ip(1),
+                at
+            ),
+            Err(SignInError::TryLater { .. })
+        ),
+        "same source"
+    );
+    // Another source is not held up by this one's failures, and a success clears its count.
+    assert!(
+        people
+            .verify_sign_in("alvarez", PASSWORD, &SecondFactor::Totp(code), ip(2), at)
+            .is_ok()
+    );
+}
+
+#[test]
+fn ten_failed_sign_ins_lock_the_account_until_an_admin_unlocks_it() {
+    let (_dir, people, _) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    let mut at = START + TimeDelta::minutes(1);
+    for _ in 0..LOCK_AFTER {
+        at += TimeDelta::minutes(10);
+        let code = SecondFactor::Totp(totp_code(&secret, at).unwrap());
+        assert!(matches!(
+            sign_in(&people, "alvarez", "wrong wrong wrong", code, at),
+            Err(SignInError::Refused)
+        ));
+    }
+    let info = people.list().unwrap().remove(0);
+    assert_eq!((info.state.as_str(), info.failed_sign_ins), ("locked", 10));
+    at += TimeDelta::hours(2);
+    let code = |at| SecondFactor::Totp(totp_code(&secret, at).unwrap());
+    assert!(matches!(
+        sign_in(&people, "alvarez", PASSWORD, code(at), at),
+        Err(SignInError::Refused)
+    ));
+    let audit = audit_kinds(&people);
+    let locked: Vec<_> = audit.iter().filter(|e| e.0 == Kind::UserLocked).collect();
+    assert_eq!(locked.len(), 1);
+    assert_eq!(locked[0].2["failed_sign_ins"], 10);
+    assert_eq!(
+        audit.last().unwrap().2["reason"],
+        "the account is locked after failed sign-ins; an admin must unlock it"
+    );
+    let info = people.unlock("alvarez", "root").unwrap();
+    assert_eq!((info.state.as_str(), info.failed_sign_ins), ("active", 0));
+    // The source still waits out its own delay (11 failures: 256 s).
+    assert!(matches!(
+        sign_in(&people, "alvarez", PASSWORD, code(at), at),
+        Err(SignInError::TryLater { .. })
+    ));
+    at += TimeDelta::minutes(5);
+    assert!(sign_in(&people, "alvarez", PASSWORD, code(at), at).is_ok());
+    let unlocked = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserUnlocked)
+        .unwrap();
+    assert_eq!(unlocked.1, "root");
+    assert_eq!(
+        people.unlock("alvarez", "root").unwrap_err().to_string(),
+        "account alvarez is active, not locked; nothing to unlock"
+    );
+}
+
+#[test]
+fn a_disabled_account_and_an_expired_inspector_cannot_sign_in() {
+    let (_dir, people, clock) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    people.disable("alvarez", "root").unwrap();
+    let at = START + TimeDelta::minutes(1);
+    let code = SecondFactor::Totp(totp_code(&secret, at).unwrap());
+    assert!(matches!(
+        sign_in(&people, "alvarez", PASSWORD, code, at),
+        Err(SignInError::Refused)
+    ));
+    assert_eq!(
+        audit_kinds(&people).last().unwrap().2["reason"],
+        "the account is disabled"
+    );
+
+    let (_, link) = people
+        .add(
+            "insp",
+            &[Role::Inspector],
+            Some(date!(2026 - 05 - 02)),
+            "root",
+        )
+        .unwrap();
+    let token = token_of(&link);
+    let offer = people.setup_offer(&token, START).unwrap().unwrap();
+    let code = totp_code(&offer.totp_secret, START).unwrap();
+    people
+        .redeem_setup(&token, PASSWORD, &code, START)
+        .unwrap()
+        .unwrap();
+    let last_minute = datetime!(2026-05-02 23:59:00 UTC);
+    let code = SecondFactor::Totp(totp_code(&offer.totp_secret, last_minute).unwrap());
+    assert!(sign_in(&people, "insp", PASSWORD, code, last_minute).is_ok());
+    let next_day = datetime!(2026-05-03 00:00:30 UTC);
+    let code = SecondFactor::Totp(totp_code(&offer.totp_secret, next_day).unwrap());
+    assert!(matches!(
+        sign_in(&people, "insp", PASSWORD, code, next_day),
+        Err(SignInError::Refused)
+    ));
+    assert_eq!(
+        audit_kinds(&people).last().unwrap().2["reason"],
+        "the account has expired"
+    );
+    clock.set(next_day);
+    let states: Vec<_> = people
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|a| (a.name, a.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("alvarez".to_owned(), "disabled".to_owned()),
+            ("insp".to_owned(), "expired".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn reset_factors_makes_the_old_password_and_codes_useless_and_issues_a_new_link() {
+    let (_dir, people, _) = people();
+    let (secret, codes) = active(&people, "alvarez", &[Role::Installer]);
+    let (info, link) = people.reset_factors("alvarez", "root").unwrap();
+    assert_eq!(
+        (info.state.as_str(), info.totp, info.recovery_codes_left),
+        ("pending", false, 0)
+    );
+    let at = START + TimeDelta::minutes(1);
+    let code = SecondFactor::Totp(totp_code(&secret, at).unwrap());
+    assert!(matches!(
+        sign_in(&people, "alvarez", PASSWORD, code, at),
+        Err(SignInError::Refused)
+    ));
+    assert!(matches!(
+        sign_in(
+            &people,
+            "alvarez",
+            PASSWORD,
+            SecondFactor::RecoveryCode(codes[1].clone()),
+            at + TimeDelta::minutes(1)
+        ),
+        Err(SignInError::Refused)
+    ));
+    let offer = people.setup_offer(&token_of(&link), at).unwrap().unwrap();
+    assert_ne!(offer.totp_secret, secret, "a new authenticator secret");
+    let reset = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserFactorsReset)
+        .unwrap();
+    assert_eq!(
+        (reset.1.as_str(), reset.2["was"].as_str()),
+        ("root", Some("active"))
+    );
+}
+
+#[test]
+fn accounts_added_and_failures_recorded_from_many_threads_at_once_are_all_counted_exactly() {
+    let (_dir, people, _) = people();
+    active(&people, "target", &[Role::Technician]);
+    let threads: Vec<_> = (0..8u8)
+        .map(|i| {
+            let people = people.clone();
+            std::thread::spawn(move || {
+                let own = people.add(&format!("user-{i}"), &[Role::Technician], None, "root");
+                let shared = people.add("shared", &[Role::Admin], None, "root");
+                for _ in 0..2 {
+                    signin::record_failure_for_test(&people, "target", ip(i), START).unwrap();
+                }
+                (own.is_ok(), shared.is_ok())
+            })
+        })
+        .collect();
+    let results: Vec<(bool, bool)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results.iter().all(|(own, _)| *own));
+    assert_eq!(
+        results.iter().filter(|(_, shared)| *shared).count(),
+        1,
+        "one wins the name"
+    );
+    let list = people.list().unwrap();
+    assert_eq!(list.len(), 1 + 8 + 1);
+    let target = list.iter().find(|a| a.name == "target").unwrap();
+    assert_eq!(
+        (target.state.as_str(), target.failed_sign_ins),
+        ("locked", 16)
+    );
+    let audit = audit_kinds(&people);
+    assert_eq!(audit.iter().filter(|e| e.0 == Kind::UserLocked).count(), 1);
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.0 == Kind::UserSignInRefused)
+            .count(),
+        16
+    );
+    assert_eq!(
+        audit.iter().filter(|e| e.0 == Kind::UserAdded).count(),
+        1 + 8 + 1
+    );
+    assert_eq!(
+        crate::audit::verify(people.store(), None, &[]).unwrap(),
+        Ok(audit.len() as u64)
+    );
+}
