@@ -183,7 +183,7 @@ impl RefusalLog {
             |recent| now.duration_since(recent.since) >= SUMMARY_EVERY,
             &mut out,
         );
-        for (refusal, count) in fold(pending) {
+        for (refusal, count, others) in fold(pending) {
             let key = fold_key(&refusal);
             // Beyond TRACKED kinds at once, a new kind is only folded per second.
             if self.recent.contains_key(&key) || self.recent.len() < TRACKED {
@@ -204,6 +204,7 @@ impl RefusalLog {
             out.push(Entry {
                 refusal,
                 count,
+                others,
                 summary_since: None,
             });
         }
@@ -223,6 +224,7 @@ impl RefusalLog {
                 out.push(Entry {
                     refusal,
                     count,
+                    others: Vec::new(),
                     summary_since: Some(first_at),
                 });
             }
@@ -244,6 +246,7 @@ impl RefusalLog {
                 count = entry.count,
                 summary = entry.summary_since.is_some(),
                 reason = %refusal.reason,
+                other_reasons = %entry.others.join(" | "),
                 "Refused."
             );
         }
@@ -254,6 +257,7 @@ impl RefusalLog {
                 for Entry {
                     refusal,
                     count,
+                    others,
                     summary_since,
                 } in batch
                 {
@@ -262,6 +266,9 @@ impl RefusalLog {
                         "reason": refusal.reason,
                         "count": count,
                     });
+                    if !others.is_empty() {
+                        detail["other_reasons"] = others.into();
+                    }
                     if let Some(claimed) = &refusal.claimed_device {
                         detail["claimed_device"] = claimed.clone().into();
                     }
@@ -418,8 +425,14 @@ fn source_key(source: IpAddr) -> String {
 struct Entry {
     refusal: Refusal,
     count: u64,
+    /// Up to [`OTHER_REASONS`] further reasons among the refusals folded in, as they differed.
+    others: Vec<String>,
     summary_since: Option<time::OffsetDateTime>,
 }
+
+/// Distinct reasons beyond the first an entry keeps: a device sending five kinds of bad payload
+/// in one second gets them all named, a flood of varied ones costs no more than this.
+const OTHER_REASONS: usize = 7;
 
 /// What makes two refusals "the same" for folding.
 type FoldKey = (
@@ -440,17 +453,27 @@ fn fold_key(refusal: &Refusal) -> FoldKey {
     )
 }
 
-/// Folds identical refusals into (first occurrence, count), in order of first occurrence.
-fn fold(refusals: Vec<Refusal>) -> Vec<(Refusal, u64)> {
+/// Folds identical refusals into (first occurrence, count, other reasons), in order of first
+/// occurrence.
+fn fold(refusals: Vec<Refusal>) -> Vec<(Refusal, u64, Vec<String>)> {
     let mut index: BTreeMap<FoldKey, usize> = BTreeMap::new();
-    let mut out: Vec<(Refusal, u64)> = Vec::new();
+    let mut out: Vec<(Refusal, u64, Vec<String>)> = Vec::new();
     for refusal in refusals {
         let key = fold_key(&refusal);
         match index.get(&key) {
-            Some(&i) => out[i].1 += 1,
+            Some(&i) => {
+                let (first, count, others) = &mut out[i];
+                *count += 1;
+                if others.len() < OTHER_REASONS
+                    && refusal.reason != first.reason
+                    && !others.contains(&refusal.reason)
+                {
+                    others.push(refusal.reason);
+                }
+            }
             None => {
                 index.insert(key, out.len());
-                out.push((refusal, 1));
+                out.push((refusal, 1, Vec::new()));
             }
         }
     }
@@ -483,7 +506,7 @@ mod tests {
         ]);
         let summary: Vec<_> = folded
             .iter()
-            .map(|(r, n)| (r.device.as_deref().unwrap(), r.class, *n))
+            .map(|(r, n, _)| (r.device.as_deref().unwrap(), r.class, *n))
             .collect();
         assert_eq!(
             summary,
@@ -493,6 +516,23 @@ mod tests {
                 ("a", "topic_denied", 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_folded_entry_names_a_few_of_the_other_reasons_it_counts() {
+        let mut refusals = Vec::new();
+        for i in 0..20 {
+            let mut r = refusal("a", "bad_payload");
+            r.reason = format!("point {} is a string", i % 10);
+            refusals.push(r);
+        }
+        let folded = fold(refusals);
+        assert_eq!(folded.len(), 1);
+        let (first, count, others) = &folded[0];
+        assert_eq!(first.reason, "point 0 is a string");
+        assert_eq!(*count, 20);
+        let named: Vec<String> = (1..=7).map(|i| format!("point {i} is a string")).collect();
+        assert_eq!(others, &named);
     }
 
     /// Runs a refusal log over `refusals` (sent before it starts) and returns the flags it raised.
