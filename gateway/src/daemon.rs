@@ -118,7 +118,14 @@ impl Gateway {
         )?;
         let pipeline =
             pipeline.with_monitor(monitor.monitored().into_iter().collect(), observations);
-        let enroll = EnrollServer::build(config, registry.clone(), &pki, refusals.clone()).await?;
+        let enroll = EnrollServer::build(
+            &config.gateway.site,
+            &config.enroll,
+            registry.clone(),
+            &pki,
+            refusals.clone(),
+        )
+        .await?;
         let mut broker = DeviceBroker::build(
             &config.gateway.site,
             &config.mqtt,

@@ -200,6 +200,23 @@ fn the_leaves_import_only_what_they_may() {
     }
 }
 
+/// Each component takes its own section (its config type lives with it); only the modules that
+/// assemble the whole gateway see the whole `Config`.
+#[test]
+fn only_the_assembling_modules_import_config() {
+    let graph = graph();
+    let assembling = ["admin", "cli", "config", "daemon", "demo"];
+    let importers: Vec<(&String, &BTreeSet<String>)> = graph
+        .iter()
+        .filter(|(module, _)| !assembling.contains(&module.as_str()))
+        .filter_map(|(module, edges)| Some((module, edges.get("config")?)))
+        .collect();
+    assert!(
+        importers.is_empty(),
+        "components importing config: {importers:?}"
+    );
+}
+
 #[test]
 fn a_circle_is_found_when_there_is_one() {
     let mut graph: Graph = BTreeMap::new();

@@ -16,6 +16,9 @@
 //! to an unproven `simpleenroll` has the actor `unauthenticated` and the claimed device id in its
 //! detail.
 
+mod config;
+pub use config::EnrollConfig;
+
 mod crl;
 mod est;
 mod limit;
@@ -31,7 +34,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Refusals;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::net::{self, Limits};
 use crate::pki::GatewayPki;
@@ -58,14 +60,14 @@ pub(crate) struct ConnInfo {
 }
 
 impl EnrollServer {
-    /// Binds `[enroll].listen` and prepares the TLS and HTTP stacks.
+    /// Binds `[enroll].listen` and prepares the TLS and HTTP stacks, for the devices of `site`.
     pub async fn build(
-        config: &Config,
+        site: &str,
+        e: &EnrollConfig,
         registry: Registry,
         pki: &GatewayPki,
         refusals: Refusals,
     ) -> Result<EnrollServer> {
-        let e = &config.enroll;
         let listener = TcpListener::bind(e.listen)
             .await
             .map_err(|source| Error::Io {
@@ -95,7 +97,7 @@ impl EnrollServer {
             registry,
             pki.ca.clone(),
             IssuePolicy {
-                site: config.gateway.site.clone(),
+                site: site.to_owned(),
                 validity: e.cert_validity,
                 backdate: e.cert_backdate,
                 max_failed_attempts: e.max_failed_attempts.get(),
