@@ -254,7 +254,7 @@ async fn email_arrives_at_a_real_smtp_server_with_device_value_and_start_time() 
         "Device:         fridge-01",
         "Value:          12.4 °C (limit 8.0 °C)",
         "Started:        2026-05-01T08:00:00Z",
-        &format!("rxgate alerts ack {} --by NAME", n.alert.id),
+        &format!("rxgate alerts ack {} --note", n.alert.id),
     ] {
         assert!(body.contains(expected), "missing {expected:?} in:\n{body}");
     }
