@@ -947,6 +947,10 @@ fn a_device_held_to_its_rate_limit_costs_the_log_a_few_lines_that_count_every_re
                 .ok()
         })
         .sum();
+    eprintln!(
+        "{refused} rate-limited refusals, {} log lines counting {counted}",
+        refusal_lines.len()
+    );
     assert_eq!(
         counted,
         refused,
