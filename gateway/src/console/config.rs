@@ -90,3 +90,40 @@ impl ConsoleConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> ConsoleConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn an_empty_section_listens_on_8444_with_15_minute_idle_and_12_hour_sessions() {
+        let c = parse("");
+        assert_eq!(c.listen, "0.0.0.0:8444".parse().unwrap());
+        assert_eq!(c.idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.absolute_timeout, Duration::from_secs(43200));
+        assert_eq!((c.cert_file, c.key_file), (None, None));
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_and_an_idle_limit_beyond_the_absolute_one_are_named() {
+        let c = parse("cert_file = \"c.pem\"\nidle_timeout = \"13h\"\n");
+        let mut errors = Vec::new();
+        c.check(&mut errors);
+        let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:?}");
+        assert!(text[0].contains("console.key_file"), "{text:?}");
+        assert!(
+            text[1].contains("console.idle_timeout") && text[1].contains("13h"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        assert!(toml::from_str::<ConsoleConfig>("idle = \"1m\"").is_err());
+    }
+}
