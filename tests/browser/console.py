@@ -16,11 +16,17 @@ import time
 import pyotp
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 20  # seconds, for any one thing to appear
+# While a page is replaced, its elements vanish or go stale: look again until the deadline.
+LOADING = (NoSuchElementException, StaleElementReferenceException)
+
+
+def wait(browser, timeout=WAIT):
+    return WebDriverWait(browser, timeout, poll_frequency=0.1, ignored_exceptions=LOADING)
 
 
 def driver():
@@ -49,17 +55,17 @@ class Person:
 
 
 def shot(browser, shots, name):
-    WebDriverWait(browser, WAIT).until(lambda b: b.execute_script("return document.readyState") == "complete")
+    wait(browser).until(lambda b: b.execute_script("return document.readyState") == "complete")
     browser.save_screenshot(os.path.join(shots, f"{name}.png"))
 
 
 def heading(browser):
-    return WebDriverWait(browser, WAIT).until(EC.presence_of_element_located((By.TAG_NAME, "h1"))).text
+    return wait(browser).until(lambda b: b.find_element(By.TAG_NAME, "h1").text)
 
 
 def wait_heading(browser, text):
-    WebDriverWait(browser, WAIT).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == text,
-                                       f"a page headed {text!r}")
+    wait(browser).until(lambda b: b.find_element(By.TAG_NAME, "h1").text == text,
+                        f"a page headed {text!r}")
 
 
 def fill(browser, field, value):
@@ -103,7 +109,7 @@ def reload_until(browser, url, found, what):
     def check(b):
         b.get(url)
         return found(b)
-    return WebDriverWait(browser, 60, poll_frequency=0.5).until(check, what)
+    return WebDriverWait(browser, 60, poll_frequency=0.5, ignored_exceptions=LOADING).until(check, what)
 
 
 def main():
