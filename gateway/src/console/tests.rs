@@ -439,3 +439,18 @@ async fn signing_out_ends_the_session_and_is_audited() {
     );
     assert_eq!(detail["reason"], "signed_out");
 }
+
+#[tokio::test]
+async fn a_request_body_over_16_kib_is_refused_with_413_before_any_check() {
+    let c = console();
+    let page = c.send("GET", "/signin", None, None).await;
+    let cookie = page.cookie().unwrap();
+    let form = format!(
+        "csrf={}&name=anna&password={}&code=1",
+        page.csrf(),
+        "x".repeat(MAX_BODY)
+    );
+    let answer = c.send("POST", "/signin", Some(&cookie), Some(&form)).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(kinds(&c.people).is_empty(), "no sign-in was attempted");
+}
