@@ -92,3 +92,49 @@ impl Live {
         map.values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::DeviceConfig;
+    use time::macros::datetime;
+
+    fn limits() -> Limits {
+        let device: DeviceConfig = toml::from_str(
+            "transport = \"tcp\"\naddress = \"127.0.0.1:1\"\nprofile = \"refrigerator\"\n",
+        )
+        .unwrap();
+        Limits::of(&device).unwrap()
+    }
+
+    #[test]
+    fn a_fridge_shows_its_latest_good_temperature_and_the_engines_condition() {
+        let (device, limits) = ("fridge-01".to_owned(), limits());
+        let live = Live::new(std::iter::once((&device, &limits, None)));
+        assert_eq!(live.fridges()[0].condition, "no_reading");
+        assert_eq!(live.fridges()[0].temperature, None);
+        let at = datetime!(2026-12-07 09:00 UTC);
+        live.reading("fridge-01", 9.5, at);
+        let (state, _) = crate::coldchain::step(
+            State::default(),
+            crate::coldchain::Input::Reading {
+                temperature: Some(9.5),
+                door_open: None,
+            },
+            at,
+            &limits,
+        );
+        live.step("fridge-01", &limits, &state);
+        let fridge = &live.fridges()[0];
+        assert_eq!(fridge.temperature, Some(9.5));
+        assert_eq!(fridge.reading_at, Some(at));
+        assert_eq!(fridge.condition, "temperature_high");
+        assert_eq!((fridge.low, fridge.high), (2.0, 8.0));
+        live.reading("fridge-02", 4.0, at);
+        assert_eq!(
+            live.fridges().len(),
+            1,
+            "an unmonitored device is not added by a reading"
+        );
+    }
+}

@@ -454,3 +454,18 @@ async fn a_request_body_over_16_kib_is_refused_with_413_before_any_check() {
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(kinds(&c.people).is_empty(), "no sign-in was attempted");
 }
+
+#[tokio::test]
+async fn a_session_left_idle_for_15_minutes_ends_and_its_end_is_audited_as_idle() {
+    let c = console();
+    let (_, codes) = c.account("anna", Role::Pharmacist);
+    let cookie = c.sign_in("anna", &codes[0]).await;
+    c.clock.advance(Duration::from_secs(15 * 60));
+    let answer = c.send("GET", "/", Some(&cookie), None).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(answer.headers[header::LOCATION], "/signin");
+    let entries = kinds(&c.people);
+    let (kind, actor, detail) = entries.last().unwrap();
+    assert_eq!((*kind, actor.as_str()), (Kind::UserSignedOut, "anna"));
+    assert_eq!(detail["reason"], "idle");
+}
