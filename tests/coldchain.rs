@@ -3,40 +3,21 @@
 //! mosquitto as the cloud.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use rxgate_e2e::cloud::{Cloud, Subscription};
 use rxgate_e2e::{
-    Gateway, Proc, bin, curl, mails, smtp_sink, start_ready, wait_for_mails, wait_until, whoami,
-    workspace,
+    Gateway, curl, failing_fridge, fridge_device_config, mails, smtp_sink, wait_for_mails,
+    wait_until, whoami,
 };
-
-/// The fridge: 5 °C, time 600 times faster, the compressor failing at once.
-fn failing_fridge() -> (Proc, u16) {
-    let mut cmd = Command::new(bin("rxgate-sim"));
-    cmd.args([
-        "fridge",
-        "--tcp",
-        "127.0.0.1:0",
-        "--setpoint",
-        "5",
-        "--speed",
-        "600",
-    ])
-    .args(["--fault", "compressor-failure@1s"]);
-    start_ready(cmd, "rxgate-sim fridge")
-}
 
 fn gateway_config(cloud: &Cloud, fridge_port: u16, smtp_port: u16, escalate_after: &str) -> String {
     format!(
         "{}\n[alerts]\nescalate_after = \"{escalate_after}\"\n\
          [alerts.email]\nsmtp_url = \"smtp://127.0.0.1:{smtp_port}\"\nfrom = \"rxgate <rxgate@pharmacy.example>\"\n\
-         to = [\"duty@pharmacy.example\"]\nescalation_to = [\"area-manager@pharmacy.example\"]\ntimeout = \"5s\"\n\
-         [devices.fridge-01]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{fridge_port}\"\nmodel = \"{}\"\n\
-         poll_interval = \"500ms\"\ntimeout = \"300ms\"\nprofile = \"refrigerator\"\nalarm_delay = \"3s\"\n",
+         to = [\"duty@pharmacy.example\"]\nescalation_to = [\"area-manager@pharmacy.example\"]\ntimeout = \"5s\"\n{}",
         cloud.pki.gateway_config(cloud.port),
-        workspace().join("config/devices/acme-fr400.toml").display()
+        fridge_device_config(fridge_port),
     )
 }
 

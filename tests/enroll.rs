@@ -897,6 +897,7 @@ fn with_ntp_blocked_after_a_power_cut_a_certificate_expired_before_the_time_floo
         enroll: unbound,
         mqtt: unbound,
         metrics: unbound,
+        console: unbound,
     };
 
     // At real time, with a trusted clock: device "stolen" enrolls; its certificate ends in 1 h.

@@ -23,8 +23,12 @@ fn audit(gw: &Gateway, kind: &str) -> Vec<serde_json::Value> {
 fn setup_token(stdout: &str) -> String {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "only the link on stdout: {stdout:?}");
+    // The console's port: the one it is bound to while the daemon runs, else the configured.
     let token = lines[0]
-        .strip_prefix("https://localhost:8444/setup/")
+        .strip_prefix("https://localhost:")
+        .and_then(|rest| rest.split_once("/setup/"))
+        .filter(|(port, _)| port.parse::<u16>().is_ok())
+        .map(|(_, token)| token)
         .unwrap_or_else(|| panic!("a set-up link: {stdout:?}"));
     assert_eq!(token.len(), 43, "256 bits, base64url: {token}");
     assert!(

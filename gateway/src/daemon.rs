@@ -16,6 +16,7 @@ use crate::broker::DeviceBroker;
 use crate::clock::SharedClock;
 use crate::clock::floor::FloorKeeper;
 use crate::config::Config;
+use crate::console::ConsoleServer;
 use crate::enroll::EnrollServer;
 use crate::error::Result;
 use crate::message::Ingest;
@@ -39,6 +40,7 @@ const INGEST_QUEUE: usize = 1024;
 pub struct Gateway {
     admin: AdminServer,
     enroll: EnrollServer,
+    console: ConsoleServer,
     broker: DeviceBroker,
     modbus: ModbusPoller,
     pipeline: Pipeline,
@@ -189,15 +191,32 @@ impl Gateway {
             health_probe(&outbox, uplink_status, &clock),
         )
         .await?;
-        let addresses = vec![
-            ("enroll".to_owned(), enroll.local_addr()?),
-            ("mqtt".to_owned(), broker.local_addr()?),
-            ("metrics".to_owned(), metrics.local_addr()?),
-        ];
         let mut context = admin::Context::new(config, registry.clone());
         context.running = true;
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
+        context.fridges = Some(monitor.fridges());
+        let console = ConsoleServer::build(
+            &config.console,
+            pki.server_chain.clone(),
+            pki.server_key.clone_key(),
+            context.people.clone(),
+            std::sync::Arc::new(ConsoleBackend(context.clone())),
+            clock.clone(),
+            &config.gateway.site,
+        )
+        .await?;
+        // Set-up links point to the port the console is bound to.
+        context.people = context
+            .people
+            .clone()
+            .with_console_port(console.local_addr()?.port());
+        let addresses = vec![
+            ("enroll".to_owned(), enroll.local_addr()?),
+            ("mqtt".to_owned(), broker.local_addr()?),
+            ("metrics".to_owned(), metrics.local_addr()?),
+            ("console".to_owned(), console.local_addr()?),
+        ];
         context.listeners = addresses
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
@@ -213,6 +232,7 @@ impl Gateway {
         Ok(Gateway {
             admin,
             enroll,
+            console,
             broker,
             modbus,
             pipeline,
@@ -278,6 +298,7 @@ impl Gateway {
         intake_tasks.spawn(self.broker.run(intakes.clone()));
         intake_tasks.spawn(self.modbus.run(intakes.clone()));
         intake_tasks.spawn(self.admin.run(intakes.clone()));
+        intake_tasks.spawn(self.console.run(intakes.clone()));
         intake_tasks.close();
         pipeline_task.spawn(self.pipeline.run(pipeline.clone()));
         pipeline_task.close();
@@ -321,6 +342,64 @@ impl Gateway {
             tracing::warn!(grace = ?GRACE, "Some tasks did not stop in time.");
         }
     }
+}
+
+/// The console's view of the gateway: the admin requests the CLI sends, run as the person
+/// signed in to the console.
+struct ConsoleBackend(admin::Context);
+
+impl ConsoleBackend {
+    fn ask(
+        &self,
+        request: admin::Request,
+        by: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<admin::Reply> {
+        let actor = crate::registry::Actor {
+            name: by.to_owned(),
+            source,
+        };
+        admin::execute(&self.0, request, &actor)
+    }
+}
+
+impl crate::console::Backend for ConsoleBackend {
+    fn alerts(&self, all: bool) -> Result<Vec<alerts::Alert>> {
+        match self.ask(admin::Request::AlertList { all }, "console", None)? {
+            admin::Reply::Alerts { alerts } => Ok(alerts),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn fridges(&self) -> Result<Vec<crate::coldchain::live::FridgeNow>> {
+        match self.ask(admin::Request::Fridges, "console", None)? {
+            admin::Reply::Fridges { fridges } => Ok(fridges),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn acknowledge(
+        &self,
+        id: &str,
+        by: &str,
+        source: std::net::IpAddr,
+        note: &str,
+    ) -> Result<alerts::Alert> {
+        let request = admin::Request::AlertAck {
+            id: id.to_owned(),
+            note: note.to_owned(),
+        };
+        match self.ask(request, by, Some(source))? {
+            admin::Reply::Alert { alert } => Ok(*alert),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &admin::Reply) -> crate::Error {
+    crate::Error::Invalid(format!(
+        "the admin interface answered unexpectedly: {reply:?}"
+    ))
 }
 
 /// A notification channel's worker, whatever its channel: started with the shutdown token.

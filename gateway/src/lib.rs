@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod coldchain;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod demo;
 pub mod devices;

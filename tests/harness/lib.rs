@@ -169,6 +169,33 @@ pub fn start_ready(mut cmd: Command, what: &str) -> (Proc, u16) {
     (Proc(child), port)
 }
 
+/// A simulated fridge on a loopback port: 5 °C, time 600 times faster, the compressor failing
+/// at once.
+pub fn failing_fridge() -> (Proc, u16) {
+    let mut cmd = Command::new(bin("rxgate-sim"));
+    cmd.args([
+        "fridge",
+        "--tcp",
+        "127.0.0.1:0",
+        "--setpoint",
+        "5",
+        "--speed",
+        "600",
+    ])
+    .args(["--fault", "compressor-failure@1s"]);
+    start_ready(cmd, "rxgate-sim fridge")
+}
+
+/// The config of device `fridge-01`, the simulated fridge on `port`: polled every 500 ms, a
+/// refrigerator profile, an alarm after 3 s out of range.
+pub fn fridge_device_config(port: u16) -> String {
+    format!(
+        "[devices.fridge-01]\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nmodel = \"{}\"\n\
+         poll_interval = \"500ms\"\ntimeout = \"300ms\"\nprofile = \"refrigerator\"\nalarm_delay = \"3s\"\n",
+        workspace().join("config/devices/acme-fr400.toml").display()
+    )
+}
+
 /// Runs a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
@@ -208,6 +235,8 @@ pub struct Gateway {
     pub mqtt: SocketAddr,
     /// Metrics and health endpoint.
     pub metrics: SocketAddr,
+    /// The pharmacy console (HTTPS).
+    pub console: SocketAddr,
 }
 
 /// The default test config (loopback, ephemeral ports, trusted clock) with `extra` (TOML) merged
@@ -216,6 +245,7 @@ pub fn config_text(site: &str, extra: &str) -> String {
     let base = format!(
         "[gateway]\nsite = \"{site}\"\ndata_dir = \"data\"\nassume_clock_synced = true\n\
          [enroll]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [console]\nlisten = \"127.0.0.1:0\"\n\
          [outbox]\nbatch_delay = \"5ms\"\n"
     );
     let mut base: toml::Table = base.parse().expect("base config");
@@ -255,6 +285,7 @@ impl Gateway {
             enroll: SocketAddr::from(([127, 0, 0, 1], 0)),
             mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            console: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let output = gateway.cli(&[&["init"], init_args].concat());
         assert!(
@@ -320,6 +351,7 @@ impl Gateway {
                 "enroll" => self.enroll = addr,
                 "mqtt" => self.mqtt = addr,
                 "metrics" => self.metrics = addr,
+                "console" => self.console = addr,
                 _ => {}
             }
         }

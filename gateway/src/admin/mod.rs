@@ -75,6 +75,8 @@ pub enum Request {
     AlertList {
         all: bool,
     },
+    /// Each cold-chain fridge: its latest temperature, when it was read, its condition.
+    Fridges,
     /// Acknowledged by the operating-system user who sends it.
     AlertAck {
         id: String,
@@ -143,6 +145,9 @@ pub enum Reply {
     Alert {
         alert: Box<crate::alerts::Alert>,
     },
+    Fridges {
+        fridges: Vec<crate::coldchain::live::FridgeNow>,
+    },
     Report(crate::report::ReportData),
     /// A new account, or one whose factors were reset: the set-up link, shown once.
     UserSetupLink {
@@ -203,6 +208,8 @@ pub struct Context {
     pub alerts: Option<crate::alerts::AlertsHandle>,
     /// The running policy, when the daemon runs.
     pub policy: Option<crate::policy::stage::PolicyHandle>,
+    /// What the running cold-chain task sees of each fridge, when the daemon runs.
+    pub fridges: Option<crate::coldchain::live::Live>,
     /// The gateway's CA certificate (DER), to check checkpoint signatures; or why it could
     /// not be read.
     pub ca_der: std::result::Result<Vec<u8>, String>,
@@ -221,7 +228,8 @@ impl Context {
                 registry.clock().clone(),
                 &config.gateway.site,
                 &config.gateway.server_names,
-            ),
+            )
+            .with_console_port(config.console.listen.port()),
             registry,
             site: config.gateway.site.clone(),
             default_token_ttl: config.enroll.token_ttl,
@@ -230,6 +238,7 @@ impl Context {
             alert_channels: crate::alerts::configured_channels(&config.alerts),
             alerts: None,
             policy: None,
+            fridges: None,
             ca_der: crate::tls::load_certs(&config.paths().ca_cert())
                 .map(|certs| certs[0].to_vec())
                 .map_err(|e| e.to_string()),
@@ -333,6 +342,25 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
             };
             alerts.reverse();
             Ok(Reply::Alerts { alerts })
+        }
+        Request::Fridges => {
+            let fridges = match &ctx.fridges {
+                Some(live) => live.fridges(),
+                // No daemon: the engine states as last saved, without a current temperature.
+                None => {
+                    let states: std::collections::HashMap<_, _> =
+                        crate::coldchain::history::states(ctx.registry.store())?
+                            .into_iter()
+                            .collect();
+                    let mut devices: Vec<_> = ctx.limits.iter().collect();
+                    devices.sort_by(|a, b| a.0.cmp(b.0));
+                    crate::coldchain::live::Live::new(
+                        devices.into_iter().map(|(d, l)| (d, l, states.get(d))),
+                    )
+                    .fridges()
+                }
+            };
+            Ok(Reply::Fridges { fridges })
         }
         Request::AlertAck { id, note } => {
             let by = actor.name.clone();

@@ -253,6 +253,11 @@ impl Monitor {
         self.coldchain.monitored()
     }
 
+    /// What the cold-chain task last saw of each fridge.
+    pub fn fridges(&self) -> crate::coldchain::live::Live {
+        self.coldchain.live()
+    }
+
     /// Runs both tasks until `shutdown`; the alert task stores every update the cold-chain
     /// task sent before it stopped.
     pub async fn run(self, shutdown: CancellationToken) {

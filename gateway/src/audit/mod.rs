@@ -120,6 +120,13 @@ pub enum Kind {
     /// A refused sign-in; `detail.reason` says precisely why.
     #[serde(rename = "user.sign_in_refused")]
     UserSignInRefused,
+    /// A console session ended: signed out, or timed out (`detail.reason`).
+    #[serde(rename = "user.signed_out")]
+    UserSignedOut,
+    /// An electronic signature: a re-authentication bound to one record (`detail`: `signer`,
+    /// `roles`, `signed_at`, `meaning`, `record`, `record_id`, `record_sha256`).
+    #[serde(rename = "record.signed")]
+    RecordSigned,
 }
 
 /// One entry as stored (without its hash).

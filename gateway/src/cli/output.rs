@@ -135,6 +135,7 @@ pub fn reply(reply: &Reply, as_json: bool) {
             alert.state.as_str()
         ),
         Reply::Report(data) => print!("{}", data.csv()),
+        Reply::Fridges { fridges } => json(fridges),
         Reply::UserSetupLink { .. } | Reply::Users { .. } | Reply::User { .. } => {}
         Reply::AuditVerified { .. } => {
             audit_verified(reply);

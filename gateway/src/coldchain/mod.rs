@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod history;
+pub mod live;
 pub mod mkt;
 pub mod monitor;
 pub mod profile;

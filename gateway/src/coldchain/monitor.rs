@@ -66,6 +66,7 @@ pub struct ColdChain {
     buckets: HashMap<String, Bucket>,
     observations: mpsc::Receiver<Observation>,
     updates: mpsc::Sender<Update>,
+    live: super::live::Live,
 }
 
 impl ColdChain {
@@ -80,10 +81,15 @@ impl ColdChain {
             .iter()
             .filter_map(|(id, device)| Limits::of(device).map(|l| (id.clone(), l)))
             .collect();
-        let states = history::states(store)?
+        let states: HashMap<String, State> = history::states(store)?
             .into_iter()
             .filter(|(device, _)| limits.contains_key(device))
             .collect();
+        let live = super::live::Live::new(
+            limits
+                .iter()
+                .map(|(device, l)| (device, l, states.get(device))),
+        );
         let (observe_tx, observations) = mpsc::channel(OBSERVATIONS_QUEUE);
         let (updates, updates_rx) = mpsc::channel(UPDATES_QUEUE);
         Ok((
@@ -94,6 +100,7 @@ impl ColdChain {
                 buckets: HashMap::new(),
                 observations,
                 updates,
+                live,
             },
             observe_tx,
             updates_rx,
@@ -103,6 +110,11 @@ impl ColdChain {
     /// Devices under cold-chain monitoring.
     pub fn monitored(&self) -> Vec<String> {
         self.limits.keys().cloned().collect()
+    }
+
+    /// What the task last saw of each fridge, kept current while it runs.
+    pub fn live(&self) -> super::live::Live {
+        self.live.clone()
     }
 
     /// Runs until `shutdown`, then judges the readings already queued, sends a last flush and
@@ -165,6 +177,7 @@ impl ColdChain {
         if let Some(t) = temperature
             .filter(|t| t.is_finite() && (limits.probe_min..=limits.probe_max).contains(t))
         {
+            self.live.reading(&observation.device, t, observation.at);
             let start = history::bucket_start(observation.at);
             match self.buckets.get_mut(&observation.device) {
                 Some(bucket) if bucket.start == start => bucket.add(t),
@@ -214,6 +227,7 @@ impl ColdChain {
     async fn step(&mut self, device: &str, input: Input, now: OffsetDateTime, limits: &Limits) {
         let state = self.states.remove(device).unwrap_or_default();
         let (state, changes) = super::step(state, input, now, limits);
+        self.live.step(device, limits, &state);
         self.states.insert(device.to_owned(), state.clone());
         if !changes.is_empty() {
             self.send(Update::Changed {

@@ -52,6 +52,9 @@ pub struct Config {
     /// How alerts reach people: e-mail, webhook, GPIO, escalation.
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// The pharmacy console (HTTPS): address, certificate, session limits.
+    #[serde(default)]
+    pub console: crate::console::ConsoleConfig,
     /// Per-device settings, by device id: Modbus polling, cold-chain limits.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
@@ -170,6 +173,10 @@ impl Config {
             },
             alerts: crate::alerts::AlertsConfig::default(),
             audit: crate::audit::AuditConfig::default(),
+            console: crate::console::ConsoleConfig {
+                listen: loopback,
+                ..crate::console::ConsoleConfig::default()
+            },
             devices: BTreeMap::new(),
         }
     }

@@ -41,11 +41,12 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let metrics = section::<MetricsConfig>(&mut table, "metrics", &mut errors);
     let alerts = section::<crate::alerts::AlertsConfig>(&mut table, "alerts", &mut errors);
     let audit = section::<crate::audit::AuditConfig>(&mut table, "audit", &mut errors);
+    let console = section::<crate::console::ConsoleConfig>(&mut table, "console", &mut errors);
     let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `devices`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `console`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -63,7 +64,10 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         Some(metrics),
         Some(alerts),
         Some(audit),
-    ) = (gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit)
+        Some(console),
+    ) = (
+        gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit, console,
+    )
     else {
         return Err(ConfigErrors(errors));
     };
@@ -76,6 +80,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     }
     let mut alerts = alerts.unwrap_or_default();
     alerts.resolve_paths(base);
+    let mut console = console.unwrap_or_default();
+    console.resolve_paths(base);
     if let Some(cloud) = cloud.as_mut() {
         for path in [
             &mut cloud.ca_file,
@@ -97,6 +103,7 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         metrics: metrics.unwrap_or_default(),
         alerts,
         audit: audit.unwrap_or_default(),
+        console,
         devices,
     })
 }
@@ -337,6 +344,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         crate::coldchain::profile::check(id, device, &mut errors);
     }
     crate::devices::check_serial_buses(&config.devices, &mut errors);
+    config.console.check(&mut errors);
     let metrics = &config.metrics;
     if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
         errors.push(ConfigError::new(
@@ -364,6 +372,12 @@ pub fn notices(config: &Config) -> Vec<String> {
         if !listen.ip().is_loopback() {
             notices.push(format!("{key} = {listen}: open to the network (mTLS)"));
         }
+    }
+    if !config.console.listen.ip().is_loopback() {
+        notices.push(format!(
+            "console.listen = {}: open to the network (HTTPS; people sign in with a password and a second factor)",
+            config.console.listen
+        ));
     }
     if !config.metrics.listen.ip().is_loopback() {
         notices.push(format!(

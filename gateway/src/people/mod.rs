@@ -27,6 +27,7 @@ mod factors;
 mod os_user;
 mod password;
 mod roles;
+mod signature;
 mod signin;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,7 @@ pub use factors::{
 pub use os_user::{current_user, user_name};
 pub use password::{MIN_LENGTH, PasswordRefused, check_policy};
 pub use roles::{Action, Denied, Role, authorize, may};
+pub use signature::{Meaning, SignError, Signature, SignatureRequest, canonical_sha256};
 pub use signin::{
     Identity, LOCK_AFTER, MAX_THROTTLE_ENTRIES, SecondFactor, SignInError, Throttle, delay_after,
 };
@@ -62,8 +64,8 @@ pub(crate) const THROTTLE: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// How long a set-up link works.
 pub const SETUP_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The console's port until the console exists and has its own `[console].listen`: set-up links
-/// point there.
+/// The console's default port (`[console].listen`); set-up links use the configured one
+/// ([`People::with_console_port`]).
 pub const CONSOLE_PORT: u16 = 8444;
 
 /// Where an account stands, as stored. `expired` is not stored: it follows from `expires_on`.
@@ -236,6 +238,8 @@ pub struct People {
     site: String,
     /// The host set-up links point to: the first `[gateway].server_names` entry or `localhost`.
     console_host: String,
+    /// The console's port: `[console].listen`'s, or the port it is bound to.
+    console_port: u16,
 }
 
 /// Account names: 3–32 of `a-z 0-9 . _ -`, starting with a letter. Lower case only, so two
@@ -324,7 +328,16 @@ impl People {
                 .first()
                 .cloned()
                 .unwrap_or_else(|| "localhost".to_owned()),
+            console_port: CONSOLE_PORT,
         }
+    }
+
+    /// Set-up links point to the console on `port` (when 0, the default port is kept).
+    pub fn with_console_port(mut self, port: u16) -> People {
+        if port != 0 {
+            self.console_port = port;
+        }
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -354,7 +367,10 @@ impl People {
             .insert(sha256_hex(&token).as_str(), to_json(&record).as_slice())?;
         account.pending_totp_secret = Some(new_totp_secret()?);
         Ok(SetupLink {
-            url: format!("https://{}:{CONSOLE_PORT}/setup/{token}", self.console_host),
+            url: format!(
+                "https://{}:{}/setup/{token}",
+                self.console_host, self.console_port
+            ),
             expires_at,
         })
     }

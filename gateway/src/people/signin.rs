@@ -131,6 +131,22 @@ impl People {
         source: IpAddr,
         now: OffsetDateTime,
     ) -> std::result::Result<Identity, SignInError> {
+        self.authenticate(name, password_text, second_factor, source, now, None)
+            .map(|(identity, _)| identity)
+    }
+
+    /// [`People::verify_sign_in`] for a purpose: with `signing`, an accepted re-authentication
+    /// is recorded as the signature (`record.signed`, with its sequence number returned)
+    /// instead of a sign-in, in the same transaction.
+    pub(super) fn authenticate(
+        &self,
+        name: &str,
+        password_text: &str,
+        second_factor: &SecondFactor,
+        source: IpAddr,
+        now: OffsetDateTime,
+        signing: Option<&super::signature::Pending>,
+    ) -> std::result::Result<(Identity, Option<u64>), SignInError> {
         let name = name.trim();
         let (account, by_name, by_source) = self.store.read(|txn| {
             let account = match txn.open_table(PEOPLE) {
@@ -169,7 +185,7 @@ impl People {
                 // Re-read: another sign-in may have changed the account since.
                 let account = load(txn, name)?;
                 let verdict = judge(account.as_ref(), password_ok, second_factor, now)?;
-                record(self, txn, name, account, verdict, source, now)
+                record(self, txn, name, account, verdict, source, now, signing)
             })?
             .map_err(|()| SignInError::Refused)
     }
@@ -243,6 +259,7 @@ fn judge(
 
 /// Writes what a verdict changes: counts, lock, spent factor, and the audit entries.
 /// `Err(())`: the sign-in was refused (and that is recorded).
+#[allow(clippy::too_many_arguments)] // one call site; every argument is part of what is written
 fn record(
     people: &People,
     txn: &WriteTransaction,
@@ -251,7 +268,8 @@ fn record(
     verdict: Verdict,
     source: IpAddr,
     now: OffsetDateTime,
-) -> Result<std::result::Result<Identity, ()>> {
+    signing: Option<&super::signature::Pending>,
+) -> Result<std::result::Result<(Identity, Option<u64>), ()>> {
     match verdict {
         Verdict::Accepted {
             totp_step,
@@ -281,22 +299,28 @@ fn record(
                 .iter()
                 .filter(|c| c.used_at.is_none())
                 .count();
-            people.audit(
-                txn,
-                now,
-                Record::new(Kind::UserSignedIn, name)
-                    .source(source)
-                    .detail(serde_json::json!({
-                        "user": name,
-                        "factor": factor,
-                        "recovery_codes_left": left,
-                    })),
-            )?;
-            Ok(Ok(Identity {
-                name: account.name.clone(),
-                roles: account.roles(),
-                recovery_codes_left: left,
-            }))
+            let entry = match signing {
+                None => Record::new(Kind::UserSignedIn, name).detail(serde_json::json!({
+                    "user": name,
+                    "factor": factor,
+                    "recovery_codes_left": left,
+                })),
+                Some(pending) => Record::new(Kind::RecordSigned, name).detail(pending.detail(
+                    name,
+                    &account.roles(),
+                    factor,
+                    now,
+                )),
+            };
+            let seq = people.audit(txn, now, entry.source(source))?;
+            Ok(Ok((
+                Identity {
+                    name: account.name.clone(),
+                    roles: account.roles(),
+                    recovery_codes_left: left,
+                },
+                signing.map(|_| seq),
+            )))
         }
         Verdict::Refused { reason, counts } => {
             let name_failures = bump(txn, &name_key(name), now)?;
@@ -390,6 +414,6 @@ pub(super) fn record_failure_for_test(
             reason: "wrong password".to_owned(),
             counts: true,
         };
-        record(people, txn, name, account, verdict, source, now).map(|_| ())
+        record(people, txn, name, account, verdict, source, now, None).map(|_| ())
     })
 }

@@ -585,3 +585,96 @@ fn accounts_added_and_failures_recorded_from_many_threads_at_once_are_all_counte
         Ok(audit.len() as u64)
     );
 }
+
+#[test]
+fn set_up_links_name_the_consoles_port_once_it_is_known() {
+    let (_dir, people, _clock) = people();
+    let (_, link) = people
+        .add("anna", &[Role::Pharmacist], None, "root")
+        .unwrap();
+    assert!(
+        link.url.starts_with("https://rx.example:8444/setup/"),
+        "{}",
+        link.url
+    );
+    let people = people.with_console_port(40123);
+    let (_, link) = people
+        .add("tom", &[Role::Technician], None, "root")
+        .unwrap();
+    assert!(
+        link.url.starts_with("https://rx.example:40123/setup/"),
+        "{}",
+        link.url
+    );
+}
+
+fn alert_request() -> SignatureRequest {
+    SignatureRequest {
+        action: Action::SignAlert,
+        meaning: Meaning::Acknowledged,
+        record_kind: "alert".to_owned(),
+        record_id: "a-1".to_owned(),
+        record: serde_json::json!({ "id": "a-1", "device": "fridge-01" }),
+        statement: serde_json::json!({ "note": "moved stock" }),
+    }
+}
+
+#[test]
+fn a_signature_is_one_record_signed_entry_over_the_records_canonical_hash() {
+    let (_dir, people, _clock) = people();
+    let (secret, _) = active(&people, "anna", &[Role::Pharmacist]);
+    let at = START + TimeDelta::seconds(30);
+    let code = totp_code(&secret, at).unwrap();
+    let signature = people
+        .sign(
+            "anna",
+            PASSWORD,
+            &SecondFactor::Totp(code),
+            ip(1),
+            at,
+            alert_request(),
+        )
+        .unwrap();
+    // Keys sorted, no whitespace.
+    assert_eq!(
+        signature.record_sha256,
+        sha256_hex(r#"{"device":"fridge-01","id":"a-1"}"#)
+    );
+    let entries = audit_kinds(&people);
+    let (kind, actor, detail) = entries.last().unwrap();
+    assert_eq!((*kind, actor.as_str()), (Kind::RecordSigned, "anna"));
+    assert_eq!(detail["record_sha256"], signature.record_sha256.as_str());
+    assert_eq!(detail["meaning"], "acknowledged");
+    assert!(
+        !entries.iter().any(|(k, _, _)| *k == Kind::UserSignedIn),
+        "a signature is not a sign-in"
+    );
+}
+
+#[test]
+fn a_technicians_signature_is_denied_before_the_code_is_spent() {
+    let (_dir, people, _clock) = people();
+    let (secret, _) = active(&people, "tom", &[Role::Technician]);
+    let at = START + TimeDelta::seconds(30);
+    let code = totp_code(&secret, at).unwrap();
+    let refused = people.sign(
+        "tom",
+        PASSWORD,
+        &SecondFactor::Totp(code.clone()),
+        ip(1),
+        at,
+        alert_request(),
+    );
+    assert!(matches!(refused, Err(SignError::Denied(_))), "{refused:?}");
+    assert!(
+        !audit_kinds(&people)
+            .iter()
+            .any(|(k, _, _)| *k == Kind::RecordSigned)
+    );
+    // The code was not spent: it still signs tom in.
+    assert!(
+        people
+            .verify_sign_in("tom", PASSWORD, &SecondFactor::Totp(code), ip(1), at)
+            .is_ok()
+    );
+}

@@ -1,0 +1,219 @@
+//! One module per page; each handler extracts, authorises, calls the backend or `People`, and
+//! renders its typed template.
+//!
+//! Helpers return `Result<_, Response>`: the error *is* the answer to send (a redirect, a 403
+//! page), built once per request, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
+mod alerts;
+mod overview;
+mod setup;
+mod signin;
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+
+use super::sessions::{SignedIn, csrf_matches};
+use super::{App, Current, MAX_BODY, plain, security_headers};
+use crate::people::Action;
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(overview::page))
+        .route("/setup/{token}", get(setup::page).post(setup::submit))
+        .route("/signin", get(signin::page).post(signin::submit))
+        .route("/signout", axum::routing::post(signin::sign_out))
+        .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}/ack", get(alerts::form).post(alerts::submit))
+        .route("/assets/console.css", get(stylesheet))
+        .fallback(not_found)
+        .with_state(app)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+const STYLESHEET: &str = include_str!("../assets/console.css");
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLESHEET,
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        "Not found. The console starts at /.\n",
+    )
+}
+
+/// The signed-in person, as the page header shows them (with the sign-out form's token).
+pub(crate) struct Nav {
+    pub name: String,
+    pub roles: String,
+    pub csrf: String,
+}
+
+/// What every page's frame needs.
+pub(crate) struct Chrome {
+    pub title: String,
+    pub site: String,
+    pub nav: Option<Nav>,
+}
+
+impl Chrome {
+    pub fn new(app: &App, current: &Current, title: &str) -> Chrome {
+        Chrome {
+            title: title.to_owned(),
+            site: app.site.clone(),
+            nav: current.user().map(|u| Nav {
+                name: u.name.clone(),
+                roles: roles_text(u),
+                csrf: current.session.csrf.clone(),
+            }),
+        }
+    }
+}
+
+pub(crate) fn roles_text(user: &SignedIn) -> String {
+    user.roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    heading: String,
+    message: String,
+    back: String,
+    back_label: String,
+}
+
+/// `template` rendered with `status`, and the session's cookie if it is new.
+pub(crate) fn render(current: &Current, status: StatusCode, template: &impl Template) -> Response {
+    match template.render() {
+        Ok(html) => current.finish(
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                html,
+            )
+                .into_response(),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "A console page could not be rendered.");
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "This page could not be made; the gateway's log says why.\n",
+            )
+        }
+    }
+}
+
+/// An error page.
+pub(crate) fn error(
+    app: &App,
+    current: &Current,
+    status: StatusCode,
+    heading: &str,
+    message: impl Into<String>,
+) -> Response {
+    let signed_in = current.user().is_some();
+    render(
+        current,
+        status,
+        &ErrorPage {
+            chrome: Chrome::new(app, current, heading),
+            heading: heading.to_owned(),
+            message: message.into(),
+            back: if signed_in { "/" } else { "/signin" }.to_owned(),
+            back_label: if signed_in {
+                "Back to the fridges"
+            } else {
+                "Sign in"
+            }
+            .to_owned(),
+        },
+    )
+}
+
+/// A failure of the gateway itself while answering.
+pub(crate) fn failed(app: &App, current: &Current, e: &crate::error::Error) -> Response {
+    tracing::error!(error = %e, "A console request failed.");
+    error(
+        app,
+        current,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        format!(
+            "The gateway could not answer: {e}. Try again; if it persists, the gateway's log says more."
+        ),
+    )
+}
+
+/// The signed-in person if they may do `action`; otherwise the answer to send: to the sign-in
+/// page when nobody is signed in, 403 when their roles do not grant it.
+pub(crate) fn require<'a>(
+    app: &App,
+    current: &'a Current,
+    action: Action,
+) -> Result<&'a SignedIn, Response> {
+    let Some(user) = current.user() else {
+        return Err(current.finish(Redirect::to("/signin").into_response()));
+    };
+    match super::permitted(user, action) {
+        Ok(()) => Ok(user),
+        Err(denied) => Err(error(
+            app,
+            current,
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            format!("Your account may not do this: {denied}. Ask a pharmacist."),
+        )),
+    }
+}
+
+/// Refuses a POST whose form does not carry the session's CSRF token.
+pub(crate) fn check_csrf(app: &App, current: &Current, offered: &str) -> Result<(), Response> {
+    if csrf_matches(&current.session, offered) {
+        Ok(())
+    } else {
+        tracing::info!("Console form refused: missing or wrong CSRF token.");
+        Err(error(
+            app,
+            current,
+            StatusCode::FORBIDDEN,
+            "Form expired",
+            "This form does not belong to your current session (it is old, or came from elsewhere). Reload the page and try again.",
+        ))
+    }
+}
+
+/// A second factor as typed: six digits are an authenticator code, anything else a recovery code.
+pub(crate) fn second_factor(text: &str) -> crate::people::SecondFactor {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        crate::people::SecondFactor::Totp(digits)
+    } else {
+        crate::people::SecondFactor::RecoveryCode(text.trim().to_owned())
+    }
+}
+
+/// `t` as the console shows times: UTC to the second.
+pub(crate) fn time_text(t: time::OffsetDateTime) -> String {
+    crate::clock::rfc3339_seconds(t)
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
