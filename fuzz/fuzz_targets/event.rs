@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rxgate::broker::payload::{MAX_PAYLOAD, event};
-use rxgate::pipeline::envelope::{self, EventBody, Stamp};
+use rxgate::message::envelope::{self, EventBody, Stamp};
 use time::format_description::well_known::Rfc3339;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ use rxgate::config::{Config, DeviceConfig};
 use rxgate::modbus::{
     DecodeError, MAX_BITS, MAX_REGISTERS, PointSpec, Raw, decode_point, plan, raw_number,
 };
-use rxgate::pipeline::Value;
+use rxgate::message::Value;
 use rxgate_fuzz::modbus::{read_map, take_bits, take_words};
 
 fn device() -> DeviceConfig {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use rxgate::pipeline::{Point, Value};
+use rxgate::message::{Point, Value};
 use rxgate::policy::{Context, Event, Policy, Stream, telemetry_body};
 use serde_json::Map;
 

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use rxgate::broker::payload::{MAX_PAYLOAD, MAX_POINTS, telemetry};
-use rxgate::pipeline::envelope::{self, Stamp, TelemetryBody};
-use rxgate::pipeline::{Quality, Value};
+use rxgate::message::envelope::{self, Stamp, TelemetryBody};
+use rxgate::message::{Quality, Value};
 
 fuzz_target!(|data: &[u8]| {
     let t = match telemetry(data) {
