@@ -1,11 +1,19 @@
-//! The pharmacy console end to end: the real `rxgate run` polling a simulated fridge whose
-//! compressor fails, and headless Chromium (Selenium, tests/browser/console.py) setting up a
-//! pharmacist's account, signing in, seeing the fridge, and acknowledging the cold-chain alert
-//! with an electronic signature; a technician is refused. The audit trail is then read with the
-//! CLI. Screenshots of every page go to `<target>/console-screenshots/`.
+//! The pharmacy console end to end, in headless Chromium (Selenium, tests/browser/console.py)
+//! against the real `rxgate run`:
+//! - a pharmacist sets up, signs in, sees a failing simulated fridge and acknowledges its
+//!   cold-chain alert with an electronic signature; a technician is refused;
+//! - an admin adds an account, an installer creates a token and revokes a device with a
+//!   signature while a technician is refused, an inspector reads and exports the audit trail and
+//!   may change nothing, a stolen session cookie stops working after sign-out and after the idle
+//!   limit; then, with the gateway's clock past the inspector's last day, their sign-in is
+//!   refused, and ten wrong passwords lock an account.
+//!
+//! axe-core checks every page for serious and critical accessibility violations. The audit trail
+//! is read with the CLI. Screenshots of every page go to `<target>/console-screenshots/`.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use rxgate_e2e::{Gateway, curl, failing_fridge, fridge_device_config, text, workspace};
 
@@ -26,8 +34,48 @@ fn screenshots() -> PathBuf {
     target.join("console-screenshots")
 }
 
+/// Runs tests/browser/console.py with `args` (a scenario and its options) against `gw`; returns
+/// the JSON it printed, after checking that axe-core found no serious or critical violation.
+fn browser(gw: &Gateway, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(workspace().join("tests/browser/console.py"))
+        .args(args)
+        .arg("--shots")
+        .arg(screenshots())
+        .output()
+        .expect("run tests/browser/console.py");
+    assert!(
+        output.status.success(),
+        "the browser test failed (needs chromium, chromium-driver, and selenium, pyotp and axe-core-python in .venv: scripts/test installs them): {}\n{}",
+        text(&output),
+        gw.logs()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .expect("the browser test's JSON line");
+    assert!(
+        !seen["axe_pages"].as_array().unwrap().is_empty(),
+        "axe-core ran: {seen}"
+    );
+    assert_eq!(
+        seen["axe_violations"],
+        serde_json::json!({}),
+        "serious or critical accessibility violations"
+    );
+    seen
+}
+
 fn setup_link(gw: &Gateway, name: &str, role: &str) -> String {
-    let link = gw.cli_ok(&["user", "add", name, "--role", role]);
+    setup_link_with(gw, name, &["--role", role])
+}
+
+fn setup_link_with(gw: &Gateway, name: &str, args: &[&str]) -> String {
+    let link = gw.cli_ok(&[&["user", "add", name], args].concat());
     let link = link.trim().to_owned();
     assert!(
         link.starts_with("https://localhost:")
@@ -77,27 +125,18 @@ fn a_pharmacist_sets_up_signs_in_sees_the_warm_fridge_and_signs_its_alert_while_
     assert_eq!(refused.status, 403, "{}", refused.body_text());
 
     let shots = screenshots();
-    let output = Command::new(python())
-        .arg(workspace().join("tests/browser/console.py"))
-        .args(["--base", &base, "--anna", &anna, "--tom", &tom])
-        .arg("--shots")
-        .arg(&shots)
-        .output()
-        .expect("run tests/browser/console.py");
-    assert!(
-        output.status.success(),
-        "the browser test failed (needs chromium, chromium-driver, and selenium + pyotp in .venv: scripts/test installs them): {}\n{}",
-        text(&output),
-        gw.logs()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+    let seen = browser(
+        &gw,
+        &[
+            "pharmacist",
+            "--base",
+            &base,
+            "--anna",
+            &anna,
+            "--tom",
+            &tom,
+        ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .expect("the browser test's JSON line");
     assert_eq!(seen["recovery_codes"], 10);
     assert!(
         seen["overview_row"].as_str().unwrap().contains("°C"),
@@ -176,4 +215,234 @@ fn a_pharmacist_sets_up_signs_in_sees_the_warm_fridge_and_signs_its_alert_while_
         "rxgate audit verify: {}",
         text(&verified)
     );
+}
+
+/// Debian's libfaketime (package `libfaketime`, pulled in by `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn installers_revoke_technicians_are_refused_inspectors_only_read_and_sessions_end_at_sign_out_idle_and_expiry()
+ {
+    const IDLE_SECS: u64 = 6;
+    let mut gw = Gateway::start(&format!("[console]\nidle_timeout = \"{IDLE_SECS}s\"\n"));
+    let device = "fridge-05";
+    gw.enroll_with_sim(device, "fridge");
+    let base = format!("https://localhost:{}", gw.console.port());
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let links = [
+        setup_link(&gw, "ada", "admin"),
+        setup_link(&gw, "ines", "installer"),
+        setup_link(&gw, "tom", "technician"),
+        setup_link_with(&gw, "ivy", &["--role", "inspector", "--expires", &today]),
+    ];
+    let idle = IDLE_SECS.to_string();
+    let seen = browser(
+        &gw,
+        &[
+            "roles", "--base", &base, "--ada", &links[0], "--ines", &links[1], "--tom", &links[2],
+            "--ivy", &links[3], "--device", device, "--idle", &idle,
+        ],
+    );
+    // The admin's new account.
+    assert!(
+        seen["paula_link"].as_str().unwrap().contains("/setup/"),
+        "{seen}"
+    );
+    let users: Vec<serde_json::Value> =
+        serde_json::from_str(&gw.cli_ok(&["user", "list", "--json"])).unwrap();
+    let paula = users.iter().find(|u| u["name"] == "paula").expect("paula");
+    assert_eq!(paula["roles"], serde_json::json!(["pharmacist"]));
+    assert_eq!(paula["created_by"], "ada");
+    // The technician: no revoke link, 403 on the form.
+    assert_eq!(seen["technician_revoke_links"], 0);
+    assert_eq!(seen["technician_revoke_heading"], "Not allowed");
+    // The installer's token, shown once with a QR code, and the revocation.
+    assert_eq!(seen["token_qr"], 1);
+    assert!(
+        seen["token_est_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/.well-known/est")
+    );
+    let tokens = gw.cli_ok(&["token", "list", "--json"]);
+    assert!(tokens.contains("fridge-07"), "{tokens}");
+    assert!(
+        !tokens.contains(seen["token_secret"].as_str().unwrap()),
+        "the secret is never listed"
+    );
+    let devices: Vec<serde_json::Value> =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    let revoked = devices.iter().find(|d| d["id"] == device).unwrap();
+    assert_eq!(revoked["status"], "revoked", "{revoked}");
+    assert_eq!(revoked["revoked"]["by"], "ines");
+    assert!(
+        revoked["revoked"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Replaced after a probe fault")
+    );
+    let trail = audit(&gw);
+    let signature = trail
+        .iter()
+        .find(|e| e["seq"] == seen["revoke_audit_seq"])
+        .expect("the revocation's signature entry");
+    assert_eq!(signature["kind"], "record.signed");
+    assert_eq!(signature["actor"], "ines");
+    assert_eq!(signature["detail"]["meaning"], "revoked");
+    assert_eq!(signature["detail"]["record_id"], device);
+    assert!(
+        trail
+            .iter()
+            .any(|e| e["kind"] == "device.revoked" && e["actor"] == "ines"),
+        "device.revoked by ines"
+    );
+    // The inspector: lands on the audit trail, reads and exports it, changes nothing.
+    assert!(
+        seen["inspector_home"].as_str().unwrap().ends_with("/audit"),
+        "{seen}"
+    );
+    assert!(
+        seen["audit_verification"]
+            .as_str()
+            .unwrap()
+            .starts_with("Intact"),
+        "{seen}"
+    );
+    assert_eq!(seen["audit_actors"], serde_json::json!(["ines"]));
+    assert!(
+        seen["audit_kinds"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("device.revoked"))
+    );
+    assert_eq!(seen["export_status"], 200);
+    let csv = seen["export_csv"].as_str().unwrap();
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("seq,ts,kind,actor,device,source,clock_synced,prev,detail")
+    );
+    let rows: Vec<&str> = rows.collect();
+    assert!(
+        rows.iter().any(|r| r.contains(",device.revoked,ines,")),
+        "{csv}"
+    );
+    assert!(
+        rows.iter().all(|r| r.contains(",ines,")),
+        "only ines: {csv}"
+    );
+    for page in [
+        "/devices",
+        "/users",
+        &format!("/devices/{device}/revoke") as &str,
+    ] {
+        assert_eq!(seen["inspector_headings"][page], "Not allowed", "{page}");
+    }
+    // Stolen cookies: good before, useless after sign-out and after the idle limit.
+    assert_eq!(seen["stolen_before"], 200);
+    assert_eq!(seen["stolen_after_sign_out"], 303);
+    assert_eq!(seen["idle_before"], 200);
+    assert_eq!(seen["stolen_after_idle"], 303);
+    for page in [
+        "10-users",
+        "11-user-link",
+        "12-technician-revoke-refused",
+        "13-devices",
+        "14-token",
+        "15-revoke-form",
+        "16-revoked",
+        "17-audit",
+        "18-inspector-refused",
+    ] {
+        assert!(
+            screenshots().join(format!("{page}.png")).is_file(),
+            "screenshot {page}"
+        );
+    }
+
+    // Two days later (the gateway's clock, under libfaketime, running 60 times fast so the
+    // sign-in delays pass quickly) the inspector's account has expired.
+    assert!(gw.stop());
+    // Sessions long enough for a form at 60 times the speed.
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let config = config.replace(
+        &format!("idle_timeout = \"{IDLE_SECS}s\""),
+        "idle_timeout = \"2h\"",
+    );
+    assert!(config.contains("idle_timeout = \"2h\""), "{config}");
+    std::fs::write(&gw.config, config).unwrap();
+    gw.spawn_with_env(
+        "debug",
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", "+2d x60"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let base = format!("https://localhost:{}", gw.console.port());
+    let code = seen["ivy_codes"][0].as_str().unwrap().to_owned();
+    let expired = browser(
+        &gw,
+        &["expired", "--base", &base, "--name", "ivy", "--code", &code],
+    );
+    assert_eq!(expired["expired_heading"], "Sign in", "{expired}");
+    let trail = audit(&gw);
+    let refusal = trail
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "user.sign_in_refused" && e["detail"]["user"] == "ivy")
+        .expect("ivy's refused sign-in");
+    assert_eq!(
+        refusal["detail"]["reason"], "the account has expired",
+        "{refusal}"
+    );
+
+    // Ten wrong passwords lock tom's account; the right one is then refused too.
+    let jar = gw.path("tom-cookies");
+    let jar = jar.to_str().unwrap();
+    let mut counted = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while counted < 10 {
+        assert!(std::time::Instant::now() < deadline, "ten sign-ins in 60 s");
+        let page = curl(
+            gw.dir.path(),
+            &["-k", "-c", jar, "-b", jar, &format!("{base}/signin")],
+        );
+        let csrf = csrf_of(&page.body_text());
+        let answer = curl(
+            gw.dir.path(),
+            &[
+                "-k",
+                "-c",
+                jar,
+                "-b",
+                jar,
+                "--data",
+                &format!("csrf={csrf}&name=tom&password=wrong+password+{counted}&code=000000"),
+                &format!("{base}/signin"),
+            ],
+        );
+        match answer.status {
+            401 => counted += 1,
+            // Slowed down: wait (the gateway's clock runs 60 times fast).
+            429 => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("sign-in answered {other}: {}", answer.body_text()),
+        }
+    }
+    let users: Vec<serde_json::Value> =
+        serde_json::from_str(&gw.cli_ok(&["user", "list", "--json"])).unwrap();
+    let tom = users.iter().find(|u| u["name"] == "tom").unwrap();
+    assert_eq!(tom["state"], "locked", "{tom}");
+    let trail = audit(&gw);
+    assert!(
+        trail.iter().any(|e| e["kind"] == "user.locked"),
+        "the lock is audited"
+    );
+}
+
+/// The CSRF token of the form on `page`.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let at = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[at..][..page[at..].find('"').unwrap()].to_owned()
 }

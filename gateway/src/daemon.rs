@@ -171,7 +171,26 @@ impl Gateway {
             ingest.clone(),
             Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
         )?;
-        let notifiers = notifiers(config, &queue, &outbox, &mut broker, &alerts_handle, &clock)?;
+        let console_listener = crate::console::bind(&config.console).await?;
+        let console_url = crate::console::base_url(
+            &config.gateway.server_names,
+            console_listener
+                .local_addr()
+                .map_err(crate::Error::io(
+                    "cannot read the address of",
+                    "the console listener",
+                ))?
+                .port(),
+        );
+        let notifiers = notifiers(
+            config,
+            &queue,
+            &outbox,
+            &mut broker,
+            &alerts_handle,
+            &clock,
+            &console_url,
+        )?;
         let uplink_status = uplink::Status::default();
         let uplink = match &config.cloud {
             Some(cloud) => Some(Uplink::build(
@@ -196,12 +215,36 @@ impl Gateway {
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
         context.fridges = Some(monitor.fridges());
+        let enrollment = crate::console::Enrollment {
+            est_url: {
+                let port = enroll.local_addr()?.port();
+                let host = config
+                    .gateway
+                    .server_names
+                    .first()
+                    .map_or("localhost", String::as_str);
+                let host = match host.parse::<std::net::Ipv6Addr>() {
+                    Ok(v6) => format!("[{v6}]"),
+                    Err(_) => host.to_owned(),
+                };
+                Some(format!("https://{host}:{port}/.well-known/est"))
+            },
+            ca_sha256: context
+                .ca_der
+                .as_deref()
+                .map(rxgate_certs::fingerprint_sha256)
+                .unwrap_or_default(),
+        };
         let console = ConsoleServer::build(
             &config.console,
+            console_listener,
             pki.server_chain.clone(),
             pki.server_key.clone_key(),
             context.people.clone(),
-            std::sync::Arc::new(ConsoleBackend(context.clone())),
+            std::sync::Arc::new(ConsoleBackend {
+                context: context.clone(),
+                enrollment,
+            }),
             clock.clone(),
             &config.gateway.site,
         )
@@ -346,7 +389,10 @@ impl Gateway {
 
 /// The console's view of the gateway: the admin requests the CLI sends, run as the person
 /// signed in to the console.
-struct ConsoleBackend(admin::Context);
+struct ConsoleBackend {
+    context: admin::Context,
+    enrollment: crate::console::Enrollment,
+}
 
 impl ConsoleBackend {
     fn ask(
@@ -359,7 +405,7 @@ impl ConsoleBackend {
             name: by.to_owned(),
             source,
         };
-        admin::execute(&self.0, request, &actor)
+        admin::execute(&self.context, request, &actor)
     }
 }
 
@@ -391,6 +437,92 @@ impl crate::console::Backend for ConsoleBackend {
         };
         match self.ask(request, by, Some(source))? {
             admin::Reply::Alert { alert } => Ok(*alert),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<crate::registry::DeviceRecord>> {
+        match self.ask(admin::Request::DeviceList, "console", None)? {
+            admin::Reply::Devices { devices } => Ok(devices),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn tokens(&self) -> Result<Vec<crate::registry::TokenInfo>> {
+        match self.ask(admin::Request::TokenList, "console", None)? {
+            admin::Reply::Tokens { tokens } => Ok(tokens),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn create_token(
+        &self,
+        device: &str,
+        kind: &str,
+        by: &str,
+        source: std::net::IpAddr,
+    ) -> Result<(crate::registry::TokenInfo, String)> {
+        let request = admin::Request::TokenCreate {
+            device: device.to_owned(),
+            kind: kind.to_owned(),
+            ttl_secs: None,
+        };
+        match self.ask(request, by, Some(source))? {
+            admin::Reply::TokenCreated { token, secret } => Ok((token, secret)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn revoke_device(
+        &self,
+        id: &str,
+        reason: &str,
+        by: &str,
+        source: std::net::IpAddr,
+    ) -> Result<crate::registry::DeviceRecord> {
+        let request = admin::Request::DeviceRevoke {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match self.ask(request, by, Some(source))? {
+            admin::Reply::Device { device } => Ok(device),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn enrollment(&self) -> Result<crate::console::Enrollment> {
+        Ok(self.enrollment.clone())
+    }
+
+    fn audit_page(&self, query: &crate::console::AuditQuery) -> Result<crate::console::AuditPage> {
+        let request = admin::Request::AuditExport {
+            from: query.from.clone(),
+            to: query.to.clone(),
+            after: query.after,
+            until: query.until,
+            limit: Some(query.limit),
+        };
+        match self.ask(request, "console", None)? {
+            admin::Reply::AuditPage {
+                entries,
+                next_after,
+                until,
+            } => Ok(crate::console::AuditPage {
+                entries,
+                next_after,
+                until,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn audit_verify(&self) -> Result<(u64, Option<(u64, String)>)> {
+        match self.ask(
+            admin::Request::AuditVerify { checkpoint: None },
+            "console",
+            None,
+        )? {
+            admin::Reply::AuditVerified { entries, broken } => Ok((entries, broken)),
             other => Err(unexpected(&other)),
         }
     }
@@ -448,6 +580,7 @@ fn notifiers(
     broker: &mut DeviceBroker,
     handle: &AlertsHandle,
     clock: &SharedClock,
+    console_url: &str,
 ) -> Result<Vec<Notifier>> {
     let delivered = || -> alerts::notify::OnDelivered {
         let handle = handle.clone();
@@ -474,7 +607,8 @@ fn notifiers(
             Channel::Email => {
                 if let Some(email) = &config.alerts.email {
                     let deliverer =
-                        alerts::notify::email::EmailDeliverer::build(email, &config.gateway.site)?;
+                        alerts::notify::email::EmailDeliverer::build(email, &config.gateway.site)?
+                            .with_console(console_url);
                     out.push(Notifier::new(Worker::new(q, deliverer, delivered())));
                 }
             }

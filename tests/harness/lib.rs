@@ -311,11 +311,18 @@ impl Gateway {
     /// [`Gateway::spawn`] with the log filter `RUST_LOG=<filter>` (`trace` for a search of the
     /// log for what must never be in it).
     pub fn spawn_logging(&mut self, filter: &str) {
+        self.spawn_with_env(filter, &[]);
+    }
+
+    /// [`Gateway::spawn_logging`] with more environment variables for `rxgate run` (libfaketime's,
+    /// for one).
+    pub fn spawn_with_env(&mut self, filter: &str, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(bin("rxgate"))
             .arg("--config")
             .arg(&self.config)
             .arg("run")
+            .envs(env.iter().copied())
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

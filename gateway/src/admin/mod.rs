@@ -222,14 +222,19 @@ pub struct Context {
 impl Context {
     /// The context for `config`, without a running daemon's extras.
     pub fn new(config: &crate::config::Config, registry: Registry) -> Context {
+        let people = crate::people::People::new(
+            registry.store().clone(),
+            registry.clock().clone(),
+            &config.gateway.site,
+            &config.gateway.server_names,
+        )
+        .with_console_port(config.console.listen.port());
         Context {
-            people: crate::people::People::new(
-                registry.store().clone(),
-                registry.clock().clone(),
-                &config.gateway.site,
-                &config.gateway.server_names,
-            )
-            .with_console_port(config.console.listen.port()),
+            people: if config.console.demo_accounts {
+                people.allowing_demo_accounts()
+            } else {
+                people
+            },
             registry,
             site: config.gateway.site.clone(),
             default_token_ttl: config.enroll.token_ttl,

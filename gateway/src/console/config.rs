@@ -27,6 +27,9 @@ pub struct ConsoleConfig {
     /// A session ends this long after sign-in, however busy.
     #[serde(default = "default_absolute", with = "humantime_serde")]
     pub absolute_timeout: Duration,
+    /// Whether demo accounts may sign in: set by `rxgate demo` only, never read from a file.
+    #[serde(skip)]
+    pub demo_accounts: bool,
 }
 
 fn default_listen() -> SocketAddr {
@@ -49,6 +52,7 @@ impl Default for ConsoleConfig {
             key_file: None,
             idle_timeout: default_idle(),
             absolute_timeout: default_absolute(),
+            demo_accounts: false,
         }
     }
 }

@@ -35,11 +35,13 @@ use tokio_util::sync::CancellationToken;
 pub use config::ConsoleConfig;
 
 use crate::alerts::Alert;
+use crate::audit::AuditBody;
 use crate::clock::SharedClock;
 use crate::coldchain::live::FridgeNow;
 use crate::error::{Error, Result};
 use crate::net::{self, Limits};
 use crate::people::{Action, People};
+use crate::registry::{DeviceRecord, TokenInfo};
 use sessions::{Lookup, Session, Sessions, SignedIn};
 
 /// Largest request body accepted (a form is a few hundred bytes).
@@ -63,6 +65,62 @@ pub trait Backend: Send + Sync + 'static {
     fn fridges(&self) -> Result<Vec<FridgeNow>>;
     /// Acknowledges alert `id` on behalf of `by` (a signed-in person) with `note`.
     fn acknowledge(&self, id: &str, by: &str, source: IpAddr, note: &str) -> Result<Alert>;
+    /// Every device the gateway knows, enrolled, pending or revoked.
+    fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    /// Every enrollment token (never their secrets).
+    fn tokens(&self) -> Result<Vec<TokenInfo>>;
+    /// A new one-time enrollment token for `device` of `kind`, created by `by`: the token and
+    /// its secret, which is shown once.
+    fn create_token(
+        &self,
+        device: &str,
+        kind: &str,
+        by: &str,
+        source: IpAddr,
+    ) -> Result<(TokenInfo, String)>;
+    /// Revokes device `id` for `reason`, on behalf of `by`.
+    fn revoke_device(
+        &self,
+        id: &str,
+        reason: &str,
+        by: &str,
+        source: IpAddr,
+    ) -> Result<DeviceRecord>;
+    /// What a device needs besides its token to enroll: the EST URL and the CA's fingerprint.
+    fn enrollment(&self) -> Result<Enrollment>;
+    /// One page of the audit trail (see [`crate::admin::Request::AuditExport`]).
+    fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage>;
+    /// The chain checked from its start: entries intact, or the first broken one and why.
+    fn audit_verify(&self) -> Result<(u64, Option<(u64, String)>)>;
+}
+
+/// Where a device enrolls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// `https://host:port/.well-known/est`, or `None` when EST is not served.
+    pub est_url: Option<String>,
+    /// SHA-256 of the gateway CA's certificate (DER), hex.
+    pub ca_sha256: String,
+}
+
+/// A page of the audit trail: entries with `from <= ts < to` after entry `after`, up to entry
+/// `until`, at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub after: Option<u64>,
+    pub until: Option<u64>,
+    pub limit: u32,
+}
+
+/// What [`Backend::audit_page`] returns: the entries, where the next page starts (`None`: this
+/// was the last), and the head the export stops at.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    pub entries: Vec<AuditBody>,
+    pub next_after: Option<u64>,
+    pub until: u64,
 }
 
 /// What every handler shares.
@@ -87,11 +145,34 @@ pub struct ConsoleServer {
     router: axum::Router,
 }
 
+/// Binds `config.listen`, before the console is built, so that alert e-mails can link to it.
+pub async fn bind(config: &ConsoleConfig) -> Result<TcpListener> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Io {
+            action: "cannot listen for the console on",
+            path: config.listen.to_string().into(),
+            source,
+        })
+}
+
+/// The console's address as people reach it: `https://<first server name>:<port>`, or
+/// `localhost` when the gateway has no server name (the names its certificate holds).
+pub fn base_url(server_names: &[String], port: u16) -> String {
+    let host = server_names.first().map_or("localhost", String::as_str);
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("https://[{v6}]:{port}"),
+        Err(_) => format!("https://{host}:{port}"),
+    }
+}
+
 impl ConsoleServer {
-    /// Binds `config.listen` and prepares TLS with `config`'s certificate, or the gateway's
-    /// server certificate (`chain`, `key`) when it names none.
+    /// Serves on `listener` (from [`bind`]) with TLS from `config`'s certificate, or the
+    /// gateway's server certificate (`chain`, `key`) when it names none.
+    #[allow(clippy::too_many_arguments)]
     pub async fn build(
         config: &ConsoleConfig,
+        listener: TcpListener,
         chain: Vec<rustls_pki_types::CertificateDer<'static>>,
         key: rustls_pki_types::PrivateKeyDer<'static>,
         people: People,
@@ -114,13 +195,11 @@ impl ConsoleServer {
                 ))
             })?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Io {
-                action: "cannot listen for the console on",
-                path: config.listen.to_string().into(),
-                source,
-            })?;
+        // Set-up links name the port the console is bound to.
+        let people = match listener.local_addr() {
+            Ok(addr) => people.with_console_port(addr.port()),
+            Err(_) => people,
+        };
         let app = Arc::new(App {
             people,
             backend,

@@ -20,9 +20,21 @@ const START: OffsetDateTime = datetime!(2026-12-07 09:00:00 UTC);
 const PASSWORD: &str = "fridge lamp ocean tulip";
 const ALERT_ID: &str = "0193a000-0000-7000-8000-000000000001";
 
-#[derive(Default)]
 struct FakeBackend {
     acks: Mutex<Vec<(String, String, String)>>,
+    revoked: Mutex<Vec<(String, String, String)>>,
+    tokens: Mutex<Vec<(String, String, String)>>,
+    /// The audit trail pages come from, as the gateway's export reads it.
+    store: Store,
+}
+
+fn device(status: crate::registry::DeviceStatus) -> DeviceRecord {
+    serde_json::from_value(serde_json::json!({
+        "id": "fridge-01", "kind": "fridge", "status": status,
+        "created_at": "2026-11-01T08:00:00Z", "serial": "01ab",
+        "not_after": "2027-11-01T08:00:00Z", "last_seen": "2026-12-07T08:59:00Z",
+    }))
+    .unwrap()
 }
 
 fn alert() -> Alert {
@@ -67,6 +79,103 @@ impl Backend for FakeBackend {
         alert.state = crate::alerts::AlertState::Acknowledged;
         Ok(alert)
     }
+
+    fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        let status = if self.revoked.lock().unwrap().is_empty() {
+            crate::registry::DeviceStatus::Active
+        } else {
+            crate::registry::DeviceStatus::Revoked
+        };
+        Ok(vec![device(status)])
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        Ok(Vec::new())
+    }
+
+    fn create_token(
+        &self,
+        device: &str,
+        kind: &str,
+        by: &str,
+        _source: IpAddr,
+    ) -> Result<(TokenInfo, String)> {
+        rxgate_certs::validate_device_id(device)?;
+        rxgate_certs::validate_kind(kind)?;
+        self.tokens
+            .lock()
+            .unwrap()
+            .push((device.to_owned(), kind.to_owned(), by.to_owned()));
+        let token = serde_json::from_value(serde_json::json!({
+            "id": "t1", "device": device, "kind": kind, "state": "pending",
+            "created_at": "2026-12-07T09:00:00Z", "expires_at": "2026-12-08T09:00:00Z",
+            "failed_attempts": 0,
+        }))
+        .unwrap();
+        Ok((token, "secret-token-value".to_owned()))
+    }
+
+    fn revoke_device(
+        &self,
+        id: &str,
+        reason: &str,
+        by: &str,
+        _source: IpAddr,
+    ) -> Result<DeviceRecord> {
+        self.revoked
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), reason.to_owned(), by.to_owned()));
+        Ok(device(crate::registry::DeviceStatus::Revoked))
+    }
+
+    fn enrollment(&self) -> Result<Enrollment> {
+        Ok(Enrollment {
+            est_url: Some("https://gw.example:8443/.well-known/est".to_owned()),
+            ca_sha256: "ab".repeat(32),
+        })
+    }
+
+    fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage> {
+        let parse = |b: &Option<String>| {
+            b.as_deref().map(|t| {
+                time::OffsetDateTime::parse(
+                    &format!("{t}T00:00:00Z"),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|e| crate::Error::Invalid(e.to_string()))
+            })
+        };
+        let range = crate::audit::ExportRange {
+            from: parse(&query.from).transpose()?,
+            to: parse(&query.to).transpose()?,
+            after: query.after,
+            until: query.until,
+        };
+        let mut entries = Vec::new();
+        let end = crate::audit::export(&self.store, &range, query.limit as usize, |e| {
+            entries.push(e);
+            Ok(())
+        })?;
+        Ok(AuditPage {
+            entries,
+            next_after: end.more.then_some(end.last).flatten(),
+            until: end.until,
+        })
+    }
+
+    fn audit_verify(&self) -> Result<(u64, Option<(u64, String)>)> {
+        let retention = crate::audit::Retention {
+            now: START,
+            keep: Duration::from_secs(3 * 365 * 86400),
+        };
+        Ok(
+            match crate::audit::verify_at(&self.store, None, &[], retention)? {
+                Ok(n) => (n, None),
+                Err(broken) => (broken.seq - 1, Some((broken.seq, broken.reason))),
+            },
+        )
+    }
 }
 
 struct Console {
@@ -103,8 +212,13 @@ fn console() -> Console {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("s.redb")).unwrap();
     let clock = ManualClock::new(START, true);
-    let people = People::new(store, clock.clone(), "store-0042", &[]);
-    let backend = Arc::new(FakeBackend::default());
+    let people = People::new(store.clone(), clock.clone(), "store-0042", &[]);
+    let backend = Arc::new(FakeBackend {
+        acks: Mutex::default(),
+        revoked: Mutex::default(),
+        tokens: Mutex::default(),
+        store,
+    });
     let app = Arc::new(App {
         people: people.clone(),
         backend: backend.clone(),
@@ -157,7 +271,8 @@ impl Console {
 
     /// An active account; returns its TOTP secret and recovery codes.
     fn account(&self, name: &str, role: Role) -> (String, Vec<String>) {
-        let (_, link) = self.people.add(name, &[role], None, "root").unwrap();
+        let expires = (role == Role::Inspector).then(|| START.date() + time::Duration::days(30));
+        let (_, link) = self.people.add(name, &[role], expires, "root").unwrap();
         let token = link.url.rsplit('/').next().unwrap().to_owned();
         let offer = self.people.setup_offer(&token, START).unwrap().unwrap();
         let code = totp_code(&offer.totp_secret, START).unwrap();
@@ -469,3 +584,5 @@ async fn a_session_left_idle_for_15_minutes_ends_and_its_end_is_audited_as_idle(
     assert_eq!((*kind, actor.as_str()), (Kind::UserSignedOut, "anna"));
     assert_eq!(detail["reason"], "idle");
 }
+
+mod pages;

@@ -31,6 +31,8 @@ const SITE: &str = "demo-pharmacy";
 const ALARM_DELAY: Duration = Duration::from_secs(20);
 /// How long after an alert the simulated pharmacist acknowledges it.
 const ACK_AFTER: Duration = Duration::from_secs(15);
+/// The demo's pharmacist in the console.
+const DEMO_ACCOUNT: &str = "demo-pharmacist";
 /// The register map of the simulated fridge, built in so the demo needs no files.
 const FRIDGE_MODEL: &str = include_str!("../../../config/devices/acme-fr400.toml");
 
@@ -146,6 +148,8 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
     config.alerts.email = Some(toml::from_str(&format!(
         "smtp_url = \"smtp://{smtp}\"\nfrom = \"rxgate {SITE} <rxgate@pharmacy.example>\"\nto = [\"duty-pharmacist@pharmacy.example\"]\n"
     ))?);
+    // The demo's own account may sign in to its console; `rxgate run` refuses demo accounts.
+    config.console.demo_accounts = true;
     config.check()?;
     let report = pki::init(&config.pki(), &InitOptions::default(), clock.as_ref())?;
     println!(
@@ -165,6 +169,38 @@ pub async fn run(options: DemoOptions, clock: SharedClock) -> anyhow::Result<()>
         addresses["enroll"], addresses["mqtt"], addresses["metrics"]
     );
     println!("  stand-in cloud broker: mqtt://{cloud}   mail sink: smtp://{smtp}");
+    let demo_account = {
+        let people = crate::people::People::new(
+            registry.store().clone(),
+            registry.clock().clone(),
+            SITE,
+            &[],
+        )
+        .allowing_demo_accounts();
+        tokio::task::spawn_blocking(move || {
+            people.add_demo_account(DEMO_ACCOUNT, &[crate::people::Role::Pharmacist])
+        })
+        .await??
+    };
+    println!(
+        "  console: https://localhost:{}/  (the demo's own CA signed it: the browser warns; go on)",
+        addresses["console"].port()
+    );
+    println!(
+        "    demo account, works only in this demo: {} / {}",
+        demo_account.name, demo_account.password
+    );
+    println!(
+        "    second factor: a recovery code ({}), or add the TOTP secret {} to an authenticator app",
+        demo_account
+            .recovery_codes
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        demo_account.totp_secret
+    );
     println!(
         "  fridges polled over Modbus/TCP: fridge-01 at {}, fridge-02 at {}",
         fridge_a

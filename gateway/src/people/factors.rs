@@ -27,6 +27,10 @@ pub const RECOVERY_CODES: usize = 10;
 /// What authenticator apps show as the account's issuer.
 pub const ISSUER: &str = "rxgate";
 
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    random()
+}
+
 fn random<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     SystemRandom::new()

@@ -112,6 +112,11 @@ pub struct Account {
     pub failed_sign_ins: u32,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub last_sign_in: Option<OffsetDateTime>,
+    /// Made by `rxgate demo`, with credentials it prints: such an account signs in only where
+    /// demo accounts are allowed ([`People::allowing_demo_accounts`]), which `rxgate run` never
+    /// does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub demo: bool,
 }
 
 impl Account {
@@ -240,6 +245,17 @@ pub struct People {
     console_host: String,
     /// The console's port: `[console].listen`'s, or the port it is bound to.
     console_port: u16,
+    /// Whether demo accounts may sign in (only in `rxgate demo`).
+    demo_accounts: bool,
+}
+
+/// What `rxgate demo` prints for its demo account.
+#[derive(Debug, Clone)]
+pub struct DemoCredentials {
+    pub name: String,
+    pub password: String,
+    pub totp_secret: String,
+    pub recovery_codes: Vec<String>,
 }
 
 /// Account names: 3–32 of `a-z 0-9 . _ -`, starting with a letter. Lower case only, so two
@@ -329,7 +345,57 @@ impl People {
                 .cloned()
                 .unwrap_or_else(|| "localhost".to_owned()),
             console_port: CONSOLE_PORT,
+            demo_accounts: false,
         }
+    }
+
+    /// Lets demo accounts sign in: for `rxgate demo` only.
+    pub fn allowing_demo_accounts(mut self) -> People {
+        self.demo_accounts = true;
+        self
+    }
+
+    pub(crate) fn demo_accounts_allowed(&self) -> bool {
+        self.demo_accounts
+    }
+
+    /// Creates and sets up the demo account `name` with `roles`, a random password and a TOTP
+    /// secret, marked as a demo account: refused unless demo accounts are allowed.
+    pub fn add_demo_account(&self, name: &str, roles: &[Role]) -> Result<DemoCredentials> {
+        if !self.demo_accounts {
+            return Err(Error::Invalid(
+                "demo accounts exist only in `rxgate demo`".to_owned(),
+            ));
+        }
+        let (_, link) = self.add(name, roles, None, "rxgate demo")?;
+        let token = link.url.rsplit('/').next().unwrap_or_default().to_owned();
+        let now = self.clock.now();
+        let offer = self
+            .setup_offer(&token, now)?
+            .map_err(|e| Error::Invalid(format!("the demo account's set-up: {e}")))?;
+        // Four random words' worth of letters: long, and not on any list of common passwords.
+        let password = {
+            let bytes = factors::random_bytes::<12>()?;
+            let letters: String = bytes.iter().map(|b| char::from(b'a' + b % 26)).collect();
+            format!("{}-{}-{}", &letters[..4], &letters[4..8], &letters[8..])
+        };
+        let code = totp_code(&offer.totp_secret, now)?;
+        let done = self
+            .redeem_setup(&token, &password, &code, now)?
+            .map_err(|e| Error::Invalid(format!("the demo account's set-up: {e}")))?;
+        self.store.write(|txn| {
+            if let Some(mut account) = load(txn, name)? {
+                account.demo = true;
+                save(txn, &account)?;
+            }
+            Ok(())
+        })?;
+        Ok(DemoCredentials {
+            name: name.to_owned(),
+            password,
+            totp_secret: offer.totp_secret,
+            recovery_codes: done.recovery_codes,
+        })
     }
 
     /// Set-up links point to the console on `port` (when 0, the default port is kept).
@@ -424,6 +490,7 @@ impl People {
                 recovery_codes: Vec::new(),
                 failed_sign_ins: 0,
                 last_sign_in: None,
+                demo: false,
             };
             let link = self.issue_link(txn, &mut account, now)?;
             save(txn, &account)?;

@@ -18,16 +18,24 @@ pub enum Meaning {
     Acknowledged,
     Reviewed,
     Resolved,
+    /// The signer revoked the record (a device's certificates).
+    Revoked,
 }
 
 impl Meaning {
-    pub const ALL: [Meaning; 3] = [Meaning::Acknowledged, Meaning::Reviewed, Meaning::Resolved];
+    pub const ALL: [Meaning; 4] = [
+        Meaning::Acknowledged,
+        Meaning::Reviewed,
+        Meaning::Resolved,
+        Meaning::Revoked,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Meaning::Acknowledged => "acknowledged",
             Meaning::Reviewed => "reviewed",
             Meaning::Resolved => "resolved",
+            Meaning::Revoked => "revoked",
         }
     }
 }
@@ -41,7 +49,7 @@ impl std::str::FromStr for Meaning {
             .find(|m| m.as_str() == text.trim())
             .ok_or_else(|| {
                 format!(
-                    "{text:?} is not a signature meaning; use acknowledged, reviewed or resolved"
+                    "{text:?} is not a signature meaning; use acknowledged, reviewed, resolved or revoked"
                 )
             })
     }

@@ -184,7 +184,13 @@ impl People {
             .write(|txn| {
                 // Re-read: another sign-in may have changed the account since.
                 let account = load(txn, name)?;
-                let verdict = judge(account.as_ref(), password_ok, second_factor, now)?;
+                let verdict = judge(
+                    account.as_ref(),
+                    password_ok,
+                    second_factor,
+                    now,
+                    self.demo_accounts_allowed(),
+                )?;
                 record(self, txn, name, account, verdict, source, now, signing)
             })?
             .map_err(|()| SignInError::Refused)
@@ -197,6 +203,7 @@ fn judge(
     password_ok: bool,
     factor: &SecondFactor,
     now: OffsetDateTime,
+    demo_accounts: bool,
 ) -> Result<Verdict> {
     let refused = |reason: &str, counts: bool| {
         Ok(Verdict::Refused {
@@ -226,6 +233,9 @@ fn judge(
     }
     if account.expired_at(now) {
         return refused("the account has expired", false);
+    }
+    if account.demo && !demo_accounts {
+        return refused("a demo account signs in only in `rxgate demo`", false);
     }
     match factor {
         SecondFactor::Totp(code) => {

@@ -212,6 +212,8 @@ pub struct EmailDeliverer {
     to: Vec<Mailbox>,
     escalation_to: Vec<Mailbox>,
     timeout: Duration,
+    /// The console's address (`https://host:port`), for links to each alert's page.
+    console: Option<String>,
 }
 
 impl std::fmt::Debug for EmailDeliverer {
@@ -290,7 +292,14 @@ impl EmailDeliverer {
             to,
             escalation_to,
             timeout: config.timeout,
+            console: None,
         })
+    }
+
+    /// Links every message to its alert's page in the console at `base` (`https://host:port`).
+    pub fn with_console(mut self, base: &str) -> EmailDeliverer {
+        self.console = Some(base.trim_end_matches('/').to_owned());
+        self
     }
 
     /// Who gets `n`: `to`, and for an escalation `escalation_to` too, each once.
@@ -334,7 +343,7 @@ impl EmailDeliverer {
             builder = builder.to(to);
         }
         builder
-            .body(body(&self.site, n))
+            .body(body(&self.site, n, self.console.as_deref()))
             .map_err(|e| format!("cannot compose the message: {e}"))
     }
 
@@ -515,8 +524,9 @@ fn temperature(v: f64) -> String {
     format!("{v:.1} °C")
 }
 
-/// The plain-text body: what happened, the facts an inspector asks for, and what to do.
-pub fn body(site: &str, n: &Notification) -> String {
+/// The plain-text body: what happened, the facts an inspector asks for, and what to do; with
+/// `console` (its `https://host:port`), a link to the alert's page there.
+pub fn body(site: &str, n: &Notification, console: Option<&str>) -> String {
     let a = &n.alert;
     let mut out = String::new();
     let intro = match n.event {
@@ -616,7 +626,18 @@ pub fn body(site: &str, n: &Notification) -> String {
         );
     }
     let _ = writeln!(out, "\nWhat to do:");
-    let ack = format!("  rxgate alerts ack {} --note \"what you did\"", a.id);
+    let cli = format!("  rxgate alerts ack {} --note \"what you did\"", a.id);
+    // The console is where a pharmacist signs; the command line stays for the gateway's admin.
+    let (ack, place) = match console {
+        Some(base) => (
+            format!(
+                "  {base}/alerts/{}/ack\n\nor on the gateway's command line:\n\n{cli}",
+                a.id
+            ),
+            "in the console (you sign with your password and a new code)",
+        ),
+        None => (cli, "on the gateway"),
+    };
     if a.acknowledged_at.is_some() {
         let _ = writeln!(
             out,
@@ -629,14 +650,21 @@ pub fn body(site: &str, n: &Notification) -> String {
             out,
             "Check {} and the medicines in it now (door, power, setting; move stock to a \
              working fridge if needed and set it aside until its use is assessed). Then \
-             acknowledge the alert with the action you took, on the gateway:\n\n{ack}",
+             acknowledge the alert with the action you took, {place}:\n\n{ack}",
             a.device
         );
     } else {
         let _ = writeln!(
             out,
             "The condition is over, but nobody has acknowledged the alert. Assess the stock \
-             that was exposed, then record what you did, on the gateway:\n\n{ack}"
+             that was exposed, then record what you did, {place}:\n\n{ack}"
+        );
+    }
+    if let (Some(base), Some(_)) = (console, a.acknowledged_at) {
+        let _ = writeln!(
+            out,
+            "\nThe alert in the console: {base}/alerts#alert-{}",
+            a.id
         );
     }
     let _ = writeln!(out, "\n-- \nrxgate at {site}");
@@ -777,7 +805,7 @@ mod tests {
     #[test]
     fn raised_body_gives_the_facts_and_the_ack_command() {
         let n = notification("fridge-01");
-        let body = body("store-0042", &n);
+        let body = body("store-0042", &n, None);
         for line in [
             "Event:          raised",
             "Device:         fridge-01",
@@ -806,7 +834,7 @@ mod tests {
         n.alert.max = Some(11.26);
         n.alert.mkt = Some(9.87);
         n.clock_synced = false;
-        let body = body("store-0042", &n);
+        let body = body("store-0042", &n, None);
         for line in [
             "Event:          cleared",
             "Ended:          2026-05-01T09:42:10Z",
@@ -830,7 +858,7 @@ mod tests {
         n.alert.acknowledged_at = Some(datetime!(2026-05-01 08:50:00 UTC));
         n.alert.acknowledged_by = Some("Dr. Ana Silva".to_owned());
         n.alert.ack_note = Some("door was ajar; closed it, stock checked".to_owned());
-        let body = body("store-0042", &n);
+        let body = body("store-0042", &n, None);
         for line in [
             "Acknowledged:   by Dr. Ana Silva at 2026-05-01T08:50:00Z",
             "Action taken:   door was ajar; closed it, stock checked",
@@ -839,6 +867,32 @@ mod tests {
             assert!(body.contains(line), "missing {line:?} in:\n{body}");
         }
         assert!(!body.contains("rxgate alerts ack"));
+        let linked = super::body("store-0042", &n, Some("https://gw.local:8444"));
+        assert!(
+            linked.contains(&format!(
+                "The alert in the console: https://gw.local:8444/alerts#alert-{}",
+                n.alert.id
+            )),
+            "{linked}"
+        );
+    }
+
+    #[test]
+    fn with_the_console_the_body_links_to_the_alerts_signing_page() {
+        let n = notification("fridge-01");
+        let body = body("store-0042", &n, Some("https://gw.local:8444"));
+        assert!(
+            body.contains(&format!(
+                "  https://gw.local:8444/alerts/{}/ack\n",
+                n.alert.id
+            )),
+            "{body}"
+        );
+        assert!(body.contains("in the console (you sign with your password and a new code)"));
+        // The command line is still offered, after the link.
+        let link = body.find("/ack\n").unwrap();
+        let cli = body.find("rxgate alerts ack").unwrap();
+        assert!(link < cli, "{body}");
     }
 
     #[test]

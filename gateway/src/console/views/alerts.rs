@@ -11,13 +11,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::{
-    Chrome, check_csrf, error, failed, render, require, roles_text, second_factor, time_text,
-};
+use super::{Chrome, check_csrf, error, failed, render, require, roles_text, session, time_text};
 use crate::alerts::{Alert, AlertState};
 use crate::coldchain::AlertKind;
-use crate::console::{App, ConnInfo, Current, blocking, plain};
-use crate::people::{Action, Meaning, SignError, SignInError, SignatureRequest};
+use crate::console::{App, ConnInfo, Current, blocking};
+use crate::people::{Action, Meaning, SignatureRequest};
 
 /// Resolved alerts shown under "recently resolved", at most.
 const RECENT: usize = 20;
@@ -113,12 +111,6 @@ pub(crate) struct AckForm {
     password: String,
     #[serde(default)]
     code: String,
-}
-
-async fn session(app: &Arc<App>, headers: &HeaderMap, conn: ConnInfo) -> Result<Current, Response> {
-    app.current(headers, conn.peer.ip())
-        .await
-        .map_err(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 pub(crate) async fn list(
@@ -255,6 +247,9 @@ pub(crate) async fn submit(
         )
     };
     let meaning: Meaning = match input.meaning.parse() {
+        Ok(Meaning::Revoked) => {
+            return refuse("An alert is acknowledged, reviewed or resolved, not revoked.");
+        }
         Ok(m) => m,
         Err(e) => return refuse(&e),
     };
@@ -292,54 +287,22 @@ pub(crate) async fn submit(
         record,
         statement: serde_json::json!({ "note": note, "disposition": disposition }),
     };
-    let (people, now, source) = (app.people.clone(), app.now(), conn.peer.ip());
-    let (name, password, factor) = (
-        user.name.clone(),
+    let source = conn.peer.ip();
+    let signature = match super::sign(
+        &app,
+        &current,
+        &user,
+        source,
         input.password,
-        second_factor(&input.code),
-    );
-    let signed = tokio::task::spawn_blocking(move || {
-        people.sign(&name, &password, &factor, source, now, request)
-    })
-    .await;
-    let signature = match signed {
-        Ok(Ok(signature)) => signature,
-        Ok(Err(SignError::Denied(denied))) => {
-            return error(
-                &app,
-                &current,
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                denied.to_string(),
-            );
-        }
-        Ok(Err(SignError::Authentication(SignInError::Store(e)))) => {
-            return failed(&app, &current, &e);
-        }
-        Ok(Err(SignError::Authentication(e @ SignInError::TryLater { .. }))) => {
-            return form_page(
-                &app,
-                &current,
-                &alert,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(e.to_string()),
-            );
-        }
-        Ok(Err(SignError::Authentication(_))) => {
-            return form_page(
-                &app,
-                &current,
-                &alert,
-                StatusCode::UNAUTHORIZED,
-                Some("Not signed: the password or the code is wrong, or the code was used already (wait for the next one).".to_owned()),
-            );
-        }
-        Err(e) => {
-            return failed(
-                &app,
-                &current,
-                &crate::error::Error::Invalid(format!("the signing task failed: {e}")),
-            );
+        &input.code,
+        request,
+    )
+    .await
+    {
+        Ok(signature) => signature,
+        Err(super::NotSigned::Answer(answer)) => return answer,
+        Err(super::NotSigned::Form(status, message)) => {
+            return form_page(&app, &current, &alert, status, Some(message));
         }
     };
     let ack_note = match disposition {

@@ -6,9 +6,12 @@
 #![allow(clippy::result_large_err)]
 
 mod alerts;
+pub(crate) mod audit;
+pub(crate) mod devices;
 mod overview;
 mod setup;
 mod signin;
+mod users;
 
 use std::sync::Arc;
 
@@ -31,6 +34,18 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/signout", axum::routing::post(signin::sign_out))
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/ack", get(alerts::form).post(alerts::submit))
+        .route("/devices", get(devices::list))
+        .route("/devices/enroll", axum::routing::post(devices::enroll))
+        .route(
+            "/devices/{id}/revoke",
+            get(devices::revoke_page).post(devices::revoke),
+        )
+        .route("/audit", get(audit::page))
+        .route("/audit/export.csv", get(audit::export_csv))
+        .route("/audit/export.json", get(audit::export_json))
+        .route("/users", get(users::list))
+        .route("/users/add", axum::routing::post(users::add))
+        .route("/users/{name}/{change}", axum::routing::post(users::change))
         .route("/assets/console.css", get(stylesheet))
         .fallback(not_found)
         .with_state(app)
@@ -60,6 +75,11 @@ pub(crate) struct Nav {
     pub name: String,
     pub roles: String,
     pub csrf: String,
+    /// The pages this person's roles open: fridges, alerts and devices (status), the audit
+    /// trail, accounts.
+    pub status: bool,
+    pub audit: bool,
+    pub users: bool,
 }
 
 /// What every page's frame needs.
@@ -78,6 +98,9 @@ impl Chrome {
                 name: u.name.clone(),
                 roles: roles_text(u),
                 csrf: current.session.csrf.clone(),
+                status: crate::people::may(&u.roles, Action::ViewStatus),
+                audit: crate::people::may(&u.roles, Action::ViewAudit),
+                users: crate::people::may(&u.roles, Action::ManageUsers),
             }),
         }
     }
@@ -216,4 +239,71 @@ pub(crate) fn time_text(t: time::OffsetDateTime) -> String {
     crate::clock::rfc3339_seconds(t)
         .replace('T', " ")
         .replace('Z', " UTC")
+}
+
+/// Why a signature was not made: an answer to send as it is (403, 500), or a message to show
+/// on the form again, with its status (wrong password or code, wait).
+pub(crate) enum NotSigned {
+    Answer(Response),
+    Form(StatusCode, String),
+}
+
+/// Signs `request` as the signed-in `user`, who re-entered `password` and `code`: the
+/// re-authentication of [`crate::people::People::sign`], off the async threads.
+pub(crate) async fn sign(
+    app: &Arc<App>,
+    current: &Current,
+    user: &SignedIn,
+    source: std::net::IpAddr,
+    password: String,
+    code: &str,
+    request: crate::people::SignatureRequest,
+) -> Result<crate::people::Signature, NotSigned> {
+    use crate::people::{SignError, SignInError};
+    let (people, now, name, factor) = (
+        app.people.clone(),
+        app.now(),
+        user.name.clone(),
+        second_factor(code),
+    );
+    let signed = tokio::task::spawn_blocking(move || {
+        people.sign(&name, &password, &factor, source, now, request)
+    })
+    .await;
+    match signed {
+        Ok(Ok(signature)) => Ok(signature),
+        Ok(Err(SignError::Denied(denied))) => Err(NotSigned::Answer(error(
+            app,
+            current,
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            denied.to_string(),
+        ))),
+        Ok(Err(SignError::Authentication(SignInError::Store(e)))) => {
+            Err(NotSigned::Answer(failed(app, current, &e)))
+        }
+        Ok(Err(SignError::Authentication(e @ SignInError::TryLater { .. }))) => {
+            Err(NotSigned::Form(StatusCode::TOO_MANY_REQUESTS, e.to_string()))
+        }
+        Ok(Err(SignError::Authentication(_))) => Err(NotSigned::Form(
+            StatusCode::UNAUTHORIZED,
+            "Not signed: the password or the code is wrong, or the code was used already (wait for the next one).".to_owned(),
+        )),
+        Err(e) => Err(NotSigned::Answer(failed(
+            app,
+            current,
+            &crate::error::Error::Invalid(format!("the signing task failed: {e}")),
+        ))),
+    }
+}
+
+/// The request's session, or the answer when it cannot be had.
+pub(crate) async fn session(
+    app: &Arc<App>,
+    headers: &axum::http::HeaderMap,
+    conn: super::ConnInfo,
+) -> Result<Current, Response> {
+    app.current(headers, conn.peer.ip())
+        .await
+        .map_err(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }

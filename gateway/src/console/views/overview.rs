@@ -6,7 +6,7 @@ use askama::Template;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
 
 use super::{Chrome, failed, render, require, time_text};
 use crate::coldchain::live::FridgeNow;
@@ -81,6 +81,13 @@ pub(crate) async fn page(
         Ok(c) => c,
         Err(e) => return plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    // An inspector sees no live status: their start page is the audit trail.
+    if let Some(user) = current.user()
+        && !crate::people::may(&user.roles, Action::ViewStatus)
+        && crate::people::may(&user.roles, Action::ViewAudit)
+    {
+        return current.finish(Redirect::to("/audit").into_response());
+    }
     if let Err(answer) = require(&app, &current, Action::ViewStatus) {
         return answer;
     }
