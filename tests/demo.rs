@@ -1,18 +1,92 @@
 //! `rxgate demo`, the first thing a newcomer runs, works with no config and shows the whole path.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
-use rxgate_e2e::{bin, run, text};
+use rxgate_e2e::{bin, curl};
+
+/// What follows `label` on the line of `out` that holds it, up to `end`.
+fn after<'a>(out: &'a str, label: &str, end: &str) -> Option<&'a str> {
+    let line = out.lines().find(|l| l.contains(label))?;
+    let rest = &line[line.find(label)? + label.len()..];
+    Some(rest[..rest.find(end).unwrap_or(rest.len())].trim())
+}
 
 #[test]
 fn the_demo_runs_with_no_config_and_shows_telemetry_and_events_reaching_the_cloud() {
     let home = tempfile::tempdir().unwrap();
-    let output = run(Command::new(bin("rxgate"))
-        .args(["demo", "--duration", "12s"])
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("stderr");
+    let mut child = Command::new(bin("rxgate"))
+        .args(["demo", "--duration", "15s"])
         .env("RXGATE_CONFIG", home.path().join("does-not-exist.toml"))
-        .env("TMPDIR", home.path()));
-    assert!(output.status.success(), "{}", text(&output));
-    let out = String::from_utf8_lossy(&output.stdout);
+        .env("TMPDIR", home.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run rxgate demo");
+    let mut out = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The console's address and the demo account come first; sign in while the demo runs.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        out.push_str(&line);
+        out.push('\n');
+        if line.contains("second factor:") {
+            break;
+        }
+    }
+    let console = after(&out, "console: ", " ")
+        .expect("the console's address")
+        .to_owned();
+    assert!(console.starts_with("https://localhost:"), "{out}");
+    let account = after(&out, "works only in this demo: ", "\n").expect("the demo account");
+    let (name, password) = account.split_once(" / ").expect("name / password");
+    let code = after(&out, "a recovery code (", ",").expect("a recovery code");
+    let jar = scratch.path().join("cookies");
+    let jar = jar.to_str().unwrap();
+    let page = curl(
+        scratch.path(),
+        &["-k", "-c", jar, &format!("{console}signin")],
+    );
+    assert_eq!(page.status, 200, "{}", page.body_text());
+    let body = page.body_text();
+    let marker = "name=\"csrf\" value=\"";
+    let at = body.find(marker).unwrap() + marker.len();
+    let csrf = &body[at..][..body[at..].find('"').unwrap()];
+    let signed_in = curl(
+        scratch.path(),
+        &[
+            "-k",
+            "-b",
+            jar,
+            "-c",
+            jar,
+            "--data",
+            &format!("csrf={csrf}&name={name}&password={password}&code={code}"),
+            &format!("{console}signin"),
+        ],
+    );
+    assert_eq!(
+        signed_in.status,
+        303,
+        "the demo account signs in: {}",
+        signed_in.body_text()
+    );
+    let overview = curl(scratch.path(), &["-k", "-b", jar, &console]);
+    assert!(
+        overview.body_text().contains("fridge-01"),
+        "{}",
+        overview.body_text()
+    );
+    for line in lines {
+        out.push_str(&line.unwrap());
+        out.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{out}\n{stderr}");
+    let out = out.as_str();
     assert!(
         out.contains("cabinet-01 enrolled with one-time token"),
         "{out}"

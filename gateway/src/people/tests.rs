@@ -678,3 +678,50 @@ fn a_technicians_signature_is_denied_before_the_code_is_spent() {
             .is_ok()
     );
 }
+
+#[test]
+fn a_demo_account_signs_in_only_where_demo_accounts_are_allowed() {
+    let (_dir, people, _clock) = people();
+    assert!(
+        people
+            .add_demo_account("demo-pharmacist", &[Role::Pharmacist])
+            .is_err(),
+        "no demo account outside the demo"
+    );
+    let demo = people.clone().allowing_demo_accounts();
+    let credentials = demo
+        .add_demo_account("demo-pharmacist", &[Role::Pharmacist])
+        .unwrap();
+    assert!(check_policy("demo-pharmacist", &credentials.password).is_ok());
+    assert_eq!(credentials.recovery_codes.len(), RECOVERY_CODES);
+    let code = |i: usize| SecondFactor::RecoveryCode(credentials.recovery_codes[i].clone());
+    let later = START + TimeDelta::seconds(1);
+    assert!(
+        demo.verify_sign_in(
+            "demo-pharmacist",
+            &credentials.password,
+            &code(0),
+            ip(1),
+            later
+        )
+        .is_ok()
+    );
+    // The same store, as `rxgate run` sees it: refused, and the reason recorded.
+    assert!(matches!(
+        people.verify_sign_in(
+            "demo-pharmacist",
+            &credentials.password,
+            &code(1),
+            ip(1),
+            later
+        ),
+        Err(SignInError::Refused)
+    ));
+    let refused = audit_kinds(&people)
+        .into_iter()
+        .filter(|(k, _, _)| *k == Kind::UserSignInRefused)
+        .map(|(_, _, d)| d["reason"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(refused, ["a demo account signs in only in `rxgate demo`"]);
+    assert!(people.account("demo-pharmacist").unwrap().unwrap().demo);
+}
