@@ -142,6 +142,10 @@ fn a_pharmacist_sets_up_signs_in_sees_the_warm_fridge_and_signs_its_alert_while_
         seen["overview_row"].as_str().unwrap().contains("°C"),
         "{seen}"
     );
+    assert!(
+        seen["live"].as_str().unwrap().starts_with("Live: updated"),
+        "{seen}"
+    );
     assert_eq!(seen["alert_state"], "acknowledged", "{seen}");
     assert_eq!(seen["technician_ack_heading"], "Not allowed", "{seen}");
     for page in [

@@ -166,6 +166,10 @@ def pharmacist(args, browser, seen):
         lambda b: (r := b.find_elements(By.ID, "fridge-fridge-01")) and "too warm" in r[0].text and r[0],
         "fridge-01 shown too warm on the overview")
     seen["overview_row"] = row.text
+    # Live updates (server-sent events, /assets/live.js) arrive without a reload.
+    seen["live"] = wait(browser).until(
+        lambda b: (t := b.find_element(By.ID, "live").text).startswith("Live: updated") and t,
+        "a live update of the overview")
     shot(browser, args.shots, "03-overview")
     link = reload_until(
         browser, args.base + "/alerts",

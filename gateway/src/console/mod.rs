@@ -8,7 +8,13 @@
 //! - `GET /alerts`, `GET/POST /alerts/{id}/ack`: open and recent alerts; acknowledging is a
 //!   signature (password and a new second factor, meaning, corrective action, product
 //!   disposition) written to the audit chain, then the acknowledgement through the alert monitor.
-//! - `GET /assets/console.css`: the only style; no script, nothing inline (the CSP forbids it).
+//! - `GET /devices`, `POST /devices/enroll`, `GET/POST /devices/{id}/revoke`: devices, tokens,
+//!   signed revocation.
+//! - `GET /audit`, `/audit/export.csv`, `/audit/export.json`: the filtered audit trail.
+//! - `GET /users`, `POST /users/add`, `POST /users/{name}/{change}`: accounts (admin).
+//! - `GET /events`: live updates of the overview (server-sent events).
+//! - `GET /assets/console.css`, `/assets/live.js`: the only style and script; nothing inline
+//!   (the CSP forbids it).
 //!
 //! The console reads and changes the gateway only through [`Backend`] (the daemon answers it with
 //! the admin interface the CLI uses) and [`People`]; it never opens the store. Every page checks
@@ -51,9 +57,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// Time for the TLS handshake, and then for each request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The security headers on every answer. The CSP allows only the stylesheet and images served
-/// from the console itself, forms posting to it, no frames, no scripts at all.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The security headers on every answer. The CSP allows only the stylesheet, scripts, images
+/// and live-update stream served by the console itself (nothing inline, no eval), forms posting
+/// to it, no frames.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the console reads and asks of the gateway: the same requests the CLI makes through the
 /// admin socket. Calls block (they may touch the store); the console runs them off the async
@@ -130,6 +137,8 @@ pub(crate) struct App {
     sessions: Sessions,
     clock: SharedClock,
     site: String,
+    /// Live-update streams open now (see `views::live`).
+    live_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// What a handler knows about its connection.
@@ -206,6 +215,7 @@ impl ConsoleServer {
             sessions: Sessions::new(config.idle_timeout, config.absolute_timeout),
             clock,
             site: site.to_owned(),
+            live_streams: Arc::default(),
         });
         Ok(ConsoleServer {
             listener,

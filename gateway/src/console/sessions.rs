@@ -147,6 +147,13 @@ impl Sessions {
         Ok((id, session))
     }
 
+    /// Whether session `id` is live at `now`, without marking it used: a page's live updates are
+    /// not activity, so they never hold a session open past its idle limit.
+    pub fn is_live(&self, id: &str, now: OffsetDateTime) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).is_some_and(|s| self.ended(s, now).is_none())
+    }
+
     /// The session `id` at `now`, marked as used; an ended one is forgotten.
     pub fn lookup(&self, id: &str, now: OffsetDateTime) -> Lookup {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());

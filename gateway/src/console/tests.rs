@@ -225,6 +225,7 @@ fn console() -> Console {
         sessions: Sessions::new(Duration::from_secs(900), Duration::from_secs(12 * 3600)),
         clock: clock.clone(),
         site: "store-0042".to_owned(),
+        live_streams: Arc::default(),
     });
     Console {
         _dir: dir,

@@ -318,3 +318,85 @@ async fn an_admin_adds_an_account_whose_link_is_shown_once_then_disables_it_unde
             .any(|(k, actor, _)| *k == Kind::UserDisabled && actor == "root-admin")
     );
 }
+
+/// The live stream of `cookie`'s session: its answer, with the body left to read.
+async fn live(c: &Console, cookie: &str) -> axum::response::Response {
+    let mut request = Request::builder()
+        .uri("/events")
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(ConnInfo {
+        peer: SocketAddr::from(([127, 0, 0, 1], 40001)),
+    });
+    tower_service::Service::call(&mut c.router.clone(), request)
+        .await
+        .unwrap()
+}
+
+async fn next_event(body: &mut Body) -> Option<String> {
+    let frame = tokio::time::timeout(Duration::from_secs(60), body.frame())
+        .await
+        .expect("the stream answers within a minute")?;
+    Some(String::from_utf8_lossy(&frame.unwrap().into_data().unwrap()).into_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_updates_stream_the_fridges_and_end_with_the_session_which_they_do_not_keep_alive() {
+    let c = console();
+    let (_, codes) = c.account("anna", Role::Pharmacist);
+    let cookie = c.sign_in("anna", &codes[0]).await;
+    let answer = live(&c, &cookie).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = answer.into_body();
+    let first = next_event(&mut body).await.expect("a first update at once");
+    assert!(first.starts_with("event: fridges\ndata: {"), "{first}");
+    assert!(first.contains("\"device\":\"fridge-01\""), "{first}");
+    assert!(
+        first.contains("9.4 °C") && first.contains("too warm"),
+        "{first}"
+    );
+    assert!(first.contains("\"open_alerts\":1"), "{first}");
+    // Ten minutes of updates alone: the session is not used, so it ends at its idle limit.
+    for _ in 0..2 {
+        c.clock.advance(Duration::from_secs(5 * 60));
+        assert!(next_event(&mut body).await.is_some());
+    }
+    c.clock.advance(Duration::from_secs(6 * 60));
+    assert!(
+        next_event(&mut body).await.is_none(),
+        "the stream ends with the session"
+    );
+    let page = get(&c, "/", &cookie).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "the session ended idle");
+}
+
+#[tokio::test]
+async fn at_most_sixteen_live_streams_run_at_once_and_an_anonymous_one_is_sent_to_sign_in() {
+    let c = console();
+    let anonymous = c.send("GET", "/events", None, None).await;
+    assert_eq!(anonymous.status, StatusCode::SEE_OTHER);
+    let (_, codes) = c.account("anna", Role::Pharmacist);
+    let cookie = c.sign_in("anna", &codes[0]).await;
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        let answer = live(&c, &cookie).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        open.push(answer);
+    }
+    assert_eq!(
+        live(&c, &cookie).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    drop(open);
+    // A closed stream gives its place back once its task sees the browser gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if live(&c, &cookie).await.status() == StatusCode::OK {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "places given back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

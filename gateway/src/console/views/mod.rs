@@ -8,6 +8,7 @@
 mod alerts;
 pub(crate) mod audit;
 pub(crate) mod devices;
+mod live;
 mod overview;
 mod setup;
 mod signin;
@@ -46,7 +47,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/users", get(users::list))
         .route("/users/add", axum::routing::post(users::add))
         .route("/users/{name}/{change}", axum::routing::post(users::change))
+        .route("/events", get(live::events))
         .route("/assets/console.css", get(stylesheet))
+        .route("/assets/live.js", get(live_script))
         .fallback(not_found)
         .with_state(app)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -59,6 +62,16 @@ async fn stylesheet() -> Response {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         STYLESHEET,
+    )
+        .into_response()
+}
+
+const LIVE_SCRIPT: &str = include_str!("../assets/live.js");
+
+async fn live_script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        LIVE_SCRIPT,
     )
         .into_response()
 }
