@@ -234,6 +234,8 @@ impl Gateway {
                 .as_deref()
                 .map(rxgate_certs::fingerprint_sha256)
                 .unwrap_or_default(),
+            renewal_due: time::Duration::try_from(config.enroll.cert_validity / 3)
+                .unwrap_or(time::Duration::DAY),
         };
         let console = ConsoleServer::build(
             &config.console,

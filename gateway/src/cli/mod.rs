@@ -1,5 +1,6 @@
 //! The `rxgate` command line: parse, dispatch, print. Logic lives in the library modules.
 
+mod doctor;
 mod output;
 mod users;
 
@@ -102,6 +103,12 @@ pub enum Command {
     },
     /// Whether the daemon runs, where it listens, how many devices it knows.
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A security and health check-up: each check passes, warns or fails, with what to do.
+    /// Exits non-zero when a check fails.
+    Doctor {
         #[arg(long)]
         json: bool,
     },
@@ -476,6 +483,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let reply = admin::call(&config, request)?;
             output::reply(&reply, json);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor { json } => {
+            let config = load(&cli.config)?;
+            let now = crate::clock::system(config.gateway.assume_clock_synced).now();
+            let checks = doctor::run(&config, now, std::path::Path::new(doctor::APT_CONF_DIR));
+            let worst = doctor::worst(&checks);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "worst": worst, "checks": checks })
+                );
+            } else {
+                doctor::print(&checks);
+            }
+            Ok(if worst == doctor::Level::Fail {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Status { json } => {
             let config = load(&cli.config)?;

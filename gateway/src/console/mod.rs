@@ -108,6 +108,9 @@ pub struct Enrollment {
     pub est_url: Option<String>,
     /// SHA-256 of the gateway CA's certificate (DER), hex.
     pub ca_sha256: String,
+    /// A device certificate with less than this left is due for renewal (devices renew from
+    /// two thirds of `[enroll].cert_validity`).
+    pub renewal_due: time::Duration,
 }
 
 /// A page of the audit trail: entries with `from <= ts < to` after entry `after`, up to entry

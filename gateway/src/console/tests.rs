@@ -133,6 +133,7 @@ impl Backend for FakeBackend {
         Ok(Enrollment {
             est_url: Some("https://gw.example:8443/.well-known/est".to_owned()),
             ca_sha256: "ab".repeat(32),
+            renewal_due: time::Duration::days(10),
         })
     }
 

@@ -18,10 +18,6 @@ use crate::console::{App, ConnInfo, Current, blocking};
 use crate::people::{Action, Meaning, SignatureRequest, may};
 use crate::registry::{DeviceRecord, DeviceStatus, TokenInfo};
 
-/// A certificate this close to expiry is shown as due for renewal (devices renew themselves
-/// from two thirds of its life; a certificate still this close has not).
-const RENEWAL_DUE_DAYS: i64 = 30;
-
 pub(crate) struct DeviceRow {
     pub id: String,
     pub kind: String,
@@ -33,7 +29,13 @@ pub(crate) struct DeviceRow {
     pub revocable: bool,
 }
 
-fn device_row(device: &DeviceRecord, now: time::OffsetDateTime) -> DeviceRow {
+/// `device` as the list shows it; a certificate with less than `renewal_due` left is due for
+/// renewal (devices renew themselves from two thirds of its life; one this close has not).
+fn device_row(
+    device: &DeviceRecord,
+    now: time::OffsetDateTime,
+    renewal_due: time::Duration,
+) -> DeviceRow {
     let status = match device.status {
         DeviceStatus::Active => "enrolled",
         DeviceStatus::Pending => "pending",
@@ -41,10 +43,9 @@ fn device_row(device: &DeviceRecord, now: time::OffsetDateTime) -> DeviceRow {
     };
     let (certificate, renewal) = match device.not_after {
         Some(end) if device.status == DeviceStatus::Active => {
-            let days = (end - now).whole_days();
             let renewal = if end <= now {
                 "expired"
-            } else if days < RENEWAL_DUE_DAYS {
+            } else if end - now < renewal_due {
                 "renewal due"
             } else {
                 "current"
@@ -147,8 +148,15 @@ async fn list_page(
         );
     };
     let backend = app.backend.clone();
-    let loaded = blocking(move || Ok((backend.devices()?, backend.tokens()?))).await;
-    let (devices, tokens) = match loaded {
+    let loaded = blocking(move || {
+        Ok((
+            backend.devices()?,
+            backend.tokens()?,
+            backend.enrollment()?.renewal_due,
+        ))
+    })
+    .await;
+    let (devices, tokens, renewal_due) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => return failed(app, current, &e),
     };
@@ -158,7 +166,10 @@ async fn list_page(
         status,
         &DevicesPage {
             chrome: Chrome::new(app, current, "Devices"),
-            devices: devices.iter().map(|d| device_row(d, now)).collect(),
+            devices: devices
+                .iter()
+                .map(|d| device_row(d, now, renewal_due))
+                .collect(),
             tokens: tokens
                 .iter()
                 .filter(|t| t.state == "pending")
@@ -322,7 +333,7 @@ fn revoke_form(
         status,
         &RevokePage {
             chrome: Chrome::new(app, current, "Revoke a device"),
-            device: device_row(device, app.now()),
+            device: device_row(device, app.now(), time::Duration::ZERO),
             csrf: current.session.csrf.clone(),
             error,
         },
@@ -443,7 +454,7 @@ pub(crate) async fn revoke(
                 StatusCode::OK,
                 &RevokedPage {
                     chrome: Chrome::new(&app, &current, "Device revoked"),
-                    device: device_row(&revoked, app.now()),
+                    device: device_row(&revoked, app.now(), time::Duration::ZERO),
                     signer: signature.signer,
                     signed_at: time_text(signature.signed_at),
                     sha256: signature.record_sha256,

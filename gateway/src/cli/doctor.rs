@@ -1,0 +1,589 @@
+//! `rxgate doctor`: a security and health check-up anyone can run. Each check passes, warns or
+//! fails, and says what to do; `--json` for machines; the exit status is non-zero when a check
+//! fails.
+//!
+//! It reads the config, the files in `data_dir`, the file system, the OS's update settings, and
+//! asks the gateway (the running daemon, or the store when none runs) for its status, devices
+//! and accounts through the same admin requests as every other command.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::admin::{self, Reply, Request};
+use crate::config::Config;
+
+/// A certificate expiring this soon is a warning.
+const CERT_WARN_DAYS: i64 = 30;
+/// The CA, which takes a visit to every device to replace, is warned about earlier.
+const CA_WARN_DAYS: i64 = 180;
+/// Free space below these shares of the data directory's file system: warn, fail.
+const DISK_WARN: f64 = 0.15;
+const DISK_FAIL: f64 = 0.05;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Level {
+    fn word(self) -> &'static str {
+        match self {
+            Level::Pass => "pass",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// Stable name (`listeners`, `file-modes`, ...).
+    pub check: &'static str,
+    pub level: Level,
+    /// What was found.
+    pub found: String,
+    /// What to do about it; empty when nothing.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub advice: String,
+}
+
+fn check(check: &'static str, level: Level, found: impl Into<String>, advice: &str) -> Check {
+    Check {
+        check,
+        level,
+        found: found.into(),
+        advice: advice.to_owned(),
+    }
+}
+
+/// Where the OS keeps its APT settings: unattended upgrades are read from here.
+pub const APT_CONF_DIR: &str = "/etc/apt/apt.conf.d";
+
+/// Runs every check for `config`, at `now`, reading APT's settings from `apt_conf_dir`.
+pub fn run(config: &Config, now: OffsetDateTime, apt_conf_dir: &Path) -> Vec<Check> {
+    let mut out = Vec::new();
+    out.extend(listeners(config));
+    out.extend(plaintext(config));
+    out.push(keys_at_rest());
+    out.extend(file_modes(config));
+    out.extend(certificates(config, now));
+    let gateway = admin::session(config, |send| {
+        Ok((
+            send(Request::Status)?,
+            send(Request::DeviceList)?,
+            send(Request::UserList)?,
+        ))
+    });
+    match gateway {
+        Ok((status, devices, users)) => {
+            if let Reply::Status(status) = status {
+                out.push(if status.clock_synced {
+                    check("clock", Level::Pass, "the clock is synchronised", "")
+                } else {
+                    check(
+                        "clock",
+                        Level::Warn,
+                        "the clock is not synchronised: certificates are checked against the last trusted time and new audit entries are flagged",
+                        "Enable NTP (timedatectl set-ntp true) and let the gateway reach a time server.",
+                    )
+                });
+            }
+            if let Reply::Devices { devices } = devices {
+                out.push(renewals(&devices, now, renewal_due(config)));
+            }
+            if let Reply::Users { users } = users {
+                out.push(accounts(&users));
+            }
+        }
+        Err(e) => out.push(check(
+            "gateway",
+            Level::Fail,
+            format!("the gateway could not be asked: {e}"),
+            "Run `rxgate init` first, or run this as the gateway's user (it reads data_dir).",
+        )),
+    }
+    out.push(disk(&config.gateway.data_dir));
+    out.push(unattended_upgrades(apt_conf_dir));
+    out
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+fn listeners(config: &Config) -> Vec<Check> {
+    let mut out = Vec::new();
+    let open = [
+        ("enroll", config.enroll.listen, "devices enroll over EST"),
+        ("mqtt", config.mqtt.listen, "devices publish over MQTT/TLS"),
+        ("console", config.console.listen, "people use the console"),
+    ];
+    let exposed: Vec<String> = open
+        .iter()
+        .filter(|(_, addr, _)| !is_loopback(addr))
+        .map(|(name, addr, why)| format!("{name} on {addr} ({why})"))
+        .collect();
+    out.push(if exposed.is_empty() {
+        check("listeners", Level::Pass, "every listener is on loopback", "")
+    } else {
+        check(
+            "listeners",
+            Level::Warn,
+            format!("open to the network: {}", exposed.join("; ")),
+            "Intended when devices and people reach the gateway over the LAN; set a listener's `listen` to 127.0.0.1 where nothing on the network needs it, and keep the Pi on the pharmacy's own network segment.",
+        )
+    });
+    out.push(if is_loopback(&config.metrics.listen) {
+        check(
+            "metrics",
+            Level::Pass,
+            format!("metrics on {} (loopback only)", config.metrics.listen),
+            "",
+        )
+    } else {
+        check(
+            "metrics",
+            Level::Warn,
+            format!(
+                "the unauthenticated metrics endpoint is open on {}",
+                config.metrics.listen
+            ),
+            "Anyone on the network can read device ids and counters there; bind [metrics].listen to 127.0.0.1 unless a monitoring server needs it.",
+        )
+    });
+    out
+}
+
+/// Whether a URL's host is a loopback address or `localhost`.
+fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn plaintext(config: &Config) -> Vec<Check> {
+    let mut plain = Vec::new();
+    if let Some(cloud) = &config.cloud
+        && cloud.url.starts_with("mqtt://")
+        && !loopback_url(&cloud.url)
+    {
+        plain.push(format!(
+            "the cloud link {} is plain MQTT: telemetry and access events cross the network unencrypted",
+            cloud.url
+        ));
+    }
+    if let Some(email) = &config.alerts.email
+        && email.smtp_url.starts_with("smtp://")
+        && !email.smtp_url.contains("tls=required")
+        && !loopback_url(&email.smtp_url)
+    {
+        plain.push(
+            "alert e-mails go to the SMTP server without TLS ([alerts.email].smtp_url)".to_owned(),
+        );
+    }
+    if plain.is_empty() {
+        vec![check(
+            "plaintext",
+            Level::Pass,
+            "every link leaving the gateway is encrypted (or stays on loopback)",
+            "",
+        )]
+    } else {
+        vec![check(
+            "plaintext",
+            Level::Fail,
+            plain.join("; "),
+            "Use mqtts:// for [cloud].url and smtps:// or `?tls=required` for [alerts.email].smtp_url.",
+        )]
+    }
+}
+
+fn keys_at_rest() -> Check {
+    check(
+        "keys-sealed",
+        Level::Warn,
+        "the CA key, the server key, the pseudonym key and the second-factor secrets are stored unencrypted in data_dir (protected by file modes only)",
+        "Keep the Pi and its SD card physically secure; a copy of data_dir can mint device certificates.",
+    )
+}
+
+fn mode_of(path: &Path) -> Option<u32> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
+fn file_modes(config: &Config) -> Vec<Check> {
+    let paths = config.paths();
+    let mut bad = Vec::new();
+    match mode_of(&config.gateway.data_dir) {
+        Some(mode) if mode & 0o077 != 0 => bad.push(format!(
+            "{} is mode {mode:o} (others can look in)",
+            config.gateway.data_dir.display()
+        )),
+        _ => {}
+    }
+    let keys: [(&str, PathBuf); 3] = [
+        ("CA key", paths.ca_key()),
+        ("server key", paths.server_key()),
+        ("pseudonym key", paths.pseudonym_key()),
+    ];
+    for (what, path) in &keys {
+        if let Some(mode) = mode_of(path)
+            && mode & 0o077 != 0
+        {
+            bad.push(format!("the {what} {} is mode {mode:o}", path.display()));
+        }
+    }
+    if let Some(mode) = mode_of(&paths.store())
+        && mode & 0o077 != 0
+    {
+        bad.push(format!(
+            "the store {} is mode {mode:o}",
+            paths.store().display()
+        ));
+    }
+    vec![if bad.is_empty() {
+        check(
+            "file-modes",
+            Level::Pass,
+            "data_dir is 0700 and its keys and store are readable by the gateway's user only",
+            "",
+        )
+    } else {
+        check(
+            "file-modes",
+            Level::Fail,
+            bad.join("; "),
+            "chmod 700 data_dir and chmod 600 the files named: anyone who can read them can impersonate the gateway.",
+        )
+    }]
+}
+
+/// The end of validity of the first certificate in the PEM file at `path`.
+fn not_after(path: &Path) -> std::result::Result<OffsetDateTime, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cert.validity().not_after.to_datetime())
+}
+
+fn certificates(config: &Config, now: OffsetDateTime) -> Vec<Check> {
+    let paths = config.paths();
+    let mut out = Vec::new();
+    for (name, path, warn_days) in [
+        ("ca-certificate", paths.ca_cert(), CA_WARN_DAYS),
+        ("server-certificate", paths.server_cert(), CERT_WARN_DAYS),
+    ] {
+        out.push(match not_after(&path) {
+            Err(e) => check(
+                name,
+                Level::Fail,
+                format!("cannot be read: {e}"),
+                "Run `rxgate init` (or restore data_dir).",
+            ),
+            Ok(end) if end <= now => check(
+                name,
+                Level::Fail,
+                format!("expired at {}", crate::clock::rfc3339_seconds(end)),
+                if name == "ca-certificate" {
+                    "Every device certificate chains to it: plan a new CA (`rxgate init --force`) and re-enroll the devices."
+                } else {
+                    "Restart the gateway to renew its server certificate, or run `rxgate init --force`."
+                },
+            ),
+            Ok(end) => {
+                let days = (end - now).whole_days();
+                if days < warn_days {
+                    check(
+                        name,
+                        Level::Warn,
+                        format!(
+                            "expires in {days} days ({})",
+                            crate::clock::rfc3339_seconds(end)
+                        ),
+                        "Renew it before it expires.",
+                    )
+                } else {
+                    check(
+                        name,
+                        Level::Pass,
+                        format!("valid for {days} more days"),
+                        "",
+                    )
+                }
+            }
+        });
+    }
+    out
+}
+
+/// A device certificate with less than this left should have been renewed: devices renew from
+/// two thirds of its lifetime (`[enroll].cert_validity`).
+pub fn renewal_due(config: &Config) -> time::Duration {
+    time::Duration::try_from(config.enroll.cert_validity / 3).unwrap_or(time::Duration::DAY)
+}
+
+fn renewals(
+    devices: &[crate::registry::DeviceRecord],
+    now: OffsetDateTime,
+    due_within: time::Duration,
+) -> Check {
+    use crate::registry::DeviceStatus;
+    let mut due: Vec<String> = devices
+        .iter()
+        .filter(|d| d.status == DeviceStatus::Active)
+        .filter_map(|d| {
+            let end = d.not_after?;
+            if end <= now {
+                Some(format!("{} (expired)", d.id))
+            } else if end - now < due_within {
+                Some(format!("{} ({} days left)", d.id, (end - now).whole_days()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    due.sort();
+    if due.is_empty() {
+        check(
+            "device-certificates",
+            Level::Pass,
+            format!(
+                "{} enrolled device(s), none due for renewal",
+                devices
+                    .iter()
+                    .filter(|d| d.status == DeviceStatus::Active)
+                    .count()
+            ),
+            "",
+        )
+    } else {
+        check(
+            "device-certificates",
+            Level::Warn,
+            format!("due for renewal: {}", due.join(", ")),
+            "Devices renew themselves over EST; one that has not is offline or misconfigured: check it, or enroll it again with a new token.",
+        )
+    }
+}
+
+fn accounts(users: &[crate::people::AccountInfo]) -> Check {
+    let without: Vec<&str> = users
+        .iter()
+        .filter(|u| !u.totp && u.state != "disabled")
+        .map(|u| u.name.as_str())
+        .collect();
+    let admins = users
+        .iter()
+        .filter(|u| u.state == "active" && u.roles.contains(&crate::people::Role::Admin) && u.totp)
+        .count();
+    if !without.is_empty() {
+        check(
+            "accounts",
+            Level::Warn,
+            format!(
+                "account(s) without a second factor yet (set-up not finished): {}",
+                without.join(", ")
+            ),
+            "Ask each person to finish set-up with their link, or `rxgate user reset-factors NAME` for a new one, or disable the account.",
+        )
+    } else if admins == 0 {
+        check(
+            "accounts",
+            Level::Warn,
+            "no active admin account",
+            "Add one on the gateway's command line: rxgate user add NAME --role admin",
+        )
+    } else {
+        check(
+            "accounts",
+            Level::Pass,
+            format!("{} account(s), every one with a second factor", users.len()),
+            "",
+        )
+    }
+}
+
+fn disk(data_dir: &Path) -> Check {
+    let Ok(path) = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes()) else {
+        return check("disk", Level::Fail, "data_dir is not a valid path", "");
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return check(
+            "disk",
+            Level::Fail,
+            format!(
+                "cannot read the file system of {}: {}",
+                data_dir.display(),
+                std::io::Error::last_os_error()
+            ),
+            "",
+        );
+    }
+    let total = stat.f_blocks as f64 * stat.f_frsize as f64;
+    let free = stat.f_bavail as f64 * stat.f_frsize as f64;
+    let share = if total > 0.0 { free / total } else { 0.0 };
+    let found = format!(
+        "{:.0} MiB free of {:.0} MiB ({:.0} %) where data_dir is",
+        free / 1048576.0,
+        total / 1048576.0,
+        share * 100.0
+    );
+    if share < DISK_FAIL {
+        check(
+            "disk",
+            Level::Fail,
+            found,
+            "The outbox refuses new records when the disk is full: free space now (old logs, journal: journalctl --vacuum-size=100M).",
+        )
+    } else if share < DISK_WARN {
+        check(
+            "disk",
+            Level::Warn,
+            found,
+            "Free some space before the outbox runs out of room.",
+        )
+    } else {
+        check("disk", Level::Pass, found, "")
+    }
+}
+
+/// Whether APT's settings in `dir` turn unattended upgrades on
+/// (`APT::Periodic::Unattended-Upgrade "1";`), the last file in name order winning.
+fn unattended_upgrades(dir: &Path) -> Check {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.sort();
+    let mut enabled = None;
+    for path in names {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("APT::Periodic::Unattended-Upgrade") {
+                let value = rest.trim().trim_end_matches(';').trim().trim_matches('"');
+                enabled = Some(value != "0");
+            }
+        }
+    }
+    match enabled {
+        Some(true) => check(
+            "security-updates",
+            Level::Pass,
+            "unattended security updates are on",
+            "",
+        ),
+        Some(false) => check(
+            "security-updates",
+            Level::Warn,
+            "unattended upgrades are turned off",
+            "Turn them on: apt install unattended-upgrades && dpkg-reconfigure -plow unattended-upgrades",
+        ),
+        None => check(
+            "security-updates",
+            Level::Warn,
+            "unattended security updates are not set up",
+            "apt install unattended-upgrades && dpkg-reconfigure -plow unattended-upgrades",
+        ),
+    }
+}
+
+/// Prints `checks` for people: one line each, the advice below it, and a summary.
+pub fn print(checks: &[Check]) {
+    for c in checks {
+        println!("{:<4}  {:<20} {}", c.level.word(), c.check, c.found);
+        if !c.advice.is_empty() && c.level != Level::Pass {
+            println!("      {:<20} → {}", "", c.advice);
+        }
+    }
+    let count = |l| checks.iter().filter(|c| c.level == l).count();
+    println!(
+        "\n{} passed, {} warning(s), {} failed",
+        count(Level::Pass),
+        count(Level::Warn),
+        count(Level::Fail)
+    );
+}
+
+/// The worst level found.
+pub fn worst(checks: &[Check]) -> Level {
+    checks.iter().map(|c| c.level).max().unwrap_or(Level::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unattended_upgrades_are_read_from_apt_settings_the_last_file_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unattended_upgrades(dir.path()).level, Level::Warn);
+        std::fs::write(
+            dir.path().join("20auto-upgrades"),
+            "APT::Periodic::Update-Package-Lists \"1\";\nAPT::Periodic::Unattended-Upgrade \"1\";\n",
+        )
+        .unwrap();
+        assert_eq!(unattended_upgrades(dir.path()).level, Level::Pass);
+        std::fs::write(
+            dir.path().join("99off"),
+            "APT::Periodic::Unattended-Upgrade \"0\";\n",
+        )
+        .unwrap();
+        let off = unattended_upgrades(dir.path());
+        assert_eq!(off.level, Level::Warn);
+        assert!(off.found.contains("turned off"));
+    }
+
+    #[test]
+    fn loopback_urls_are_told_from_network_ones() {
+        for url in [
+            "mqtt://127.0.0.1:1883",
+            "mqtt://localhost",
+            "smtp://user@[::1]:25",
+            "mqtt://127.0.0.9:1/x",
+        ] {
+            assert!(loopback_url(url), "{url}");
+        }
+        for url in [
+            "mqtt://broker.example:1883",
+            "smtp://10.0.0.5:25",
+            "mqtt://user@192.168.1.2",
+        ] {
+            assert!(!loopback_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_worst_level_decides_and_nothing_found_passes() {
+        assert_eq!(worst(&[]), Level::Pass);
+        let w = check("a", Level::Warn, "x", "");
+        let f = check("b", Level::Fail, "y", "");
+        assert_eq!(worst(&[w.clone()]), Level::Warn);
+        assert_eq!(worst(&[w, f]), Level::Fail);
+    }
+}
