@@ -583,7 +583,7 @@ mod tests {
         assert_eq!(worst(&[]), Level::Pass);
         let w = check("a", Level::Warn, "x", "");
         let f = check("b", Level::Fail, "y", "");
-        assert_eq!(worst(&[w.clone()]), Level::Warn);
+        assert_eq!(worst(std::slice::from_ref(&w)), Level::Warn);
         assert_eq!(worst(&[w, f]), Level::Fail);
     }
 }
