@@ -196,6 +196,7 @@ impl Gateway {
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
         context.fridges = Some(monitor.fridges());
+        context.checks = Some(monitor.checks());
         let console = ConsoleServer::build(
             &config.console,
             pki.server_chain.clone(),
@@ -391,6 +392,42 @@ impl crate::console::Backend for ConsoleBackend {
         };
         match self.ask(request, by, Some(source))? {
             admin::Reply::Alert { alert } => Ok(*alert),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn report(
+        &self,
+        device: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<crate::report::ReportData> {
+        let request = admin::Request::Report {
+            device: device.to_owned(),
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        match self.ask(request, "console", None)? {
+            admin::Reply::Report(data) => Ok(data),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn min_max_check(
+        &self,
+        device: &str,
+        by: &str,
+        source: std::net::IpAddr,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<crate::coldchain::history::CheckRecord> {
+        let request = admin::Request::MinMaxCheck {
+            device: device.to_owned(),
+            note: note.to_owned(),
+            audit_seq,
+        };
+        match self.ask(request, by, Some(source))? {
+            admin::Reply::MinMaxChecked { check } => Ok(check),
             other => Err(unexpected(&other)),
         }
     }

@@ -63,6 +63,24 @@ pub trait Backend: Send + Sync + 'static {
     fn fridges(&self) -> Result<Vec<FridgeNow>>;
     /// Acknowledges alert `id` on behalf of `by` (a signed-in person) with `note`.
     fn acknowledge(&self, id: &str, by: &str, source: IpAddr, note: &str) -> Result<Alert>;
+    /// The temperature log of `device` for the days `from..=to` (UTC): daily minimum and
+    /// maximum, excursions with their reviews, min/max checks, the chart's samples.
+    fn report(
+        &self,
+        device: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<crate::report::ReportData>;
+    /// Records the daily min/max check of `device` by `by`, whose signature is audit entry
+    /// `audit_seq`; the extremes since the last check are reset.
+    fn min_max_check(
+        &self,
+        device: &str,
+        by: &str,
+        source: IpAddr,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<crate::coldchain::history::CheckRecord>;
 }
 
 /// What every handler shares.

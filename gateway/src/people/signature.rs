@@ -18,6 +18,9 @@ pub enum Meaning {
     Acknowledged,
     Reviewed,
     Resolved,
+    /// A daily min/max check: the signer read the fridge's values and reset its extremes.
+    /// Not one of [`Meaning::ALL`], which an alert's signer chooses from.
+    Checked,
 }
 
 impl Meaning {
@@ -28,6 +31,7 @@ impl Meaning {
             Meaning::Acknowledged => "acknowledged",
             Meaning::Reviewed => "reviewed",
             Meaning::Resolved => "resolved",
+            Meaning::Checked => "checked",
         }
     }
 }

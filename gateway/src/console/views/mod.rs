@@ -6,6 +6,9 @@
 #![allow(clippy::result_large_err)]
 
 mod alerts;
+mod check;
+mod excursion;
+mod fridge;
 mod overview;
 mod setup;
 mod signin;
@@ -31,6 +34,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/signout", axum::routing::post(signin::sign_out))
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/ack", get(alerts::form).post(alerts::submit))
+        .route("/fridges/{id}", get(fridge::log))
+        .route("/fridges/{id}/chart.svg", get(fridge::chart))
+        .route("/fridges/{id}/log.csv", get(fridge::csv))
+        .route("/fridges/{id}/check", get(check::form).post(check::submit))
+        .route("/excursions/{device}/{id}/report", get(excursion::report))
         .route("/assets/console.css", get(stylesheet))
         .fallback(not_found)
         .with_state(app)
