@@ -1137,6 +1137,46 @@ mod tests {
     }
 
     #[test]
+    fn check_by_and_the_calibration_certificate_are_checked_naming_their_keys() {
+        let d = device(
+            "profile = \"refrigerator\"\ncheck_by = \"25:00\"\n[calibration]\ncertificate = \"\"\n\
+             laboratory = \"Thermo Lab\"\ncalibrated_on = \"2026-13-01\"\ndue_on = \"2026-01-10\"\n",
+        );
+        let errors = check("fridge-01", &d);
+        assert_eq!(
+            keys(&errors),
+            [
+                "devices.fridge-01.check_by",
+                "devices.fridge-01.calibration.certificate",
+                "devices.fridge-01.calibration.calibrated_on",
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(errors[0].value.as_deref(), Some("\"25:00\""));
+        let backwards = device(
+            "profile = \"refrigerator\"\n[calibration]\ncertificate = \"C-1\"\nlaboratory = \"L\"\n\
+             calibrated_on = \"2026-02-01\"\ndue_on = \"2026-01-10\"\n",
+        );
+        assert_eq!(
+            keys(&check("fridge-01", &backwards)),
+            ["devices.fridge-01.calibration.due_on"]
+        );
+        let ok = device(
+            "profile = \"refrigerator\"\ncheck_by = \"off\"\n[calibration]\ncertificate = \"C-1\"\n\
+             laboratory = \"L\"\ncalibrated_on = \"2026-02-01\"\ndue_on = \"2027-02-01\"\n",
+        );
+        assert!(check("fridge-01", &ok).is_empty());
+        assert_eq!(ok.check_time(), None);
+        assert_eq!(
+            ok.calibration().map(|c| c.due_on),
+            Some(time::macros::date!(2027 - 02 - 01))
+        );
+        let unknown: Result<DeviceConfig, _> =
+            toml::from_str("[calibration]\ncertificate = \"C\"\nlab = \"L\"\n");
+        assert!(unknown.is_err(), "unknown calibration keys are refused");
+    }
+
+    #[test]
     fn keys_of_another_transport_are_refused() {
         let d = device(&format!(
             "transport = \"rtu\"\nserial = \"/dev/ttyUSB0\"\naddress = \"10.0.0.1\"\n{TEMP}"

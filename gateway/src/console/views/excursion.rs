@@ -79,11 +79,24 @@ pub(crate) async fn report(
         Ok(found) => found,
         Err(answer) => return answer,
     };
-    let Some(excursion) = data.excursions.iter().find(|e| e.started == started) else {
+    // The id is the start to the second; the record keeps its fraction.
+    let Some(excursion) = data
+        .excursions
+        .iter()
+        .find(|e| e.started.unix_timestamp() == id)
+    else {
         return not_found(&app);
     };
-    let review = data.review_of(started);
-    let signature = review.and_then(|r| r.signature.clone());
+    let review = data.review_of(excursion.started);
+    let signature = review.and_then(|r| r.signature.clone()).map(|mut s| {
+        if let Ok(at) = time::OffsetDateTime::parse(
+            &s.signed_at,
+            &time::format_description::well_known::Rfc3339,
+        ) {
+            s.signed_at = time_text(at);
+        }
+        s
+    });
     render(
         &current,
         StatusCode::OK,
