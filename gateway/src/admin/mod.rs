@@ -625,6 +625,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn calibration_notices_name_probes_due_within_thirty_days_and_overdue_ones_and_checks_need_the_daemon()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::parse(
+            "[gateway]\nsite = \"store-1\"\ndata_dir = \"data\"\n\
+             [devices.fridge-01]\nprofile = \"refrigerator\"\n[devices.fridge-01.calibration]\n\
+             certificate = \"C-1\"\nlaboratory = \"Lab\"\ncalibrated_on = \"2026-01-01\"\ndue_on = \"2026-12-31\"\n\
+             [devices.fridge-02]\nprofile = \"refrigerator\"\n[devices.fridge-02.calibration]\n\
+             certificate = \"C-2\"\nlaboratory = \"Lab\"\ncalibrated_on = \"2025-01-01\"\ndue_on = \"2026-12-01\"\n\
+             [devices.fridge-03]\nprofile = \"refrigerator\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let store = crate::store::Store::create(&dir.path().join("s.redb")).unwrap();
+        let clock =
+            crate::clock::ManualClock::new(time::macros::datetime!(2026-12-07 09:00 UTC), true);
+        let ctx = Context::new(&config, Registry::new(store, clock));
+        let notices = calibration_notices(&ctx.limits, time::macros::date!(2026 - 12 - 07));
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert!(
+            notices[0].starts_with("fridge-01: ") && notices[0].contains("in 24 days"),
+            "{notices:?}"
+        );
+        assert!(
+            notices[1].starts_with("fridge-02: ") && notices[1].contains("OVERDUE"),
+            "{notices:?}"
+        );
+        assert!(calibration_notices(&ctx.limits, time::macros::date!(2026 - 10 - 01)).is_empty());
+        let Ok(Reply::Status(status)) = execute(&ctx, Request::Status, &Actor::cli()) else {
+            panic!("a status");
+        };
+        assert_eq!(status.calibration, notices);
+        let refused = execute(
+            &ctx,
+            Request::MinMaxCheck {
+                device: "fridge-01".to_owned(),
+                note: String::new(),
+                audit_seq: None,
+            },
+            &Actor::cli(),
+        );
+        assert!(
+            matches!(&refused, Err(Error::Invalid(m)) if m.contains("rxgate run")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn an_audit_export_through_the_admin_protocol_comes_in_bounded_pages_holding_exactly_the_range()
     {
         let dir = tempfile::tempdir().unwrap();
