@@ -8,6 +8,9 @@
 //! - `GET /alerts`, `GET/POST /alerts/{id}/ack`: open and recent alerts; acknowledging is a
 //!   signature (password and a new second factor, meaning, corrective action, product
 //!   disposition) written to the audit chain, then the acknowledgement through the alert monitor.
+//! - `GET /fridges`, `GET /fridges/{id}` (with `chart.svg` and `log.csv`): the temperature logs;
+//!   `GET/POST /fridges/{id}/check`: the signed daily min/max check;
+//!   `GET /excursions/{device}/{start}/report`: the printable excursion report.
 //! - `GET /assets/console.css`: the only style; no script, nothing inline (the CSP forbids it).
 //!
 //! The console reads and changes the gateway only through [`Backend`] (the daemon answers it with

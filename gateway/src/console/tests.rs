@@ -626,6 +626,9 @@ async fn the_printable_excursion_report_shows_duration_peak_mkt_calibration_sign
         .send("GET", "/fridges/fridge-01/check", Some(&cookie), None)
         .await;
     assert_eq!(check.status, StatusCode::FORBIDDEN);
+    let index = c.send("GET", "/fridges", Some(&cookie), None).await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.body);
+    assert!(index.body.contains("href=\"/fridges/fridge-01\""));
     let log = c
         .send("GET", "/fridges/fridge-01", Some(&cookie), None)
         .await;

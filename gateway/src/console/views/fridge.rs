@@ -376,3 +376,66 @@ pub(crate) async fn csv(
         Err(answer) => answer,
     }
 }
+
+pub(crate) struct LogLink {
+    pub device: String,
+    pub since_check: String,
+    pub check: String,
+    pub check_class: &'static str,
+    pub calibration: String,
+    pub calibration_class: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "fridges.html")]
+struct FridgesPage {
+    chrome: Chrome,
+    fridges: Vec<LogLink>,
+}
+
+/// `/fridges`: every fridge's temperature log, for whoever reads reports (an inspector, who
+/// does not see the overview).
+pub(crate) async fn index(
+    State(app): State<Arc<App>>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+) -> Response {
+    let current = match current(&app, &headers, conn).await {
+        Ok(c) => c,
+        Err(answer) => return answer,
+    };
+    if let Err(answer) = require(&app, &current, Action::ViewReports) {
+        return answer;
+    }
+    let backend = app.backend.clone();
+    match blocking(move || backend.fridges()).await {
+        Ok(fridges) => {
+            let today = app.now().date();
+            let fridges = fridges
+                .iter()
+                .map(|f| {
+                    let (check, check_class) = check_text(f);
+                    let (calibration, calibration_class) =
+                        calibration_text(f.calibration.as_ref(), today);
+                    LogLink {
+                        device: f.device.clone(),
+                        since_check: since_check_text(f),
+                        check,
+                        check_class,
+                        calibration,
+                        calibration_class,
+                    }
+                })
+                .collect();
+            render(
+                &current,
+                StatusCode::OK,
+                &FridgesPage {
+                    chrome: Chrome::new(&app, &current, "Temperature logs"),
+                    fridges,
+                },
+            )
+        }
+        Err(e) => failed(&app, &current, &e),
+    }
+}

@@ -34,6 +34,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/signout", axum::routing::post(signin::sign_out))
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/ack", get(alerts::form).post(alerts::submit))
+        .route("/fridges", get(fridge::index))
         .route("/fridges/{id}", get(fridge::log))
         .route("/fridges/{id}/chart.svg", get(fridge::chart))
         .route("/fridges/{id}/log.csv", get(fridge::csv))
