@@ -237,6 +237,7 @@ impl Gateway {
             renewal_due: time::Duration::try_from(config.enroll.cert_validity / 3)
                 .unwrap_or(time::Duration::DAY),
         };
+        context.checks = Some(monitor.checks());
         let console = ConsoleServer::build(
             &config.console,
             console_listener,
@@ -525,6 +526,42 @@ impl crate::console::Backend for ConsoleBackend {
             None,
         )? {
             admin::Reply::AuditVerified { entries, broken } => Ok((entries, broken)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn report(
+        &self,
+        device: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<crate::report::ReportData> {
+        let request = admin::Request::Report {
+            device: device.to_owned(),
+            from: from.to_string(),
+            to: to.to_string(),
+        };
+        match self.ask(request, "console", None)? {
+            admin::Reply::Report(data) => Ok(data),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn min_max_check(
+        &self,
+        device: &str,
+        by: &str,
+        source: std::net::IpAddr,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<crate::coldchain::history::CheckRecord> {
+        let request = admin::Request::MinMaxCheck {
+            device: device.to_owned(),
+            note: note.to_owned(),
+            audit_seq,
+        };
+        match self.ask(request, by, Some(source))? {
+            admin::Reply::MinMaxChecked { check } => Ok(check),
             other => Err(unexpected(&other)),
         }
     }

@@ -105,6 +105,16 @@ pub enum Request {
     UserUnlock {
         name: String,
     },
+    /// The daily min/max check of a fridge, recorded by whoever sends it: the extremes since
+    /// the last check are reported and reset. `audit_seq`: the `record.signed` entry of the
+    /// signature given with it (the console signs first). Needs the running daemon.
+    MinMaxCheck {
+        device: String,
+        #[serde(default)]
+        note: String,
+        #[serde(default)]
+        audit_seq: Option<u64>,
+    },
 }
 
 /// What a successful command returns.
@@ -160,6 +170,9 @@ pub enum Reply {
     User {
         user: crate::people::AccountInfo,
     },
+    MinMaxChecked {
+        check: crate::coldchain::history::CheckRecord,
+    },
 }
 
 /// The reply on the wire.
@@ -189,6 +202,9 @@ pub struct Status {
     pub policy: Option<String>,
     #[serde(default)]
     pub policy_error: Option<String>,
+    /// Probes whose calibration is due within 30 days or overdue, one sentence each.
+    #[serde(default)]
+    pub calibration: Vec<String>,
 }
 
 /// What [`execute`] works with.
@@ -210,6 +226,8 @@ pub struct Context {
     pub policy: Option<crate::policy::stage::PolicyHandle>,
     /// What the running cold-chain task sees of each fridge, when the daemon runs.
     pub fridges: Option<crate::coldchain::live::Live>,
+    /// Where the running cold-chain task records min/max checks, when the daemon runs.
+    pub checks: Option<crate::coldchain::monitor::CheckHandle>,
     /// The gateway's CA certificate (DER), to check checkpoint signatures; or why it could
     /// not be read.
     pub ca_der: std::result::Result<Vec<u8>, String>,
@@ -244,6 +262,7 @@ impl Context {
             alerts: None,
             policy: None,
             fridges: None,
+            checks: None,
             ca_der: crate::tls::load_certs(&config.paths().ca_cert())
                 .map(|certs| certs[0].to_vec())
                 .map_err(|e| e.to_string()),
@@ -276,6 +295,7 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
                 devices_revoked: count(Revoked),
                 policy: ctx.policy.as_ref().map(|p| p.current().origin().to_owned()),
                 policy_error: ctx.policy.as_ref().and_then(|p| p.last_error()),
+                calibration: calibration_notices(&ctx.limits, ctx.registry.clock().now().date()),
             }))
         }
         Request::TokenCreate {
@@ -438,6 +458,24 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
             let (user, setup_link) = ctx.people.reset_factors(&name, &actor.name)?;
             Ok(Reply::UserSetupLink { user, setup_link })
         }
+        Request::MinMaxCheck {
+            device,
+            note,
+            audit_seq,
+        } => {
+            let Some(checks) = &ctx.checks else {
+                return Err(Error::Invalid(
+                    "the min/max check resets what the running cold-chain monitor holds: start the gateway (rxgate run) first".to_owned(),
+                ));
+            };
+            let check = tokio::runtime::Handle::current().block_on(checks.check(
+                &device,
+                &actor.name,
+                note.trim(),
+                audit_seq,
+            ))?;
+            Ok(Reply::MinMaxChecked { check })
+        }
         Request::AuditVerify { checkpoint } => {
             let external: Vec<crate::audit::Checkpoint> = match checkpoint {
                 None => Vec::new(),
@@ -473,6 +511,37 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
             )?)
         }
     }
+}
+
+/// One sentence per probe whose calibration is due within
+/// [`crate::devices::CALIBRATION_NOTICE_DAYS`] or overdue on `today`, by device id.
+pub fn calibration_notices(
+    limits: &std::collections::HashMap<String, crate::coldchain::Limits>,
+    today: time::Date,
+) -> Vec<String> {
+    use crate::coldchain::CalibrationStatus;
+    let mut devices: Vec<_> = limits.iter().collect();
+    devices.sort_by(|a, b| a.0.cmp(b.0));
+    devices
+        .into_iter()
+        .filter_map(|(device, l)| {
+            let c = l.calibration.as_ref()?;
+            match c.status(today) {
+                CalibrationStatus::Valid => None,
+                CalibrationStatus::DueSoon => Some(format!(
+                    "{device}: probe calibration (certificate {}, {}) is due on {}, in {} days",
+                    c.certificate,
+                    c.laboratory,
+                    c.due_on,
+                    (c.due_on - today).whole_days()
+                )),
+                CalibrationStatus::Overdue => Some(format!(
+                    "{device}: probe calibration (certificate {}, {}) was due on {}: OVERDUE, readings are from an uncalibrated probe",
+                    c.certificate, c.laboratory, c.due_on
+                )),
+            }
+        })
+        .collect()
 }
 
 /// Exports the audit entries with `from <= ts < to` page by page through `send` (the daemon's
@@ -559,6 +628,54 @@ fn audit_verified(outcome: Result<u64, crate::audit::Broken>) -> Result<Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calibration_notices_name_probes_due_within_thirty_days_and_overdue_ones_and_checks_need_the_daemon()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::parse(
+            "[gateway]\nsite = \"store-1\"\ndata_dir = \"data\"\n\
+             [devices.fridge-01]\nprofile = \"refrigerator\"\n[devices.fridge-01.calibration]\n\
+             certificate = \"C-1\"\nlaboratory = \"Lab\"\ncalibrated_on = \"2026-01-01\"\ndue_on = \"2026-12-31\"\n\
+             [devices.fridge-02]\nprofile = \"refrigerator\"\n[devices.fridge-02.calibration]\n\
+             certificate = \"C-2\"\nlaboratory = \"Lab\"\ncalibrated_on = \"2025-01-01\"\ndue_on = \"2026-12-01\"\n\
+             [devices.fridge-03]\nprofile = \"refrigerator\"\n",
+            dir.path(),
+        )
+        .unwrap();
+        let store = crate::store::Store::create(&dir.path().join("s.redb")).unwrap();
+        let clock =
+            crate::clock::ManualClock::new(time::macros::datetime!(2026-12-07 09:00 UTC), true);
+        let ctx = Context::new(&config, Registry::new(store, clock));
+        let notices = calibration_notices(&ctx.limits, time::macros::date!(2026 - 12 - 07));
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert!(
+            notices[0].starts_with("fridge-01: ") && notices[0].contains("in 24 days"),
+            "{notices:?}"
+        );
+        assert!(
+            notices[1].starts_with("fridge-02: ") && notices[1].contains("OVERDUE"),
+            "{notices:?}"
+        );
+        assert!(calibration_notices(&ctx.limits, time::macros::date!(2026 - 10 - 01)).is_empty());
+        let Ok(Reply::Status(status)) = execute(&ctx, Request::Status, &Actor::cli()) else {
+            panic!("a status");
+        };
+        assert_eq!(status.calibration, notices);
+        let refused = execute(
+            &ctx,
+            Request::MinMaxCheck {
+                device: "fridge-01".to_owned(),
+                note: String::new(),
+                audit_seq: None,
+            },
+            &Actor::cli(),
+        );
+        assert!(
+            matches!(&refused, Err(Error::Invalid(m)) if m.contains("rxgate run")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn an_audit_export_through_the_admin_protocol_comes_in_bounded_pages_holding_exactly_the_range()

@@ -258,6 +258,11 @@ impl Monitor {
         self.coldchain.live()
     }
 
+    /// Where min/max checks are recorded.
+    pub fn checks(&self) -> crate::coldchain::monitor::CheckHandle {
+        self.coldchain.checks()
+    }
+
     /// Runs both tasks until `shutdown`; the alert task stores every update the cold-chain
     /// task sent before it stopped.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -322,7 +327,8 @@ impl AlertTask {
                 limits,
                 changes,
                 state,
-            } => self.apply(&device, changes, at, &limits, &state),
+                check,
+            } => self.apply(&device, changes, at, &limits, &state, check.map(|c| *c)),
             Update::Bucket { device, bucket } => {
                 self.write(|txn| coldchain_history::save_bucket(txn, &device, &bucket));
             }
@@ -352,6 +358,7 @@ impl AlertTask {
         now: OffsetDateTime,
         limits: &Limits,
         state: &State,
+        check: Option<crate::coldchain::monitor::PendingCheck>,
     ) {
         let synced = self.clock.synced();
         let mut updated: Vec<Alert> = Vec::new();
@@ -448,6 +455,8 @@ impl AlertTask {
                     }
                 }
                 Change::DayClosed(day) => days.push(day),
+                // Stored below, with who checked (`check`).
+                Change::Checked(_) => {}
             }
         }
         let queue = self.queue.clone();
@@ -467,10 +476,22 @@ impl AlertTask {
             if !days.is_empty() {
                 coldchain_history::prune(txn, now)?;
             }
+            if let Some(check) = &check {
+                coldchain_history::save_check(txn, &check.record)?;
+            }
             coldchain_history::save_state(txn, device, state)
         });
         if written {
             self.queue.wake();
+        }
+        if let Some(check) = check {
+            let _ = check.reply.send(if written {
+                Ok(check.record)
+            } else {
+                Err(Error::Invalid(
+                    "the min/max check could not be stored; the gateway's log says why".to_owned(),
+                ))
+            });
         }
         self.open.retain(|_, a| a.state != AlertState::Resolved);
         self.drive_outputs();
@@ -718,7 +739,7 @@ impl AlertTask {
             buzzer: self
                 .open
                 .values()
-                .any(|a| a.active && a.acknowledged_at.is_none()),
+                .any(|a| a.active && a.acknowledged_at.is_none() && a.kind.is_physical()),
             relay: self
                 .open
                 .values()

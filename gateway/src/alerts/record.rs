@@ -125,6 +125,10 @@ impl Alert {
             AlertKind::DoorOpen => "door left open".to_owned(),
             AlertKind::SensorOffline => "no readings from the sensor".to_owned(),
             AlertKind::ProbeFault => "temperature probe fault (impossible value)".to_owned(),
+            AlertKind::CheckMissed => "daily min/max check not recorded".to_owned(),
+            AlertKind::CalibrationOverdue => {
+                "temperature probe past its calibration due date".to_owned()
+            }
             AlertKind::AccessFlag => format!(
                 "access flag {}",
                 self.flag

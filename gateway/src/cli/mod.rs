@@ -560,6 +560,17 @@ fn config_check(path: &std::path::Path) -> ExitCode {
             for notice in crate::config::notices(&config) {
                 println!("{notice}");
             }
+            let limits = config
+                .devices
+                .iter()
+                .filter_map(|(id, d)| crate::coldchain::Limits::of(d).map(|l| (id.clone(), l)))
+                .collect();
+            let today = crate::clock::system(config.gateway.assume_clock_synced)
+                .now()
+                .date();
+            for notice in crate::admin::calibration_notices(&limits, today) {
+                println!("notice: {notice}");
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -159,7 +159,11 @@ pub fn reply(reply: &Reply, as_json: bool) {
                 "devices: {} active, {} pending, {} revoked",
                 status.devices_active, status.devices_pending, status.devices_revoked
             );
+            for notice in &status.calibration {
+                println!("notice: {notice}");
+            }
         }
+        Reply::MinMaxChecked { check } => json(check),
     }
 }
 

@@ -7,6 +7,16 @@
 //! take stock) leaves no trace but the daily minimum and maximum. Door, sensor-offline and probe
 //! faults are alarms of their own. The caller asks [`next_deadline`] when to step again without a
 //! reading, so an alarm is raised exactly when its delay has passed.
+//!
+//! The daily min/max check: the state keeps the minimum and maximum since the last check
+//! ([`SinceCheck`]); [`Input::Check`] reports them ([`Change::Checked`]) and resets both to the
+//! current temperature, as the reset button of a min/max thermometer does. A fridge not checked
+//! since the start of the day (00:00 UTC) at its `check_by` time raises one `check_missed` alarm,
+//! cleared by the next check ([`check_due`]); a fridge never checked gets its first deadline at
+//! the first `check_by` after the engine first saw it. A probe past its calibration due date
+//! raises one `calibration_overdue` alarm, cleared when the configuration names a valid one.
+//! Every time is the caller's `now`: a wall clock jumping forward raises at most one alarm of
+//! each, one jumping back raises none.
 
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
@@ -26,6 +36,10 @@ pub enum AlertKind {
     /// Not a cold-chain condition: a security or access flag (policy or refusals), named in
     /// the alert's `flag`.
     AccessFlag,
+    /// The daily min/max check was not recorded by its `check_by` time.
+    CheckMissed,
+    /// The probe is past its calibration due date.
+    CalibrationOverdue,
 }
 
 impl AlertKind {
@@ -37,7 +51,18 @@ impl AlertKind {
             AlertKind::SensorOffline => "sensor_offline",
             AlertKind::ProbeFault => "probe_fault",
             AlertKind::AccessFlag => "access_flag",
+            AlertKind::CheckMissed => "check_missed",
+            AlertKind::CalibrationOverdue => "calibration_overdue",
         }
+    }
+
+    /// Whether the alarm is about the products right now (the buzzer sounds for it), rather
+    /// than a record-keeping duty (a missed check, a calibration due).
+    pub fn is_physical(self) -> bool {
+        !matches!(
+            self,
+            AlertKind::CheckMissed | AlertKind::CalibrationOverdue | AlertKind::AccessFlag
+        )
     }
 }
 
@@ -116,6 +141,32 @@ pub struct ExcursionRecord {
     pub max: f64,
     /// Mean kinetic temperature over the excursion, °C.
     pub mkt: Option<f64>,
+    /// Whether the probe was within its calibration certificate's dates for the whole
+    /// excursion; `None` when no calibration is configured.
+    #[serde(default)]
+    pub probe_in_calibration: Option<bool>,
+}
+
+/// Minimum and maximum since the last min/max check (or since the first reading), and the
+/// latest good temperature.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SinceCheck {
+    pub min: f64,
+    pub max: f64,
+    pub current: f64,
+    /// Since when: the last check, or the first reading.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+}
+
+/// What a min/max check saw before it reset the extremes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CheckValues {
+    pub current: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
 }
 
 /// Minimum, maximum and mean of one day's readings.
@@ -149,6 +200,19 @@ pub struct State {
     pub offline_alarm: bool,
     pub probe_alarm: bool,
     pub day: Option<DailyStats>,
+    /// Extremes since the last min/max check.
+    #[serde(default)]
+    pub since_check: Option<SinceCheck>,
+    /// When the last min/max check was recorded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_check: Option<OffsetDateTime>,
+    /// When the engine first stepped for this device: the first check deadline follows it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub watched_since: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub check_alarm: bool,
+    #[serde(default)]
+    pub calibration_alarm: bool,
 }
 
 /// What the engine is told.
@@ -161,6 +225,8 @@ pub enum Input {
     },
     /// Time passes (a deadline from [`next_deadline`] was reached).
     Tick,
+    /// Someone recorded the daily min/max check.
+    Check,
 }
 
 /// What changed.
@@ -185,6 +251,8 @@ pub enum Change {
     },
     /// A day ended; its statistics are final.
     DayClosed(DailyStats),
+    /// A min/max check was recorded: what it saw (the extremes are now reset).
+    Checked(CheckValues),
 }
 
 fn critical(limits: &Limits, t: f64) -> bool {
@@ -216,8 +284,17 @@ fn limit_of(limits: &Limits, kind: AlertKind, critical: bool) -> Option<f64> {
     }
 }
 
-fn close(excursion: &Excursion, severity: Severity, ended: OffsetDateTime) -> ExcursionRecord {
+fn close(
+    excursion: &Excursion,
+    severity: Severity,
+    ended: OffsetDateTime,
+    limits: &Limits,
+) -> ExcursionRecord {
     ExcursionRecord {
+        probe_in_calibration: limits
+            .calibration
+            .as_ref()
+            .map(|c| c.covers(excursion.started, ended)),
         kind: excursion.kind,
         severity,
         started: excursion.started,
@@ -237,6 +314,7 @@ pub fn step(
     limits: &Limits,
 ) -> (State, Vec<Change>) {
     let mut changes = Vec::new();
+    state.watched_since.get_or_insert(now);
     match input {
         Input::Reading {
             temperature,
@@ -250,6 +328,7 @@ pub fn step(
             }
         }
         Input::Tick => {}
+        Input::Check => check(&mut state, now, &mut changes),
     }
     deadlines(&mut state, now, limits, &mut changes);
     (state, changes)
@@ -316,7 +395,74 @@ fn reading(
         });
     }
     daily(state, t, now, changes);
+    match &mut state.since_check {
+        Some(since) => {
+            since.min = since.min.min(t);
+            since.max = since.max.max(t);
+            since.current = t;
+        }
+        none => {
+            *none = Some(SinceCheck {
+                min: t,
+                max: t,
+                current: t,
+                since: now,
+            });
+        }
+    }
     temperature(state, t, now, limits, changes);
+}
+
+/// The min/max check: reports the extremes since the last one and resets them to the current
+/// temperature.
+fn check(state: &mut State, now: OffsetDateTime, changes: &mut Vec<Change>) {
+    let seen = CheckValues {
+        current: state.since_check.map(|s| s.current),
+        min: state.since_check.map(|s| s.min),
+        max: state.since_check.map(|s| s.max),
+        since: state.since_check.map(|s| s.since).or(state.last_check),
+    };
+    if let Some(since) = state.since_check.as_mut() {
+        since.min = since.current;
+        since.max = since.current;
+        since.since = now;
+    }
+    state.last_check = Some(now);
+    if state.check_alarm {
+        state.check_alarm = false;
+        changes.push(Change::Cleared {
+            kind: AlertKind::CheckMissed,
+            ended: now,
+            excursion: None,
+        });
+    }
+    changes.push(Change::Checked(seen));
+}
+
+/// When the next min/max check is due: `check_by` on the day after the last check, or, for a
+/// fridge never checked, the first `check_by` after the engine first saw it. `None` when no
+/// check is expected (or the engine has not stepped yet).
+pub fn check_due(state: &State, limits: &Limits) -> Option<OffsetDateTime> {
+    let by = limits.check_by?;
+    let at = |date: Date| date.with_time(by).assume_utc();
+    match state.last_check {
+        Some(last) => last.date().next_day().map(at),
+        None => {
+            let from = state.watched_since?;
+            let today = at(from.date());
+            if from < today {
+                Some(today)
+            } else {
+                from.date().next_day().map(at)
+            }
+        }
+    }
+}
+
+/// The first moment the probe is out of calibration: the day after its due date.
+fn calibration_expiry(limits: &Limits) -> Option<OffsetDateTime> {
+    let due = limits.calibration.as_ref()?.due_on;
+    due.next_day().map(|d| d.midnight().assume_utc())
 }
 
 fn temperature(
@@ -353,7 +499,7 @@ fn temperature(
                     changes.push(Change::Cleared {
                         kind: excursion.kind,
                         ended: now,
-                        excursion: Some(close(&excursion, severity, now)),
+                        excursion: Some(close(&excursion, severity, now, limits)),
                     });
                 }
                 if flipped {
@@ -433,8 +579,52 @@ fn daily(state: &mut State, t: f64, now: OffsetDateTime, changes: &mut Vec<Chang
 }
 
 /// Alarms that come from time passing: an excursion outlasting its delay, a door left open, a
-/// sensor gone quiet.
+/// sensor gone quiet, a missed min/max check, a calibration past due.
 fn deadlines(state: &mut State, now: OffsetDateTime, limits: &Limits, changes: &mut Vec<Change>) {
+    if let Some(due) = check_due(state, limits)
+        && !state.check_alarm
+        && now >= due
+    {
+        state.check_alarm = true;
+        changes.push(Change::Raised {
+            kind: AlertKind::CheckMissed,
+            severity: Severity::Warning,
+            started: due,
+            value: None,
+            limit: None,
+        });
+    }
+    if state.check_alarm && limits.check_by.is_none() {
+        // The check is no longer expected (the configuration changed).
+        state.check_alarm = false;
+        changes.push(Change::Cleared {
+            kind: AlertKind::CheckMissed,
+            ended: now,
+            excursion: None,
+        });
+    }
+    let overdue = calibration_expiry(limits).filter(|expiry| now >= *expiry);
+    match (overdue, state.calibration_alarm) {
+        (Some(expiry), false) => {
+            state.calibration_alarm = true;
+            changes.push(Change::Raised {
+                kind: AlertKind::CalibrationOverdue,
+                severity: Severity::Warning,
+                started: expiry,
+                value: None,
+                limit: None,
+            });
+        }
+        (None, true) => {
+            state.calibration_alarm = false;
+            changes.push(Change::Cleared {
+                kind: AlertKind::CalibrationOverdue,
+                ended: now,
+                excursion: None,
+            });
+        }
+        _ => {}
+    }
     if let Some(excursion) = state.excursion.as_mut()
         && excursion.alarm.is_none()
         && now - excursion.started >= limits.alarm_delay
@@ -491,7 +681,12 @@ pub fn next_deadline(state: &State, limits: &Limits) -> Option<OffsetDateTime> {
         .last_reading
         .filter(|_| !state.offline_alarm)
         .map(|last| last + limits.expected_interval * limits.missed_readings);
-    [excursion, door, offline].into_iter().flatten().min()
+    let check = check_due(state, limits).filter(|_| !state.check_alarm);
+    let calibration = calibration_expiry(limits).filter(|_| !state.calibration_alarm);
+    [excursion, door, offline, check, calibration]
+        .into_iter()
+        .flatten()
+        .min()
 }
 
 #[cfg(test)]

@@ -8,11 +8,15 @@
 //! - `daily`: `(device, day: days since 1970-01-01)` → [`DailyStats`]; kept 3 years.
 //! - `readings`: `(device, bucket start: unix seconds)` → 28 bytes `[min f64][max f64][sum f64]
 //!   [count u32]` (little-endian), one bucket per [`BUCKET_SECONDS`]; kept [`READINGS_DAYS`].
+//! - `minmax_checks`: `(device, at: unix seconds)` → [`CheckRecord`]; kept 3 years. Written in
+//!   the transaction that stores the engine state the check reset.
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use time::{Date, OffsetDateTime};
 
-use super::{DailyStats, ExcursionRecord, State};
+use serde::{Deserialize, Serialize};
+
+use super::{CheckValues, DailyStats, ExcursionRecord, State};
 use crate::error::{Error, Result};
 use crate::store::{Store, to_json};
 
@@ -20,6 +24,23 @@ const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("coldchain_sta
 const EXCURSIONS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("excursions");
 const DAILY: TableDefinition<(&str, i32), &[u8]> = TableDefinition::new("daily");
 const READINGS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("readings");
+const CHECKS: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("minmax_checks");
+
+/// A daily min/max check as recorded: who, when, what the gateway held (and reset), the
+/// person's note, and the audit entry of their electronic signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRecord {
+    pub device: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub by: String,
+    pub values: CheckValues,
+    #[serde(default)]
+    pub note: String,
+    /// The `record.signed` audit entry holding the signature.
+    #[serde(default)]
+    pub audit_seq: Option<u64>,
+}
 
 /// Width of a history bucket.
 pub const BUCKET_SECONDS: i64 = 300;
@@ -126,6 +147,38 @@ pub fn save_bucket(txn: &WriteTransaction, device: &str, bucket: &Bucket) -> Res
     Ok(())
 }
 
+pub fn save_check(txn: &WriteTransaction, record: &CheckRecord) -> Result<()> {
+    txn.open_table(CHECKS)?.insert(
+        (record.device.as_str(), record.at.unix_timestamp()),
+        to_json(record).as_slice(),
+    )?;
+    Ok(())
+}
+
+/// Min/max checks of `device` recorded in `[from, to)`.
+pub fn checks(
+    store: &Store,
+    device: &str,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Vec<CheckRecord>> {
+    store.read(|txn| {
+        let table = match txn.open_table(CHECKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.range((device, from.unix_timestamp())..(device, to.unix_timestamp()))? {
+            let (_, value) = entry?;
+            if let Ok(record) = serde_json::from_slice(value.value()) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Drops history older than its retention, relative to `now`.
 pub fn prune(txn: &WriteTransaction, now: OffsetDateTime) -> Result<()> {
     let readings_cutoff = now.unix_timestamp() - READINGS_DAYS * 86_400;
@@ -137,6 +190,8 @@ pub fn prune(txn: &WriteTransaction, now: OffsetDateTime) -> Result<()> {
         .retain(|(_, started), _| started >= records_cutoff)?;
     txn.open_table(DAILY)?
         .retain(|(_, day), _| day >= day_cutoff)?;
+    txn.open_table(CHECKS)?
+        .retain(|(_, at), _| at >= records_cutoff)?;
     Ok(())
 }
 

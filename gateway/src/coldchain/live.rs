@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{Limits, State};
+use super::{Calibration, Limits, SinceCheck, State};
 
 /// One fridge as the cold-chain task sees it now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,24 @@ pub struct FridgeNow {
     pub high: f64,
     /// [`condition`] of its engine state.
     pub condition: String,
+    /// Minimum and maximum since the last min/max check.
+    #[serde(default)]
+    pub since_check: Option<SinceCheck>,
+    /// When the last min/max check was recorded.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_check: Option<OffsetDateTime>,
+    /// When the next check is due (`None`: no check expected).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub check_due: Option<OffsetDateTime>,
+    /// Whether a check was missed (its alarm is raised).
+    #[serde(default)]
+    pub check_missed: bool,
+    /// The probe's calibration certificate, if configured.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
+    /// Whether its calibration-overdue alarm is raised.
+    #[serde(default)]
+    pub calibration_overdue: bool,
 }
 
 /// The engine's state in one word: an excursion first (`temperature_high`, `temperature_low`),
@@ -82,8 +100,20 @@ impl Live {
             low: limits.low,
             high: limits.high,
             condition: String::new(),
+            since_check: None,
+            last_check: None,
+            check_due: None,
+            check_missed: false,
+            calibration: None,
+            calibration_overdue: false,
         });
         condition(state).clone_into(&mut fridge.condition);
+        fridge.since_check = state.since_check;
+        fridge.last_check = state.last_check;
+        fridge.check_due = super::check_due(state, limits);
+        fridge.check_missed = state.check_alarm;
+        fridge.calibration = limits.calibration.clone();
+        fridge.calibration_overdue = state.calibration_alarm;
     }
 
     /// Every fridge, by device id.

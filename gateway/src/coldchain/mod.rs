@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod profile;
 
 pub use engine::{
-    AlertKind, Change, DailyStats, ExcursionRecord, Input, Severity, State, next_deadline, step,
+    AlertKind, Change, CheckValues, DailyStats, ExcursionRecord, Input, Severity, SinceCheck,
+    State, check_due, next_deadline, step,
 };
-pub use profile::{Limits, Profile};
+pub use profile::{Calibration, CalibrationStatus, Limits, Profile};

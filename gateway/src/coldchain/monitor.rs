@@ -6,19 +6,23 @@
 //! alert task (`alerts::monitor`). It writes nothing itself: the alert task stores each update
 //! in one transaction with the alerts it raises, so an engine state is never durable without
 //! its alert, and updates are stored in the order they were made.
+//!
+//! Min/max checks reach it through a [`CheckHandle`]: the check resets state the task holds, so
+//! only the task can make it; the reply comes once the alert task has stored the record with
+//! the reset state.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::history::{self, Bucket};
+use super::history::{self, Bucket, CheckRecord};
 use super::{Change, Input, Limits, State};
 use crate::clock::SharedClock;
 use crate::devices::DeviceConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{Point, Quality, Value};
 use crate::store::Store;
 
@@ -28,6 +32,58 @@ const FLUSH_EVERY: Duration = Duration::from_secs(60);
 pub const OBSERVATIONS_QUEUE: usize = 1024;
 /// Updates waiting for the alert task, at most (the cold-chain task waits beyond it).
 pub const UPDATES_QUEUE: usize = 256;
+/// Min/max checks waiting for the task, at most (the console waits beyond it).
+const CHECKS_QUEUE: usize = 16;
+/// The longest the task sleeps without looking at the clock, so a wall clock that jumps (NTP
+/// catching up after a power cut) moves deadlines hours away within this much.
+const LOOK_AT_THE_CLOCK: Duration = Duration::from_secs(60);
+
+/// A min/max check to record.
+#[derive(Debug)]
+pub struct CheckRequest {
+    pub device: String,
+    pub by: String,
+    pub note: String,
+    pub audit_seq: Option<u64>,
+    pub reply: oneshot::Sender<Result<CheckRecord>>,
+}
+
+/// A check made, on its way to the store: the alert task replies once it is stored.
+#[derive(Debug)]
+pub struct PendingCheck {
+    pub record: CheckRecord,
+    pub reply: oneshot::Sender<Result<CheckRecord>>,
+}
+
+/// How the rest of the gateway records min/max checks with the running task. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CheckHandle(mpsc::Sender<CheckRequest>);
+
+impl CheckHandle {
+    /// Records the check of `device` by `by`: the extremes since the last check are reported
+    /// and reset. Waits until it is stored.
+    pub async fn check(
+        &self,
+        device: &str,
+        by: &str,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<CheckRecord> {
+        let stopped = || Error::Invalid("the cold-chain monitor has stopped".to_owned());
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(CheckRequest {
+                device: device.to_owned(),
+                by: by.to_owned(),
+                note: note.to_owned(),
+                audit_seq,
+                reply,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
 
 /// A telemetry reading accepted by the pipeline.
 #[derive(Debug, Clone)]
@@ -38,7 +94,7 @@ pub struct Observation {
 }
 
 /// What the cold-chain task hands the alert task to act on and store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Update {
     /// A device's engine changed: alerts to raise, worsen or clear, an excursion record or a
     /// closed day; stored with the engine's new `state`.
@@ -48,6 +104,8 @@ pub enum Update {
         limits: Box<Limits>,
         changes: Vec<Change>,
         state: Box<State>,
+        /// A min/max check that made the change, stored with it.
+        check: Option<Box<PendingCheck>>,
     },
     /// A five-minute bucket of the temperature history is complete.
     Bucket { device: String, bucket: Bucket },
@@ -67,6 +125,8 @@ pub struct ColdChain {
     observations: mpsc::Receiver<Observation>,
     updates: mpsc::Sender<Update>,
     live: super::live::Live,
+    checks: mpsc::Receiver<CheckRequest>,
+    check_handle: CheckHandle,
 }
 
 impl ColdChain {
@@ -92,6 +152,7 @@ impl ColdChain {
         );
         let (observe_tx, observations) = mpsc::channel(OBSERVATIONS_QUEUE);
         let (updates, updates_rx) = mpsc::channel(UPDATES_QUEUE);
+        let (check_tx, checks) = mpsc::channel(CHECKS_QUEUE);
         Ok((
             ColdChain {
                 clock,
@@ -101,6 +162,8 @@ impl ColdChain {
                 observations,
                 updates,
                 live,
+                checks,
+                check_handle: CheckHandle(check_tx),
             },
             observe_tx,
             updates_rx,
@@ -110,6 +173,11 @@ impl ColdChain {
     /// Devices under cold-chain monitoring.
     pub fn monitored(&self) -> Vec<String> {
         self.limits.keys().cloned().collect()
+    }
+
+    /// Where min/max checks are recorded.
+    pub fn checks(&self) -> CheckHandle {
+        self.check_handle.clone()
     }
 
     /// What the task last saw of each fridge, kept current while it runs.
@@ -126,11 +194,14 @@ impl ColdChain {
         loop {
             let wait = self.next_deadline().map(|deadline| {
                 let left = (deadline - self.clock.now()).max(time::Duration::ZERO);
-                Duration::try_from(left).unwrap_or(Duration::ZERO)
+                Duration::try_from(left)
+                    .unwrap_or(Duration::ZERO)
+                    .min(LOOK_AT_THE_CLOCK)
             });
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(observation) = self.observations.recv() => self.observe(observation).await,
+                Some(request) = self.checks.recv() => self.check(request).await,
                 _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))), if wait.is_some() => self.tick().await,
                 _ = flush.tick() => self.flush().await,
             }
@@ -236,9 +307,56 @@ impl ColdChain {
                 limits: Box::new(limits.clone()),
                 changes,
                 state: Box::new(state),
+                check: None,
             })
             .await;
         }
+    }
+
+    async fn check(&mut self, request: CheckRequest) {
+        let Some(limits) = self.limits.get(&request.device).cloned() else {
+            let _ = request.reply.send(Err(Error::NotFound(format!(
+                "{:?} is not a monitored fridge (no cold-chain `profile` under [devices.{}])",
+                request.device, request.device
+            ))));
+            return;
+        };
+        let now = self.clock.now();
+        let state = self.states.remove(&request.device).unwrap_or_default();
+        let (state, changes) = super::step(state, Input::Check, now, &limits);
+        self.live.step(&request.device, &limits, &state);
+        self.states.insert(request.device.clone(), state.clone());
+        let values = changes.iter().find_map(|c| match c {
+            Change::Checked(values) => Some(*values),
+            _ => None,
+        });
+        let Some(values) = values else {
+            let _ = request
+                .reply
+                .send(Err(Error::Invalid("the check changed nothing".to_owned())));
+            return;
+        };
+        let record = CheckRecord {
+            device: request.device.clone(),
+            at: now,
+            by: request.by,
+            values,
+            note: request.note,
+            audit_seq: request.audit_seq,
+        };
+        tracing::info!(device = %record.device, by = %record.by, "Min/max check recorded.");
+        self.send(Update::Changed {
+            device: request.device,
+            at: now,
+            limits: Box::new(limits),
+            changes,
+            state: Box::new(state),
+            check: Some(Box::new(PendingCheck {
+                record,
+                reply: request.reply,
+            })),
+        })
+        .await;
     }
 
     async fn flush(&mut self) {

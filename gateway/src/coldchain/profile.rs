@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::devices::DeviceConfig;
 
-pub use crate::devices::Profile;
+pub use crate::devices::{Calibration, CalibrationStatus, Profile};
 
 /// (low, high, critical low, critical high, probe min, probe max) of a profile.
 fn defaults(profile: Profile) -> (f64, f64, Option<f64>, Option<f64>, f64, f64) {
@@ -43,6 +43,10 @@ pub struct Limits {
     /// Readings outside these bounds are a probe fault, not a temperature.
     pub probe_min: f64,
     pub probe_max: f64,
+    /// The daily min/max check is due by this time of day (UTC); `None`: no check expected.
+    pub check_by: Option<time::Time>,
+    /// The probe's calibration certificate, if configured.
+    pub calibration: Option<Calibration>,
 }
 
 impl Limits {
@@ -71,6 +75,8 @@ impl Limits {
             missed_readings: device.missed_readings,
             probe_min: device.probe_min.unwrap_or(probe_min),
             probe_max: device.probe_max.unwrap_or(probe_max),
+            check_by: device.check_time(),
+            calibration: device.calibration(),
         })
     }
 
@@ -91,6 +97,8 @@ impl Limits {
             missed_readings: 3,
             probe_min: -40.0,
             probe_max: 60.0,
+            check_by: None,
+            calibration: None,
         }
     }
 }

@@ -13,6 +13,9 @@
 //! - `GET /audit`, `/audit/export.csv`, `/audit/export.json`: the filtered audit trail.
 //! - `GET /users`, `POST /users/add`, `POST /users/{name}/{change}`: accounts (admin).
 //! - `GET /events`: live updates of the overview (server-sent events).
+//! - `GET /fridges`, `GET /fridges/{id}` (with `chart.svg` and `log.csv`): the temperature logs;
+//!   `GET/POST /fridges/{id}/check`: the signed daily min/max check;
+//!   `GET /excursions/{device}/{start}/report`: the printable excursion report.
 //! - `GET /assets/console.css`, `/assets/live.js`: the only style and script; nothing inline
 //!   (the CSP forbids it).
 //!
@@ -99,6 +102,24 @@ pub trait Backend: Send + Sync + 'static {
     fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage>;
     /// The chain checked from its start: entries intact, or the first broken one and why.
     fn audit_verify(&self) -> Result<(u64, Option<(u64, String)>)>;
+    /// The temperature log of `device` for the days `from..=to` (UTC): daily minimum and
+    /// maximum, excursions with their reviews, min/max checks, the chart's samples.
+    fn report(
+        &self,
+        device: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<crate::report::ReportData>;
+    /// Records the daily min/max check of `device` by `by`, whose signature is audit entry
+    /// `audit_seq`; the extremes since the last check are reset.
+    fn min_max_check(
+        &self,
+        device: &str,
+        by: &str,
+        source: IpAddr,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<crate::coldchain::history::CheckRecord>;
 }
 
 /// Where a device enrolls.

@@ -47,6 +47,22 @@ fn alert() -> Alert {
     .unwrap()
 }
 
+const EXCURSION_START: OffsetDateTime = datetime!(2026-12-07 06:10:00 UTC);
+
+fn excursion() -> crate::coldchain::ExcursionRecord {
+    crate::coldchain::ExcursionRecord {
+        kind: crate::coldchain::AlertKind::TemperatureHigh,
+        severity: crate::coldchain::Severity::Warning,
+        started: EXCURSION_START,
+        ended: EXCURSION_START + time::Duration::seconds(4_925),
+        duration_s: 4_925,
+        min: 8.2,
+        max: 11.37,
+        mkt: Some(10.04),
+        probe_in_calibration: Some(true),
+    }
+}
+
 impl Backend for FakeBackend {
     fn alerts(&self, _all: bool) -> Result<Vec<Alert>> {
         let mut alert = alert();
@@ -67,7 +83,85 @@ impl Backend for FakeBackend {
             low: 2.0,
             high: 8.0,
             condition: "temperature_high".to_owned(),
+            since_check: Some(crate::coldchain::SinceCheck {
+                min: 4.1,
+                max: 9.4,
+                current: 9.4,
+                since: START - time::Duration::hours(20),
+            }),
+            last_check: None,
+            check_due: Some(START + time::Duration::hours(1)),
+            check_missed: false,
+            calibration: None,
+            calibration_overdue: false,
         }])
+    }
+
+    fn report(
+        &self,
+        device: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<crate::report::ReportData> {
+        Ok(crate::report::ReportData {
+            device: device.to_owned(),
+            from,
+            to,
+            profile: Some("refrigerator".to_owned()),
+            low: Some(2.0),
+            high: Some(8.0),
+            days: Vec::new(),
+            excursions: vec![excursion()],
+            samples: Vec::new(),
+            checks: Vec::new(),
+            reviews: vec![crate::report::ExcursionReview {
+                started: EXCURSION_START,
+                alert: ALERT_ID.parse().unwrap(),
+                alert_state: "resolved".to_owned(),
+                acknowledged_by: Some("anna".to_owned()),
+                acknowledged_at: Some(START),
+                note: Some("acknowledged: moved stock; signature in audit entry 12".to_owned()),
+                signature: Some(crate::report::SignatureSeen {
+                    signer: "anna".to_owned(),
+                    roles: vec!["pharmacist".to_owned()],
+                    meaning: "acknowledged".to_owned(),
+                    signed_at: "2026-12-07T09:00:00Z".to_owned(),
+                    record_sha256: "ab".repeat(32),
+                    audit_seq: 12,
+                    disposition: Some("released_after_manufacturer_consultation".to_owned()),
+                    corrective_action: Some("Moved stock to fridge-02".to_owned()),
+                }),
+            }],
+            calibration: Some(crate::coldchain::Calibration {
+                certificate: "CAL-2026-117".to_owned(),
+                laboratory: "Thermo Lab".to_owned(),
+                calibrated_on: time::macros::date!(2026 - 01 - 10),
+                due_on: time::macros::date!(2027 - 01 - 10),
+            }),
+        })
+    }
+
+    fn min_max_check(
+        &self,
+        device: &str,
+        by: &str,
+        _source: IpAddr,
+        note: &str,
+        audit_seq: Option<u64>,
+    ) -> Result<crate::coldchain::history::CheckRecord> {
+        Ok(crate::coldchain::history::CheckRecord {
+            device: device.to_owned(),
+            at: START,
+            by: by.to_owned(),
+            values: crate::coldchain::CheckValues {
+                current: Some(9.4),
+                min: Some(4.1),
+                max: Some(9.4),
+                since: None,
+            },
+            note: note.to_owned(),
+            audit_seq,
+        })
     }
 
     fn acknowledge(&self, id: &str, by: &str, _source: IpAddr, note: &str) -> Result<Alert> {
@@ -274,6 +368,16 @@ impl Console {
     /// An active account; returns its TOTP secret and recovery codes.
     fn account(&self, name: &str, role: Role) -> (String, Vec<String>) {
         let expires = (role == Role::Inspector).then(|| START.date() + time::Duration::days(30));
+        self.account_until(name, role, expires)
+    }
+
+    /// Like [`Console::account`], expiring after `expires` (inspectors must).
+    fn account_until(
+        &self,
+        name: &str,
+        role: Role,
+        expires: Option<time::Date>,
+    ) -> (String, Vec<String>) {
         let (_, link) = self.people.add(name, &[role], expires, "root").unwrap();
         let token = link.url.rsplit('/').next().unwrap().to_owned();
         let offer = self.people.setup_offer(&token, START).unwrap().unwrap();
@@ -588,3 +692,136 @@ async fn a_session_left_idle_for_15_minutes_ends_and_its_end_is_audited_as_idle(
 }
 
 mod pages;
+#[tokio::test]
+async fn the_printable_excursion_report_shows_duration_peak_mkt_calibration_signature_and_disposition()
+ {
+    let c = console();
+    let (_, codes) = c.account_until(
+        "ivy",
+        Role::Inspector,
+        Some(time::macros::date!(2027 - 03 - 31)),
+    );
+    let cookie = c.sign_in("ivy", &codes[0]).await;
+    let id = EXCURSION_START.unix_timestamp();
+    let page = c
+        .send(
+            "GET",
+            &format!("/excursions/fridge-01/{id}/report"),
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for shown in [
+        "<dd id=\"duration\">1 h 22 min 05 s</dd>",
+        "<dd id=\"peak\">11.4 °C</dd>",
+        "<dd id=\"mkt\">10.0 °C</dd>",
+        "<dd id=\"in-calibration\">yes</dd>",
+        "CAL-2026-117, Thermo Lab",
+        "<dd id=\"signer\">anna (pharmacist)</dd>",
+        "<dd id=\"meaning\">acknowledged</dd>",
+        "<dd id=\"audit-seq\">12</dd>",
+        "<dd id=\"disposition\">released after consulting the manufacturer</dd>",
+        "<dd id=\"corrective-action\">Moved stock to fridge-02</dd>",
+    ] {
+        assert!(page.body.contains(shown), "{shown} in {}", page.body);
+    }
+    assert!(
+        !page.body.contains("<script"),
+        "no script on a printable page"
+    );
+    let missing = c
+        .send(
+            "GET",
+            &format!("/excursions/fridge-01/{}/report", id + 1),
+            Some(&cookie),
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // An inspector reads reports but records no check.
+    let check = c
+        .send("GET", "/fridges/fridge-01/check", Some(&cookie), None)
+        .await;
+    assert_eq!(check.status, StatusCode::FORBIDDEN);
+    let index = c.send("GET", "/fridges", Some(&cookie), None).await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.body);
+    assert!(index.body.contains("href=\"/fridges/fridge-01\""));
+    let log = c
+        .send("GET", "/fridges/fridge-01", Some(&cookie), None)
+        .await;
+    assert_eq!(log.status, StatusCode::OK, "{}", log.body);
+    assert!(
+        log.body
+            .contains("released after consulting the manufacturer")
+    );
+    assert!(!log.body.contains("id=\"record-check\""));
+    let csv = c
+        .send("GET", "/fridges/fridge-01/log.csv", Some(&cookie), None)
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.body.starts_with("date,min_c,max_c"), "{}", csv.body);
+    assert!(
+        csv.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"fridge-01-temperatures-")
+    );
+    let chart = c
+        .send("GET", "/fridges/fridge-01/chart.svg", Some(&cookie), None)
+        .await;
+    assert_eq!(chart.status, StatusCode::OK);
+    assert_eq!(chart.headers[header::CONTENT_TYPE], "image/svg+xml");
+    let other = c
+        .send("GET", "/fridges/fridge-99", Some(&cookie), None)
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_technician_signs_the_min_max_check_with_a_fresh_code_and_the_values_shown() {
+    let c = console();
+    let (secret, codes) = c.account("tom", Role::Technician);
+    let cookie = c.sign_in("tom", &codes[0]).await;
+    let form = c
+        .send("GET", "/fridges/fridge-01/check", Some(&cookie), None)
+        .await;
+    assert_eq!(form.status, StatusCode::OK, "{}", form.body);
+    assert!(form.body.contains("4.1 to 9.4 °C"), "{}", form.body);
+    // The set-up spent the current code: sign with the next one.
+    c.clock.advance(Duration::from_secs(30));
+    let code = totp_code(&secret, c.clock.now()).unwrap();
+    let body = format!(
+        "csrf={}&shown=9.4+%C2%B0C%3B4.1+%C2%B0C%3B9.4+%C2%B0C%3B-&note=display+agrees&password={}&code={code}",
+        form.csrf(),
+        PASSWORD.replace(' ', "+")
+    );
+    let done = c
+        .send(
+            "POST",
+            "/fridges/fridge-01/check",
+            Some(&cookie),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert!(done.body.contains("<h1>Checked</h1>"), "{}", done.body);
+    let signed = kinds(&c.people)
+        .into_iter()
+        .find(|(k, _, _)| *k == Kind::RecordSigned)
+        .expect("a signature");
+    assert_eq!(signed.1, "tom");
+    assert_eq!(signed.2["meaning"], "checked");
+    assert_eq!(signed.2["record"], "minmax_check");
+    assert_eq!(signed.2["statement"]["note"], "display agrees");
+    // Without its CSRF token the form is refused.
+    let refused = c
+        .send(
+            "POST",
+            "/fridges/fridge-01/check",
+            Some(&cookie),
+            Some("note=x"),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+}

@@ -124,6 +124,96 @@ pub struct DeviceConfig {
     /// depends on the profile, e.g. −40 to 60 °C for a refrigerator).
     pub probe_min: Option<f64>,
     pub probe_max: Option<f64>,
+    /// Time of day (UTC, `HH:MM`) by which the daily minimum/maximum check must be recorded:
+    /// a fridge not checked since the start of the day (00:00 UTC) at this time raises a
+    /// `check_missed` alert, cleared by the check. `"off"`: no check is expected.
+    #[serde(default = "defaults::check_by")]
+    pub check_by: String,
+    /// The temperature probe's calibration certificate. Due within 30 days: a notice (in
+    /// `rxgate config check`, the status and the console); past its due date: one
+    /// `calibration_overdue` alert. Excursion records say whether the probe was in calibration.
+    pub calibration: Option<CalibrationConfig>,
+}
+
+/// `[devices.<id>.calibration]`: the probe's calibration certificate. Dates are
+/// `"YYYY-MM-DD"` strings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    /// The certificate's number.
+    pub certificate: String,
+    /// The laboratory that calibrated the probe.
+    pub laboratory: String,
+    /// The day it was calibrated.
+    pub calibrated_on: String,
+    /// The day the next calibration is due; after it the probe is out of calibration.
+    pub due_on: String,
+}
+
+/// A calibration certificate with its dates parsed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    pub certificate: String,
+    pub laboratory: String,
+    pub calibrated_on: time::Date,
+    pub due_on: time::Date,
+}
+
+/// Days before its due date that a calibration raises a notice.
+pub const CALIBRATION_NOTICE_DAYS: i64 = 30;
+
+/// Where a probe's calibration stands on a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationStatus {
+    /// Valid for more than [`CALIBRATION_NOTICE_DAYS`].
+    Valid,
+    /// Due within [`CALIBRATION_NOTICE_DAYS`] (a notice).
+    DueSoon,
+    /// Past its due date (an alert).
+    Overdue,
+}
+
+impl CalibrationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CalibrationStatus::Valid => "valid",
+            CalibrationStatus::DueSoon => "due_soon",
+            CalibrationStatus::Overdue => "overdue",
+        }
+    }
+}
+
+impl Calibration {
+    /// Its status on `today`: overdue the day after `due_on`.
+    pub fn status(&self, today: time::Date) -> CalibrationStatus {
+        if today > self.due_on {
+            CalibrationStatus::Overdue
+        } else if (self.due_on - today).whole_days() <= CALIBRATION_NOTICE_DAYS {
+            CalibrationStatus::DueSoon
+        } else {
+            CalibrationStatus::Valid
+        }
+    }
+
+    /// Whether the probe was in calibration during all of `[from, to]`.
+    pub fn covers(&self, from: time::OffsetDateTime, to: time::OffsetDateTime) -> bool {
+        from.date() >= self.calibrated_on && to.date() <= self.due_on
+    }
+}
+
+/// A calendar day, `YYYY-MM-DD`.
+pub fn parse_date(text: &str) -> Result<time::Date, String> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(text.trim(), &format)
+        .map_err(|_| "expected a date like \"2027-03-31\"".to_owned())
+}
+
+/// A time of day, `HH:MM`.
+pub fn parse_time_of_day(text: &str) -> Result<time::Time, String> {
+    let format = time::macros::format_description!("[hour]:[minute]");
+    time::Time::parse(text.trim(), &format)
+        .map_err(|_| "expected a time of day like \"10:00\" (UTC), or \"off\"".to_owned())
 }
 
 /// Storage classes with their allowed ranges.
@@ -353,6 +443,25 @@ impl DeviceConfig {
         Some(split_host_port(address, port))
     }
 
+    /// `check_by` parsed: `None` when it is `"off"` or not a time (see [`check_device`]).
+    pub fn check_time(&self) -> Option<time::Time> {
+        if self.check_by.trim() == "off" {
+            return None;
+        }
+        parse_time_of_day(&self.check_by).ok()
+    }
+
+    /// The calibration certificate, if one is configured and its dates parse.
+    pub fn calibration(&self) -> Option<Calibration> {
+        let c = self.calibration.as_ref()?;
+        Some(Calibration {
+            certificate: c.certificate.clone(),
+            laboratory: c.laboratory.clone(),
+            calibrated_on: parse_date(&c.calibrated_on).ok()?,
+            due_on: parse_date(&c.due_on).ok()?,
+        })
+    }
+
     /// [`check_device`] as a method, for modules outside `config`.
     pub(crate) fn check(&self, id: &str, errors: &mut Vec<ConfigError>) {
         check_device(id, self, errors);
@@ -447,6 +556,8 @@ pub(crate) fn check_device(id: &str, device: &DeviceConfig, errors: &mut Vec<Con
         ));
     }
 
+    check_coldchain_checks(id, device, errors);
+
     let Some(transport) = device.transport else {
         let polling_keys = [
             ("address", device.address.is_some()),
@@ -529,6 +640,61 @@ pub(crate) fn check_device(id: &str, device: &DeviceConfig, errors: &mut Vec<Con
                 }
             }
         }
+    }
+}
+
+/// `check_by` and `[devices.<id>.calibration]`.
+fn check_coldchain_checks(id: &str, device: &DeviceConfig, errors: &mut Vec<ConfigError>) {
+    let key = |field: &str| format!("devices.{id}.{field}");
+    if device.check_by.trim() != "off"
+        && let Err(message) = parse_time_of_day(&device.check_by)
+    {
+        errors.push(ConfigError::new(
+            key("check_by"),
+            format!("{:?}", device.check_by),
+            message,
+        ));
+    }
+    let Some(c) = &device.calibration else {
+        return;
+    };
+    for (field, value) in [
+        ("certificate", &c.certificate),
+        ("laboratory", &c.laboratory),
+    ] {
+        if value.trim().is_empty() {
+            errors.push(ConfigError::new(
+                key(&format!("calibration.{field}")),
+                "\"\"",
+                "must name the calibration certificate's number and the laboratory",
+            ));
+        }
+    }
+    let mut dates = Vec::new();
+    for (field, value) in [("calibrated_on", &c.calibrated_on), ("due_on", &c.due_on)] {
+        match parse_date(value) {
+            Ok(date) => dates.push(date),
+            Err(message) => errors.push(ConfigError::new(
+                key(&format!("calibration.{field}")),
+                format!("{value:?}"),
+                message,
+            )),
+        }
+    }
+    if let [calibrated_on, due_on] = dates[..]
+        && due_on <= calibrated_on
+    {
+        errors.push(ConfigError::new(
+            key("calibration.due_on"),
+            format!("{:?}", c.due_on),
+            format!("must be after calibrated_on ({})", c.calibrated_on),
+        ));
+    }
+    if device.profile.is_none() {
+        errors.push(ConfigError::section(
+            &key("calibration"),
+            "has no effect without a `profile`: only monitored fridges have a probe to calibrate",
+        ));
     }
 }
 
@@ -858,6 +1024,9 @@ mod defaults {
     pub fn missed_readings() -> u32 {
         3
     }
+    pub fn check_by() -> String {
+        "10:00".to_owned()
+    }
 
     use std::time::Duration;
 
@@ -965,6 +1134,46 @@ mod tests {
         assert_eq!(keys(&check("f1", &tls)), ["devices.f1.address"]);
         let rtu = device(&format!("transport = \"rtu\"\n{TEMP}"));
         assert_eq!(keys(&check("f1", &rtu)), ["devices.f1.serial"]);
+    }
+
+    #[test]
+    fn check_by_and_the_calibration_certificate_are_checked_naming_their_keys() {
+        let d = device(
+            "profile = \"refrigerator\"\ncheck_by = \"25:00\"\n[calibration]\ncertificate = \"\"\n\
+             laboratory = \"Thermo Lab\"\ncalibrated_on = \"2026-13-01\"\ndue_on = \"2026-01-10\"\n",
+        );
+        let errors = check("fridge-01", &d);
+        assert_eq!(
+            keys(&errors),
+            [
+                "devices.fridge-01.check_by",
+                "devices.fridge-01.calibration.certificate",
+                "devices.fridge-01.calibration.calibrated_on",
+            ],
+            "{errors:?}"
+        );
+        assert_eq!(errors[0].value.as_deref(), Some("\"25:00\""));
+        let backwards = device(
+            "profile = \"refrigerator\"\n[calibration]\ncertificate = \"C-1\"\nlaboratory = \"L\"\n\
+             calibrated_on = \"2026-02-01\"\ndue_on = \"2026-01-10\"\n",
+        );
+        assert_eq!(
+            keys(&check("fridge-01", &backwards)),
+            ["devices.fridge-01.calibration.due_on"]
+        );
+        let ok = device(
+            "profile = \"refrigerator\"\ncheck_by = \"off\"\n[calibration]\ncertificate = \"C-1\"\n\
+             laboratory = \"L\"\ncalibrated_on = \"2026-02-01\"\ndue_on = \"2027-02-01\"\n",
+        );
+        assert!(check("fridge-01", &ok).is_empty());
+        assert_eq!(ok.check_time(), None);
+        assert_eq!(
+            ok.calibration().map(|c| c.due_on),
+            Some(time::macros::date!(2027 - 02 - 01))
+        );
+        let unknown: Result<DeviceConfig, _> =
+            toml::from_str("[calibration]\ncertificate = \"C\"\nlab = \"L\"\n");
+        assert!(unknown.is_err(), "unknown calibration keys are refused");
     }
 
     #[test]

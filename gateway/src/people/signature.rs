@@ -20,6 +20,9 @@ pub enum Meaning {
     Resolved,
     /// The signer revoked the record (a device's certificates).
     Revoked,
+    /// A daily min/max check: the signer read the fridge's values and reset its extremes.
+    /// Not one of [`Meaning::ALL`], which an alert's signer chooses from.
+    Checked,
 }
 
 impl Meaning {
@@ -36,6 +39,7 @@ impl Meaning {
             Meaning::Reviewed => "reviewed",
             Meaning::Resolved => "resolved",
             Meaning::Revoked => "revoked",
+            Meaning::Checked => "checked",
         }
     }
 }

@@ -1,15 +1,17 @@
 //! `rxgate report temperatures`: the daily minimum/maximum log inspectors ask for (CSV), and a
 //! chart with the allowed band shaded and excursions marked (SVG). Days are UTC days.
 
+pub mod review;
 mod svg;
 
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime, Time};
 
-use crate::coldchain::history;
-use crate::coldchain::{DailyStats, ExcursionRecord, Limits};
+use crate::coldchain::history::{self, CheckRecord};
+use crate::coldchain::{Calibration, DailyStats, ExcursionRecord, Limits};
 use crate::error::{Error, Result};
 use crate::store::Store;
+pub use review::{ExcursionReview, SignatureSeen};
 
 /// Longest span one report covers.
 pub const MAX_DAYS: i64 = 400;
@@ -37,6 +39,16 @@ pub struct ReportData {
     pub days: Vec<DailyStats>,
     pub excursions: Vec<ExcursionRecord>,
     pub samples: Vec<Sample>,
+    /// Min/max checks recorded in the span.
+    #[serde(default)]
+    pub checks: Vec<CheckRecord>,
+    /// What was done about the excursions that raised an alert (acknowledgement, signature,
+    /// disposition).
+    #[serde(default)]
+    pub reviews: Vec<ExcursionReview>,
+    /// The probe's calibration certificate, as configured now.
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
 }
 
 fn start_of(date: Date) -> OffsetDateTime {
@@ -62,10 +74,13 @@ impl ReportData {
         }
         let (start, end) = (start_of(from), start_of(to) + time::Duration::DAY);
         let days = history::days(store, device, from, to)?;
-        let excursions = history::excursions(store, device, start - time::Duration::days(30), end)?
-            .into_iter()
-            .filter(|e| e.ended > start && e.started < end)
-            .collect();
+        let excursions: Vec<ExcursionRecord> =
+            history::excursions(store, device, start - time::Duration::days(30), end)?
+                .into_iter()
+                .filter(|e| e.ended > start && e.started < end)
+                .collect();
+        let checks = history::checks(store, device, start, end)?;
+        let reviews = review::reviews(store, device, &excursions)?;
         let samples = history::readings(store, device, start, end)?
             .into_iter()
             .map(|b| Sample {
@@ -90,6 +105,9 @@ impl ReportData {
             days,
             excursions,
             samples,
+            checks,
+            reviews,
+            calibration: limits.and_then(|l| l.calibration.clone()),
         })
     }
 
@@ -138,6 +156,11 @@ impl ReportData {
             }
         }
         out
+    }
+
+    /// The review of the excursion that started at `started`, if it raised an alert.
+    pub fn review_of(&self, started: OffsetDateTime) -> Option<&ExcursionReview> {
+        self.reviews.iter().find(|r| r.started == started)
     }
 
     /// The chart.

@@ -192,3 +192,72 @@ fn a_device_without_records_or_profile_is_refused_with_the_reason() {
     .unwrap_err();
     assert!(err.to_string().contains("before"), "{err}");
 }
+
+#[test]
+fn an_excursion_is_linked_to_its_alerts_signature_and_disposition_but_not_to_a_borrowed_one() {
+    let (_dir, store, _) = store_with_readings();
+    let limits = Limits::refrigerator(Duration::from_secs(1800));
+    let day = date!(2026 - 05 - 02);
+    let excursion = ReportData::load(&store, "fridge-01", Some(&limits), day, day)
+        .unwrap()
+        .excursions
+        .remove(0);
+    let alert = |id: &str, seq: u64| -> crate::alerts::Alert {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "site": "s", "device": "fridge-01", "kind": "temperature_high",
+            "severity": "warning", "state": "resolved", "active": false,
+            "started": crate::clock::rfc3339(excursion.started),
+            "raised_at": crate::clock::rfc3339(excursion.started),
+            "value": 11.0, "limit": 8.0, "low": 2.0, "high": 8.0,
+            "acknowledged_by": "anna", "acknowledged_at": "2026-05-02T20:00:00Z",
+            "ack_note": format!("acknowledged: moved stock; products quarantined; signature in audit entry {seq}"),
+        }))
+        .unwrap()
+    };
+    let id = "0193a000-0000-7000-8000-0000000000aa";
+    let signed = |record_id: &str| {
+        crate::audit::Record::new(crate::audit::Kind::RecordSigned, "anna").detail(
+            serde_json::json!({
+                "signer": "anna", "roles": ["pharmacist"], "signed_at": "2026-05-02T20:00:00Z",
+                "meaning": "acknowledged", "record": "alert", "record_id": record_id,
+                "record_sha256": "ab".repeat(32),
+                "statement": { "note": "moved stock", "disposition": "quarantined" },
+            }),
+        )
+    };
+    let at = datetime!(2026-05-02 20:00 UTC);
+    store
+        .write(|txn| {
+            crate::audit::append(txn, at, true, signed(id))?;
+            crate::alerts::history::save_alert(txn, &alert(id, 1))?;
+            Ok(())
+        })
+        .unwrap();
+    let data = ReportData::load(&store, "fridge-01", Some(&limits), day, day).unwrap();
+    let review = data.review_of(excursion.started).expect("a review");
+    let signature = review.signature.as_ref().expect("the signature");
+    assert_eq!(
+        (signature.signer.as_str(), signature.audit_seq),
+        ("anna", 1)
+    );
+    assert_eq!(signature.disposition.as_deref(), Some("quarantined"));
+    assert_eq!(signature.corrective_action.as_deref(), Some("moved stock"));
+
+    // A note naming the signature of another alert does not borrow it.
+    let other = "0193a000-0000-7000-8000-0000000000bb";
+    store
+        .write(|txn| {
+            txn.open_table(crate::alerts::history::ALERTS)?.remove(id)?;
+            crate::alerts::history::save_alert(txn, &alert(other, 1))
+        })
+        .unwrap();
+    let data = ReportData::load(&store, "fridge-01", Some(&limits), day, day).unwrap();
+    let review = data.review_of(excursion.started).expect("a review");
+    assert_eq!(review.alert.to_string(), other);
+    assert_eq!(review.signature, None);
+    assert_eq!(
+        super::review::signature_seq("x; signature in audit entry 42"),
+        Some(42)
+    );
+    assert_eq!(super::review::signature_seq("no signature"), None);
+}

@@ -23,6 +23,7 @@ struct Fixture {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     clock: SharedClock,
+    checks: crate::coldchain::monitor::CheckHandle,
 }
 
 fn config() -> Config {
@@ -42,10 +43,12 @@ fn start(dir: tempfile::TempDir) -> Fixture {
 }
 
 fn start_on(dir: tempfile::TempDir, store: Store) -> Fixture {
-    let clock: SharedClock = TokioClock::new(T0);
+    start_with(dir, store, TokioClock::new(T0), config())
+}
+
+fn start_with(dir: tempfile::TempDir, store: Store, clock: SharedClock, config: Config) -> Fixture {
     let signals = Arc::new(RecordingSignals::new());
     let queue = NotifyQueue::open(store.clone(), vec![Channel::Cloud, Channel::Email]).unwrap();
-    let config = config();
     let (monitor, handle, observe) = Monitor::build(
         &config.gateway.site,
         &config.devices,
@@ -57,6 +60,7 @@ fn start_on(dir: tempfile::TempDir, store: Store) -> Fixture {
     )
     .unwrap();
     let shutdown = CancellationToken::new();
+    let checks = monitor.checks();
     let task = tokio::spawn(monitor.run(shutdown.clone()));
     Fixture {
         _dir: dir,
@@ -68,6 +72,7 @@ fn start_on(dir: tempfile::TempDir, store: Store) -> Fixture {
         shutdown,
         task,
         clock,
+        checks,
     }
 }
 
@@ -458,4 +463,97 @@ async fn wait_for_email_events(f: &Fixture, n: u64) -> Vec<Event> {
         "only {} e-mails queued",
         f.queue.depth(Channel::Email).unwrap()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_min_max_check_is_stored_with_the_reset_extremes_and_a_restart_keeps_them() {
+    let f = start(tempfile::tempdir().unwrap());
+    for t in [5.0, 3.5, 7.5, 6.0] {
+        f.reading(t).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    let check = f
+        .checks
+        .check("fridge-01", "tom", "display agrees", Some(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        (check.values.current, check.values.min, check.values.max),
+        (Some(6.0), Some(3.5), Some(7.5))
+    );
+    assert_eq!((check.by.as_str(), check.audit_seq), ("tom", Some(7)));
+    f.reading(6.5).await;
+    let unknown = f.checks.check("fridge-99", "tom", "", None).await;
+    assert!(matches!(unknown, Err(Error::NotFound(_))), "{unknown:?}");
+    let (dir, store) = f.stop().await;
+
+    let states: HashMap<String, State> = coldchain_history::states(&store)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let since = states["fridge-01"].since_check.unwrap();
+    assert_eq!((since.min, since.max, since.current), (6.0, 6.5, 6.5));
+    let stored =
+        coldchain_history::checks(&store, "fridge-01", T0, T0 + time::Duration::DAY).unwrap();
+    assert_eq!(stored, vec![check]);
+
+    // After a restart the extremes since the check are those before it.
+    let f = start_on(dir, store);
+    f.reading(6.2).await;
+    let check = f.checks.check("fridge-01", "ana", "", None).await.unwrap();
+    assert_eq!((check.values.min, check.values.max), (Some(6.0), Some(6.5)));
+    f.stop().await;
+}
+
+fn checked_config() -> Config {
+    let mut config = Config::parse(
+        "[gateway]\nsite = \"store-1\"\n[devices.fridge-01]\nprofile = \"refrigerator\"\ncheck_by = \"10:00\"\nexpected_interval = \"1m\"\nmissed_readings = 100000\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    config.check().unwrap();
+    config.gateway.data_dir = "/nonexistent".into();
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missed_check_is_one_alert_after_a_forward_clock_jump_and_none_after_a_backward_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s.redb")).unwrap();
+    let clock = crate::clock::ManualClock::new(T0, true);
+    let f = start_with(dir, store, clock.clone(), checked_config());
+    let missed = |f: &Fixture| {
+        f.alerts()
+            .into_iter()
+            .filter(|a| a.kind == AlertKind::CheckMissed)
+            .collect::<Vec<_>>()
+    };
+    f.reading(5.0).await;
+    // The wall clock jumps from 08:00 to three days later (NTP after a power cut); the task
+    // notices within a minute, whatever it was sleeping for.
+    clock.set(T0 + time::Duration::days(3));
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let alerts = missed(&f);
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one alert for the missed checks: {alerts:?}"
+    );
+    assert!(alerts[0].active);
+    assert!(
+        !f.signals.current().buzzer,
+        "a missed check does not sound the buzzer"
+    );
+    f.reading(5.0).await;
+    assert_eq!(missed(&f).len(), 1, "not raised again by readings");
+    f.checks.check("fridge-01", "tom", "", None).await.unwrap();
+    assert!(!missed(&f)[0].active, "the check clears it");
+    // Back two days: nothing is due before the day after the check.
+    clock.set(T0 + time::Duration::days(1));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        f.reading(5.0).await;
+    }
+    assert_eq!(missed(&f).len(), 1);
+    f.stop().await;
 }

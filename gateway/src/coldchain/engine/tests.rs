@@ -388,8 +388,278 @@ proptest! {
                     }
                 }
                 Change::Escalated { kind, .. } => prop_assert!(active.contains(kind)),
-                Change::DayClosed(_) => {}
+                Change::DayClosed(_) | Change::Checked(_) => {}
             }
         }
     }
+}
+
+fn reading(t: f64) -> Input {
+    Input::Reading {
+        temperature: Some(t),
+        door_open: None,
+    }
+}
+
+fn checked_by_ten() -> Limits {
+    Limits {
+        check_by: Some(time::macros::time!(10:00)),
+        expected_interval: Duration::from_secs(24 * 3600),
+        ..limits()
+    }
+}
+
+fn kinds_raised(changes: &[Change]) -> Vec<AlertKind> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Raised { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_check_reports_the_extremes_since_the_last_one_and_resets_them_to_the_current_temperature() {
+    let limits = checked_by_ten();
+    let mut state = State::default();
+    for (minute, t) in [(0u32, 5.0), (1, 8.6), (2, 3.1), (3, 4.5)] {
+        state = step(state, reading(t), T0 + MINUTE * minute, &limits).0;
+    }
+    let at = T0 + MINUTE * 4;
+    let (state, changes) = step(state, Input::Check, at, &limits);
+    assert_eq!(
+        changes,
+        vec![Change::Checked(CheckValues {
+            current: Some(4.5),
+            min: Some(3.1),
+            max: Some(8.6),
+            since: Some(T0),
+        })]
+    );
+    let since = state.since_check.unwrap();
+    assert_eq!((since.min, since.max, since.current), (4.5, 4.5, 4.5));
+    assert_eq!(since.since, at);
+    assert_eq!(state.last_check, Some(at));
+    // The next reading widens the reset extremes again.
+    let (state, _) = step(state, reading(6.0), at + MINUTE, &limits);
+    let since = state.since_check.unwrap();
+    assert_eq!((since.min, since.max, since.current), (4.5, 6.0, 6.0));
+    // Persisted as JSON with the rest of the state: a restart keeps them.
+    let restored: State = serde_json::from_slice(&serde_json::to_vec(&state).unwrap()).unwrap();
+    assert_eq!(restored, state);
+    assert_eq!(restored.since_check, Some(since));
+    // A state saved before checks existed still loads, with nothing since a check.
+    let old: State = serde_json::from_str(
+        r#"{"excursion":null,"door_alarm":false,"offline_alarm":false,"probe_alarm":false,"day":null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (old.since_check, old.last_check, old.check_alarm),
+        (None, None, false)
+    );
+}
+
+#[test]
+fn a_fridge_not_checked_by_ten_raises_one_missed_check_alarm_that_the_check_clears() {
+    let limits = checked_by_ten();
+    // First seen at 08:00: the first check is due by 10:00 the same day.
+    let (state, _) = step(State::default(), reading(5.0), T0, &limits);
+    let due = datetime!(2026-05-01 10:00 UTC);
+    assert_eq!(check_due(&state, &limits), Some(due));
+    assert_eq!(next_deadline(&state, &limits), Some(due));
+    let (state, changes) = step(state, Input::Tick, due - MINUTE, &limits);
+    assert!(kinds_raised(&changes).is_empty());
+    let (state, changes) = step(state, Input::Tick, due, &limits);
+    assert_eq!(kinds_raised(&changes), vec![AlertKind::CheckMissed]);
+    assert!(matches!(changes[0], Change::Raised { started, .. } if started == due));
+    assert!(state.check_alarm);
+    // Days pass without a check: still one alarm, not one per day or per step.
+    let mut state = state;
+    for day in 1..4 {
+        let (next, changes) = step(
+            state,
+            reading(5.0),
+            due + time::Duration::days(day),
+            &limits,
+        );
+        assert!(kinds_raised(&changes).is_empty(), "day {day}: {changes:?}");
+        state = next;
+    }
+    let at = datetime!(2026-05-04 09:30 UTC);
+    let (state, changes) = step(state, Input::Check, at, &limits);
+    assert!(matches!(
+        changes[0],
+        Change::Cleared { kind: AlertKind::CheckMissed, ended, .. } if ended == at
+    ));
+    assert!(!state.check_alarm);
+    assert_eq!(
+        check_due(&state, &limits),
+        Some(datetime!(2026-05-05 10:00 UTC)),
+        "checked on the 4th: due again by 10:00 on the 5th"
+    );
+}
+
+#[test]
+fn a_fridge_first_seen_after_the_check_time_is_first_due_the_next_morning_and_off_means_never() {
+    let limits = checked_by_ten();
+    let (state, _) = step(
+        State::default(),
+        reading(5.0),
+        datetime!(2026-05-01 14:00 UTC),
+        &limits,
+    );
+    assert_eq!(
+        check_due(&state, &limits),
+        Some(datetime!(2026-05-02 10:00 UTC))
+    );
+    assert_eq!(
+        check_due(&state, &self::limits()),
+        None,
+        "check_by off: no deadline"
+    );
+}
+
+fn missed(changes: &[Change]) -> Vec<AlertKind> {
+    kinds_raised(changes)
+        .into_iter()
+        .filter(|k| *k == AlertKind::CheckMissed)
+        .collect()
+}
+
+#[test]
+fn the_missed_check_survives_wall_clock_jumps_with_one_alarm_forward_and_none_backward() {
+    let limits = checked_by_ten();
+    let clock = crate::clock::ManualClock::new(T0, true);
+    use crate::clock::Clock;
+    let (state, _) = step(State::default(), reading(5.0), clock.now(), &limits);
+    // NTP catches up: the clock jumps forward five days at once.
+    clock.set(T0 + time::Duration::days(5));
+    let (state, changes) = step(state, Input::Tick, clock.now(), &limits);
+    assert_eq!(
+        missed(&changes),
+        vec![AlertKind::CheckMissed],
+        "one alarm, not five"
+    );
+    let (state, _) = step(state, Input::Check, clock.now(), &limits);
+    // The clock jumps back two days (a bad time source): the check made "in the future" still
+    // counts, and nothing is raised until the day after it.
+    clock.set(T0 + time::Duration::days(3));
+    let mut state = state;
+    for hour in 0..48 {
+        let (next, changes) = step(
+            state,
+            reading(5.0),
+            clock.now() + time::Duration::hours(hour),
+            &limits,
+        );
+        assert!(missed(&changes).is_empty(), "hour {hour}: {changes:?}");
+        state = next;
+    }
+    assert_eq!(
+        check_due(&state, &limits),
+        Some(datetime!(2026-05-07 10:00 UTC))
+    );
+    let (_, changes) = step(state, Input::Tick, datetime!(2026-05-07 10:00 UTC), &limits);
+    assert_eq!(missed(&changes), vec![AlertKind::CheckMissed]);
+}
+
+fn calibrated(due_on: time::Date) -> Limits {
+    Limits {
+        calibration: Some(crate::coldchain::Calibration {
+            certificate: "CAL-2025-0042".to_owned(),
+            laboratory: "Thermo Lab".to_owned(),
+            calibrated_on: time::macros::date!(2025 - 05 - 01),
+            due_on,
+        }),
+        expected_interval: Duration::from_secs(24 * 3600),
+        ..limits()
+    }
+}
+
+#[test]
+fn a_calibration_is_a_notice_within_thirty_days_and_overdue_the_day_after_its_due_date() {
+    use crate::coldchain::CalibrationStatus::*;
+    let c = calibrated(time::macros::date!(2026 - 06 - 30))
+        .calibration
+        .unwrap();
+    let day = |d: time::Date| c.status(d);
+    assert_eq!(
+        day(time::macros::date!(2026 - 05 - 30)),
+        Valid,
+        "31 days left"
+    );
+    assert_eq!(
+        day(time::macros::date!(2026 - 05 - 31)),
+        DueSoon,
+        "30 days left"
+    );
+    assert_eq!(
+        day(time::macros::date!(2026 - 06 - 30)),
+        DueSoon,
+        "due today"
+    );
+    assert_eq!(day(time::macros::date!(2026 - 07 - 01)), Overdue);
+}
+
+#[test]
+fn an_overdue_calibration_raises_one_alarm_that_a_renewed_certificate_clears() {
+    let limits = calibrated(time::macros::date!(2026 - 05 - 01));
+    let (state, changes) = step(State::default(), reading(5.0), T0, &limits);
+    assert!(
+        kinds_raised(&changes).is_empty(),
+        "due today: not yet overdue"
+    );
+    let expiry = datetime!(2026-05-02 00:00 UTC);
+    assert_eq!(next_deadline(&state, &limits), Some(expiry));
+    let (state, changes) = step(state, Input::Tick, expiry, &limits);
+    assert_eq!(kinds_raised(&changes), vec![AlertKind::CalibrationOverdue]);
+    let mut state = state;
+    for minute in 1..100u32 {
+        let (next, changes) = step(state, reading(5.0), expiry + MINUTE * minute, &limits);
+        assert!(kinds_raised(&changes).is_empty(), "one alarm, not a flood");
+        state = next;
+    }
+    let renewed = calibrated(time::macros::date!(2027 - 05 - 01));
+    let (state, changes) = step(state, reading(5.0), expiry + MINUTE * 200, &renewed);
+    assert!(matches!(
+        changes[..],
+        [Change::Cleared {
+            kind: AlertKind::CalibrationOverdue,
+            ..
+        }]
+    ));
+    assert!(!state.calibration_alarm);
+}
+
+#[test]
+fn an_excursion_record_says_whether_the_probe_was_in_calibration() {
+    let record = |limits: &Limits, start: OffsetDateTime| {
+        let mut state = State::default();
+        let mut records = Vec::new();
+        for minute in 0..60u32 {
+            let t = if minute < 45 { 9.5 } else { 5.0 };
+            let (next, changes) = step(state, reading(t), start + MINUTE * minute, limits);
+            state = next;
+            records.extend(changes.into_iter().filter_map(|c| match c {
+                Change::Cleared {
+                    excursion: Some(r), ..
+                } => Some(r),
+                _ => None,
+            }));
+        }
+        assert_eq!(records.len(), 1);
+        records.remove(0).probe_in_calibration
+    };
+    let valid = calibrated(time::macros::date!(2026 - 12 - 31));
+    assert_eq!(record(&valid, T0), Some(true));
+    let expired = calibrated(time::macros::date!(2026 - 04 - 30));
+    assert_eq!(record(&expired, T0), Some(false));
+    // An excursion running past midnight of the due date is not covered.
+    let due_that_day = calibrated(time::macros::date!(2026 - 05 - 01));
+    assert_eq!(
+        record(&due_that_day, datetime!(2026-05-01 23:30 UTC)),
+        Some(false)
+    );
+    assert_eq!(record(&limits(), T0), None, "no calibration configured");
 }

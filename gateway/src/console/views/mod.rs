@@ -7,7 +7,10 @@
 
 mod alerts;
 pub(crate) mod audit;
+mod check;
 pub(crate) mod devices;
+mod excursion;
+mod fridge;
 mod live;
 mod overview;
 mod setup;
@@ -48,6 +51,12 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/users/add", axum::routing::post(users::add))
         .route("/users/{name}/{change}", axum::routing::post(users::change))
         .route("/events", get(live::events))
+        .route("/fridges", get(fridge::index))
+        .route("/fridges/{id}", get(fridge::log))
+        .route("/fridges/{id}/chart.svg", get(fridge::chart))
+        .route("/fridges/{id}/log.csv", get(fridge::csv))
+        .route("/fridges/{id}/check", get(check::form).post(check::submit))
+        .route("/excursions/{device}/{id}/report", get(excursion::report))
         .route("/assets/console.css", get(stylesheet))
         .route("/assets/live.js", get(live_script))
         .fallback(not_found)
@@ -91,6 +100,7 @@ pub(crate) struct Nav {
     /// The pages this person's roles open: fridges, alerts and devices (status), the audit
     /// trail, accounts.
     pub status: bool,
+    pub reports: bool,
     pub audit: bool,
     pub users: bool,
 }
@@ -112,6 +122,7 @@ impl Chrome {
                 roles: roles_text(u),
                 csrf: current.session.csrf.clone(),
                 status: crate::people::may(&u.roles, Action::ViewStatus),
+                reports: crate::people::may(&u.roles, Action::ViewReports),
                 audit: crate::people::may(&u.roles, Action::ViewAudit),
                 users: crate::people::may(&u.roles, Action::ManageUsers),
             }),

@@ -20,6 +20,11 @@ pub(crate) struct FridgeRow {
     pub state: String,
     pub age: String,
     pub class: &'static str,
+    pub since_check: String,
+    pub check: String,
+    pub check_class: &'static str,
+    pub calibration: String,
+    pub calibration_class: &'static str,
 }
 
 #[derive(Template)]
@@ -45,7 +50,15 @@ pub(crate) fn condition_text(condition: &str) -> &'static str {
 }
 
 pub(crate) fn row(fridge: &FridgeNow, now: time::OffsetDateTime) -> FridgeRow {
+    let (check, check_class) = super::fridge::check_text(fridge);
+    let (calibration, calibration_class) =
+        super::fridge::calibration_text(fridge.calibration.as_ref(), now.date());
     FridgeRow {
+        since_check: super::fridge::since_check_text(fridge),
+        check,
+        check_class,
+        calibration,
+        calibration_class,
         device: fridge.device.clone(),
         temperature: fridge
             .temperature
