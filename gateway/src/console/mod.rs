@@ -3,19 +3,27 @@
 //!
 //! - `GET/POST /setup/{token}`: the set-up link `rxgate user add` prints (password, TOTP
 //!   enrolment, recovery codes shown once).
-//! - `GET/POST /signin`, `POST /signout`.
+//! - `GET/POST /signin`, `POST /signout`; `POST /signin/passkey`, the second half of a sign-in
+//!   with a passkey (password first, then the passkey instead of a code).
+//! - `GET/POST /account/passkeys`, `POST /account/passkeys/{id}/remove`: the signed-in
+//!   person's passkeys (WebAuthn). Passkeys need the console to be reached under a DNS name
+//!   (`localhost` or one of `[gateway].server_names`); on an IP address the pages say so and
+//!   offer TOTP only.
 //! - `GET /`: each cold-chain fridge: temperature, range, state, age of the last reading.
 //! - `GET /alerts`, `GET/POST /alerts/{id}/ack`: open and recent alerts; acknowledging is a
 //!   signature (password and a new second factor, meaning, corrective action, product
 //!   disposition) written to the audit chain, then the acknowledgement through the alert monitor.
-//! - `GET /assets/console.css`: the only style; no script, nothing inline (the CSP forbids it).
+//! - `GET /assets/console.css`: the only style; `GET /assets/passkey.js`: the only script, the
+//!   browser side of the passkey ceremonies (nothing inline, no eval: the CSP forbids both).
 //!
 //! The console reads and changes the gateway only through [`Backend`] (the daemon answers it with
 //! the admin interface the CLI uses) and [`People`]; it never opens the store. Every page checks
 //! its action with [`crate::people::authorize`]. Sessions live in memory ([`sessions`]); every
-//! POST carries its session's CSRF token. Connections are bounded like the EST listener's
+//! POST carries its session's CSRF token. Passkey challenges wait beside the sessions, in memory
+//! ([`ceremonies`]). Connections are bounded like the EST listener's
 //! ([`crate::net::serve_tls`]), request bodies to [`MAX_BODY`].
 
+pub mod ceremonies;
 pub mod config;
 pub mod sessions;
 mod views;
@@ -49,9 +57,10 @@ const MAX_CONNECTIONS: usize = 64;
 /// Time for the TLS handshake, and then for each request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The security headers on every answer. The CSP allows only the stylesheet and images served
-/// from the console itself, forms posting to it, no frames, no scripts at all.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The security headers on every answer. The CSP allows only the stylesheet, images and script
+/// files served from the console itself (no inline script, no eval), forms posting to it, no
+/// frames, no other connections.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What the console reads and asks of the gateway: the same requests the CLI makes through the
 /// admin socket. Calls block (they may touch the store); the console runs them off the async
@@ -70,6 +79,7 @@ pub(crate) struct App {
     people: People,
     backend: Arc<dyn Backend>,
     sessions: Sessions,
+    ceremonies: ceremonies::Ceremonies,
     clock: SharedClock,
     site: String,
 }
@@ -125,6 +135,7 @@ impl ConsoleServer {
             people,
             backend,
             sessions: Sessions::new(config.idle_timeout, config.absolute_timeout),
+            ceremonies: ceremonies::Ceremonies::default(),
             clock,
             site: site.to_owned(),
         });
