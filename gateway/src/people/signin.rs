@@ -11,7 +11,9 @@
 //! [`PendingSignIn`] that stands for the password's proof for [`super::CEREMONY_TTL`]; the
 //! browser's answer then comes back as [`SecondFactor::Passkey`] with it, through the same
 //! checks, throttling, counting and audit entries as a TOTP code. No challenge is given for a
-//! wrong password, so a challenge never tells whether an account exists or which passkeys it has.
+//! wrong password, so a challenge never tells whether an account exists or which passkeys it
+//! has; getting one does tell that the password was right (still throttled and locked like any
+//! guessing: a decoy challenge for wrong passwords would close this, and is not done yet).
 //!
 //! The slow part (Argon2) runs between a read and a write transaction, so a sign-in never holds
 //! the store's write lock while hashing; the write re-reads the account, so counts, the lock and
