@@ -2,7 +2,7 @@
 # Proves the arm64 binary starts: `rxgate --version` and `rxgate init` under qemu-aarch64-static.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/aarch64-unknown-linux-gnu/release/rxgate
+bin=${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/release/rxgate
 qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64 || true)
 if [ -z "$qemu" ]; then
     echo "qemu-aarch64-static not found: apt-get install qemu-user-static" >&2

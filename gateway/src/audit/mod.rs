@@ -117,6 +117,13 @@ pub enum Kind {
     UserLocked,
     #[serde(rename = "user.signed_in")]
     UserSignedIn,
+    /// A passkey (WebAuthn) registered to an account (`detail`: `user`, `passkey` (its
+    /// credential id), `label`, `rp_id`).
+    #[serde(rename = "user.passkey_added")]
+    UserPasskeyAdded,
+    /// A passkey removed from an account.
+    #[serde(rename = "user.passkey_removed")]
+    UserPasskeyRemoved,
     /// A refused sign-in; `detail.reason` says precisely why.
     #[serde(rename = "user.sign_in_refused")]
     UserSignInRefused,

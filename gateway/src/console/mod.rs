@@ -3,7 +3,12 @@
 //!
 //! - `GET/POST /setup/{token}`: the set-up link `rxgate user add` prints (password, TOTP
 //!   enrolment, recovery codes shown once).
-//! - `GET/POST /signin`, `POST /signout`.
+//! - `GET/POST /signin`, `POST /signout`; `POST /signin/passkey`, the second half of a sign-in
+//!   with a passkey (password first, then the passkey instead of a code).
+//! - `GET/POST /account/passkeys`, `POST /account/passkeys/{id}/remove`: the signed-in
+//!   person's passkeys (WebAuthn). Passkeys need the console to be reached under a DNS name
+//!   (`localhost` or one of `[gateway].server_names`); on an IP address the pages say so and
+//!   offer TOTP only.
 //! - `GET /`: each cold-chain fridge: temperature, range, state, age of the last reading.
 //! - `GET /alerts`, `GET/POST /alerts/{id}/ack`: open and recent alerts; acknowledging is a
 //!   signature (password and a new second factor, meaning, corrective action, product
@@ -16,15 +21,18 @@
 //! - `GET /fridges`, `GET /fridges/{id}` (with `chart.svg` and `log.csv`): the temperature logs;
 //!   `GET/POST /fridges/{id}/check`: the signed daily min/max check;
 //!   `GET /excursions/{device}/{start}/report`: the printable excursion report.
-//! - `GET /assets/console.css`, `/assets/live.js`: the only style and script; nothing inline
-//!   (the CSP forbids it).
+//! - `GET /assets/console.css`: the only style; `/assets/live.js` (live updates) and
+//!   `/assets/passkey.js` (the browser side of the passkey ceremonies): the only scripts;
+//!   nothing inline, no eval (the CSP forbids both).
 //!
 //! The console reads and changes the gateway only through [`Backend`] (the daemon answers it with
 //! the admin interface the CLI uses) and [`People`]; it never opens the store. Every page checks
 //! its action with [`crate::people::authorize`]. Sessions live in memory ([`sessions`]); every
-//! POST carries its session's CSRF token. Connections are bounded like the EST listener's
+//! POST carries its session's CSRF token. Passkey challenges wait beside the sessions, in memory
+//! ([`ceremonies`]). Connections are bounded like the EST listener's
 //! ([`crate::net::serve_tls`]), request bodies to [`MAX_BODY`].
 
+pub mod ceremonies;
 pub mod config;
 pub mod sessions;
 mod views;
@@ -159,6 +167,7 @@ pub(crate) struct App {
     people: People,
     backend: Arc<dyn Backend>,
     sessions: Sessions,
+    ceremonies: ceremonies::Ceremonies,
     clock: SharedClock,
     site: String,
     /// Live-update streams open now (see `views::live`).
@@ -237,6 +246,7 @@ impl ConsoleServer {
             people,
             backend,
             sessions: Sessions::new(config.idle_timeout, config.absolute_timeout),
+            ceremonies: ceremonies::Ceremonies::default(),
             clock,
             site: site.to_owned(),
             live_streams: Arc::default(),

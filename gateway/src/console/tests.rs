@@ -318,6 +318,7 @@ fn console() -> Console {
         people: people.clone(),
         backend: backend.clone(),
         sessions: Sessions::new(Duration::from_secs(900), Duration::from_secs(12 * 3600)),
+        ceremonies: Default::default(),
         clock: clock.clone(),
         site: "store-0042".to_owned(),
         live_streams: Arc::default(),

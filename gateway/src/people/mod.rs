@@ -25,6 +25,7 @@
 
 mod factors;
 mod os_user;
+mod passkeys;
 mod password;
 mod roles;
 mod signature;
@@ -50,6 +51,10 @@ pub use factors::{
     provisioning_uri, totp_code,
 };
 pub use os_user::{current_user, user_name};
+pub use passkeys::{
+    CEREMONY_TTL, MAX_PASSKEYS, PasskeyInfo, PasskeyRefused, PasskeysUnavailable,
+    PendingRegistration, PendingSignIn, RelyingParty, StoredPasskey,
+};
 pub use password::{MIN_LENGTH, PasswordRefused, check_policy};
 pub use roles::{Action, Denied, Role, authorize, may};
 pub use signature::{Meaning, SignError, Signature, SignatureRequest, canonical_sha256};
@@ -117,6 +122,12 @@ pub struct Account {
     /// does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub demo: bool,
+    /// Registered passkeys (WebAuthn), each usable instead of a TOTP code; see `passkeys`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passkeys: Vec<StoredPasskey>,
+    /// The WebAuthn user handle given to this account's passkeys (random, made at the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey_user_id: Option<uuid::Uuid>,
 }
 
 impl Account {
@@ -158,6 +169,7 @@ impl Account {
                 .count(),
             failed_sign_ins: self.failed_sign_ins,
             last_sign_in: self.last_sign_in,
+            passkeys: self.passkeys.len(),
         }
     }
 }
@@ -180,6 +192,9 @@ pub struct AccountInfo {
     pub failed_sign_ins: u32,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_sign_in: Option<OffsetDateTime>,
+    /// Passkeys registered.
+    #[serde(default)]
+    pub passkeys: usize,
 }
 
 /// What a set-up link stands for.
@@ -245,6 +260,9 @@ pub struct People {
     console_host: String,
     /// The console's port: `[console].listen`'s, or the port it is bound to.
     console_port: u16,
+    /// Host names passkeys may be registered and used under: `localhost` and the DNS names
+    /// among `[gateway].server_names` (the server certificate's names).
+    passkey_hosts: Vec<String>,
     /// Whether demo accounts may sign in (only in `rxgate demo`).
     demo_accounts: bool,
 }
@@ -346,6 +364,14 @@ impl People {
                 .unwrap_or_else(|| "localhost".to_owned()),
             console_port: CONSOLE_PORT,
             demo_accounts: false,
+            passkey_hosts: std::iter::once("localhost".to_owned())
+                .chain(
+                    server_names
+                        .iter()
+                        .map(|n| n.trim().to_ascii_lowercase())
+                        .filter(|n| n.parse::<std::net::IpAddr>().is_err() && n != "localhost"),
+                )
+                .collect(),
         }
     }
 
@@ -491,6 +517,8 @@ impl People {
                 failed_sign_ins: 0,
                 last_sign_in: None,
                 demo: false,
+                passkeys: Vec::new(),
+                passkey_user_id: None,
             };
             let link = self.issue_link(txn, &mut account, now)?;
             save(txn, &account)?;
@@ -580,7 +608,7 @@ impl People {
         })
     }
 
-    /// Forgets an account's password, authenticator and recovery codes (a lost phone) and issues
+    /// Forgets an account's password, authenticator, passkeys and recovery codes (a lost phone) and issues
     /// a new set-up link: the account is pending again until its person completes set-up anew.
     pub fn reset_factors(&self, name: &str, by: &str) -> Result<(AccountInfo, SetupLink)> {
         let now = self.clock.now();
@@ -597,6 +625,8 @@ impl People {
             account.totp_secret = None;
             account.totp_last_step = None;
             account.recovery_codes.clear();
+            let passkeys_forgotten = account.passkeys.len();
+            account.passkeys.clear();
             account.failed_sign_ins = 0;
             let link = self.issue_link(txn, &mut account, now)?;
             save(txn, &account)?;
@@ -608,6 +638,7 @@ impl People {
                 Record::new(Kind::UserFactorsReset, by).detail(serde_json::json!({
                     "user": name,
                     "was": was,
+                    "passkeys_forgotten": passkeys_forgotten,
                     "setup_link_expires_at": crate::clock::rfc3339(link.expires_at),
                 })),
             )?;

@@ -6,18 +6,29 @@
 //! ... up to [`MAX_DELAY`]. A success clears both counts. An account whose failures reach
 //! [`LOCK_AFTER`] is locked until an admin unlocks it (`rxgate user unlock`).
 //!
+//! A passkey sign-in takes two calls: [`People::passkey_challenge`] checks the password (and
+//! counts a wrong one like any other failure) and only then returns the challenge, as a
+//! [`PendingSignIn`] that stands for the password's proof for [`super::CEREMONY_TTL`]; the
+//! browser's answer then comes back as [`SecondFactor::Passkey`] with it, through the same
+//! checks, throttling, counting and audit entries as a TOTP code. No challenge is given for a
+//! wrong password, so a challenge never tells whether an account exists or which passkeys it
+//! has; getting one does tell that the password was right (still throttled and locked like any
+//! guessing: a decoy challenge for wrong passwords would close this, and is not done yet).
+//!
 //! The slow part (Argon2) runs between a read and a write transaction, so a sign-in never holds
 //! the store's write lock while hashing; the write re-reads the account, so counts, the lock and
 //! the TOTP replay check are exact however many sign-ins run at once.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AccountState, PEOPLE, People, Role, THROTTLE, factors, load, password, save};
+use super::passkeys::{self, Asserted, PendingSignIn, RelyingParty};
+use super::{AccountState, People, Role, THROTTLE, factors, load, password, save};
 use crate::audit::{Kind, Record};
 use crate::error::Result;
 use crate::store::{self, to_json};
@@ -34,12 +45,19 @@ pub const MAX_THROTTLE_ENTRIES: usize = 4096;
 const THROTTLE_MEMORY: Duration = Duration::from_secs(24 * 3600);
 
 /// The second factor offered with a password.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SecondFactor {
     /// The 6 digits an authenticator app shows.
     Totp(String),
     /// One of the ten recovery codes.
     RecoveryCode(String),
+    /// A passkey's answer (the browser's `PublicKeyCredential` as JSON) to the challenge
+    /// [`People::passkey_challenge`] gave after checking the password: `pending` is that proof,
+    /// so the password is not checked again.
+    Passkey {
+        pending: Arc<PendingSignIn>,
+        response: String,
+    },
 }
 
 /// Who signed in.
@@ -61,6 +79,11 @@ pub enum SignInError {
     Refused,
     #[error("too many failed sign-ins; try again in {} s", retry_after.as_secs().max(1))]
     TryLater { retry_after: Duration },
+    /// The password was right, but the account has no passkey for this host name.
+    #[error(
+        "this account has no passkey for {rp_id}; enter the code from your authenticator app instead (you can add a passkey under Passkeys once signed in)"
+    )]
+    NoPasskey { rp_id: String },
     #[error(transparent)]
     Store(#[from] crate::error::Error),
 }
@@ -108,9 +131,10 @@ fn wait(throttle: Option<&Throttle>, now: OffsetDateTime) -> Duration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Verdict {
     Accepted {
-        /// The TOTP step to record, or the recovery code used.
+        /// The TOTP step to record, the recovery code used, or the passkey used.
         totp_step: Option<u64>,
         recovery_code: Option<String>,
+        passkey: Option<Asserted>,
     },
     /// `counts`: a wrong password or second factor, which moves the account towards its lock.
     Refused { reason: String, counts: bool },
@@ -148,37 +172,13 @@ impl People {
         signing: Option<&super::signature::Pending>,
     ) -> std::result::Result<(Identity, Option<u64>), SignInError> {
         let name = name.trim();
-        let (account, by_name, by_source) = self.store.read(|txn| {
-            let account = match txn.open_table(PEOPLE) {
-                Ok(t) => store::get_json::<_, super::Account>(&t, "people", name)?,
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            let (by_name, by_source) = match txn.open_table(THROTTLE) {
-                Ok(t) => (
-                    store::get_json::<_, Throttle>(&t, "people_throttle", name_key(name).as_str())?,
-                    store::get_json::<_, Throttle>(
-                        &t,
-                        "people_throttle",
-                        source_key(source).as_str(),
-                    )?,
-                ),
-                Err(redb::TableError::TableDoesNotExist(_)) => (None, None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok((account, by_name, by_source))
-        })?;
-        let retry_after = wait(by_name.as_ref(), now).max(wait(by_source.as_ref(), now));
-        if !retry_after.is_zero() {
-            tracing::debug!(user = name, %source, ?retry_after, "Sign-in attempt refused unchecked: too many failures.");
-            return Err(SignInError::TryLater { retry_after });
-        }
-        let password_ok = match account.as_ref().and_then(|a| a.password.as_deref()) {
-            Some(phc) => password::verify(password_text, phc),
-            None => {
-                password::verify_nothing(password_text);
-                false
+        let password_ok = match second_factor {
+            // The password was checked when the challenge was given (see the module doc).
+            SecondFactor::Passkey { pending, .. } => {
+                self.check_throttle(name, source, now)?;
+                pending.name == name && now - pending.issued_at <= super::CEREMONY_TTL
             }
+            _ => self.check_password(name, password_text, source, now)?.1,
         };
         self.store
             .write(|txn| {
@@ -195,6 +195,129 @@ impl People {
             })?
             .map_err(|()| SignInError::Refused)
     }
+
+    /// The first half of a passkey sign-in: checks `name`'s `password` like a sign-in does
+    /// (throttled, a wrong one counted and audited), then the account's state, and returns the
+    /// challenge for its passkeys registered under `rp`, for the browser, with the state that
+    /// [`SecondFactor::Passkey`] hands back. Nothing is written when the password is right.
+    pub fn passkey_challenge(
+        &self,
+        name: &str,
+        password_text: &str,
+        rp: &RelyingParty,
+        source: IpAddr,
+        now: OffsetDateTime,
+    ) -> std::result::Result<
+        (
+            webauthn_rs::prelude::RequestChallengeResponse,
+            PendingSignIn,
+        ),
+        SignInError,
+    > {
+        let name = name.trim();
+        let (account, password_ok) = self.check_password(name, password_text, source, now)?;
+        if let Some(account) = account.as_ref()
+            && refusal(Some(account), password_ok, now).is_none()
+        {
+            return match passkeys::sign_in_challenge(account, rp, now)? {
+                Some(challenge) => Ok(challenge),
+                None => Err(SignInError::NoPasskey {
+                    rp_id: rp.id().to_owned(),
+                }),
+            };
+        }
+        self.store
+            .write(|txn| {
+                let account = load(txn, name)?;
+                let (reason, counts) = refusal(account.as_ref(), password_ok, now)
+                    .unwrap_or(("the account changed during sign-in", false));
+                let verdict = Verdict::Refused {
+                    reason: reason.to_owned(),
+                    counts,
+                };
+                record(self, txn, name, account, verdict, source, now, None)
+            })?
+            .map(|_| ())
+            .map_err(|()| SignInError::Refused)?;
+        Err(SignInError::Refused)
+    }
+
+    /// Refuses unchecked while `name` or `source` must wait.
+    fn check_throttle(
+        &self,
+        name: &str,
+        source: IpAddr,
+        now: OffsetDateTime,
+    ) -> std::result::Result<(), SignInError> {
+        let (by_name, by_source) = self.store.read(|txn| match txn.open_table(THROTTLE) {
+            Ok(t) => Ok((
+                store::get_json::<_, Throttle>(&t, "people_throttle", name_key(name).as_str())?,
+                store::get_json::<_, Throttle>(&t, "people_throttle", source_key(source).as_str())?,
+            )),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok((None, None)),
+            Err(e) => Err(e.into()),
+        })?;
+        let retry_after = wait(by_name.as_ref(), now).max(wait(by_source.as_ref(), now));
+        if !retry_after.is_zero() {
+            tracing::debug!(user = name, %source, ?retry_after, "Sign-in attempt refused unchecked: too many failures.");
+            return Err(SignInError::TryLater { retry_after });
+        }
+        Ok(())
+    }
+
+    /// The throttle check, then the account as read and whether `password_text` is its
+    /// password (for a name with no account, an equal amount of work is done).
+    fn check_password(
+        &self,
+        name: &str,
+        password_text: &str,
+        source: IpAddr,
+        now: OffsetDateTime,
+    ) -> std::result::Result<(Option<super::Account>, bool), SignInError> {
+        self.check_throttle(name, source, now)?;
+        let account = self.account(name)?;
+        let password_ok = match account.as_ref().and_then(|a| a.password.as_deref()) {
+            Some(phc) => password::verify(password_text, phc),
+            None => {
+                password::verify_nothing(password_text);
+                false
+            }
+        };
+        Ok((account, password_ok))
+    }
+}
+
+/// Why `account` may not sign in whatever its second factor (reason, and whether it counts
+/// towards the lock), or `None`.
+fn refusal(
+    account: Option<&super::Account>,
+    password_ok: bool,
+    now: OffsetDateTime,
+) -> Option<(&'static str, bool)> {
+    let Some(account) = account else {
+        return Some(("no such account", false));
+    };
+    if account.password.is_none() {
+        return Some(("the account's set-up is not complete", false));
+    }
+    if !password_ok {
+        return Some(("wrong password", true));
+    }
+    match account.state {
+        AccountState::Disabled => return Some(("the account is disabled", false)),
+        AccountState::Locked => {
+            return Some((
+                "the account is locked after failed sign-ins; an admin must unlock it",
+                false,
+            ));
+        }
+        AccountState::Pending => return Some(("the account's set-up is not complete", false)),
+        AccountState::Active => {}
+    }
+    if account.expired_at(now) {
+        return Some(("the account has expired", false));
+    }
+    None
 }
 
 /// The checks after the password, in order; pure apart from reading the factors.
@@ -211,29 +334,20 @@ fn judge(
             counts,
         })
     };
+    if let Some((reason, counts)) = refusal(account, password_ok, now) {
+        // A passkey answer whose challenge does not fit (another name, too old) is refused as
+        // a wrong password would be: the proof of the password is what failed.
+        let reason = match factor {
+            SecondFactor::Passkey { .. } if reason == "wrong password" => {
+                "the passkey challenge is for another account or has expired"
+            }
+            _ => reason,
+        };
+        return refused(reason, counts);
+    }
     let Some(account) = account else {
         return refused("no such account", false);
     };
-    if account.password.is_none() {
-        return refused("the account's set-up is not complete", false);
-    }
-    if !password_ok {
-        return refused("wrong password", true);
-    }
-    match account.state {
-        AccountState::Disabled => return refused("the account is disabled", false),
-        AccountState::Locked => {
-            return refused(
-                "the account is locked after failed sign-ins; an admin must unlock it",
-                false,
-            );
-        }
-        AccountState::Pending => return refused("the account's set-up is not complete", false),
-        AccountState::Active => {}
-    }
-    if account.expired_at(now) {
-        return refused("the account has expired", false);
-    }
     if account.demo && !demo_accounts {
         return refused("a demo account signs in only in `rxgate demo`", false);
     }
@@ -246,6 +360,7 @@ fn judge(
                 Ok(step) => Ok(Verdict::Accepted {
                     totp_step: Some(step),
                     recovery_code: None,
+                    passkey: None,
                 }),
                 Err(factors::TotpRefused::Wrong) => refused("wrong TOTP code", true),
                 Err(factors::TotpRefused::Replayed) => {
@@ -259,9 +374,20 @@ fn judge(
                 Ok(Verdict::Accepted {
                     totp_step: None,
                     recovery_code: Some(code.clone()),
+                    passkey: None,
                 })
             } else {
                 refused("wrong or already used recovery code", true)
+            }
+        }
+        SecondFactor::Passkey { pending, response } => {
+            match passkeys::verify_assertion(account, pending, response) {
+                Ok(asserted) => Ok(Verdict::Accepted {
+                    totp_step: None,
+                    recovery_code: None,
+                    passkey: Some(asserted),
+                }),
+                Err(reason) => refused(&reason, true),
             }
         }
     }
@@ -284,6 +410,7 @@ fn record(
         Verdict::Accepted {
             totp_step,
             recovery_code,
+            passkey,
         } => {
             let Some(mut account) = account else {
                 return Ok(Err(()));
@@ -291,6 +418,9 @@ fn record(
             let factor = if let Some(step) = totp_step {
                 account.totp_last_step = Some(step);
                 "totp"
+            } else if let Some(asserted) = &passkey {
+                passkeys::mark_used(&mut account, asserted, now);
+                "passkey"
             } else {
                 if let Some(code) = &recovery_code {
                     factors::use_recovery_code(&mut account.recovery_codes, code, now);
@@ -313,6 +443,7 @@ fn record(
                 None => Record::new(Kind::UserSignedIn, name).detail(serde_json::json!({
                     "user": name,
                     "factor": factor,
+                    "passkey": passkey.as_ref().map(|p| p.id.as_str()),
                     "recovery_codes_left": left,
                 })),
                 Some(pending) => Record::new(Kind::RecordSigned, name).detail(pending.detail(

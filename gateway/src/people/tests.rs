@@ -679,6 +679,312 @@ fn a_technicians_signature_is_denied_before_the_code_is_spent() {
     );
 }
 
+/// A passkey credential as webauthn-rs stores it (a P-256 public key; the id varies).
+fn test_passkey(id: u8) -> webauthn_rs::prelude::Passkey {
+    let cred_id: String = format!("{id:02x}").repeat(16);
+    serde_json::from_value(serde_json::json!({ "cred": {
+        "cred_id": cred_id,
+        "cred": {"type_": "ES256", "key": {"EC_EC2": {"curve": "SECP256R1",
+            "x": [194,126,127,109,252,23,131,21,252,6,223,99,44,254,140,27,230,17,94,5,133,28,104,41,144,69,171,149,161,26,200,243],
+            "y": [143,123,183,156,24,178,21,248,117,159,162,69,171,52,188,252,26,59,6,47,103,92,19,58,117,103,249,0,219,8,95,196]}}},
+        "counter": 0,
+        "user_verified": true,
+        "backup_eligible": false,
+        "backup_state": false,
+        "registration_policy": "required",
+        "extensions": {"cred_protect": "NotRequested", "hmac_create_secret": "NotRequested"},
+        "attestation": {"data": "None", "metadata": "None"},
+        "attestation_format": "none"
+    }}))
+    .expect("a passkey credential")
+}
+
+fn user_id() -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x5eed)
+}
+
+#[test]
+fn a_registered_passkey_is_stored_with_its_label_and_host_and_audited_under_the_person() {
+    let (_dir, people, _) = people();
+    active(&people, "alvarez", &[Role::Pharmacist]);
+    let added = people
+        .store_passkey(
+            "alvarez",
+            "localhost",
+            user_id(),
+            " office PC ",
+            test_passkey(1),
+            Some(ip(7)),
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (added.label.as_str(), added.rp_id.as_str()),
+        ("office PC", "localhost")
+    );
+    assert_eq!((added.last_used, added.sign_count), (None, 0));
+    let account = people.account("alvarez").unwrap().unwrap();
+    assert_eq!(account.passkeys.len(), 1);
+    assert_eq!(account.passkeys[0].id, added.id);
+    assert_eq!(account.passkey_user_id, Some(user_id()));
+    assert_eq!(people.list().unwrap()[0].passkeys, 1);
+    assert_eq!(people.passkeys("alvarez").unwrap(), vec![added.clone()]);
+    // Survives a round trip through the store's JSON, key included.
+    let stored = serde_json::to_value(&account.passkeys[0]).unwrap();
+    assert_eq!(stored["credential"]["cred"]["counter"], 0);
+
+    let entry = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserPasskeyAdded)
+        .expect("user.passkey_added");
+    assert_eq!(entry.1, "alvarez");
+    assert_eq!(entry.2["passkey"], added.id.as_str());
+    assert_eq!(entry.2["label"], "office PC");
+    assert_eq!(entry.2["rp_id"], "localhost");
+
+    // The same authenticator twice is refused, and nothing more is written.
+    assert_eq!(
+        people
+            .store_passkey(
+                "alvarez",
+                "localhost",
+                user_id(),
+                "again",
+                test_passkey(1),
+                None
+            )
+            .unwrap(),
+        Err(PasskeyRefused::AlreadyRegistered)
+    );
+    assert_eq!(people.passkeys("alvarez").unwrap().len(), 1);
+}
+
+#[test]
+fn a_passkey_use_raises_its_counter_and_an_old_counter_is_refused_as_a_clone() {
+    let (_dir, people, _) = people();
+    active(&people, "alvarez", &[Role::Pharmacist]);
+    let added = people
+        .store_passkey(
+            "alvarez",
+            "localhost",
+            user_id(),
+            "key",
+            test_passkey(2),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    let mut account = people.account("alvarez").unwrap().unwrap();
+    let used = START + TimeDelta::minutes(5);
+    passkeys::mark_used(
+        &mut account,
+        &passkeys::Asserted {
+            id: added.id.clone(),
+            counter: 7,
+        },
+        used,
+    );
+    let p = &account.passkeys[0];
+    assert_eq!((p.sign_count, p.last_used), (7, Some(used)));
+    assert!(passkeys::check_counter(p, 8).is_ok());
+    assert!(passkeys::check_counter(p, 0).is_ok(), "0: no counter kept");
+    assert!(
+        passkeys::check_counter(p, 7)
+            .unwrap_err()
+            .contains("cloned")
+    );
+    assert!(passkeys::check_counter(p, 3).is_err());
+}
+
+#[test]
+fn a_removed_passkey_is_gone_and_its_removal_audited_and_reset_factors_forgets_the_rest() {
+    let (_dir, people, _) = people();
+    active(&people, "alvarez", &[Role::Pharmacist]);
+    let first = people
+        .store_passkey(
+            "alvarez",
+            "localhost",
+            user_id(),
+            "one",
+            test_passkey(3),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    people
+        .store_passkey(
+            "alvarez",
+            "rx.example",
+            user_id(),
+            "two",
+            test_passkey(4),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    let removed = people
+        .remove_passkey("alvarez", &first.id, "alvarez", Some(ip(3)))
+        .unwrap();
+    assert_eq!(removed.label, "one");
+    let left = people.passkeys("alvarez").unwrap();
+    assert_eq!(
+        left.iter().map(|p| p.label.as_str()).collect::<Vec<_>>(),
+        ["two"]
+    );
+    assert!(matches!(
+        people.remove_passkey("alvarez", &first.id, "alvarez", None),
+        Err(Error::NotFound(_))
+    ));
+    let entry = audit_kinds(&people)
+        .into_iter()
+        .find(|e| e.0 == Kind::UserPasskeyRemoved)
+        .expect("user.passkey_removed");
+    assert_eq!(entry.1, "alvarez");
+    assert_eq!(entry.2["passkey"], first.id.as_str());
+    assert_eq!(entry.2["passkeys_left"], 1);
+
+    people.reset_factors("alvarez", "root").unwrap();
+    assert!(people.passkeys("alvarez").unwrap().is_empty());
+}
+
+#[test]
+fn passkeys_registered_at_once_from_several_threads_are_all_kept() {
+    let (_dir, people, _) = people();
+    active(&people, "alvarez", &[Role::Pharmacist]);
+    let threads: Vec<_> = (0..8u8)
+        .map(|i| {
+            let people = people.clone();
+            std::thread::spawn(move || {
+                people
+                    .store_passkey(
+                        "alvarez",
+                        "localhost",
+                        user_id(),
+                        &format!("key {i}"),
+                        test_passkey(10 + i),
+                        None,
+                    )
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(people.passkeys("alvarez").unwrap().len(), 8);
+    let added = audit_kinds(&people)
+        .into_iter()
+        .filter(|e| e.0 == Kind::UserPasskeyAdded)
+        .count();
+    assert_eq!(added, 8);
+}
+
+#[test]
+fn passkeys_are_offered_under_localhost_and_the_server_names_but_not_an_ip_address() {
+    let (_dir, people, _) = people();
+    assert_eq!(
+        people.relying_party(Some("localhost:8444")).unwrap().id(),
+        "localhost"
+    );
+    assert_eq!(
+        people.relying_party(Some("RX.example:8444")).unwrap().id(),
+        "rx.example"
+    );
+    assert!(matches!(
+        people.relying_party(Some("192.168.1.20:8444")),
+        Err(PasskeysUnavailable::IpAddress { ip, port }) if ip == "192.168.1.20" && port == ":8444"
+    ));
+    assert!(matches!(
+        people.relying_party(Some("[::1]:8444")),
+        Err(PasskeysUnavailable::IpAddress { .. })
+    ));
+    assert!(
+        people
+            .relying_party(Some("10.0.0.5:8444"))
+            .unwrap_err()
+            .to_string()
+            .contains("https://localhost:8444")
+    );
+    assert!(matches!(
+        people.relying_party(Some("evil.example")),
+        Err(PasskeysUnavailable::UnknownName { .. })
+    ));
+    assert!(matches!(
+        people.relying_party(None),
+        Err(PasskeysUnavailable::NoHost)
+    ));
+}
+
+#[test]
+fn a_passkey_challenge_needs_the_right_password_and_counts_a_wrong_one() {
+    let (_dir, people, _) = people();
+    active(&people, "alvarez", &[Role::Pharmacist]);
+    let rp = people.relying_party(Some("localhost:8444")).unwrap();
+    let at = START + TimeDelta::minutes(1);
+    assert!(matches!(
+        people.passkey_challenge("alvarez", PASSWORD, &rp, ip(1), at),
+        Err(SignInError::NoPasskey { rp_id }) if rp_id == "localhost"
+    ));
+    people
+        .store_passkey(
+            "alvarez",
+            "localhost",
+            user_id(),
+            "key",
+            test_passkey(5),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+    let (options, pending) = people
+        .passkey_challenge("alvarez", PASSWORD, &rp, ip(1), at)
+        .unwrap();
+    assert_eq!(pending.name(), "alvarez");
+    let options = serde_json::to_value(&options).unwrap();
+    assert_eq!(options["publicKey"]["rpId"], "localhost");
+    assert_eq!(
+        options["publicKey"]["allowCredentials"][0]["id"],
+        people.passkeys("alvarez").unwrap()[0].id.as_str()
+    );
+    assert!(matches!(
+        people.passkey_challenge("alvarez", "wrong wrong wrong", &rp, ip(1), at),
+        Err(SignInError::Refused)
+    ));
+    assert!(matches!(
+        people.passkey_challenge("nobody", PASSWORD, &rp, ip(1), at),
+        Err(SignInError::Refused)
+    ));
+    assert_eq!(
+        people.account("alvarez").unwrap().unwrap().failed_sign_ins,
+        1
+    );
+    // A garbage answer to a real challenge is refused and counted; so is the challenge offered
+    // for another name.
+    let factor = SecondFactor::Passkey {
+        pending: Arc::new(pending),
+        response: "{}".to_owned(),
+    };
+    assert!(matches!(
+        sign_in(&people, "alvarez", "", factor.clone(), at),
+        Err(SignInError::Refused)
+    ));
+    // (From another address: this one now waits after three failures in a row.)
+    assert!(matches!(
+        people.verify_sign_in("bernard", "", &factor, ip(9), at),
+        Err(SignInError::Refused)
+    ));
+    let reasons: Vec<String> = audit_kinds(&people)
+        .into_iter()
+        .filter(|e| e.0 == Kind::UserSignInRefused)
+        .map(|e| e.2["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(reasons[0], "wrong password");
+    assert_eq!(reasons[1], "no such account");
+    assert!(reasons[2].contains("not WebAuthn JSON"), "{reasons:?}");
+    assert_eq!(reasons[3], "no such account");
+}
+
 #[test]
 fn a_demo_account_signs_in_only_where_demo_accounts_are_allowed() {
     let (_dir, people, _clock) = people();

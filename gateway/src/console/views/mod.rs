@@ -13,6 +13,7 @@ mod excursion;
 mod fridge;
 mod live;
 mod overview;
+mod passkeys;
 mod setup;
 mod signin;
 mod users;
@@ -36,6 +37,13 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/setup/{token}", get(setup::page).post(setup::submit))
         .route("/signin", get(signin::page).post(signin::submit))
         .route("/signout", axum::routing::post(signin::sign_out))
+        .route("/signin/passkey", axum::routing::post(signin::passkey))
+        .route("/account/passkeys", get(passkeys::page).post(passkeys::add))
+        .route(
+            "/account/passkeys/{id}/remove",
+            axum::routing::post(passkeys::remove),
+        )
+        .route("/assets/passkey.js", get(passkeys::script))
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/ack", get(alerts::form).post(alerts::submit))
         .route("/devices", get(devices::list))

@@ -1,5 +1,7 @@
 //! `/setup/{token}`: the set-up link. Shows the TOTP secret, takes a password and a code, and
-//! shows the recovery codes once.
+//! shows the recovery codes once. Under a DNS name it also offers to add a passkey: the page
+//! carries a registration challenge (kept for the session), `/assets/passkey.js` puts the
+//! browser's answer into the form, and the passkey is stored once set-up has succeeded.
 
 use std::sync::Arc;
 
@@ -10,7 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
+use super::passkeys::host;
 use super::{Chrome, check_csrf, error, failed, render, time_text};
+use crate::console::ceremonies::{Ceremony, Purpose};
 use crate::console::{App, ConnInfo, Current, blocking};
 use crate::people::{SetupError, SetupOffer};
 
@@ -26,6 +30,10 @@ struct SetupPage {
     uri: String,
     expires: String,
     error: Option<String>,
+    /// The passkey registration challenge (JSON), when passkeys work under this host.
+    passkey_options: Option<String>,
+    /// Why passkeys are not offered here.
+    passkeys_unavailable: Option<String>,
 }
 
 #[derive(Template)]
@@ -34,6 +42,8 @@ struct SetupDonePage {
     chrome: Chrome,
     name: String,
     codes: Vec<String>,
+    /// What became of the passkey offered with the form, if one was.
+    passkey: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -46,6 +56,10 @@ pub(crate) struct SetupForm {
     password2: String,
     #[serde(default)]
     code: String,
+    #[serde(default)]
+    credential: String,
+    #[serde(default)]
+    passkey_label: String,
 }
 
 fn invalid(app: &App, current: &Current) -> Response {
@@ -58,14 +72,34 @@ fn invalid(app: &App, current: &Current) -> Response {
     )
 }
 
-fn form_page(
-    app: &App,
+async fn form_page(
+    app: &Arc<App>,
     current: &Current,
+    headers: &HeaderMap,
     token: &str,
     offer: &SetupOffer,
     status: StatusCode,
     error: Option<String>,
 ) -> Response {
+    let (passkey_options, passkeys_unavailable) =
+        match app.people.relying_party(host(headers).as_deref()) {
+            Ok(rp) => {
+                let (people, name) = (app.people.clone(), offer.name.clone());
+                match blocking(move || people.start_passkey_registration(&name, &rp)).await {
+                    Ok((options, pending)) => {
+                        app.ceremonies.put(
+                            &current.id,
+                            Purpose::Setup,
+                            Ceremony::Registration(pending),
+                            app.now(),
+                        );
+                        (serde_json::to_string(&options).ok(), None)
+                    }
+                    Err(e) => (None, Some(e.to_string())),
+                }
+            }
+            Err(why) => (None, Some(why.to_string())),
+        };
     render(
         current,
         status,
@@ -84,6 +118,8 @@ fn form_page(
             uri: offer.otpauth_uri.clone(),
             expires: time_text(offer.expires_at),
             error,
+            passkey_options,
+            passkeys_unavailable,
         },
     )
 }
@@ -104,7 +140,18 @@ pub(crate) async fn page(
         Err(e) => return crate::console::plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match offer(&app, &token).await {
-        Ok(Some(offer)) => form_page(&app, &current, &token, &offer, StatusCode::OK, None),
+        Ok(Some(offer)) => {
+            form_page(
+                &app,
+                &current,
+                &headers,
+                &token,
+                &offer,
+                StatusCode::OK,
+                None,
+            )
+            .await
+        }
         Ok(None) => invalid(&app, &current),
         Err(e) => failed(&app, &current, &e),
     }
@@ -133,34 +180,92 @@ pub(crate) async fn submit(
         return form_page(
             &app,
             &current,
+            &headers,
             &token,
             &offered,
             StatusCode::BAD_REQUEST,
             Some("The two passwords differ; type the same password twice.".to_owned()),
-        );
+        )
+        .await;
     }
     let (people, t, now) = (app.people.clone(), token.clone(), app.now());
     let (password, code) = (form.password, form.code);
     let outcome = blocking(move || people.redeem_setup(&t, &password, code.trim(), now)).await;
     match outcome {
-        Ok(Ok(done)) => render(
-            &current,
-            StatusCode::OK,
-            &SetupDonePage {
-                chrome: Chrome::new(&app, &current, "Your account is ready"),
-                name: done.name,
-                codes: done.recovery_codes,
-            },
-        ),
+        Ok(Ok(done)) => {
+            let passkey = add_passkey(
+                &app,
+                &current,
+                &done.name,
+                form.passkey_label,
+                form.credential,
+                conn.peer.ip(),
+            )
+            .await;
+            render(
+                &current,
+                StatusCode::OK,
+                &SetupDonePage {
+                    chrome: Chrome::new(&app, &current, "Your account is ready"),
+                    name: done.name,
+                    codes: done.recovery_codes,
+                    passkey,
+                },
+            )
+        }
         Ok(Err(SetupError::InvalidLink)) => invalid(&app, &current),
-        Ok(Err(refused)) => form_page(
-            &app,
-            &current,
-            &token,
-            &offered,
-            StatusCode::BAD_REQUEST,
-            Some(refused.to_string()),
-        ),
+        Ok(Err(refused)) => {
+            form_page(
+                &app,
+                &current,
+                &headers,
+                &token,
+                &offered,
+                StatusCode::BAD_REQUEST,
+                Some(refused.to_string()),
+            )
+            .await
+        }
         Err(e) => failed(&app, &current, &e),
     }
+}
+
+/// Stores the passkey the set-up form carried, once set-up has succeeded; what to tell the
+/// person about it (`None` when none was offered).
+async fn add_passkey(
+    app: &Arc<App>,
+    current: &Current,
+    name: &str,
+    label: String,
+    credential: String,
+    source: std::net::IpAddr,
+) -> Option<String> {
+    let pending = app.ceremonies.take(&current.id, Purpose::Setup, app.now());
+    if credential.trim().is_empty() {
+        return None;
+    }
+    let pending = match pending {
+        Some(Ceremony::Registration(p)) if p.name() == name => p,
+        _ => {
+            return Some(
+                "The passkey was not added: its prompt expired. Sign in and add it under Passkeys."
+                    .to_owned(),
+            );
+        }
+    };
+    let people = app.people.clone();
+    let outcome = blocking(move || {
+        people.finish_passkey_registration(&pending, &label, &credential, Some(source))
+    })
+    .await;
+    Some(match outcome {
+        Ok(Ok(added)) => format!(
+            "Passkey \u{201c}{}\u{201d} added: it signs you in under {} instead of a code.",
+            added.label, added.rp_id
+        ),
+        Ok(Err(refused)) => {
+            format!("The passkey was not added: {refused} Sign in and add it under Passkeys.")
+        }
+        Err(e) => format!("The passkey was not added: {e}. Sign in and add it under Passkeys."),
+    })
 }
