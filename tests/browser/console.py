@@ -173,7 +173,9 @@ def pharmacist(args, browser, seen):
     shot(browser, args.shots, "03-overview")
     link = reload_until(
         browser, args.base + "/alerts",
-        lambda b: (a := b.find_elements(By.CSS_SELECTOR, "a.ack")) and a[0],
+        # The temperature alert's row (not, say, a missed daily check raised meanwhile).
+        lambda b: next((a for a in b.find_elements(By.CSS_SELECTOR, "tr.open a.ack")
+                        if "temperature above" in a.find_element(By.XPATH, "./ancestor::tr").text), None),
         "an alert to acknowledge on /alerts")
     shot(browser, args.shots, "04-alerts")
     link.click()
