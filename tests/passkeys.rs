@@ -61,6 +61,15 @@ fn a_pharmacist_adds_passkeys_on_set_up_and_on_the_passkeys_page_and_signs_in_wi
     let stdout = String::from_utf8_lossy(&output.stdout);
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .expect("the browser test's JSON line");
+    assert!(
+        !seen["axe_pages"].as_array().unwrap().is_empty(),
+        "axe-core ran: {seen}"
+    );
+    assert_eq!(
+        seen["axe_violations"],
+        serde_json::json!({}),
+        "serious or critical accessibility violations"
+    );
 
     assert!(
         seen["ip_signin_note"]

@@ -87,6 +87,15 @@ fn a_signed_excursion_prints_with_duration_peak_mkt_signature_and_disposition_an
     let stdout = String::from_utf8_lossy(&output.stdout);
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .expect("the browser test's JSON line");
+    assert!(
+        !seen["axe_pages"].as_array().unwrap().is_empty(),
+        "axe-core ran: {seen}"
+    );
+    assert_eq!(
+        seen["axe_violations"],
+        serde_json::json!({}),
+        "serious or critical accessibility violations"
+    );
 
     // The printable report: duration, peak above the range, MKT, the signature, the disposition.
     let report = &seen["report"];

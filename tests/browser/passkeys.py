@@ -143,6 +143,9 @@ def main():
         seen["wrong_password"] = browser.find_element(By.ID, "error").text
     finally:
         browser.quit()
+    import console
+    seen["axe_pages"] = console.PAGES_CHECKED
+    seen["axe_violations"] = console.VIOLATIONS
     print(json.dumps(seen))
 
 

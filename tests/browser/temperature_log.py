@@ -145,6 +145,9 @@ def main():
         shot(browser, args.shots, "27-overview-after-check")
     finally:
         browser.quit()
+    import console
+    seen["axe_pages"] = console.PAGES_CHECKED
+    seen["axe_violations"] = console.VIOLATIONS
     print(json.dumps(seen))
 
 
