@@ -106,7 +106,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<DeviceRecord>;
     /// What a device needs besides its token to enroll: the EST URL and the CA's fingerprint.
     fn enrollment(&self) -> Result<Enrollment>;
-    /// One page of the audit trail (see [`crate::admin::Request::AuditExport`]).
+    /// One page of the audit trail, as the admin request `audit_export` gives it.
     fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage>;
     /// The chain checked from its start: entries intact, or the first broken one and why.
     fn audit_verify(&self) -> Result<(u64, Option<(u64, String)>)>;

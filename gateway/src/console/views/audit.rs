@@ -1,9 +1,10 @@
 //! `/audit`: the audit trail filtered by time, device, person and kind, with the chain's
 //! verification state; `/audit/export.csv` and `/audit/export.json` download the filtered range.
 //!
-//! The time bounds go to the gateway's export (one page of at most
-//! [`crate::admin::EXPORT_PAGE`] entries at a time); device, person and kind are matched here,
-//! page by page, so neither the page nor an export ever holds the whole trail.
+//! The time bounds go to the gateway's export (one page of at most [`PAGE`] entries at a time,
+//! the most its export gives); device, person and kind are matched here, page by page, so
+//! neither the page nor an export ever holds the whole trail. The console does not import
+//! `admin` (which imports the config, which imports the console): it asks through `Backend`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -25,7 +26,7 @@ use crate::people::Action;
 /// Entries shown on the page at most: the newest that match.
 pub const SHOWN: usize = 200;
 /// Entries asked for per page of the gateway's export.
-const PAGE: u32 = crate::admin::EXPORT_PAGE;
+const PAGE: u32 = 1000;
 /// Days shown when the form gives no start.
 const DEFAULT_DAYS: i64 = 7;
 
