@@ -11,63 +11,15 @@
 //! axe-core checks every page for serious and critical accessibility violations. The audit trail
 //! is read with the CLI. Screenshots of every page go to `<target>/console-screenshots/`.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use rxgate_e2e::{Gateway, curl, failing_fridge, fridge_device_config, text, workspace};
+use rxgate_e2e::{
+    Gateway, browser_test, curl, failing_fridge, fridge_device_config, screenshots, text,
+};
 
-/// `RXGATE_PYTHON`, else the workspace's `.venv` (scripts/test installs Selenium and pyotp
-/// there), else `python3`.
-fn python() -> PathBuf {
-    let venv = workspace().join(".venv/bin/python");
-    std::env::var_os("RXGATE_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| venv.exists().then_some(venv))
-        .unwrap_or_else(|| PathBuf::from("python3"))
-}
-
-fn screenshots() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    target.join("console-screenshots")
-}
-
-/// Runs tests/browser/console.py with `args` (a scenario and its options) against `gw`; returns
-/// the JSON it printed, after checking that axe-core found no serious or critical violation.
+/// Runs tests/browser/console.py with `args` (a scenario and its options) against `gw`.
 fn browser(gw: &Gateway, args: &[&str]) -> serde_json::Value {
-    let output = Command::new(python())
-        .arg(workspace().join("tests/browser/console.py"))
-        .args(args)
-        .arg("--shots")
-        .arg(screenshots())
-        .output()
-        .expect("run tests/browser/console.py");
-    assert!(
-        output.status.success(),
-        "the browser test failed (needs chromium, chromium-driver, and selenium, pyotp and axe-core-python in .venv: scripts/test installs them): {}\n{}",
-        text(&output),
-        gw.logs()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .expect("the browser test's JSON line");
-    assert!(
-        !seen["axe_pages"].as_array().unwrap().is_empty(),
-        "axe-core ran: {seen}"
-    );
-    assert_eq!(
-        seen["axe_violations"],
-        serde_json::json!({}),
-        "serious or critical accessibility violations"
-    );
-    seen
+    browser_test(gw, "console.py", args)
 }
 
 fn setup_link(gw: &Gateway, name: &str, role: &str) -> String {

@@ -5,26 +5,7 @@
 //! password and passkey; on `https://127.0.0.1:PORT` the console says passkeys need a name. The
 //! audit trail is then read with the CLI. Screenshots go to `<target>/console-screenshots/`.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use rxgate_e2e::{Gateway, text, workspace};
-
-/// `RXGATE_PYTHON`, else the workspace's `.venv`, else `python3` (as tests/console.rs).
-fn python() -> PathBuf {
-    let venv = workspace().join(".venv/bin/python");
-    std::env::var_os("RXGATE_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| venv.exists().then_some(venv))
-        .unwrap_or_else(|| PathBuf::from("python3"))
-}
-
-fn screenshots() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    target.join("console-screenshots")
-}
+use rxgate_e2e::{Gateway, browser_test, screenshots, text};
 
 #[test]
 fn a_pharmacist_adds_passkeys_on_set_up_and_on_the_passkeys_page_and_signs_in_with_one() {
@@ -38,37 +19,17 @@ fn a_pharmacist_adds_passkeys_on_set_up_and_on_the_passkeys_page_and_signs_in_wi
     );
 
     let shots = screenshots();
-    let output = Command::new(python())
-        .arg(workspace().join("tests/browser/passkeys.py"))
-        .args(["--base", &format!("https://localhost:{port}")])
-        .args(["--ip-base", &format!("https://127.0.0.1:{port}")])
-        .args(["--link", &link])
-        .arg("--shots")
-        .arg(&shots)
-        .output()
-        .expect("run tests/browser/passkeys.py");
-    assert!(
-        output.status.success(),
-        "the browser test failed (needs chromium, chromium-driver, and selenium + pyotp in .venv: scripts/test installs them): {}\n{}",
-        text(&output),
-        gw.logs()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .expect("the browser test's JSON line");
-    assert!(
-        !seen["axe_pages"].as_array().unwrap().is_empty(),
-        "axe-core ran: {seen}"
-    );
-    assert_eq!(
-        seen["axe_violations"],
-        serde_json::json!({}),
-        "serious or critical accessibility violations"
+    let seen = browser_test(
+        &gw,
+        "passkeys.py",
+        &[
+            "--base",
+            &format!("https://localhost:{port}"),
+            "--ip-base",
+            &format!("https://127.0.0.1:{port}"),
+            "--link",
+            &link,
+        ],
     );
 
     assert!(

@@ -5,25 +5,11 @@
 //! open the printable excursion report; then a technician signs the daily min/max check, which
 //! resets the extremes since the last check. Screenshots go to `<target>/console-screenshots/`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use rxgate_e2e::{Gateway, bin, fridge_device_config, start_ready, text, workspace};
-
-fn python() -> PathBuf {
-    let venv = workspace().join(".venv/bin/python");
-    std::env::var_os("RXGATE_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| venv.exists().then_some(venv))
-        .unwrap_or_else(|| PathBuf::from("python3"))
-}
-
-fn screenshots() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target"));
-    target.join("console-screenshots")
-}
+use rxgate_e2e::{
+    Gateway, bin, browser_test, fridge_device_config, screenshots, start_ready, text,
+};
 
 fn setup_link(gw: &Gateway, name: &str, role: &str) -> String {
     gw.cli_ok(&["user", "add", name, "--role", role])
@@ -66,35 +52,10 @@ fn a_signed_excursion_prints_with_duration_peak_mkt_signature_and_disposition_an
     let tom = setup_link(&gw, "tom", "technician");
 
     let shots = screenshots();
-    let output = Command::new(python())
-        .arg(workspace().join("tests/browser/temperature_log.py"))
-        .args(["--base", &base, "--pia", &pia, "--tom", &tom])
-        .arg("--shots")
-        .arg(&shots)
-        .output()
-        .expect("run tests/browser/temperature_log.py");
-    assert!(
-        output.status.success(),
-        "the browser test failed (needs chromium, chromium-driver, and selenium + pyotp in .venv): {}\n{}",
-        text(&output),
-        gw.logs()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .expect("the browser test's JSON line");
-    assert!(
-        !seen["axe_pages"].as_array().unwrap().is_empty(),
-        "axe-core ran: {seen}"
-    );
-    assert_eq!(
-        seen["axe_violations"],
-        serde_json::json!({}),
-        "serious or critical accessibility violations"
+    let seen = browser_test(
+        &gw,
+        "temperature_log.py",
+        &["--base", &base, "--pia", &pia, "--tom", &tom],
     );
 
     // The printable report: duration, peak above the range, MKT, the signature, the disposition.

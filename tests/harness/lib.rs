@@ -597,3 +597,58 @@ pub fn wait_for_mails(dir: &Path, n: usize, timeout: Duration) -> Vec<serde_json
         (got.len() >= n).then_some(got)
     })
 }
+
+/// `RXGATE_PYTHON`, else the workspace's `.venv` (scripts/test installs Selenium, pyotp and
+/// axe-core there), else `python3`.
+pub fn python() -> PathBuf {
+    let venv = workspace().join(".venv/bin/python");
+    std::env::var_os("RXGATE_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv))
+        .unwrap_or_else(|| PathBuf::from("python3"))
+}
+
+/// Where the browser tests keep a screenshot of every page: `<target>/console-screenshots/`.
+pub fn screenshots() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("console-screenshots")
+}
+
+/// Runs the browser test `tests/browser/<script>` with `args` (and `--shots`) against `gw`;
+/// returns the JSON line it printed last, after checking that axe-core ran and found no serious
+/// or critical violation.
+pub fn browser_test(gw: &Gateway, script: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(workspace().join("tests/browser").join(script))
+        .args(args)
+        .arg("--shots")
+        .arg(screenshots())
+        .output()
+        .unwrap_or_else(|e| panic!("run tests/browser/{script}: {e}"));
+    assert!(
+        output.status.success(),
+        "the browser test failed (needs chromium, chromium-driver, and selenium, pyotp and axe-core-python in .venv: scripts/test installs them): {}\n{}",
+        text(&output),
+        gw.logs()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .expect("the browser test's JSON line");
+    assert!(
+        !seen["axe_pages"].as_array().unwrap().is_empty(),
+        "axe-core ran: {seen}"
+    );
+    assert_eq!(
+        seen["axe_violations"],
+        serde_json::json!({}),
+        "serious or critical accessibility violations"
+    );
+    seen
+}

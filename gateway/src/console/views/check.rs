@@ -14,10 +14,10 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::fridge::{celsius, check_text, since_check_text};
-use super::{Chrome, check_csrf, error, failed, render, require, second_factor, time_text};
+use super::{Chrome, check_csrf, error, failed, render, require, session, time_text};
 use crate::coldchain::live::FridgeNow;
-use crate::console::{App, ConnInfo, Current, blocking, plain};
-use crate::people::{Action, Meaning, SignError, SignInError, SignatureRequest};
+use crate::console::{App, ConnInfo, Current, blocking};
+use crate::people::{Action, Meaning, SignatureRequest};
 
 #[derive(Template)]
 #[template(path = "check.html")]
@@ -72,12 +72,6 @@ fn shown(fridge: &FridgeNow) -> String {
         celsius(s.map(|s| s.max)),
         s.map_or_else(|| "—".to_owned(), |s| time_text(s.since))
     )
-}
-
-async fn session(app: &Arc<App>, headers: &HeaderMap, conn: ConnInfo) -> Result<Current, Response> {
-    app.current(headers, conn.peer.ip())
-        .await
-        .map_err(|e| plain(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn fridge(app: &Arc<App>, current: &Current, device: &str) -> Result<FridgeNow, Response> {
@@ -189,54 +183,22 @@ pub(crate) async fn submit(
         }),
         statement: serde_json::json!({ "note": note }),
     };
-    let (people, source) = (app.people.clone(), conn.peer.ip());
-    let (name, password, factor) = (
-        user.name.clone(),
+    let source = conn.peer.ip();
+    let signature = match super::sign(
+        &app,
+        &current,
+        &user,
+        source,
         input.password,
-        second_factor(&input.code),
-    );
-    let signed = tokio::task::spawn_blocking(move || {
-        people.sign(&name, &password, &factor, source, now, request)
-    })
-    .await;
-    let signature = match signed {
-        Ok(Ok(signature)) => signature,
-        Ok(Err(SignError::Denied(denied))) => {
-            return error(
-                &app,
-                &current,
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                denied.to_string(),
-            );
-        }
-        Ok(Err(SignError::Authentication(SignInError::Store(e)))) => {
-            return failed(&app, &current, &e);
-        }
-        Ok(Err(SignError::Authentication(e @ SignInError::TryLater { .. }))) => {
-            return form_page(
-                &app,
-                &current,
-                &fridge,
-                StatusCode::TOO_MANY_REQUESTS,
-                Some(e.to_string()),
-            );
-        }
-        Ok(Err(SignError::Authentication(_))) => {
-            return form_page(
-                &app,
-                &current,
-                &fridge,
-                StatusCode::UNAUTHORIZED,
-                Some("Not signed: the password or the code is wrong, or the code was used already (wait for the next one).".to_owned()),
-            );
-        }
-        Err(e) => {
-            return failed(
-                &app,
-                &current,
-                &crate::error::Error::Invalid(format!("the signing task failed: {e}")),
-            );
+        &input.code,
+        request,
+    )
+    .await
+    {
+        Ok(signature) => signature,
+        Err(super::NotSigned::Answer(answer)) => return answer,
+        Err(super::NotSigned::Form(status, message)) => {
+            return form_page(&app, &current, &fridge, status, Some(message));
         }
     };
     let (backend, id, by, seq) = (
