@@ -31,13 +31,16 @@ import urllib.request
 import pyotp
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                        WebDriverException)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 WAIT = 20  # seconds, for any one thing to appear
-# While a page is replaced, its elements vanish or go stale: look again until the deadline.
-LOADING = (NoSuchElementException, StaleElementReferenceException)
+# While a page is replaced, its elements vanish or go stale (Chromium sometimes says so only as
+# "Node with given id does not belong to the document"): look again until the deadline, which
+# still fails the test with what was awaited.
+LOADING = (NoSuchElementException, StaleElementReferenceException, WebDriverException)
 
 
 def wait(browser, timeout=WAIT):
