@@ -29,6 +29,7 @@ use crate::policy::stage::{PolicyHandle, PolicyStage};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::uplink::{self, Uplink};
+use crate::watchdog::{NotifySettings, Progress, Watchdog};
 
 /// Time components get to finish after shutdown is signalled.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -59,6 +60,7 @@ pub struct Gateway {
     ingest: Ingest,
     alerts: AlertsHandle,
     addresses: Vec<(String, SocketAddr)>,
+    watchdog: Watchdog,
     /// SIGHUP, caught from before the admin socket answers: `systemctl reload` right after a
     /// start must not kill the gateway (SIGHUP's default action).
     hangup: Option<tokio::signal::unix::Signal>,
@@ -70,6 +72,7 @@ impl Gateway {
     /// (`clock::floor`): never earlier than the latest time the gateway knows has passed.
     pub async fn build(config: &Config, clock: SharedClock) -> Result<Gateway> {
         let paths = config.paths();
+        let watchdog = Watchdog::new(NotifySettings::from_env());
         let store = open_store(&paths.store()).await?;
         let floor =
             crate::clock::floor::open(&store, clock, crate::audit::newest_synced_entry(&store)?)?;
@@ -97,7 +100,8 @@ impl Gateway {
             &config.gateway.site,
             config.outbox.batch_max.get(),
             config.outbox.batch_delay,
-        );
+        )
+        .with_progress(watchdog.progress("pipeline"));
         let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
         let audit_keeper = AuditKeeper::new(
             store.clone(),
@@ -170,7 +174,8 @@ impl Gateway {
             &config.devices,
             ingest.clone(),
             Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
-        )?;
+        )?
+        .with_watchdog(watchdog.clone());
         let console_listener = crate::console::bind(&config.console).await?;
         let console_url = crate::console::base_url(
             &config.gateway.server_names,
@@ -193,13 +198,16 @@ impl Gateway {
         )?;
         let uplink_status = uplink::Status::default();
         let uplink = match &config.cloud {
-            Some(cloud) => Some(Uplink::build(
-                &config.gateway.site,
-                cloud,
-                outbox.clone(),
-                clock.clone(),
-                uplink_status.clone(),
-            )?),
+            Some(cloud) => Some(
+                Uplink::build(
+                    &config.gateway.site,
+                    cloud,
+                    outbox.clone(),
+                    clock.clone(),
+                    uplink_status.clone(),
+                )?
+                .with_progress(watchdog.progress("uplink")),
+            ),
             None => {
                 tracing::warn!("No [cloud] configured: messages wait in the outbox.");
                 None
@@ -297,6 +305,7 @@ impl Gateway {
             ingest,
             alerts: alerts_handle,
             addresses,
+            watchdog,
             hangup,
         })
     }
@@ -350,7 +359,7 @@ impl Gateway {
         pipeline_task.close();
         core_tasks.spawn(self.monitor.run(core.clone()));
         for notifier in self.notifiers {
-            core_tasks.spawn(notifier.run(core.clone()));
+            core_tasks.spawn(notifier.run(&self.watchdog, core.clone()));
         }
         core_tasks.spawn(self.refusal_log.run(core.clone()));
         core_tasks.spawn(self.audit_keeper.run(core.clone()));
@@ -366,10 +375,15 @@ impl Gateway {
         if let Some(uplink) = self.uplink {
             core_tasks.spawn(uplink.run(core.clone()));
         }
+        // Every listener was bound by `build`: the service manager may start what depends on us.
+        self.watchdog.ready("running");
+        let watchdog = self.watchdog.clone();
+        core_tasks.spawn(self.watchdog.run(core.clone()));
         core_tasks.close();
 
         shutdown.cancelled().await;
         tracing::info!("Shutting down.");
+        watchdog.stopping();
         let deadline = tokio::time::Instant::now() + GRACE;
         intakes.cancel();
         if tokio::time::timeout_at(deadline, intake_tasks.wait())
@@ -573,18 +587,28 @@ fn unexpected(reply: &admin::Reply) -> crate::Error {
     ))
 }
 
-/// A notification channel's worker, whatever its channel: started with the shutdown token.
-pub struct Notifier(Box<dyn FnOnce(CancellationToken) -> BoxFuture + Send>);
+/// A notification channel's worker, whatever its channel: started with its watchdog progress
+/// and the shutdown token.
+pub struct Notifier {
+    channel: Channel,
+    start: Box<dyn FnOnce(Progress, CancellationToken) -> BoxFuture + Send>,
+}
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Notifier {
     fn new<D: alerts::notify::Deliver>(worker: Worker<D>) -> Notifier {
-        Notifier(Box::new(move |shutdown| Box::pin(worker.run(shutdown))))
+        Notifier {
+            channel: worker.channel(),
+            start: Box::new(move |progress, shutdown| {
+                Box::pin(worker.with_progress(progress).run(shutdown))
+            }),
+        }
     }
 
-    fn run(self, shutdown: CancellationToken) -> BoxFuture {
-        (self.0)(shutdown)
+    fn run(self, watchdog: &Watchdog, shutdown: CancellationToken) -> BoxFuture {
+        let progress = watchdog.progress(format!("alerts {}", self.channel.as_str()));
+        (self.start)(progress, shutdown)
     }
 }
 

@@ -34,5 +34,6 @@ pub mod report;
 pub mod store;
 pub mod tls;
 pub mod uplink;
+pub mod watchdog;
 
 pub use error::{Error, Result};

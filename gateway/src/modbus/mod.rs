@@ -57,6 +57,7 @@ use crate::devices::{DeviceConfig, Transport};
 use crate::error::ConfigErrors;
 use crate::error::{Error, Result};
 use crate::message::Ingest;
+use crate::watchdog::Progress;
 
 pub use decode::{DecodeError, PointSpec, Raw, decode_point, raw_number, scaled};
 pub use health::{Health, StatusChange, next_delay};
@@ -73,6 +74,7 @@ pub struct ModbusPoller {
     ingest: Ingest,
     devices: Vec<(Device, Link)>,
     buses: Vec<(SerialLine, Vec<Device>)>,
+    watchdog: Option<crate::watchdog::Watchdog>,
 }
 
 impl std::fmt::Debug for ModbusPoller {
@@ -158,6 +160,7 @@ impl ModbusPoller {
             ingest,
             devices,
             buses: buses.into_values().collect(),
+            watchdog: None,
         })
     }
 
@@ -176,19 +179,43 @@ impl ModbusPoller {
         self.devices.is_empty() && self.buses.is_empty()
     }
 
+    /// Reports each poller's cycles to `watchdog`: a cycle that overruns its timeouts stops the
+    /// service manager's heartbeat.
+    pub fn with_watchdog(mut self, watchdog: crate::watchdog::Watchdog) -> Self {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    fn progress(&self, component: String) -> Progress {
+        self.watchdog
+            .as_ref()
+            .map_or_else(Progress::untracked, |w| w.progress(component))
+    }
+
     /// Polls until `shutdown` fires; returns once every poll task has stopped.
     pub async fn run(self, shutdown: CancellationToken) {
         let tasks = TaskTracker::new();
-        for (device, link) in self.devices {
+        let devices: Vec<_> = self
+            .devices
+            .iter()
+            .map(|(device, _)| self.progress(format!("modbus poller {}", device.id)))
+            .collect();
+        let buses: Vec<_> = self
+            .buses
+            .iter()
+            .map(|(line, _)| self.progress(format!("modbus poller {line}")))
+            .collect();
+        for ((device, link), progress) in self.devices.into_iter().zip(devices) {
             tracing::info!(device = %device.id, %link, points = device.points.len(), requests = device.plan.len(), "Polling.");
             tasks.spawn(poll::run_device(
                 device,
                 link,
                 self.ingest.clone(),
+                progress,
                 shutdown.clone(),
             ));
         }
-        for (line, devices) in self.buses {
+        for ((line, devices), progress) in self.buses.into_iter().zip(buses) {
             for device in &devices {
                 tracing::info!(device = %device.id, serial = %line, unit = device.unit, points = device.points.len(), requests = device.plan.len(), "Polling.");
             }
@@ -196,6 +223,7 @@ impl ModbusPoller {
                 devices,
                 line,
                 self.ingest.clone(),
+                progress,
                 shutdown.clone(),
             ));
         }

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::devices::Function;
 use crate::message::{Ingest, Intake, Point, Quality, Reading, Value};
+use crate::watchdog::Progress;
 
 use super::decode::{PointSpec, Raw, decode_point};
 use super::health::{Health, Jitter, StatusChange, next_delay};
@@ -84,6 +85,17 @@ pub(crate) struct Device {
 }
 
 impl Device {
+    /// How long one cycle's requests can take at most, each bounded by the timeout: connecting,
+    /// every planned request, and one request per point if a merged read is split, twice (a
+    /// kept connection found closed is reopened once). Waiting for the reading to be stored
+    /// comes on top: a pipeline that does not move makes the poller stuck too.
+    fn cycle_bound(&self) -> Duration {
+        let requests = 2 * (1 + self.plan.len() + self.points.len());
+        self.timing
+            .timeout
+            .saturating_mul(u32::try_from(requests).unwrap_or(u32::MAX))
+    }
+
     /// Schedules the next poll relative to the start of this one; a poll (or a slow submit)
     /// that overran simply makes the next one start at once, never a burst of catch-ups.
     fn schedule_next(&mut self, started: Instant) {
@@ -477,6 +489,7 @@ pub(crate) async fn run_device(
     mut dev: Device,
     link: Link,
     ingest: Ingest,
+    progress: Progress,
     shutdown: CancellationToken,
 ) {
     let mut ctx: Option<Context> = None;
@@ -486,6 +499,7 @@ pub(crate) async fn run_device(
             () = shutdown.cancelled() => break,
         }
         let started = Instant::now();
+        let _work = progress.working_within(dev.cycle_bound());
         let span = tracing::debug_span!("poll", device = %dev.id, link = %link);
         let cycle = tokio::select! {
             cycle = poll_link(&mut ctx, &mut dev, &link).instrument(span) => cycle,
@@ -560,6 +574,7 @@ pub(crate) async fn run_bus(
     mut devices: Vec<Device>,
     line: SerialLine,
     ingest: Ingest,
+    progress: Progress,
     shutdown: CancellationToken,
 ) {
     let mut ctx: Option<Context> = None;
@@ -570,6 +585,7 @@ pub(crate) async fn run_bus(
             () = shutdown.cancelled() => break,
         }
         let started = Instant::now();
+        let _work = progress.working_within(dev.cycle_bound());
         let span = tracing::debug_span!("poll", device = %dev.id, serial = %line);
         let cycle = tokio::select! {
             cycle = poll_bus(&mut ctx, &mut after_timeout, dev, &line).instrument(span) => cycle,

@@ -16,6 +16,7 @@ use crate::message::envelope::{self, EventBody, Stamp, StatusBody, Stream, Telem
 use crate::message::{Accepted, Intake, Refused, Submission};
 use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};
 use crate::policy::stage::{PolicyStage, Shaped};
+use crate::watchdog::Progress;
 
 /// The running pipeline.
 pub struct Pipeline {
@@ -31,6 +32,8 @@ pub struct Pipeline {
     batch_delay: Duration,
     /// Devices under cold-chain monitoring, and where their accepted readings go.
     monitor: Option<(HashSet<String>, mpsc::Sender<Observation>)>,
+    /// Each batch, from its first submission to every intake told, is one unit of work.
+    progress: Progress,
 }
 
 impl Pipeline {
@@ -54,7 +57,15 @@ impl Pipeline {
             batch_max: batch_max.max(1),
             batch_delay,
             monitor: None,
+            progress: Progress::untracked(),
         }
+    }
+
+    /// Reports each batch to the watchdog: a batch whose write does not finish stops the
+    /// service manager's heartbeat.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Sends the accepted readings of `devices` to the cold-chain monitor. The channel is
@@ -95,6 +106,7 @@ impl Pipeline {
                 },
                 _ = shutdown.cancelled() => break,
             };
+            let _work = self.progress.working();
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.batch_delay;
             while batch.len() < self.batch_max {

@@ -29,6 +29,7 @@ use crate::clock::{SharedClock, rfc3339};
 use crate::error::{Error, Result};
 use crate::message::envelope;
 use crate::outbox::{Key, LANES, Outbox};
+use crate::watchdog::Progress;
 pub use inflight::Inflight;
 
 /// Acknowledged records are deleted in batches of this size, or every [`DELETE_EVERY`].
@@ -92,6 +93,8 @@ pub struct Uplink {
     backoff_min: Duration,
     backoff_max: Duration,
     status: Status,
+    /// Reading and deleting outbox records are the units of work; waiting for the cloud is not.
+    progress: Progress,
 }
 
 /// Builds the rustls client config from `[cloud]`: trust `ca_file`, present `cert_file`/`key_file`.
@@ -168,7 +171,14 @@ impl Uplink {
             backoff_min: cloud.reconnect_min,
             backoff_max: cloud.reconnect_max,
             status,
+            progress: Progress::untracked(),
         })
+    }
+
+    /// Reports reading and deleting outbox records to the watchdog.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Connects, drains the outbox, reconnects with backoff and jitter, until `shutdown`.
@@ -247,9 +257,11 @@ impl Uplink {
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let result = loop {
+            let work = self.progress.working();
             if let Err(e) = self.fill(&client, &mut inflight, &mut cursors) {
                 tracing::error!(error = %e, "Cannot read the outbox.");
             }
+            drop(work);
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = self.outbox.appended(), if inflight.has_room() => {}
@@ -356,6 +368,7 @@ impl Uplink {
             return;
         }
         let keys = std::mem::take(acked);
+        let _work = self.progress.working();
         let outbox = self.outbox.clone();
         match tokio::task::spawn_blocking(move || outbox.delete(&keys)).await {
             Ok(Ok(())) => {}

@@ -442,6 +442,10 @@ impl EmailDeliverer {
 }
 
 impl Deliver for EmailDeliverer {
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn channel(&self) -> Channel {
         Channel::Email
     }

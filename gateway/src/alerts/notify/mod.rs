@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::queue::{Channel, NotifyQueue};
 use super::record::Notification;
+use crate::watchdog::Progress;
 
 /// What [`Deliver::deliver`] returns.
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
@@ -37,6 +38,11 @@ pub trait Deliver: Send + Sync + 'static {
     /// Delivers one notification. Must bound its own time (connection, TLS, reply): the worker
     /// waits for it.
     fn deliver<'a>(&'a self, n: &'a Notification) -> DeliveryFuture<'a>;
+    /// The bound on one delivery, when the deliverer has one (its `timeout`): the watchdog
+    /// counts a delivery as stuck only once it overruns it.
+    fn time_limit(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Why a delivery failed, and so what the worker does with the entry.
@@ -105,6 +111,7 @@ pub struct Worker<D> {
     deliver: D,
     delivered: OnDelivered,
     counters: Arc<Counters>,
+    progress: Progress,
 }
 
 impl<D: Deliver> Worker<D> {
@@ -114,7 +121,19 @@ impl<D: Deliver> Worker<D> {
             deliver,
             delivered,
             counters: Arc::default(),
+            progress: Progress::untracked(),
         }
+    }
+
+    /// The channel this worker delivers.
+    pub fn channel(&self) -> Channel {
+        self.deliver.channel()
+    }
+
+    /// Reports each delivery to the watchdog.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Shared with the running worker.
@@ -153,10 +172,15 @@ impl<D: Deliver> Worker<D> {
             };
             let attempt = failures + 1;
             let alert = &notification.alert;
+            let work = match self.deliver.time_limit() {
+                Some(limit) => self.progress.working_within(limit),
+                None => self.progress.working(),
+            };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 result = self.deliver.deliver(&notification) => result,
             };
+            drop(work);
             match result {
                 Ok(()) => {
                     tracing::info!(

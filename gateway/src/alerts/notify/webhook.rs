@@ -299,6 +299,10 @@ impl WebhookDeliverer {
 }
 
 impl Deliver for WebhookDeliverer {
+    fn time_limit(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
     fn channel(&self) -> Channel {
         Channel::Webhook
     }
