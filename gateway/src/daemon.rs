@@ -86,6 +86,8 @@ impl Gateway {
         );
         let floor_keeper = FloorKeeper::new(store.clone(), floor.clone());
         let clock: SharedClock = floor;
+        let keys = config.pki().keyring()?;
+        seal_plain_keys(config, &keys, &store, &clock)?;
         let pki = GatewayPki::load(&config.pki(), clock.as_ref())?;
         let registry = Registry::new(store.clone(), clock.clone());
         let outbox = Outbox::open(
@@ -164,7 +166,7 @@ impl Gateway {
                 crate::Error::Invalid(format!("the policy does not load:\n{errors}"))
             })?;
         let pipeline = pipeline.with_policy(
-            PolicyStage::new(policy.clone(), crate::pki::pseudonym_key(&paths)?),
+            PolicyStage::new(policy.clone(), crate::pki::pseudonym_key(&keys)?),
             refusals,
             alerts_handle.clone(),
             broker.take_policy_link(),
@@ -685,6 +687,48 @@ fn notifiers(
         }
     }
     Ok(out)
+}
+
+/// Seals what is still plain (keys in files, TOTP secrets in the store) when a key-encryption
+/// key is at hand, with an audit entry; without one, warns that the keys are not sealed.
+fn seal_plain_keys(
+    config: &Config,
+    keys: &crate::keys::Keyring,
+    store: &Store,
+    clock: &SharedClock,
+) -> Result<()> {
+    if !keys.sealing() {
+        tracing::warn!(
+            credential = %config.keys.credential,
+            "No key-encryption key: the keys in data_dir are not sealed (see `rxgate doctor`)."
+        );
+        return Ok(());
+    }
+    let sealed = keys.seal_plain_keys()?;
+    let people = crate::people::People::new(
+        store.clone(),
+        clock.clone(),
+        &config.gateway.site,
+        &config.gateway.server_names,
+    )
+    .with_sealer(keys.sealer());
+    let totp = people.seal_plain_secrets()?;
+    if sealed.is_empty() && totp == 0 {
+        return Ok(());
+    }
+    let labels: Vec<&str> = sealed.iter().map(|s| s.label()).collect();
+    tracing::info!(keys = %labels.join(", "), totp_secrets = totp, "Sealed plain keys under the key-encryption key.");
+    let now = clock.now();
+    store.write(|txn| {
+        crate::audit::append(
+            txn,
+            now,
+            clock.synced(),
+            crate::audit::Record::new(crate::audit::Kind::KeysSealed, "rxgate")
+                .detail(serde_json::json!({ "keys": labels, "totp_secrets": totp })),
+        )
+    })?;
+    Ok(())
 }
 
 /// Opens the store, waiting a little if a CLI command run directly holds it right now.

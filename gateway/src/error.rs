@@ -23,6 +23,10 @@ pub enum Error {
     )]
     NotInitialised { missing: PathBuf },
 
+    /// A key is sealed and cannot be opened here (no key-encryption key, or another one).
+    #[error("{0}")]
+    KeysSealed(String),
+
     #[error(
         "a CA already exists in {}; pass --force to replace it (every enrolled device will then need to enroll again)",
         data_dir.display()

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod devices;
 pub mod enroll;
 pub mod error;
+pub mod keys;
 pub mod logging;
 pub mod message;
 pub mod metrics;

@@ -12,10 +12,10 @@ use time::OffsetDateTime;
 use crate::audit::{self, Kind, Record};
 use crate::clock::{Clock, ExpiryReference};
 use crate::error::{Error, Result};
+use crate::keys::{Keyring, KeysConfig, Secret, Stored};
 use crate::paths::{DataPaths, create_private_dir, write_atomic};
 use crate::store::Store;
 
-const PRIVATE: u32 = 0o600;
 const PUBLIC: u32 = 0o644;
 
 /// Options of `rxgate init`.
@@ -38,6 +38,8 @@ pub struct InitReport {
     pub ca_subject: String,
     pub ca_sha256: String,
     pub server_names: Vec<String>,
+    /// Whether the keys were sealed (a key-encryption key was at hand).
+    pub sealed: bool,
 }
 
 fn read(path: &std::path::Path) -> Result<String> {
@@ -56,6 +58,15 @@ pub struct PkiSettings {
     pub server_cert_validity: Duration,
     /// Where the CA's CRL is published ([`crl_uri`]); `None` when the EST port is not fixed.
     pub crl_uri: Option<String>,
+    /// `[keys]`: the key-encryption key that seals the keys (`keys`).
+    pub keys: KeysConfig,
+}
+
+impl PkiSettings {
+    /// The keys under `data_dir`, with the key-encryption key if one is at hand.
+    pub fn keyring(&self) -> Result<Keyring> {
+        Keyring::open(&self.paths, &self.keys)
+    }
 }
 
 /// The path of the CRL on the EST listener.
@@ -111,6 +122,14 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
             data_dir: paths.root.clone(),
         });
     }
+    let keys = config.keyring()?;
+    // Before anything is written: a sealed data_dir without its key-encryption key is refused
+    // here, not halfway (the pseudonym key is kept across --force, so it must open).
+    for secret in Secret::ALL {
+        if keys.stored(secret) == Stored::Sealed {
+            keys.require(secret)?;
+        }
+    }
     for dir in [
         paths.root.clone(),
         paths.root.join("ca"),
@@ -125,13 +144,16 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
     let ca = match (&options.ca_cert, &options.ca_key) {
         (Some(cert), Some(key)) => {
             let chain = options.ca_chain.as_deref().map(read).transpose()?;
-            CertificateAuthority::from_pem(&read(cert)?, &read(key)?, chain.as_deref())?
+            let key = zeroize::Zeroizing::new(read(key)?);
+            CertificateAuthority::from_pem(&read(cert)?, &key, chain.as_deref())?
         }
         _ => CertificateAuthority::generate(&format!("rxgate CA {}", config.site), now)?,
     };
     let ca = with_crl(ca, config.crl_uri.as_deref())?;
-    write_atomic(&paths.ca_key(), ca.key_pem().as_bytes(), PRIVATE)
-        .map_err(Error::io("cannot write", paths.ca_key()))?;
+    keys.write(
+        Secret::CaKey,
+        zeroize::Zeroizing::new(ca.key_pem()).as_bytes(),
+    )?;
     write_atomic(&paths.ca_cert(), ca.cert_pem().as_bytes(), PUBLIC)
         .map_err(Error::io("cannot write", paths.ca_cert()))?;
     let parents = rxgate_certs::certs_to_pem(&ca.chain_der()[1..]);
@@ -146,9 +168,9 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
             .map_err(Error::io("cannot write", paths.ca_chain()))?;
     }
     let names = server_names(config);
-    issue_server_cert(&paths, &ca, &names, config.server_cert_validity, now)?;
+    issue_server_cert(&keys, &paths, &ca, &names, config.server_cert_validity, now)?;
     // Kept across --force: a new key would give every patient a new pseudonym.
-    pseudonym_key(&paths)?;
+    pseudonym_key(&keys)?;
 
     let ca_sha256 = rxgate_certs::fingerprint_sha256(ca.cert_der());
     let imported = options.ca_cert.is_some();
@@ -173,6 +195,7 @@ pub fn init(config: &PkiSettings, options: &InitOptions, clock: &dyn Clock) -> R
         ca_subject: ca.subject().to_owned(),
         ca_sha256,
         server_names: names,
+        sealed: keys.sealing(),
     })
 }
 
@@ -188,6 +211,7 @@ pub fn server_names(config: &PkiSettings) -> Vec<String> {
 }
 
 fn issue_server_cert(
+    keys: &Keyring,
     paths: &DataPaths,
     ca: &CertificateAuthority,
     names: &[String],
@@ -195,8 +219,10 @@ fn issue_server_cert(
     now: OffsetDateTime,
 ) -> Result<()> {
     let issued = ca.issue_server(names, validity, now)?;
-    write_atomic(&paths.server_key(), issued.key_pem.as_bytes(), PRIVATE)
-        .map_err(Error::io("cannot write", paths.server_key()))?;
+    keys.write(
+        Secret::ServerKey,
+        zeroize::Zeroizing::new(issued.key_pem).as_bytes(),
+    )?;
     write_atomic(&paths.server_cert(), issued.cert.pem.as_bytes(), PUBLIC)
         .map_err(Error::io("cannot write", paths.server_cert()))?;
     Ok(())
@@ -217,10 +243,11 @@ impl GatewayPki {
     /// unsynchronised clock only expiry before the time floor counts (`clock::floor`).
     pub fn load(config: &PkiSettings, clock: &dyn Clock) -> Result<GatewayPki> {
         let paths = config.paths.clone();
-        for required in [paths.ca_cert(), paths.ca_key()] {
-            if !required.exists() {
-                return Err(Error::NotInitialised { missing: required });
-            }
+        let keys = config.keyring()?;
+        if !paths.ca_cert().exists() {
+            return Err(Error::NotInitialised {
+                missing: paths.ca_cert(),
+            });
         }
         let chain = paths.ca_chain();
         let chain = if chain.exists() {
@@ -228,24 +255,27 @@ impl GatewayPki {
         } else {
             None
         };
-        let ca = CertificateAuthority::from_pem(
-            &read(&paths.ca_cert())?,
-            &read(&paths.ca_key())?,
-            chain.as_deref(),
-        )?;
+        let ca_key = keys.require(Secret::CaKey)?;
+        let ca_key = std::str::from_utf8(&ca_key)
+            .map_err(|_| Error::Invalid("the CA key is not PEM text".to_owned()))?;
+        let ca =
+            CertificateAuthority::from_pem(&read(&paths.ca_cert())?, ca_key, chain.as_deref())?;
         let ca = with_crl(ca, config.crl_uri.as_deref())?;
         let names = server_names(config);
         let validity = config.server_cert_validity;
         if let Some(reason) =
-            server_cert_needs_renewal(&paths, &names, ca.crl_uri(), validity, clock)
+            server_cert_needs_renewal(&keys, &paths, &names, ca.crl_uri(), validity, clock)
         {
             tracing::info!(reason, "Issuing a new server certificate.");
-            issue_server_cert(&paths, &ca, &names, validity, clock.now())?;
+            issue_server_cert(&keys, &paths, &ca, &names, validity, clock.now())?;
         }
         let mut server_chain = crate::tls::load_certs(&paths.server_cert())?;
         server_chain.truncate(1);
         server_chain.extend(ca.chain_der());
-        let server_key = crate::tls::load_key(&paths.server_key())?;
+        let server_key = crate::tls::parse_key(
+            &keys.require(Secret::ServerKey)?,
+            &paths.server_key().display().to_string(),
+        )?;
         Ok(GatewayPki {
             ca: Arc::new(ca),
             server_chain,
@@ -255,13 +285,14 @@ impl GatewayPki {
 }
 
 fn server_cert_needs_renewal(
+    keys: &Keyring,
     paths: &DataPaths,
     names: &[String],
     crl_uri: Option<&str>,
     validity: Duration,
     clock: &dyn Clock,
 ) -> Option<&'static str> {
-    if !paths.server_cert().exists() || !paths.server_key().exists() {
+    if !paths.server_cert().exists() || keys.stored(Secret::ServerKey) == Stored::Missing {
         return Some("server certificate missing");
     }
     let Ok(certs) = crate::tls::load_certs(&paths.server_cert()) else {
@@ -308,29 +339,28 @@ fn server_cert_needs_renewal(
     }
 }
 
-/// The HMAC key that turns patient identifiers into pseudonyms: `data_dir/pseudonym.key`, 32
-/// random bytes made on first use. It never leaves the gateway; losing it means the same patient
-/// gets a new pseudonym from then on, so back it up with the CA.
-pub fn pseudonym_key(paths: &DataPaths) -> Result<ring::hmac::Key> {
-    let path = paths.pseudonym_key();
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => bytes,
-        Ok(bytes) => {
+/// The HMAC key that turns patient identifiers into pseudonyms: `data_dir/pseudonym.key`
+/// (sealed: `pseudonym.key.sealed`), 32 random bytes made on first use. It never leaves the
+/// gateway; losing it means the same patient gets a new pseudonym from then on, so back it up
+/// with the CA.
+pub fn pseudonym_key(keys: &Keyring) -> Result<ring::hmac::Key> {
+    let bytes = match keys.read(Secret::PseudonymKey)? {
+        Some(bytes) if bytes.len() == 32 => bytes,
+        Some(bytes) => {
             return Err(Error::Invalid(format!(
-                "{} holds {} bytes, not 32: it is not a pseudonym key (restore it from a backup)",
-                path.display(),
+                "the pseudonym key holds {} bytes, not 32: it is not a pseudonym key (restore it \
+                 from a backup)",
                 bytes.len()
             )));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
+        None => {
+            let mut key = zeroize::Zeroizing::new(vec![0u8; 32]);
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
                 |_| Error::Invalid("the system random number generator failed".to_owned()),
             )?;
-            write_atomic(&path, &key, PRIVATE).map_err(Error::io("cannot write", &path))?;
-            key.to_vec()
+            keys.write(Secret::PseudonymKey, &key)?;
+            key
         }
-        Err(e) => return Err(Error::io("cannot read", &path)(e)),
     };
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
 }
@@ -351,6 +381,7 @@ mod tests {
             server_names: Vec::new(),
             server_cert_validity: Duration::from_secs(90 * 86_400),
             crl_uri: crl_uri.map(str::to_owned),
+            keys: KeysConfig::default(),
         }
     }
 

@@ -50,6 +50,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// Parses a PEM private key (PKCS#8, SEC1 or PKCS#1) held in memory; `what` names it in errors.
+pub fn parse_key(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_slice(pem)
+        .map_err(|e| Error::Invalid(format!("cannot read a private key from {what}: {e}")))
+}
+
 /// Reads a PEM private key (PKCS#8, SEC1 or PKCS#1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {

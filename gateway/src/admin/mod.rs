@@ -240,13 +240,23 @@ pub struct Context {
 impl Context {
     /// The context for `config`, without a running daemon's extras.
     pub fn new(config: &crate::config::Config, registry: Registry) -> Context {
+        // Without a key-encryption key, new TOTP secrets are stored plain (and sealed when the
+        // daemon next starts with one); a sealed one then cannot be checked here, and says so.
+        let sealer = match config.pki().keyring() {
+            Ok(keys) => keys.sealer(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Second-factor secrets cannot be sealed or opened.");
+                crate::keys::Sealer::default()
+            }
+        };
         let people = crate::people::People::new(
             registry.store().clone(),
             registry.clock().clone(),
             &config.gateway.site,
             &config.gateway.server_names,
         )
-        .with_console_port(config.console.listen.port());
+        .with_console_port(config.console.listen.port())
+        .with_sealer(sealer);
         Context {
             people: if config.console.demo_accounts {
                 people.allowing_demo_accounts()

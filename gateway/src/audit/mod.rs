@@ -80,6 +80,10 @@ pub enum Kind {
     EnrollRefused,
     #[serde(rename = "gateway.initialised")]
     GatewayInitialised,
+    /// Keys found in plain files were sealed under the key-encryption key (`detail`: `keys`,
+    /// `totp_secrets`).
+    #[serde(rename = "keys.sealed")]
+    KeysSealed,
     #[serde(rename = "connection.refused")]
     ConnectionRefused,
     #[serde(rename = "message.refused")]

@@ -72,7 +72,7 @@ pub fn run(config: &Config, now: OffsetDateTime, apt_conf_dir: &Path) -> Vec<Che
     let mut out = Vec::new();
     out.extend(listeners(config));
     out.extend(plaintext(config));
-    out.push(keys_at_rest());
+    out.push(keys_at_rest(config));
     out.extend(file_modes(config));
     out.extend(certificates(config, now));
     let gateway = admin::session(config, |send| {
@@ -101,6 +101,7 @@ pub fn run(config: &Config, now: OffsetDateTime, apt_conf_dir: &Path) -> Vec<Che
             }
             if let Reply::Users { users } = users {
                 out.push(accounts(&users));
+                out.push(second_factor_secrets(&users));
             }
         }
         Err(e) => out.push(check(
@@ -215,12 +216,46 @@ fn plaintext(config: &Config) -> Vec<Check> {
     }
 }
 
-fn keys_at_rest() -> Check {
+/// Whether the keys in data_dir are sealed, and whether the key-encryption key is at hand.
+/// The second-factor secrets are judged from the accounts (see [`run`]).
+fn keys_at_rest(config: &Config) -> Check {
+    use crate::keys::{Secret, Stored};
+    let keys = match config.pki().keyring() {
+        Ok(keys) => keys,
+        Err(e) => {
+            return check(
+                "keys-sealed",
+                Level::Fail,
+                format!("the key-encryption key cannot be read: {e}"),
+                "Fix [keys].kek_file, or the unit's LoadCredentialEncrypted= (docs in config/gateway.toml, [keys]).",
+            );
+        }
+    };
+    let plain: Vec<&str> = Secret::ALL
+        .into_iter()
+        .filter(|s| keys.stored(*s) == Stored::Plain)
+        .map(|s| s.label())
+        .collect();
+    if !plain.is_empty() {
+        return check(
+            "keys-sealed",
+            Level::Warn,
+            format!(
+                "stored unsealed in data_dir (protected by file modes only): {}; a copy of data_dir can mint device certificates",
+                plain.join(", ")
+            ),
+            if keys.sealing() {
+                "Restart the gateway (it seals them at start) or stop it and run `rxgate keys seal`."
+            } else {
+                "Give rxgate a key-encryption key: the packaged unit's systemd credential rxgate-kek, or [keys].kek_file (`rxgate keys generate-kek FILE`); then restart it."
+            },
+        );
+    }
     check(
         "keys-sealed",
-        Level::Warn,
-        "the CA key, the server key, the pseudonym key and the second-factor secrets are stored unencrypted in data_dir (protected by file modes only)",
-        "Keep the Pi and its SD card physically secure; a copy of data_dir can mint device certificates.",
+        Level::Pass,
+        "the CA, server and pseudonym keys are sealed under the key-encryption key",
+        "",
     )
 }
 
@@ -421,6 +456,29 @@ fn accounts(users: &[crate::people::AccountInfo]) -> Check {
             Level::Pass,
             format!("{} account(s), every one with a second factor", users.len()),
             "",
+        )
+    }
+}
+
+fn second_factor_secrets(users: &[crate::people::AccountInfo]) -> Check {
+    let plain: Vec<&str> = users
+        .iter()
+        .filter(|u| u.totp_plain)
+        .map(|u| u.name.as_str())
+        .collect();
+    if plain.is_empty() {
+        check(
+            "secrets-sealed",
+            Level::Pass,
+            "every TOTP secret is sealed under the key-encryption key",
+            "",
+        )
+    } else {
+        check(
+            "secrets-sealed",
+            Level::Warn,
+            format!("TOTP secrets stored unsealed: {}", plain.join(", ")),
+            "Give rxgate a key-encryption key and restart it: it seals them at start.",
         )
     }
 }

@@ -112,6 +112,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The keys at rest: sealed under the key-encryption key ([keys] in the config).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Whether each key, and the second-factor secrets, are sealed.
+    Status,
+    /// Seal every key and second-factor secret still stored in plain text (the gateway must
+    /// be stopped; it also seals by itself when it starts with a key-encryption key).
+    Seal,
+    /// Write a new key-encryption key (32 random bytes, mode 0400) to FILE, for [keys].kek_file
+    /// or for `systemd-creds encrypt`. Never replaces an existing file.
+    GenerateKek { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,7 +429,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             // the pseudonyms shown are then not the site's.
             let key = load(&cli.config)
                 .ok()
-                .and_then(|config| std::fs::read(config.paths().pseudonym_key()).ok())
+                .and_then(|config| config.pki().keyring().ok())
+                .and_then(|keys| keys.read(crate::keys::Secret::PseudonymKey).ok().flatten())
                 .map(|bytes| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
                 .unwrap_or_else(|| {
                     eprintln!("note: no pseudonym key found; pseudonyms below are not this site's");
@@ -435,13 +453,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pseudonym { patient_id } => {
             let config = load(&cli.config)?;
-            let path = config.paths().pseudonym_key();
-            let bytes = std::fs::read(&path).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the pseudonym key {}: {e} (run on the gateway, as its user)",
-                    path.display()
-                )
-            })?;
+            let bytes = config
+                .pki()
+                .keyring()?
+                .read(crate::keys::Secret::PseudonymKey)?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no pseudonym key in {} (run on the gateway, as its user)",
+                        config.gateway.data_dir.display()
+                    )
+                })?;
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
             println!("{}", crate::policy::pseudonym(&key, patient_id.trim()));
             Ok(ExitCode::SUCCESS)
@@ -484,6 +505,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::reply(&reply, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { command } => keys_command(&cli.config, command),
         Command::Doctor { json } => {
             let config = load(&cli.config)?;
             let now = crate::clock::system(config.gateway.assume_clock_synced).now();
@@ -580,6 +602,107 @@ fn config_check(path: &std::path::Path) -> ExitCode {
             }
             eprintln!("{}: {} error(s)", path.display(), errors.0.len());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `rxgate keys ...`.
+fn keys_command(config_path: &std::path::Path, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    use crate::keys::{Secret, Stored};
+    if let KeysCommand::GenerateKek { file } = &command {
+        crate::keys::generate_kek(file)?;
+        println!("Wrote a new key-encryption key to {}.", file.display());
+        println!(
+            "Keep a copy apart from the gateway's backups; then set [keys].kek_file, or seal it for \
+             systemd: systemd-creds encrypt --name=rxgate-kek {} /etc/credstore.encrypted/rxgate-kek",
+            file.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = load(config_path)?;
+    let keys = config.pki().keyring()?;
+    let open_people = |store: crate::store::Store| {
+        let clock = crate::clock::system(config.gateway.assume_clock_synced);
+        crate::people::People::new(
+            store,
+            clock,
+            &config.gateway.site,
+            &config.gateway.server_names,
+        )
+        .with_sealer(keys.sealer())
+    };
+    match command {
+        KeysCommand::GenerateKek { .. } => unreachable!("handled above"),
+        KeysCommand::Status => {
+            println!(
+                "key-encryption key: {}",
+                if keys.sealing() {
+                    "available"
+                } else {
+                    "not available"
+                }
+            );
+            let mut plain = 0;
+            for secret in Secret::ALL {
+                let state = keys.stored(secret);
+                plain += usize::from(state == Stored::Plain);
+                let state = match state {
+                    Stored::Sealed => "sealed",
+                    Stored::Plain => "PLAIN",
+                    Stored::Missing => "missing",
+                };
+                println!("{:<15} {state}", secret.label());
+            }
+            match crate::store::Store::open(&config.paths().store()) {
+                Ok(store) => {
+                    let totp = open_people(store).plain_secrets()?;
+                    plain += totp;
+                    println!("TOTP secrets    {totp} in plain text");
+                }
+                Err(e) => println!("TOTP secrets    not read: {e}"),
+            }
+            if plain > 0 {
+                println!(
+                    "Run `rxgate keys seal` with the key-encryption key at hand to seal them."
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Seal => {
+            let store =
+                crate::store::Store::open(&config.paths().store()).map_err(|e| match e {
+                    crate::Error::StoreLocked { .. } => anyhow::anyhow!(
+                        "the gateway is running; it seals plain keys by itself when it starts with \
+                     the key-encryption key: restart it (systemctl restart rxgate)"
+                    ),
+                    e => e.into(),
+                })?;
+            let sealed = keys.seal_plain_keys()?;
+            let totp = open_people(store.clone()).seal_plain_secrets()?;
+            let labels: Vec<&str> = sealed.iter().map(|s| s.label()).collect();
+            let clock = crate::clock::system(config.gateway.assume_clock_synced);
+            if !sealed.is_empty() || totp > 0 {
+                let now = clock.now();
+                store.write(|txn| {
+                    crate::audit::append(
+                        txn,
+                        now,
+                        clock.synced(),
+                        crate::audit::Record::new(
+                            crate::audit::Kind::KeysSealed,
+                            crate::people::current_user(),
+                        )
+                        .detail(serde_json::json!({ "keys": labels, "totp_secrets": totp })),
+                    )
+                })?;
+            }
+            if labels.is_empty() {
+                println!("No key was in plain text.");
+            } else {
+                println!("Sealed: {}.", labels.join(", "));
+            }
+            println!("Sealed {totp} TOTP secret(s).");
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -180,6 +180,14 @@ pub fn init(report: &InitReport) {
     );
     println!("  CA SHA-256:  {}", report.ca_sha256);
     println!("  server names: {}", report.server_names.join(", "));
+    if report.sealed {
+        println!("  keys:        sealed under the key-encryption key");
+    } else {
+        println!(
+            "  keys:        NOT sealed: no key-encryption key ([keys] in the config); `rxgate keys \
+             seal` seals them later"
+        );
+    }
     println!(
         "Next: `rxgate run`, then `rxgate token create --device ID --kind KIND` for each device."
     );

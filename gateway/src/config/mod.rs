@@ -55,6 +55,9 @@ pub struct Config {
     /// The pharmacy console (HTTPS): address, certificate, session limits.
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// Where the key-encryption key that seals the keys at rest comes from.
+    #[serde(default)]
+    pub keys: crate::keys::KeysConfig,
     /// Per-device settings, by device id: Modbus polling, cold-chain limits.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
@@ -141,6 +144,7 @@ impl Config {
             server_names: self.gateway.server_names.clone(),
             server_cert_validity: self.enroll.server_cert_validity,
             crl_uri: crate::pki::crl_uri(&self.gateway.server_names, self.enroll.listen),
+            keys: self.keys.clone(),
         }
     }
 
@@ -177,6 +181,7 @@ impl Config {
                 listen: loopback,
                 ..crate::console::ConsoleConfig::default()
             },
+            keys: crate::keys::KeysConfig::default(),
             devices: BTreeMap::new(),
         }
     }

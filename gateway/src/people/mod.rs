@@ -44,6 +44,7 @@ use time::{Date, OffsetDateTime};
 use crate::audit::{self, Kind, Record};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
+use crate::keys::Sealer;
 use crate::store::{self, Store, to_json};
 
 pub use factors::{
@@ -170,6 +171,10 @@ impl Account {
             failed_sign_ins: self.failed_sign_ins,
             last_sign_in: self.last_sign_in,
             passkeys: self.passkeys.len(),
+            totp_plain: [&self.totp_secret, &self.pending_totp_secret]
+                .into_iter()
+                .flatten()
+                .any(|s| !Sealer::is_sealed_text(s)),
         }
     }
 }
@@ -195,6 +200,9 @@ pub struct AccountInfo {
     /// Passkeys registered.
     #[serde(default)]
     pub passkeys: usize,
+    /// Whether a TOTP secret (set up or on offer) is stored unsealed.
+    #[serde(default)]
+    pub totp_plain: bool,
 }
 
 /// What a set-up link stands for.
@@ -265,6 +273,8 @@ pub struct People {
     passkey_hosts: Vec<String>,
     /// Whether demo accounts may sign in (only in `rxgate demo`).
     demo_accounts: bool,
+    /// Seals TOTP secrets under the key-encryption key (`keys`), when there is one.
+    sealer: Sealer,
 }
 
 /// What `rxgate demo` prints for its demo account.
@@ -306,6 +316,11 @@ pub fn parse_day(text: &str) -> Result<Date> {
 fn format_day(day: Date) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     day.format(&format).unwrap_or_default()
+}
+
+/// The associated data a person's sealed TOTP secret is bound to.
+fn totp_context(name: &str) -> String {
+    format!("totp:{name}")
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -364,6 +379,7 @@ impl People {
                 .unwrap_or_else(|| "localhost".to_owned()),
             console_port: CONSOLE_PORT,
             demo_accounts: false,
+            sealer: Sealer::default(),
             passkey_hosts: std::iter::once("localhost".to_owned())
                 .chain(
                     server_names
@@ -373,6 +389,58 @@ impl People {
                 )
                 .collect(),
         }
+    }
+
+    /// Seals new TOTP secrets with `sealer`, and opens sealed ones with it.
+    pub fn with_sealer(mut self, sealer: Sealer) -> People {
+        self.sealer = sealer;
+        self
+    }
+
+    /// The plain TOTP secret of `name` as stored (sealed or not).
+    pub(crate) fn open_totp(&self, name: &str, stored: &str) -> Result<zeroize::Zeroizing<String>> {
+        self.sealer.open_text(&totp_context(name), stored)
+    }
+
+    /// Seals every TOTP secret still stored in plain text; returns how many. Needs the
+    /// key-encryption key.
+    pub fn seal_plain_secrets(&self) -> Result<usize> {
+        if !self.sealer.sealing() {
+            return Ok(0);
+        }
+        self.store.write(|txn| {
+            let names: Vec<String> = match txn.open_table(PEOPLE) {
+                Ok(table) => table
+                    .iter()?
+                    .map(|entry| entry.map(|(k, _)| k.value().to_owned()))
+                    .collect::<std::result::Result<_, _>>()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let mut sealed = 0;
+            for name in names {
+                let Some(mut account) = load(txn, &name)? else {
+                    continue;
+                };
+                let mut changed = false;
+                for secret in [&mut account.totp_secret, &mut account.pending_totp_secret] {
+                    if let Some(plain) = secret.as_ref().filter(|s| !Sealer::is_sealed_text(s)) {
+                        *secret = Some(self.sealer.seal_text(&totp_context(&name), plain)?);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    save(txn, &account)?;
+                    sealed += 1;
+                }
+            }
+            Ok(sealed)
+        })
+    }
+
+    /// How many accounts keep a TOTP secret in plain text.
+    pub fn plain_secrets(&self) -> Result<usize> {
+        Ok(self.list()?.iter().filter(|a| a.totp_plain).count())
     }
 
     /// Lets demo accounts sign in: for `rxgate demo` only.
@@ -457,7 +525,10 @@ impl People {
         };
         txn.open_table(SETUP)?
             .insert(sha256_hex(&token).as_str(), to_json(&record).as_slice())?;
-        account.pending_totp_secret = Some(new_totp_secret()?);
+        account.pending_totp_secret = Some(
+            self.sealer
+                .seal_text(&totp_context(&account.name), &new_totp_secret()?)?,
+        );
         Ok(SetupLink {
             url: format!(
                 "https://{}:{}/setup/{token}",
@@ -673,6 +744,7 @@ impl People {
             else {
                 return Ok(Err(SetupError::InvalidLink));
             };
+            let secret = self.open_totp(&account.name, &secret)?.to_string();
             Ok(Ok(SetupOffer {
                 otpauth_uri: provisioning_uri(&self.site, &account.name, &secret),
                 name: account.name.clone(),
@@ -716,10 +788,15 @@ impl People {
             let Some(link) = link.filter(|l| l.expires_at > now && l.name == offer.name) else {
                 return Ok(Err(SetupError::InvalidLink));
             };
-            let Some(mut account) = load(txn, &link.name)?.filter(|a| {
-                a.state == AccountState::Pending
-                    && a.pending_totp_secret.as_deref() == Some(offer.totp_secret.as_str())
-            }) else {
+            let on_offer = |a: &Account| {
+                a.pending_totp_secret
+                    .as_deref()
+                    .and_then(|stored| self.open_totp(&a.name, stored).ok())
+                    .is_some_and(|secret| *secret == offer.totp_secret)
+            };
+            let Some(mut account) =
+                load(txn, &link.name)?.filter(|a| a.state == AccountState::Pending && on_offer(a))
+            else {
                 return Ok(Err(SetupError::InvalidLink));
             };
             txn.open_table(SETUP)?.remove(key.as_str())?;

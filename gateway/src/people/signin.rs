@@ -184,13 +184,7 @@ impl People {
             .write(|txn| {
                 // Re-read: another sign-in may have changed the account since.
                 let account = load(txn, name)?;
-                let verdict = judge(
-                    account.as_ref(),
-                    password_ok,
-                    second_factor,
-                    now,
-                    self.demo_accounts_allowed(),
-                )?;
+                let verdict = judge(self, account.as_ref(), password_ok, second_factor, now)?;
                 record(self, txn, name, account, verdict, source, now, signing)
             })?
             .map_err(|()| SignInError::Refused)
@@ -322,12 +316,13 @@ fn refusal(
 
 /// The checks after the password, in order; pure apart from reading the factors.
 fn judge(
+    people: &People,
     account: Option<&super::Account>,
     password_ok: bool,
     factor: &SecondFactor,
     now: OffsetDateTime,
-    demo_accounts: bool,
 ) -> Result<Verdict> {
+    let demo_accounts = people.demo_accounts_allowed();
     let refused = |reason: &str, counts: bool| {
         Ok(Verdict::Refused {
             reason: reason.to_owned(),
@@ -356,7 +351,8 @@ fn judge(
             let Some(secret) = account.totp_secret.as_deref() else {
                 return refused("the account has no authenticator set up", false);
             };
-            match factors::check_totp(secret, code, now, account.totp_last_step)? {
+            let secret = people.open_totp(&account.name, secret)?;
+            match factors::check_totp(&secret, code, now, account.totp_last_step)? {
                 Ok(step) => Ok(Verdict::Accepted {
                     totp_step: Some(step),
                     recovery_code: None,

@@ -1031,3 +1031,115 @@ fn a_demo_account_signs_in_only_where_demo_accounts_are_allowed() {
     assert_eq!(refused, ["a demo account signs in only in `rxgate demo`"]);
     assert!(people.account("demo-pharmacist").unwrap().unwrap().demo);
 }
+
+/// A sealer with a fresh key-encryption key in `dir`.
+fn sealer(dir: &std::path::Path) -> crate::keys::Sealer {
+    let kek = dir.join("kek");
+    crate::keys::generate_kek(&kek).unwrap();
+    let config = crate::keys::KeysConfig {
+        credential: "rxgate-kek-test-absent".to_owned(),
+        kek_file: Some(kek),
+    };
+    crate::keys::Keyring::open(&crate::paths::DataPaths::new(dir), &config)
+        .unwrap()
+        .sealer()
+}
+
+fn store_bytes(dir: &std::path::Path) -> Vec<u8> {
+    std::fs::read(dir.join("s.redb")).unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn with_a_key_encryption_key_totp_secrets_are_sealed_in_the_store_and_still_sign_in() {
+    let (dir, people, _) = people();
+    let people = people.with_sealer(sealer(dir.path()));
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    assert!(
+        !contains(&store_bytes(dir.path()), &secret),
+        "the secret is sealed"
+    );
+    let stored = people
+        .account("alvarez")
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .unwrap();
+    assert!(crate::keys::Sealer::is_sealed_text(&stored), "{stored}");
+    assert!(!people.list().unwrap()[0].totp_plain);
+
+    let at = START + TimeDelta::minutes(5);
+    let code = totp_code(&secret, at).unwrap();
+    assert!(
+        sign_in(
+            &people,
+            "alvarez",
+            PASSWORD,
+            SecondFactor::Totp(code.clone()),
+            at
+        )
+        .is_ok()
+    );
+
+    // The store alone, without the key-encryption key: the code cannot be checked.
+    let later = at + TimeDelta::minutes(5);
+    let code = totp_code(&secret, later).unwrap();
+    let without = People::new(
+        people.store().clone(),
+        people.clock.clone(),
+        "store-0042",
+        &[],
+    );
+    let err = sign_in(
+        &without,
+        "alvarez",
+        PASSWORD,
+        SecondFactor::Totp(code),
+        later,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("sealed") && err.to_string().contains("kek_file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plain_totp_secrets_are_sealed_later_by_seal_plain_secrets_and_keep_working() {
+    let (dir, people, _) = people();
+    let (secret, _) = active(&people, "alvarez", &[Role::Pharmacist]);
+    people
+        .add("brook", &[Role::Technician], None, "root")
+        .unwrap();
+    assert!(
+        contains(&store_bytes(dir.path()), &secret),
+        "plain at first"
+    );
+    assert_eq!(
+        people.plain_secrets().unwrap(),
+        2,
+        "alvarez's and brook's on offer"
+    );
+    assert_eq!(
+        people.seal_plain_secrets().unwrap(),
+        0,
+        "no key: nothing sealed"
+    );
+
+    let people = people.with_sealer(sealer(dir.path()));
+    assert_eq!(people.seal_plain_secrets().unwrap(), 2);
+    assert_eq!(people.plain_secrets().unwrap(), 0);
+    assert_eq!(
+        people.seal_plain_secrets().unwrap(),
+        0,
+        "nothing left to seal"
+    );
+    let at = START + TimeDelta::minutes(5);
+    let code = totp_code(&secret, at).unwrap();
+    assert!(sign_in(&people, "alvarez", PASSWORD, SecondFactor::Totp(code), at).is_ok());
+}
