@@ -71,9 +71,10 @@ pub struct DeviceConfig {
     #[serde(default = "defaults::poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Time allowed for each Modbus request, and for connecting (10ms to 60s, less than
-    /// `poll_interval`); after a timeout the connection is reopened.
-    #[serde(default = "defaults::timeout", with = "humantime_serde")]
-    pub timeout: Duration,
+    /// `poll_interval`); after a timeout the connection is reopened. Unset: 1 s, or half of
+    /// `poll_interval` when that is shorter ([`DeviceConfig::timeout`]).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
     /// Longest wait between reconnection attempts while the device is offline (at least
     /// `poll_interval`, at most 1h). The wait doubles from `poll_interval` up to this.
     #[serde(default = "defaults::max_backoff", with = "humantime_serde")]
@@ -430,6 +431,16 @@ impl ModelFile {
 }
 
 impl DeviceConfig {
+    /// The request timeout: as configured, else 1 s or half of `poll_interval` when that is
+    /// shorter (never below the 10 ms minimum), so a fast poll needs no timeout of its own.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or_else(|| {
+            defaults::timeout()
+                .min(self.poll_interval / 2)
+                .max(TIMEOUT_MIN)
+        })
+    }
+
     /// Whether the device is polled over Modbus.
     pub fn is_modbus(&self) -> bool {
         self.transport.is_some()
@@ -838,11 +849,12 @@ fn check_timing(id: &str, device: &DeviceConfig, errors: &mut Vec<ConfigError>) 
         POLL_MAX,
         errors,
     );
-    let timeout_ok = within("timeout", device.timeout, TIMEOUT_MIN, TIMEOUT_MAX, errors);
-    if poll_ok && timeout_ok && device.timeout >= device.poll_interval {
+    let timeout = device.timeout();
+    let timeout_ok = within("timeout", timeout, TIMEOUT_MIN, TIMEOUT_MAX, errors);
+    if poll_ok && timeout_ok && timeout >= device.poll_interval {
         errors.push(ConfigError::new(
             key("timeout"),
-            human(device.timeout),
+            human(timeout),
             format!(
                 "must be shorter than poll_interval ({})",
                 humantime::format_duration(device.poll_interval)
@@ -1048,6 +1060,7 @@ mod defaults {
     pub fn poll_interval() -> Duration {
         Duration::from_secs(10)
     }
+    /// The timeout when `poll_interval` leaves room for it.
     pub fn timeout() -> Duration {
         Duration::from_secs(1)
     }
@@ -1280,6 +1293,25 @@ mod tests {
             "transport = \"tcp\"\naddress = \"h\"\npoll_interval = \"10s\"\nmax_backoff = \"5s\"\n{TEMP}"
         ));
         assert_eq!(keys(&check("f1", &d)), ["devices.f1.max_backoff"]);
+    }
+
+    #[test]
+    fn without_a_timeout_of_its_own_a_fast_poll_gets_half_its_interval_and_a_slow_one_1s() {
+        for (interval, timeout) in [("1s", 500), ("500ms", 250), ("10s", 1000), ("100ms", 50)] {
+            let d = device(&format!(
+                "transport = \"tcp\"\naddress = \"h\"\npoll_interval = \"{interval}\"\n{TEMP}"
+            ));
+            assert!(
+                check("f1", &d).is_empty(),
+                "{interval}: {:?}",
+                check("f1", &d)
+            );
+            assert_eq!(d.timeout(), Duration::from_millis(timeout), "{interval}");
+        }
+        let d = device(&format!(
+            "transport = \"tcp\"\naddress = \"h\"\npoll_interval = \"1s\"\ntimeout = \"300ms\"\n{TEMP}"
+        ));
+        assert_eq!(d.timeout(), Duration::from_millis(300), "as configured");
     }
 
     #[test]

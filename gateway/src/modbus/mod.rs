@@ -248,7 +248,7 @@ fn prepare(id: &str, config: &DeviceConfig) -> Result<Device> {
         plan,
         timing: Timing {
             poll_interval: config.poll_interval,
-            timeout: config.timeout,
+            timeout: config.timeout(),
             max_backoff: config.max_backoff,
             offline_after: config.offline_after,
         },
