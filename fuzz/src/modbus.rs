@@ -100,6 +100,7 @@ pub fn read_map(data: &[u8]) -> MapInput<'_> {
             scale,
             offset,
             unit,
+            count: None,
         });
     }
     MapInput {

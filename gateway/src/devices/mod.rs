@@ -306,9 +306,31 @@ pub struct RegisterConfig {
     pub offset: f64,
     /// Unit reported with the value, e.g. `°C`.
     pub unit: Option<String>,
+    /// A range in one entry: this many consecutive points of the same type and scaling from
+    /// `address`, each `width` registers after the last (1 to 1000). `name` must then hold
+    /// `{n}`, replaced by 1, 2, …: `name = "probe_{n}"`, `count = 8`.
+    pub count: Option<u16>,
 }
 
+/// The most points one range entry may stand for.
+pub const RANGE_MAX: u16 = 1000;
+
 impl RegisterConfig {
+    /// The points this entry stands for: itself, or each point of its range.
+    pub fn expand(&self) -> Vec<RegisterConfig> {
+        let Some(count) = self.count else {
+            return vec![self.clone()];
+        };
+        (0..count)
+            .map(|k| RegisterConfig {
+                name: self.name.replace("{n}", &(u32::from(k) + 1).to_string()),
+                address: self.address.saturating_add(k.saturating_mul(self.width())),
+                count: None,
+                ..self.clone()
+            })
+            .collect()
+    }
+
     /// The data type, with the default for the function filled in.
     pub fn data_type(&self) -> DataType {
         self.kind.unwrap_or(match self.function {
@@ -489,6 +511,16 @@ impl DeviceConfig {
     /// The full register map: the model file's registers, then the inline ones. Reads the model
     /// file; does not check the entries (see [`check_device`]).
     pub fn register_map(&self) -> Result<Vec<RegisterConfig>, String> {
+        Ok(self
+            .register_entries()?
+            .iter()
+            .flat_map(RegisterConfig::expand)
+            .collect())
+    }
+
+    /// The register map's entries as written, ranges unexpanded: the model file's, then the
+    /// inline ones.
+    pub fn register_entries(&self) -> Result<Vec<RegisterConfig>, String> {
         let mut map = match &self.model {
             Some(path) => ModelFile::load(path)?.registers,
             None => Vec::new(),
@@ -595,7 +627,7 @@ pub(crate) fn check_device(id: &str, device: &DeviceConfig, errors: &mut Vec<Con
     check_transport(id, transport, device, errors);
     check_timing(id, device, errors);
 
-    match device.register_map() {
+    match device.register_entries() {
         Err(message) => errors.push(ConfigError::new(
             key("model"),
             format!(
@@ -641,13 +673,23 @@ pub(crate) fn check_device(id: &str, device: &DeviceConfig, errors: &mut Vec<Con
                         ));
                     }
                 }
-                if !names.insert(register.name.as_str()) {
-                    errors.push(ConfigError::new(
-                        format!("{entry_key}.name"),
-                        format!("{:?}", register.name),
-                        "is already used by another point of this device (model file and inline \
-                         registers share one name space)",
-                    ));
+                // A range without `{n}` repeats its name: that is reported above, once.
+                let mut own = HashSet::new();
+                let own: Vec<String> = register
+                    .expand()
+                    .into_iter()
+                    .map(|p| p.name)
+                    .filter(|name| own.insert(name.clone()))
+                    .collect();
+                for name in own {
+                    if !names.insert(name.clone()) {
+                        errors.push(ConfigError::new(
+                            format!("{entry_key}.name"),
+                            format!("{name:?}"),
+                            "is already used by another point of this device (model file and \
+                             inline registers share one name space)",
+                        ));
+                    }
                 }
             }
         }
@@ -892,8 +934,25 @@ fn transport_name(t: Transport) -> &'static str {
 /// The problems of one register entry: (field, value as written, message).
 pub(crate) fn register_problems(r: &RegisterConfig) -> Vec<(&'static str, String, String)> {
     let mut problems = Vec::new();
-    let valid_name = (1..=64).contains(&r.name.len())
-        && r.name
+    let count = r.count.unwrap_or(1);
+    if r.count.is_some() && !(1..=RANGE_MAX).contains(&count) {
+        problems.push((
+            "count",
+            count.to_string(),
+            format!("must be 1 to {RANGE_MAX}"),
+        ));
+    }
+    if r.count.is_some() && !r.name.contains("{n}") {
+        problems.push((
+            "name",
+            format!("{:?}", r.name),
+            "a range needs `{n}` in its name (replaced by 1, 2, …), like \"probe_{n}\"".to_owned(),
+        ));
+    }
+    // The longest name the range makes.
+    let name = r.name.replace("{n}", &count.to_string());
+    let valid_name = (1..=64).contains(&name.len())
+        && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if !valid_name {
@@ -918,15 +977,16 @@ pub(crate) fn register_problems(r: &RegisterConfig) -> Vec<(&'static str, String
         };
         problems.push(("type", format!("{:?}", data_type.as_str()), message));
     }
-    let last = u32::from(r.address) + u32::from(r.width()) - 1;
+    let last = u32::from(r.address) + u32::from(r.width()) * u32::from(count.max(1)) - 1;
     if last > u32::from(u16::MAX) {
         problems.push((
             "address",
             r.address.to_string(),
             format!(
-                "a {} needs {} registers from here, past the last address 65535",
+                "{} {}(s) need {} registers from here, past the last address 65535",
+                count.max(1),
                 data_type.as_str(),
-                r.width()
+                u32::from(r.width()) * u32::from(count.max(1))
             ),
         ));
     }
@@ -1312,6 +1372,63 @@ mod tests {
             "transport = \"tcp\"\naddress = \"h\"\npoll_interval = \"1s\"\ntimeout = \"300ms\"\n{TEMP}"
         ));
         assert_eq!(d.timeout(), Duration::from_millis(300), "as configured");
+    }
+
+    #[test]
+    fn a_range_entry_stands_for_count_points_named_by_n_each_its_width_after_the_last() {
+        let d = device(&format!(
+            "transport = \"tcp\"\naddress = \"h\"\n\
+             [[registers]]\nname = \"probe_{{n}}\"\nfunction = \"input\"\naddress = 10\ntype = \"i32\"\nscale = 0.1\ncount = 3\n\
+             [[registers]]\nname = \"door\"\nfunction = \"coil\"\naddress = 0\n"
+        ));
+        assert!(check("f1", &d).is_empty(), "{:?}", check("f1", &d));
+        let map = d.register_map().unwrap();
+        let points: Vec<(&str, u16, f64)> = map
+            .iter()
+            .map(|r| (r.name.as_str(), r.address, r.scale))
+            .collect();
+        assert_eq!(
+            points,
+            [
+                ("probe_1", 10, 0.1),
+                ("probe_2", 12, 0.1),
+                ("probe_3", 14, 0.1),
+                ("door", 0, 1.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_range_without_n_with_count_0_past_65535_or_overlapping_a_name_is_refused_by_key() {
+        let entry = |name: &str, address: u32, count: u32| {
+            format!(
+                "[[registers]]\nname = \"{name}\"\nfunction = \"holding\"\naddress = {address}\ncount = {count}\n"
+            )
+        };
+        let d = device(&format!(
+            "transport = \"tcp\"\naddress = \"h\"\n{}{}{}{}{}",
+            entry("t", 0, 2),
+            entry("z_{n}", 100, 0),
+            entry("y_{n}", 65_530, 10),
+            entry("p_{n}", 200, 3),
+            "[[registers]]\nname = \"p_2\"\nfunction = \"holding\"\naddress = 300\n",
+        ));
+        assert_eq!(
+            keys(&check("f1", &d)),
+            [
+                "devices.f1.registers[0].name",
+                "devices.f1.registers[1].count",
+                "devices.f1.registers[2].address",
+                "devices.f1.registers[4].name",
+            ]
+        );
+        let errors = check("f1", &d);
+        assert!(errors[0].message.contains("{n}"), "{}", errors[0].message);
+        assert!(
+            errors[2].message.contains("past the last address"),
+            "{}",
+            errors[2].message
+        );
     }
 
     #[test]
