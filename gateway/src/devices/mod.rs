@@ -1376,11 +1376,11 @@ mod tests {
 
     #[test]
     fn a_range_entry_stands_for_count_points_named_by_n_each_its_width_after_the_last() {
-        let d = device(&format!(
+        let d = device(
             "transport = \"tcp\"\naddress = \"h\"\n\
-             [[registers]]\nname = \"probe_{{n}}\"\nfunction = \"input\"\naddress = 10\ntype = \"i32\"\nscale = 0.1\ncount = 3\n\
-             [[registers]]\nname = \"door\"\nfunction = \"coil\"\naddress = 0\n"
-        ));
+             [[registers]]\nname = \"probe_{n}\"\nfunction = \"input\"\naddress = 10\ntype = \"i32\"\nscale = 0.1\ncount = 3\n\
+             [[registers]]\nname = \"door\"\nfunction = \"coil\"\naddress = 0\n",
+        );
         assert!(check("f1", &d).is_empty(), "{:?}", check("f1", &d));
         let map = d.register_map().unwrap();
         let points: Vec<(&str, u16, f64)> = map
