@@ -59,6 +59,8 @@ pub struct Gateway {
     ingest: Ingest,
     alerts: AlertsHandle,
     addresses: Vec<(String, SocketAddr)>,
+    /// Scheduled backups, when `[backup]` asks for them.
+    backup_task: Option<crate::backup::BackupTask>,
     /// SIGHUP, caught from before the admin socket answers: `systemctl reload` right after a
     /// start must not kill the gateway (SIGHUP's default action).
     hangup: Option<tokio::signal::unix::Signal>,
@@ -205,12 +207,13 @@ impl Gateway {
                 None
             }
         };
+        let mut context = admin::Context::new(config, registry.clone());
+        let backup_task = crate::backup::BackupTask::build(&context.backups);
         let metrics = MetricsServer::build(
             config.metrics.listen,
-            health_probe(&outbox, uplink_status, &clock),
+            health_probe(&outbox, uplink_status, &clock, &context.backups),
         )
         .await?;
-        let mut context = admin::Context::new(config, registry.clone());
         context.running = true;
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
@@ -297,6 +300,7 @@ impl Gateway {
             ingest,
             alerts: alerts_handle,
             addresses,
+            backup_task,
             hangup,
         })
     }
@@ -365,6 +369,9 @@ impl Gateway {
         core_tasks.spawn(self.metrics.run(core.clone()));
         if let Some(uplink) = self.uplink {
             core_tasks.spawn(uplink.run(core.clone()));
+        }
+        if let Some(backups) = self.backup_task {
+            core_tasks.spawn(backups.run(core.clone()));
         }
         core_tasks.close();
 
@@ -714,8 +721,9 @@ fn health_probe(
     outbox: &Outbox,
     uplink: crate::uplink::Status,
     clock: &SharedClock,
+    backups: &crate::backup::Backups,
 ) -> crate::metrics::HealthProbe {
-    let (outbox, clock) = (outbox.clone(), clock.clone());
+    let (outbox, clock, backups) = (outbox.clone(), clock.clone(), backups.clone());
     std::sync::Arc::new(move || {
         let depth = outbox.depth().unwrap_or_default();
         let now_ms = clock.now().unix_timestamp_nanos() / 1_000_000;
@@ -730,6 +738,10 @@ fn health_probe(
             outbox_bytes: depth.bytes,
             outbox_oldest_age_seconds: age,
             clock_synced: clock.synced(),
+            backup: backups
+                .status()
+                .map(|s| s.health(clock.now()))
+                .unwrap_or_default(),
         }
     })
 }

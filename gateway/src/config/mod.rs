@@ -55,9 +55,15 @@ pub struct Config {
     /// The pharmacy console (HTTPS): address, certificate, session limits.
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// Encrypted backups: recipients, schedule, destinations, how many to keep.
+    #[serde(default)]
+    pub backup: crate::backup::BackupConfig,
     /// Per-device settings, by device id: Modbus polling, cold-chain limits.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
+    /// The file this config was loaded from ([`Config::load`]); backups carry it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[gateway]`
@@ -110,8 +116,9 @@ impl Config {
             )))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Config::parse(&text, base)?;
+        let mut config = Config::parse(&text, base)?;
         config.check()?;
+        config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
         Ok(config)
     }
 
@@ -177,7 +184,9 @@ impl Config {
                 listen: loopback,
                 ..crate::console::ConsoleConfig::default()
             },
+            backup: crate::backup::BackupConfig::default(),
             devices: BTreeMap::new(),
+            source: None,
         }
     }
 }

@@ -42,11 +42,12 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let alerts = section::<crate::alerts::AlertsConfig>(&mut table, "alerts", &mut errors);
     let audit = section::<crate::audit::AuditConfig>(&mut table, "audit", &mut errors);
     let console = section::<crate::console::ConsoleConfig>(&mut table, "console", &mut errors);
+    let backup = section::<crate::backup::BackupConfig>(&mut table, "backup", &mut errors);
     let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `console`, `devices`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `console`, `backup`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -65,8 +66,9 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         Some(alerts),
         Some(audit),
         Some(console),
+        Some(backup),
     ) = (
-        gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit, console,
+        gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit, console, backup,
     )
     else {
         return Err(ConfigErrors(errors));
@@ -82,6 +84,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     alerts.resolve_paths(base);
     let mut console = console.unwrap_or_default();
     console.resolve_paths(base);
+    let mut backup = backup.unwrap_or_default();
+    backup.resolve_paths(base);
     if let Some(cloud) = cloud.as_mut() {
         for path in [
             &mut cloud.ca_file,
@@ -104,7 +108,9 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         alerts,
         audit: audit.unwrap_or_default(),
         console,
+        backup,
         devices,
+        source: None,
     })
 }
 
@@ -345,6 +351,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     }
     crate::devices::check_serial_buses(&config.devices, &mut errors);
     config.console.check(&mut errors);
+    config.backup.check(&mut errors);
     let metrics = &config.metrics;
     if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
         errors.push(ConfigError::new(
