@@ -561,8 +561,13 @@ impl Backups {
                     .map(|(k, p)| (k.clone(), p.clone(), Role::ConfigFile)),
             );
         for (key, path, role) in config_files {
-            let absolute =
-                std::path::absolute(&path).map_err(Error::io("cannot resolve", &path))?;
+            // Canonical: no `..` or `.` in the archive path (the file must exist to be read).
+            let absolute = std::fs::canonicalize(&path).map_err(|e| {
+                Error::Invalid(format!(
+                    "cannot read {} ({key}), which the config names: {e}",
+                    path.display()
+                ))
+            })?;
             let inside = format!(
                 "{CONFIG_ROOT}/{}",
                 absolute.display().to_string().trim_start_matches('/')

@@ -21,7 +21,7 @@ impl Site {
     fn new(extra: &str) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let identity = age::x25519::Identity::generate();
-        for d in ["usb", "share"] {
+        for d in ["usb", "share", "conf"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         std::fs::copy(
@@ -30,7 +30,7 @@ impl Site {
         )
         .unwrap();
         let text = format!(
-            "[gateway]\nsite = \"store-1\"\ndata_dir = \"data\"\npolicy_file = \"policy.toml\"\n\
+            "[gateway]\nsite = \"store-1\"\ndata_dir = \"data\"\npolicy_file = \"conf/../policy.toml\"\n\
              [backup]\nrecipients = [\"{}\"]\ndestinations = [\"usb\", \"share\"]\nkeep = 2\n{extra}",
             identity.to_public()
         );

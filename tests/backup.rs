@@ -1,0 +1,276 @@
+//! Backups end to end: a running gateway with an enrolled device, events waiting in the outbox
+//! while the cloud (mosquitto) is down, an open cold-chain alert from a simulated fridge, and an
+//! audit trail whose checkpoint the cloud holds, is backed up while it runs; its data_dir is
+//! destroyed and restored from the backup; the restored gateway keeps all of it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use age::secrecy::ExposeSecret;
+use rxgate_e2e::cloud::Cloud;
+use rxgate_e2e::{Gateway, curl, failing_fridge, fridge_device_config, text, wait_until};
+
+const TELEMETRY: &str = "rxgate/v1/store-0042/devices/fridge-02/telemetry";
+
+/// A fresh age identity in `dir/identity.txt`, as `age-keygen` writes it; returns the file and
+/// the public key.
+fn identity(dir: &Path) -> (PathBuf, String) {
+    let identity = age::x25519::Identity::generate();
+    let public = identity.to_public().to_string();
+    let file = dir.join("identity.txt");
+    std::fs::write(
+        &file,
+        format!(
+            "# public key: {public}\n{}\n",
+            identity.to_string().expose_secret()
+        ),
+    )
+    .unwrap();
+    (file, public)
+}
+
+fn reading(n: u64) -> String {
+    format!(r#"{{"points":{{"temperature_c":4.5,"n":{n}}}}}"#)
+}
+
+fn open_alerts(gw: &Gateway) -> Vec<serde_json::Value> {
+    serde_json::from_str(&gw.cli_ok(&["alerts", "list", "--json"])).unwrap()
+}
+
+fn audit_kinds(gw: &Gateway) -> Vec<serde_json::Value> {
+    serde_json::from_str(&gw.cli_ok(&["audit", "export"])).unwrap()
+}
+
+fn health(gw: &Gateway) -> serde_json::Value {
+    let body = curl(gw.dir.path(), &[&format!("http://{}/health", gw.metrics)]).body_text();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn a_gateway_backed_up_while_running_and_restored_into_a_fresh_data_dir_keeps_devices_unsent_events_alerts_and_its_audit_trail()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity_file, public) = identity(tmp.path());
+    let (fridge, fridge_port) = failing_fridge();
+    let mut cloud = Cloud::start(tmp.path());
+    let backend = cloud.subscribe("rxgate/v1/store-0042/#");
+    let mut gw = Gateway::start(&format!(
+        "{}\n[audit]\ncheckpoint_every = \"10s\"\n[backup]\nrecipients = [\"{public}\"]\n{}",
+        cloud.pki.gateway_config(cloud.port),
+        fridge_device_config(fridge_port)
+    ));
+    let creds = gw.enroll_with_sim("fridge-02", "fridge");
+    let alert = wait_until(Duration::from_secs(60), "an open alert", || {
+        open_alerts(&gw).into_iter().next()
+    });
+    // The fridge stays as it is: no reading will resolve the alert.
+    drop(fridge);
+
+    // A checkpoint of the trail, enrollment and alert included, reaches the cloud.
+    let head = audit_kinds(&gw).last().unwrap()["seq"].as_u64().unwrap();
+    let checkpoint = wait_until(Duration::from_secs(40), "a checkpoint in the cloud", || {
+        backend
+            .json_on("rxgate/v1/store-0042/audit/checkpoints")
+            .into_iter()
+            .find(|c| c["checkpoint"]["seq"].as_u64() >= Some(head))
+    });
+    let checkpoint_file = tmp.path().join("cloud-checkpoint.json");
+    std::fs::write(&checkpoint_file, checkpoint.to_string()).unwrap();
+
+    // The cloud goes down; the device's readings are acknowledged and wait in the outbox.
+    cloud.stop();
+    let unsent: Vec<u64> = (100..105).collect();
+    for &n in &unsent {
+        let out = gw.mosquitto_pub(
+            &creds,
+            "fridge-02",
+            "devices/fridge-02/telemetry",
+            &reading(n),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    // Backed up while it runs, through the daemon.
+    let usb = tmp.path().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let written = gw.cli_ok(&["backup", "create", "--to", usb.to_str().unwrap()]);
+    let file = PathBuf::from(written.trim());
+    assert!(file.starts_with(&usb), "{written}");
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("rxgate-store-0042-") && name.ends_with("Z.age"),
+        "{name}"
+    );
+    let backup = health(&gw)["backup"].clone();
+    assert!(
+        backup["newest_age_seconds"]
+            .as_f64()
+            .is_some_and(|a| a < 60.0),
+        "{backup}"
+    );
+    let created = audit_kinds(&gw)
+        .into_iter()
+        .rfind(|e| e["kind"] == "backup.created")
+        .expect("backup.created in the trail");
+    assert_eq!(created["detail"]["file"], name.as_str());
+    let verified = gw.cli_ok(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+    ]);
+    assert!(
+        verified.contains(": ok: a backup of store-0042"),
+        "{verified}"
+    );
+    let sealed = gw.cli_ok(&["backup", "verify", file.to_str().unwrap()]);
+    assert!(sealed.contains("unchanged since"), "{sealed}");
+
+    // The gateway is lost.
+    assert!(gw.stop(), "{}", gw.logs());
+    std::fs::remove_dir_all(gw.data_dir()).unwrap();
+
+    let restored_config = tmp.path().join("restored-config");
+    let restored = gw.cli_ok(&[
+        "backup",
+        "restore",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+        "--config-to",
+        restored_config.to_str().unwrap(),
+    ]);
+    assert!(restored.contains("restored "), "{restored}");
+    let config_copy = restored_config.join(
+        gw.config
+            .strip_prefix("/")
+            .expect("an absolute config path"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config_copy).unwrap(),
+        std::fs::read_to_string(&gw.config).unwrap()
+    );
+
+    cloud.restart();
+    gw.spawn();
+    let verify = gw.cli(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        checkpoint_file.to_str().unwrap(),
+    ]);
+    assert!(verify.status.success(), "{}", text(&verify));
+
+    // Every reading the outbox held at the backup reaches the cloud.
+    wait_until(
+        Duration::from_secs(30),
+        "the unsent readings in the cloud",
+        || {
+            let got: Vec<u64> = backend
+                .json_on(TELEMETRY)
+                .iter()
+                .filter_map(|m| m["points"]["n"]["value"].as_f64())
+                .map(|n| n as u64)
+                .collect();
+            unsent.iter().all(|n| got.contains(n)).then_some(())
+        },
+    );
+
+    // The device reconnects with the certificate it already had.
+    let out = gw.mosquitto_pub(
+        &creds,
+        "fridge-02",
+        "devices/fridge-02/telemetry",
+        &reading(999),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(
+        Duration::from_secs(20),
+        "the new reading in the cloud",
+        || {
+            backend
+                .json_on(TELEMETRY)
+                .iter()
+                .any(|m| m["points"]["n"]["value"].as_f64() == Some(999.0))
+                .then_some(())
+        },
+    );
+    let devices: Vec<serde_json::Value> =
+        serde_json::from_str(&gw.cli_ok(&["device", "list", "--json"])).unwrap();
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["id"] == "fridge-02" && d["status"] == "active"),
+        "{devices:?}"
+    );
+
+    // The alert is still open, and the restore is in the trail.
+    assert!(
+        open_alerts(&gw).iter().any(|a| a["id"] == alert["id"]),
+        "alert {} is still open",
+        alert["id"]
+    );
+    let trail = audit_kinds(&gw);
+    assert!(
+        trail.iter().any(|e| e["kind"] == "backup.restored"
+            && e["detail"]["file"] == name.as_str()
+            && e["detail"]["audit_head"].as_u64() == created["detail"]["audit_head"].as_u64()),
+        "backup.restored in the trail"
+    );
+}
+
+#[test]
+fn the_running_gateway_backs_up_on_schedule_skipping_a_missing_destination_and_reports_it_in_health_and_metrics()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity_file, public) = identity(tmp.path());
+    let usb = tmp.path().join("usb");
+    std::fs::create_dir(&usb).unwrap();
+    let share = tmp.path().join("share-not-mounted");
+    let gw = Gateway::start(&format!(
+        "[backup]\nrecipients = [\"{public}\"]\ninterval = \"1h\"\n\
+         destinations = [\"{}\", \"{}\"]\nkeep = 3\n",
+        share.display(),
+        usb.display()
+    ));
+    // No backup yet: the first one is made at start.
+    let file = wait_until(Duration::from_secs(30), "a scheduled backup", || {
+        std::fs::read_dir(&usb)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "age"))
+    });
+    let verified = gw.cli_ok(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": ok: "), "{verified}");
+    let created = wait_until(Duration::from_secs(10), "backup.created", || {
+        audit_kinds(&gw)
+            .into_iter()
+            .find(|e| e["kind"] == "backup.created")
+    });
+    assert_eq!(created["actor"], "gateway");
+    let skipped = created["detail"]["skipped"].to_string();
+    assert!(skipped.contains("share-not-mounted: missing"), "{skipped}");
+    let backup = health(&gw)["backup"].clone();
+    assert!(backup["newest_age_seconds"].as_f64().is_some(), "{backup}");
+    let metrics = curl(gw.dir.path(), &[&format!("http://{}/metrics", gw.metrics)]).body_text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rxgate_backup_age_seconds ")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("rxgate_backups_total{result=\"ok\"} 1")),
+        "{metrics}"
+    );
+}
