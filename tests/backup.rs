@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use age::secrecy::ExposeSecret;
 use rxgate_e2e::cloud::Cloud;
-use rxgate_e2e::{Gateway, curl, failing_fridge, fridge_device_config, text, wait_until};
+use rxgate_e2e::{Gateway, curl, failing_fridge, fridge_device_config, run, text, wait_until};
 
 const TELEMETRY: &str = "rxgate/v1/store-0042/devices/fridge-02/telemetry";
 
@@ -272,5 +272,107 @@ fn the_running_gateway_backs_up_on_schedule_skipping_a_missing_destination_and_r
             .lines()
             .any(|l| l.starts_with("rxgate_backups_total{result=\"ok\"} 1")),
         "{metrics}"
+    );
+}
+
+#[test]
+fn a_backup_is_an_age_file_the_age_cli_decrypts_with_an_age_keygen_identity_and_the_cli_refuses_what_it_must()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let identity_file = tmp.path().join("age-keygen.txt");
+    let keygen = run(std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity_file));
+    assert!(
+        keygen.status.success(),
+        "age-keygen (Debian package age): {}",
+        text(&keygen)
+    );
+    let public = std::fs::read_to_string(&identity_file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+        .expect("age-keygen names the public key");
+    let gw = Gateway::init(&format!("[backup]\nrecipients = [\"{public}\"]\n"));
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    // No daemon runs: the command opens the store itself.
+    let written = gw.cli_ok(&["backup", "create", "--to", out_dir.to_str().unwrap()]);
+    let file = PathBuf::from(written.trim());
+    let verified = gw.cli_ok(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+    ]);
+    assert!(verified.contains(": ok: "), "{verified}");
+
+    let plain = tmp.path().join("plain.tar");
+    let decrypted = run(std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&identity_file)
+        .arg("-o")
+        .arg(&plain)
+        .arg(&file));
+    assert!(decrypted.status.success(), "{}", text(&decrypted));
+    let listed = run(std::process::Command::new("tar").arg("-tf").arg(&plain));
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let names: Vec<&str> = listed.lines().collect();
+    assert_eq!(names[0], "manifest.json", "{listed}");
+    for name in [
+        "store/rxgate.redb",
+        "data/ca/ca.crt",
+        "data/tls/server.crt",
+        "keys/ca.key",
+        "keys/server.key",
+        "keys/pseudonym.key",
+    ] {
+        assert!(names.contains(&name), "{name} in {listed}");
+    }
+
+    let (other, _) = identity(tmp.path());
+    let refused = gw.cli(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("was not encrypted to this identity"),
+        "{}",
+        text(&refused)
+    );
+
+    // The gateway's own data_dir is not empty.
+    let refused = gw.cli(&[
+        "backup",
+        "restore",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("is not empty (it holds "),
+        "{}",
+        text(&refused)
+    );
+
+    // A copy changed by one byte is not the one the gateway audited.
+    let changed = tmp.path().join("changed.age");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&changed, bytes).unwrap();
+    let sealed = gw.cli(&["backup", "verify", changed.to_str().unwrap()]);
+    assert!(!sealed.status.success(), "{}", text(&sealed));
+    assert!(
+        text(&sealed).contains("no backup.created entry of this gateway has that SHA-256"),
+        "{}",
+        text(&sealed)
     );
 }
