@@ -84,17 +84,9 @@ impl BackupConfig {
         if let Some(file) = &self.recipients_file {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| format!("backup.recipients_file {}: {e}", file.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                out.push(parse_recipient(line).map_err(|e| {
-                    format!(
-                        "backup.recipients_file {} line {}: {e}",
-                        file.display(),
-                        n + 1
-                    )
+            for (n, parsed) in recipient_lines(&text) {
+                out.push(parsed.map_err(|e| {
+                    format!("backup.recipients_file {} line {n}: {e}", file.display())
                 })?);
             }
         }
@@ -128,16 +120,12 @@ impl BackupConfig {
                     format!("cannot be read: {e}"),
                 )),
                 Ok(text) => {
-                    for (n, line) in text.lines().enumerate() {
-                        let line = line.trim();
-                        if line.is_empty() || line.starts_with('#') {
-                            continue;
-                        }
-                        if let Err(e) = parse_recipient(line) {
+                    for (n, parsed) in recipient_lines(&text) {
+                        if let Err(e) = parsed {
                             errors.push(ConfigError::new(
                                 "backup.recipients_file",
                                 &shown,
-                                format!("line {}: {e}", n + 1),
+                                format!("line {n}: {e}"),
                             ));
                         }
                     }
@@ -175,6 +163,18 @@ impl BackupConfig {
             ));
         }
     }
+}
+
+/// Each key of a recipients file with its line number (1-based); blank lines and `#` comments
+/// skipped.
+fn recipient_lines(
+    text: &str,
+) -> impl Iterator<Item = (usize, Result<age::x25519::Recipient, String>)> + '_ {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| (n, parse_recipient(line)))
 }
 
 fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {

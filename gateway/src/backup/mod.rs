@@ -47,6 +47,7 @@
 
 mod archive;
 mod config;
+mod restore;
 pub mod snapshot;
 mod task;
 
@@ -60,14 +61,15 @@ use zeroize::Zeroizing;
 
 pub use archive::{FORMAT, FileEntry, Manifest, Role, identities};
 pub use config::BackupConfig;
+pub use restore::{RestoreOptions, Restored, Sealed, Verified, inspect, restore, verify};
 pub use task::{BackupTask, next_wait};
 
 use crate::audit::{self, Kind, Record};
 use crate::clock::{SharedClock, rfc3339};
 use crate::error::{Error, Result};
-use crate::paths::{DataPaths, create_private_dir, write_atomic};
+use crate::paths::{DataPaths, write_atomic};
 use crate::store::Store;
-use archive::{Content, item};
+use archive::{Content, Item, item};
 
 /// Latest success and failure: keys `last_success`, `last_failure`; JSON values
 /// ([`LastSuccess`], [`LastFailure`]).
@@ -199,6 +201,15 @@ fn referenced_files(config: &crate::config::Config) -> Vec<(String, PathBuf)> {
         config.backup.recipients_file.as_ref(),
     );
     out
+}
+
+/// The last audit entry as `txn` sees it.
+fn audit_head(txn: &redb::ReadTransaction) -> Result<Option<u64>> {
+    match txn.open_table(audit::META) {
+        Ok(meta) => Ok(audit::head_of(&meta)?.map(|(seq, _)| seq)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What one backup did.
@@ -501,15 +512,89 @@ impl Backups {
             .tempdir_in(&paths.root)
             .map_err(Error::io("cannot create a folder in", &paths.root))?;
         let snapshot = staging.path().join("rxgate.redb");
-        let (tables, audit_head) = self.store.read(|txn| {
-            let tables = snapshot::copy(txn, &snapshot)?;
-            let head = match txn.open_table(audit::META) {
-                Ok(meta) => audit::head_of(&meta)?.map(|(seq, _)| seq),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            Ok((tables, head))
-        })?;
+        let (tables, audit_head) = self
+            .store
+            .read(|txn| Ok((snapshot::copy(txn, &snapshot)?, audit_head(txn)?)))?;
+        let items = self.items(snapshot)?;
+        let manifest = Manifest {
+            format: FORMAT.to_owned(),
+            site: self.plan.site.clone(),
+            created: rfc3339(now),
+            clock_synced: self.clock.synced(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            audit_head,
+            tables,
+            files: items.iter().map(|i| i.entry.clone()).collect(),
+        };
+        let stem = file_stem(&self.plan.site, now);
+        let tmp = new_temp(first)?;
+        let file = tmp
+            .reopen()
+            .map_err(Error::io("cannot write", tmp.path()))?;
+        let out = archive::Hashing::new(std::io::BufWriter::new(file));
+        let out = archive::write(
+            out,
+            &recipients,
+            &manifest,
+            &items,
+            u64::try_from(now.unix_timestamp()).unwrap_or(0),
+        )?;
+        drop(items);
+        let (out, size, sha256) = out.into_parts();
+        out.into_inner()
+            .map_err(|e| Error::io("cannot write", tmp.path())(e.into_error()))?
+            .sync_all()
+            .map_err(Error::io("cannot write", tmp.path()))?;
+        let written_first = persist(tmp, first, &stem)?;
+        let file_name = written_first
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut written = vec![written_first.clone()];
+        for dir in others {
+            let copied = (|| {
+                let tmp = new_temp(dir)?;
+                let mut target = tmp
+                    .reopen()
+                    .map_err(Error::io("cannot write", tmp.path()))?;
+                let mut source = std::fs::File::open(&written_first)
+                    .map_err(Error::io("cannot read", &written_first))?;
+                std::io::copy(&mut source, &mut target)
+                    .map_err(Error::io("cannot write", tmp.path()))?;
+                persist(tmp, dir, file_name.trim_end_matches(".age"))
+            })();
+            match copied {
+                Ok(path) => written.push(path),
+                Err(e) => {
+                    tracing::warn!(destination = %dir.display(), error = %e, "Backup copy failed; skipped.");
+                    warnings.push(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
+        let mut pruned = Vec::new();
+        if prune {
+            for path in &written {
+                if let Some(dir) = path.parent() {
+                    self.prune(dir, &mut pruned, &mut warnings);
+                }
+            }
+        }
+        Ok(Created {
+            file_name,
+            size,
+            sha256,
+            written,
+            warnings,
+            pruned,
+            audit_head,
+            created: manifest.created,
+        })
+    }
+
+    /// Every file of the backup but the manifest: the store snapshot at `snapshot`, the
+    /// certificates, the keys, the config and the files it names.
+    fn items(&self, snapshot: PathBuf) -> Result<Vec<Item>> {
+        let paths = &self.plan.paths;
         let mut items = vec![item(
             STORE.to_owned(),
             Role::Store,
@@ -585,379 +670,28 @@ impl Backups {
                 Some((&key, &absolute)),
             )?);
         }
-        let manifest = Manifest {
-            format: FORMAT.to_owned(),
-            site: self.plan.site.clone(),
-            created: rfc3339(now),
-            clock_synced: self.clock.synced(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            audit_head,
-            tables,
-            files: items.iter().map(|i| i.entry.clone()).collect(),
-        };
-        let stem = file_stem(&self.plan.site, now);
-        let tmp = new_temp(first)?;
-        let file = tmp
-            .reopen()
-            .map_err(Error::io("cannot write", tmp.path()))?;
-        let out = archive::Hashing::new(std::io::BufWriter::new(file));
-        let out = archive::write(
-            out,
-            &recipients,
-            &manifest,
-            &items,
-            u64::try_from(now.unix_timestamp()).unwrap_or(0),
-        )?;
-        drop(items);
-        let (out, size, sha256) = out.into_parts();
-        out.into_inner()
-            .map_err(|e| Error::io("cannot write", tmp.path())(e.into_error()))?
-            .sync_all()
-            .map_err(Error::io("cannot write", tmp.path()))?;
-        let written_first = persist(tmp, first, &stem)?;
-        let file_name = written_first
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut written = vec![written_first.clone()];
-        for dir in others {
-            let copied = (|| {
-                let tmp = new_temp(dir)?;
-                let mut target = tmp
-                    .reopen()
-                    .map_err(Error::io("cannot write", tmp.path()))?;
-                let mut source = std::fs::File::open(&written_first)
-                    .map_err(Error::io("cannot read", &written_first))?;
-                std::io::copy(&mut source, &mut target)
-                    .map_err(Error::io("cannot write", tmp.path()))?;
-                persist(tmp, dir, file_name.trim_end_matches(".age"))
-            })();
-            match copied {
-                Ok(path) => written.push(path),
-                Err(e) => {
-                    tracing::warn!(destination = %dir.display(), error = %e, "Backup copy failed; skipped.");
-                    warnings.push(format!("{}: {e}", dir.display()));
-                }
-            }
-        }
-        let mut pruned = Vec::new();
-        if prune {
-            let keep = self.plan.config.keep.get() as usize;
-            for path in &written {
-                let Some(dir) = path.parent() else { continue };
-                match backups_in(dir, &self.plan.site) {
-                    Ok(all) if all.len() > keep => {
-                        for (old, _) in &all[..all.len() - keep] {
-                            match std::fs::remove_file(old) {
-                                Ok(()) => pruned.push(old.clone()),
-                                Err(e) => warnings.push(format!(
-                                    "cannot remove the old backup {}: {e}",
-                                    old.display()
-                                )),
-                            }
-                        }
+        Ok(items)
+    }
+
+    /// Removes the oldest backups of this site in `dir` beyond `keep`.
+    fn prune(&self, dir: &Path, pruned: &mut Vec<PathBuf>, warnings: &mut Vec<String>) {
+        let keep = self.plan.config.keep.get() as usize;
+        match backups_in(dir, &self.plan.site) {
+            Ok(all) if all.len() > keep => {
+                for (old, _) in &all[..all.len() - keep] {
+                    match std::fs::remove_file(old) {
+                        Ok(()) => pruned.push(old.clone()),
+                        Err(e) => warnings.push(format!(
+                            "cannot remove the old backup {}: {e}",
+                            old.display()
+                        )),
                     }
-                    Ok(_) => {}
-                    Err(e) => warnings.push(format!("cannot list {}: {e}", dir.display())),
                 }
             }
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("cannot list {}: {e}", dir.display())),
         }
-        Ok(Created {
-            file_name,
-            size,
-            sha256,
-            written,
-            warnings,
-            pruned,
-            audit_head,
-            created: manifest.created,
-        })
     }
-}
-
-/// What `rxgate backup verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verified {
-    pub site: String,
-    pub created: String,
-    pub version: String,
-    /// Files checked against the manifest, the store snapshot among them.
-    pub files: usize,
-    /// Audit entries verified in the snapshot, up to `audit_head`.
-    pub audit_entries: u64,
-    pub audit_head: Option<u64>,
-    /// Entries per table of the snapshot.
-    pub tables: std::collections::BTreeMap<String, u64>,
-}
-
-/// Checks an opened backup's store: its tables as the manifest counts them, its audit chain
-/// whole up to the head the manifest names, every checkpoint in it signed by the CA in it.
-fn check_store(file: &Path, opened: &archive::Opened) -> Result<Verified> {
-    let bad = |what: String| {
-        Error::Invalid(format!(
-            "{}: {what}; this backup cannot be trusted",
-            file.display()
-        ))
-    };
-    let tables = snapshot::count(&opened.store)?;
-    if tables != opened.manifest.tables {
-        return Err(bad(format!(
-            "the store snapshot's tables {tables:?} are not the ones its manifest counts {:?}",
-            opened.manifest.tables
-        )));
-    }
-    let ca_pem = opened
-        .bytes(Role::CaCert)
-        .ok_or_else(|| bad("it holds no CA certificate".to_owned()))?;
-    let ca = {
-        use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::CertificateDer::from_pem_slice(ca_pem)
-            .map_err(|e| bad(format!("its CA certificate is unreadable: {e}")))?
-    };
-    let store = Store::open(&opened.store)?;
-    let entries = match audit::verify(&store, Some(ca.as_ref()), &[])? {
-        Ok(n) => n,
-        Err(broken) => {
-            return Err(bad(format!(
-                "its audit trail does not verify at entry {}: {}",
-                broken.seq, broken.reason
-            )));
-        }
-    };
-    let head = store.read(|txn| match txn.open_table(audit::META) {
-        Ok(meta) => Ok(audit::head_of(&meta)?.map(|(seq, _)| seq)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    })?;
-    if head != opened.manifest.audit_head {
-        return Err(bad(format!(
-            "its audit trail ends at {head:?}, its manifest says {:?}",
-            opened.manifest.audit_head
-        )));
-    }
-    Ok(Verified {
-        site: opened.manifest.site.clone(),
-        created: opened.manifest.created.clone(),
-        version: opened.manifest.version.clone(),
-        files: opened.manifest.files.len(),
-        audit_entries: entries,
-        audit_head: head,
-        tables,
-    })
-}
-
-/// `rxgate backup verify FILE --identity KEY`: decrypts `file`, checks the manifest, every
-/// file's size and SHA-256, the store snapshot's tables and its audit chain. Nothing is written
-/// but a private temporary copy of the snapshot, removed after.
-pub fn verify(file: &Path, identities: &[age::x25519::Identity]) -> Result<Verified> {
-    let staging = tempfile::Builder::new()
-        .prefix("rxgate-verify-")
-        .tempdir()
-        .map_err(Error::io(
-            "cannot create a temporary folder in",
-            std::env::temp_dir(),
-        ))?;
-    let opened = archive::open(file, identities, staging.path())?;
-    check_store(file, &opened)
-}
-
-/// What can be told of a backup without its identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sealed {
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// `rxgate backup verify FILE` without an identity: the file is an age file, and its size and
-/// SHA-256 (to compare with the `backup.created` entry the gateway audited when it wrote it).
-/// The contents cannot be checked without an identity.
-pub fn inspect(file: &Path) -> Result<Sealed> {
-    let input = std::fs::File::open(file).map_err(Error::io("cannot open the backup", file))?;
-    let reader = std::io::BufReader::new(input);
-    age::Decryptor::new_buffered(reader).map_err(|e| {
-        Error::Invalid(format!(
-            "{} is not an rxgate backup: it does not start with an age header ({e})",
-            file.display()
-        ))
-    })?;
-    let mut hashing = archive::Hashing::new(std::io::sink());
-    let mut input = std::fs::File::open(file).map_err(Error::io("cannot read", file))?;
-    std::io::copy(&mut input, &mut hashing).map_err(Error::io("cannot read", file))?;
-    let (size, sha256) = hashing.finish();
-    Ok(Sealed { size, sha256 })
-}
-
-/// Where `rxgate backup restore` puts things.
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    /// The data_dir to restore into: absent or empty.
-    pub data_dir: PathBuf,
-    /// Write the config file and the files it names under this folder, each at its original
-    /// absolute path below it (`<dir>/etc/rxgate/gateway.toml`), for you to put in place.
-    pub config_to: Option<PathBuf>,
-}
-
-/// What a restore did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Restored {
-    pub verified: Verified,
-    pub data_dir: PathBuf,
-    /// Config files written (with `config_to`), or found in the backup (without it).
-    pub config_files: Vec<(String, PathBuf)>,
-    pub config_written: bool,
-    /// The `backup.restored` audit entry.
-    pub audit_seq: u64,
-}
-
-/// Refuses a data_dir that holds anything, naming a few of its entries.
-fn require_empty(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("cannot read", dir)(e)),
-    };
-    let names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
-    let mut shown: Vec<String> = names.iter().take(5).cloned().collect();
-    if names.len() > 5 {
-        shown.push(format!("and {} more", names.len() - 5));
-    }
-    Err(Error::Invalid(format!(
-        "{} is not empty (it holds {}): a backup is only restored into an empty data directory, \
-         so no gateway's keys or store are ever overwritten; move it aside, or restore with \
-         --data-dir into a new folder",
-        dir.display(),
-        shown.join(", ")
-    )))
-}
-
-/// `rxgate backup restore FILE --identity KEY`: checks the whole backup, then puts the store,
-/// the certificates and the keys (through [`write_keys`]) into the empty `options.data_dir` and
-/// records `backup.restored` there, on behalf of `actor`.
-pub fn restore(
-    file: &Path,
-    identities: &[age::x25519::Identity],
-    options: &RestoreOptions,
-    clock: &dyn crate::clock::Clock,
-    actor: &str,
-) -> Result<Restored> {
-    let data_dir = &options.data_dir;
-    require_empty(data_dir)?;
-    if let Some(dir) = &options.config_to {
-        require_empty(dir)?;
-    }
-    let sealed = inspect(file)?;
-    create_private_dir(data_dir, 0o700).map_err(Error::io("cannot create", data_dir))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".restore-")
-        .tempdir_in(data_dir)
-        .map_err(Error::io("cannot create a folder in", data_dir))?;
-    let opened = archive::open(file, identities, staging.path())?;
-    let verified = check_store(file, &opened)?;
-    let paths = DataPaths::new(data_dir);
-    let need = |role: Role| {
-        opened.bytes(role).ok_or_else(|| {
-            Error::Invalid(format!("{}: the backup holds no {role:?}", file.display()))
-        })
-    };
-    let keys = Keys {
-        ca: Zeroizing::new(need(Role::CaKey)?.to_vec()),
-        server: Zeroizing::new(need(Role::ServerKey)?.to_vec()),
-        pseudonym: Zeroizing::new(need(Role::PseudonymKey)?.to_vec()),
-    };
-    for dir in [paths.root.join("ca"), paths.root.join("tls")] {
-        create_private_dir(&dir, 0o700).map_err(Error::io("cannot create", &dir))?;
-    }
-    write_keys(&paths, &keys)?;
-    drop(keys);
-    for (role, path) in [
-        (Role::CaCert, paths.ca_cert()),
-        (Role::ServerCert, paths.server_cert()),
-    ] {
-        write_atomic(&path, need(role)?, 0o644).map_err(Error::io("cannot write", &path))?;
-    }
-    if let Some(chain) = opened.bytes(Role::CaChain) {
-        write_atomic(&paths.ca_chain(), chain, 0o644)
-            .map_err(Error::io("cannot write", paths.ca_chain()))?;
-    }
-    let store_path = paths.store();
-    std::fs::rename(&opened.store, &store_path).map_err(Error::io("cannot write", &store_path))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(Error::io("cannot restrict", &store_path))?;
-    }
-    let mut config_files = Vec::new();
-    for entry in opened
-        .manifest
-        .files
-        .iter()
-        .filter(|f| matches!(f.role, Role::Config | Role::ConfigFile))
-    {
-        let key = entry.key.clone().unwrap_or_default();
-        let source = PathBuf::from(entry.source.clone().unwrap_or_default());
-        let Some(dir) = &options.config_to else {
-            config_files.push((key, source));
-            continue;
-        };
-        // Only plain components below the folder: the manifest is checked, but never trusted
-        // to name where outside the folder to write.
-        let relative: PathBuf = source
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(part) => Some(part),
-                _ => None,
-            })
-            .collect();
-        if relative.as_os_str().is_empty() {
-            continue;
-        }
-        let target = dir.join(relative);
-        if let Some(parent) = target.parent() {
-            create_private_dir(parent, 0o700).map_err(Error::io("cannot create", parent))?;
-        }
-        let bytes = opened
-            .files
-            .get(&entry.path)
-            .map(|b| b.as_slice())
-            .unwrap_or_default();
-        write_atomic(&target, bytes, 0o600).map_err(Error::io("cannot write", &target))?;
-        config_files.push((key, target));
-    }
-    drop(opened);
-    drop(staging);
-    let store = Store::open(&store_path)?;
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let audit_seq = store.write(|txn| {
-        audit::append(
-            txn,
-            clock.now(),
-            clock.synced(),
-            Record::new(Kind::BackupRestored, actor).detail(serde_json::json!({
-                "file": name,
-                "size": sealed.size,
-                "sha256": sealed.sha256,
-                "site": verified.site,
-                "created": verified.created,
-                "audit_head": verified.audit_head,
-            })),
-        )
-    })?;
-    Ok(Restored {
-        verified,
-        data_dir: data_dir.clone(),
-        config_files,
-        config_written: options.config_to.is_some(),
-        audit_seq,
-    })
 }
 
 /// The newest backup of `site` across `destinations` (for the doctor), and each destination
