@@ -379,6 +379,29 @@ fn persist(tmp: tempfile::NamedTempFile, dir: &Path, stem: &str) -> Result<PathB
     )))
 }
 
+/// Removes what a backup interrupted by a crash or power cut left in data_dir: a `.backup-*`
+/// folder holding a plain store snapshot. Only called by the one process holding the store,
+/// during its turn, so no other backup can be using one.
+fn remove_stale_staging(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".backup-")
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "Removed what an interrupted backup left.")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "Cannot remove what an interrupted backup left.")
+                }
+            }
+        }
+    }
+}
+
 fn new_temp(dir: &Path) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(".rxgate-backup-")
@@ -507,6 +530,7 @@ impl Backups {
         };
         let now = self.clock.now();
         let paths = &self.plan.paths;
+        remove_stale_staging(&paths.root);
         let staging = tempfile::Builder::new()
             .prefix(".backup-")
             .tempdir_in(&paths.root)

@@ -184,13 +184,29 @@ fn a_backup_goes_to_every_destination_and_restores_the_store_keys_certificates_a
         "{:?}",
         restored.config_files
     );
-    // No staging folder is left behind.
+    // No staging folder is left behind, here or in the old data_dir.
+    let old_root: Vec<String> = std::fs::read_dir(&old.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(old_root.is_empty(), "{old_root:?}");
     let mut left: Vec<String> = std::fs::read_dir(&target)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
     assert_eq!(left, ["ca", "pseudonym.key", "rxgate.redb", "tls"]);
+}
+
+#[test]
+fn what_an_interrupted_backup_left_in_data_dir_is_removed_by_the_next_one() {
+    let site = Site::new("");
+    let stale = site.config.paths().root.join(".backup-interrupted");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("rxgate.redb"), b"a plain snapshot").unwrap();
+    site.backups().create(None, "alice").unwrap();
+    assert!(!stale.exists());
 }
 
 #[test]
