@@ -282,7 +282,12 @@ impl Status {
             newest_age_seconds: success.map(|at| (now - at).as_seconds_f64().max(0.0)),
             last_success_unix: success.map(OffsetDateTime::unix_timestamp),
             last_failure_unix: failure.map(OffsetDateTime::unix_timestamp),
-            last_error: self.last_failure.as_ref().map(|f| f.error.clone()),
+            // Only while it is the latest word: a success since then settles it.
+            last_error: self
+                .last_failure
+                .as_ref()
+                .filter(|_| failure > success)
+                .map(|f| f.error.clone()),
         }
     }
 }

@@ -351,8 +351,26 @@ fn a_missing_destination_is_skipped_with_a_warning_and_older_backups_beyond_keep
         refused.contains("no backup destination is available"),
         "{refused}"
     );
-    let failed = site.backups().status().unwrap().last_failure.unwrap();
+    let status = site.backups().status().unwrap();
+    let failed = status.last_failure.clone().unwrap();
     assert!(failed.error.contains("no backup destination"), "{failed:?}");
+    let health = status.health(site.clock.now());
+    assert!(
+        health
+            .last_error
+            .is_some_and(|e| e.contains("no backup destination"))
+    );
+    assert_eq!(
+        health.newest_age_seconds,
+        Some(3600.0),
+        "the last success, an hour ago"
+    );
+    std::fs::create_dir(site.path("usb")).unwrap();
+    site.clock.advance(Duration::from_secs(60));
+    site.backups().create(None, "gateway").unwrap();
+    let health = site.backups().status().unwrap().health(site.clock.now());
+    assert_eq!(health.last_error, None, "a success since settles it");
+    assert!(health.last_failure_unix.is_some());
 }
 
 #[test]

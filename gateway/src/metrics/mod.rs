@@ -188,7 +188,7 @@ pub struct BackupHealth {
     pub newest_age_seconds: Option<f64>,
     pub last_success_unix: Option<i64>,
     pub last_failure_unix: Option<i64>,
-    /// Why the last failed backup failed.
+    /// Why the last backup failed, when no backup succeeded since.
     pub last_error: Option<String>,
 }
 
