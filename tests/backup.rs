@@ -29,6 +29,24 @@ fn identity(dir: &Path) -> (PathBuf, String) {
     (file, public)
 }
 
+/// `rxgate backup verify FILE --identity IDENTITY`.
+fn verify_with(gw: &Gateway, file: &Path, identity: &Path) -> std::process::Output {
+    gw.cli(&[
+        "backup",
+        "verify",
+        file.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+    ])
+}
+
+/// [`verify_with`] that must pass; its stdout.
+fn verified(gw: &Gateway, file: &Path, identity: &Path) -> String {
+    let output = verify_with(gw, file, identity);
+    assert!(output.status.success(), "{}", text(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn reading(n: u64) -> String {
     format!(r#"{{"points":{{"temperature_c":4.5,"n":{n}}}}}"#)
 }
@@ -113,13 +131,7 @@ fn a_gateway_backed_up_while_running_and_restored_into_a_fresh_data_dir_keeps_de
         .rfind(|e| e["kind"] == "backup.created")
         .expect("backup.created in the trail");
     assert_eq!(created["detail"]["file"], name.as_str());
-    let verified = gw.cli_ok(&[
-        "backup",
-        "verify",
-        file.to_str().unwrap(),
-        "--identity",
-        identity_file.to_str().unwrap(),
-    ]);
+    let verified = verified(&gw, &file, &identity_file);
     assert!(
         verified.contains(": ok: a backup of store-0042"),
         "{verified}"
@@ -242,13 +254,7 @@ fn the_running_gateway_backs_up_on_schedule_skipping_a_missing_destination_and_r
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "age"))
     });
-    let verified = gw.cli_ok(&[
-        "backup",
-        "verify",
-        file.to_str().unwrap(),
-        "--identity",
-        identity_file.to_str().unwrap(),
-    ]);
+    let verified = verified(&gw, &file, &identity_file);
     assert!(verified.contains(": ok: "), "{verified}");
     let created = wait_until(Duration::from_secs(10), "backup.created", || {
         audit_kinds(&gw)
@@ -299,13 +305,7 @@ fn a_backup_is_an_age_file_the_age_cli_decrypts_with_an_age_keygen_identity_and_
     // No daemon runs: the command opens the store itself.
     let written = gw.cli_ok(&["backup", "create", "--to", out_dir.to_str().unwrap()]);
     let file = PathBuf::from(written.trim());
-    let verified = gw.cli_ok(&[
-        "backup",
-        "verify",
-        file.to_str().unwrap(),
-        "--identity",
-        identity_file.to_str().unwrap(),
-    ]);
+    let verified = verified(&gw, &file, &identity_file);
     assert!(verified.contains(": ok: "), "{verified}");
 
     let plain = tmp.path().join("plain.tar");
@@ -333,13 +333,7 @@ fn a_backup_is_an_age_file_the_age_cli_decrypts_with_an_age_keygen_identity_and_
     }
 
     let (other, _) = identity(tmp.path());
-    let refused = gw.cli(&[
-        "backup",
-        "verify",
-        file.to_str().unwrap(),
-        "--identity",
-        other.to_str().unwrap(),
-    ]);
+    let refused = verify_with(&gw, &file, &other);
     assert!(!refused.status.success());
     assert!(
         text(&refused).contains("was not encrypted to this identity"),
