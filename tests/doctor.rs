@@ -48,6 +48,7 @@ fn a_running_gateway_on_loopback_with_an_enrolled_device_has_no_failure() {
     // Honest warnings: plain keys, and an account that has not finished set-up.
     assert_eq!(level(&report, "keys-sealed"), "warn");
     assert_eq!(level(&report, "accounts"), "warn");
+    assert_eq!(level(&report, "backups"), "warn", "no backups configured");
     let human = gw.cli(&["doctor"]);
     let human = String::from_utf8_lossy(&human.stdout).into_owned();
     assert!(human.contains("ada"), "{human}");
@@ -82,4 +83,30 @@ fn open_modes_a_plain_cloud_link_and_open_listeners_fail_with_what_to_do() {
     let plain = checks.iter().find(|c| c["check"] == "plaintext").unwrap();
     assert!(plain["found"].as_str().unwrap().contains("without TLS"));
     assert!(plain["advice"].as_str().unwrap().contains("tls=required"));
+}
+
+#[test]
+fn backup_freshness_passes_after_a_backup_and_fails_when_a_destination_is_missing() {
+    let gw = Gateway::init(
+        "[backup]\nrecipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n\
+         interval = \"24h\"\ndestinations = [\"usb\", \"share\"]\n",
+    );
+    for dir in ["usb", "share"] {
+        std::fs::create_dir(gw.path(dir)).unwrap();
+    }
+    let (_, report) = doctor(&gw);
+    assert_eq!(level(&report, "backups"), "warn", "no backup yet: {report}");
+    // No daemon runs: the command opens the store itself.
+    gw.cli_ok(&["backup", "create"]);
+    let (_, report) = doctor(&gw);
+    assert_eq!(level(&report, "backups"), "pass", "{report}");
+    std::fs::remove_dir_all(gw.path("share")).unwrap();
+    let (ok, report) = doctor(&gw);
+    assert!(!ok, "a missing destination fails: {report}");
+    let checks = report["checks"].as_array().unwrap();
+    let backups = checks.iter().find(|c| c["check"] == "backups").unwrap();
+    assert_eq!(backups["level"], "fail");
+    let found = backups["found"].as_str().unwrap();
+    assert!(found.contains("share (not mounted?)"), "{found}");
+    assert!(found.contains("the newest backup, "), "{found}");
 }

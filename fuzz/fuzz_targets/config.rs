@@ -3,7 +3,7 @@
 //! neither may panic. A config `check` accepts is one the daemon can build from: its Modbus
 //! devices have an address or a serial port and a register map the poller can plan.
 //!
-//! `check` reads the files the config names (model files, secrets, CA files). So that the
+//! `check` reads the files the config names (model files, secrets, CA files, backup recipients). So that the
 //! fuzzer cannot make it read `/dev/zero` or a FIFO, every such path is pointed into this
 //! crate's `fixtures/` (or at the example model files) before `check` runs.
 #![no_main]
@@ -41,6 +41,9 @@ fn sandbox(config: &mut Config) {
         if let Some(path) = email.ca_file.as_mut() {
             *path = fixture("../certs/testdata/rsa-ca.pem");
         }
+    }
+    if let Some(path) = config.backup.recipients_file.as_mut() {
+        *path = fixture("fixtures/secret");
     }
     if let Some(webhook) = config.alerts.webhook.as_mut() {
         webhook.secret_file = fixture("fixtures/secret");

@@ -61,6 +61,8 @@ pub struct Gateway {
     alerts: AlertsHandle,
     addresses: Vec<(String, SocketAddr)>,
     watchdog: Watchdog,
+    /// Scheduled backups, when `[backup]` asks for them.
+    backup_task: Option<crate::backup::BackupTask>,
     /// SIGHUP, caught from before the admin socket answers: `systemctl reload` right after a
     /// start must not kill the gateway (SIGHUP's default action).
     hangup: Option<tokio::signal::unix::Signal>,
@@ -215,12 +217,13 @@ impl Gateway {
                 None
             }
         };
+        let mut context = admin::Context::new(config, registry.clone());
+        let backup_task = crate::backup::BackupTask::build(&context.backups);
         let metrics = MetricsServer::build(
             config.metrics.listen,
-            health_probe(&outbox, uplink_status, &clock),
+            health_probe(&outbox, uplink_status, &clock, &context.backups),
         )
         .await?;
-        let mut context = admin::Context::new(config, registry.clone());
         context.running = true;
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
@@ -308,6 +311,7 @@ impl Gateway {
             alerts: alerts_handle,
             addresses,
             watchdog,
+            backup_task,
             hangup,
         })
     }
@@ -381,6 +385,9 @@ impl Gateway {
         self.watchdog.ready("running");
         let watchdog = self.watchdog.clone();
         core_tasks.spawn(self.watchdog.run(core.clone()));
+        if let Some(backups) = self.backup_task {
+            core_tasks.spawn(backups.run(core.clone()));
+        }
         core_tasks.close();
 
         shutdown.cancelled().await;
@@ -782,8 +789,9 @@ fn health_probe(
     outbox: &Outbox,
     uplink: crate::uplink::Status,
     clock: &SharedClock,
+    backups: &crate::backup::Backups,
 ) -> crate::metrics::HealthProbe {
-    let (outbox, clock) = (outbox.clone(), clock.clone());
+    let (outbox, clock, backups) = (outbox.clone(), clock.clone(), backups.clone());
     std::sync::Arc::new(move || {
         let depth = outbox.depth().unwrap_or_default();
         let now_ms = clock.now().unix_timestamp_nanos() / 1_000_000;
@@ -798,6 +806,10 @@ fn health_probe(
             outbox_bytes: depth.bytes,
             outbox_oldest_age_seconds: age,
             clock_synced: clock.synced(),
+            backup: backups
+                .status()
+                .map(|s| s.health(clock.now()))
+                .unwrap_or_default(),
         }
     })
 }

@@ -1,12 +1,13 @@
 //! rxgate: the gateway daemon and its command line.
 //!
 //! Components, each in its folder: `enroll` (EST), `registry` (devices, tokens, certificates),
-//! `audit` (hash-chained trail), `admin` (the CLI's way into a running daemon), `store` (redb).
+//! `audit` (hash-chained trail), `backup` (encrypted backups and restore), `admin` (the CLI's way into a running daemon), `store` (redb).
 //! `daemon` wires them together; `cli` is the thin command-line layer over all of it.
 
 pub mod admin;
 pub mod alerts;
 pub mod audit;
+pub mod backup;
 pub mod broker;
 pub mod cli;
 pub mod clock;

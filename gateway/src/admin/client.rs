@@ -70,7 +70,11 @@ pub fn session<R>(
 
 /// Outer error: the conversation failed. Inner error: the daemon refused the command.
 fn over_socket(mut stream: UnixStream, request: &Request) -> Result<Result<Reply, String>, String> {
-    let timeout = Some(Duration::from_secs(60));
+    // A backup of a large store onto a slow USB stick takes minutes.
+    let timeout = Some(match request {
+        Request::BackupCreate { .. } => Duration::from_secs(30 * 60),
+        _ => Duration::from_secs(60),
+    });
     stream
         .set_read_timeout(timeout)
         .map_err(|e| e.to_string())?;

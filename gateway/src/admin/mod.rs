@@ -115,6 +115,12 @@ pub enum Request {
         #[serde(default)]
         audit_seq: Option<u64>,
     },
+    /// A backup now: into `to` (a directory the daemon's user may write) when given, else into
+    /// `[backup].destinations`.
+    BackupCreate {
+        #[serde(default)]
+        to: Option<std::path::PathBuf>,
+    },
 }
 
 /// What a successful command returns.
@@ -172,6 +178,9 @@ pub enum Reply {
     },
     MinMaxChecked {
         check: crate::coldchain::history::CheckRecord,
+    },
+    BackupCreated {
+        created: crate::backup::Created,
     },
 }
 
@@ -235,6 +244,8 @@ pub struct Context {
     pub limits: std::collections::HashMap<String, crate::coldchain::Limits>,
     /// `[audit].retention`: a checkpoint of a removed entry fails verification unless older.
     pub audit_retention: Duration,
+    /// Backups of this gateway (one at a time, shared with the daemon's scheduled ones).
+    pub backups: crate::backup::Backups,
 }
 
 impl Context {
@@ -257,6 +268,11 @@ impl Context {
         )
         .with_console_port(config.console.listen.port())
         .with_sealer(sealer);
+        let backups = crate::backup::Backups::new(
+            crate::backup::Plan::of(config),
+            registry.store().clone(),
+            registry.clock().clone(),
+        );
         Context {
             people: if config.console.demo_accounts {
                 people.allowing_demo_accounts()
@@ -282,6 +298,7 @@ impl Context {
                 .filter_map(|(id, d)| crate::coldchain::Limits::of(d).map(|l| (id.clone(), l)))
                 .collect(),
             audit_retention: config.audit.retention,
+            backups,
         }
     }
 }
@@ -486,6 +503,9 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
             ))?;
             Ok(Reply::MinMaxChecked { check })
         }
+        Request::BackupCreate { to } => Ok(Reply::BackupCreated {
+            created: ctx.backups.create(to.as_deref(), &actor.name)?,
+        }),
         Request::AuditVerify { checkpoint } => {
             let external: Vec<crate::audit::Checkpoint> = match checkpoint {
                 None => Vec::new(),

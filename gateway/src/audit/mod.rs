@@ -138,6 +138,17 @@ pub enum Kind {
     /// `roles`, `signed_at`, `meaning`, `record`, `record_id`, `record_sha256`).
     #[serde(rename = "record.signed")]
     RecordSigned,
+    /// A backup was written (`detail`: `file`, `size`, `sha256`, `destinations`, `skipped`,
+    /// `audit_head`: the last entry it holds).
+    #[serde(rename = "backup.created")]
+    BackupCreated,
+    /// A backup could not be written (`detail`: `error`, `destinations`).
+    #[serde(rename = "backup.failed")]
+    BackupFailed,
+    /// This store was restored from a backup (`detail`: `file`, `size`, `sha256`, `site`,
+    /// `created`, `audit_head`); written by `rxgate backup restore`.
+    #[serde(rename = "backup.restored")]
+    BackupRestored,
 }
 
 /// One entry as stored (without its hash).

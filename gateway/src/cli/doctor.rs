@@ -112,6 +112,7 @@ pub fn run(config: &Config, now: OffsetDateTime, apt_conf_dir: &Path) -> Vec<Che
         )),
     }
     out.push(disk(&config.gateway.data_dir));
+    out.push(backups(config, now));
     out.push(unattended_upgrades(apt_conf_dir));
     out
 }
@@ -529,6 +530,71 @@ fn disk(data_dir: &Path) -> Check {
     }
 }
 
+fn age_text(age: time::Duration) -> String {
+    let minutes = age.whole_minutes().max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(minutes * 60)).to_string()
+}
+
+/// Backup freshness, from the backup files in `[backup].destinations`: a missing destination
+/// fails; no schedule, no backup yet, or a newest backup older than twice the interval warns.
+fn backups(config: &Config, now: OffsetDateTime) -> Check {
+    let b = &config.backup;
+    let Some(interval) = b.scheduled() else {
+        return check(
+            "backups",
+            Level::Warn,
+            "no backups configured",
+            "Set [backup] recipients (an age public key), destinations and interval, so a dead              gateway can be rebuilt without enrolling every device again (README: Back up and restore).",
+        );
+    };
+    let (newest, missing) = crate::backup::newest(&b.destinations, &config.gateway.site);
+    let newest_text = match &newest {
+        Some((path, at)) => format!(
+            "the newest backup, {}, is {} old",
+            path.display(),
+            age_text(now - *at)
+        ),
+        None => "no backup found".to_owned(),
+    };
+    if !missing.is_empty() {
+        let missing: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        return check(
+            "backups",
+            Level::Fail,
+            format!(
+                "backup destination missing: {} (not mounted?); {newest_text}",
+                missing.join(", ")
+            ),
+            "Plug in or mount the destination, or remove it from [backup].destinations.",
+        );
+    }
+    let every = humantime::format_duration(interval).to_string();
+    match newest {
+        None => check(
+            "backups",
+            Level::Warn,
+            format!("no backup found in [backup].destinations yet (one every {every})"),
+            "Run `rxgate backup create` now, and check the gateway's log for backup errors.",
+        ),
+        Some((_, at))
+            if (now - at).unsigned_abs() > 2 * interval || at > now + time::Duration::DAY =>
+        {
+            check(
+                "backups",
+                Level::Warn,
+                format!("{newest_text}, more than twice the interval of {every}"),
+                "Scheduled backups are failing: see `curl http://<metrics>/health` (backup.last_error)                  and the gateway's log, then run `rxgate backup create`.",
+            )
+        }
+        Some(_) => check(
+            "backups",
+            Level::Pass,
+            format!("{newest_text} (one every {every})"),
+            "",
+        ),
+    }
+}
+
 /// Whether APT's settings in `dir` turn unattended upgrades on
 /// (`APT::Periodic::Unattended-Upgrade "1";`), the last file in name order winning.
 fn unattended_upgrades(dir: &Path) -> Check {
@@ -634,6 +700,45 @@ mod tests {
         ] {
             assert!(!loopback_url(url), "{url}");
         }
+    }
+
+    #[test]
+    fn backups_warn_when_not_configured_or_stale_and_fail_when_a_destination_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let usb = dir.path().join("usb");
+        std::fs::create_dir(&usb).unwrap();
+        let text = |destinations: &str| {
+            format!(
+                "[gateway]\nsite = \"store-1\"\n[backup]\n\
+                 recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n\
+                 interval = \"24h\"\ndestinations = [{destinations}]\n"
+            )
+        };
+        let now = time::macros::datetime!(2026-12-07 12:00 UTC);
+        let none = Config::parse("[gateway]\nsite = \"store-1\"\n", dir.path()).unwrap();
+        let c = backups(&none, now);
+        assert_eq!(
+            (c.level, c.found.as_str()),
+            (Level::Warn, "no backups configured")
+        );
+
+        let config = Config::parse(&text("\"usb\""), dir.path()).unwrap();
+        assert_eq!(backups(&config, now).level, Level::Warn, "no backup yet");
+        std::fs::write(usb.join("rxgate-store-1-20261206T120000Z.age"), b"x").unwrap();
+        let c = backups(&config, now);
+        assert_eq!(c.level, Level::Pass, "{c:?}");
+        assert!(c.found.contains("is 1day old"), "{c:?}");
+        let c = backups(&config, now + time::Duration::hours(25));
+        assert_eq!(c.level, Level::Warn, "older than twice the interval: {c:?}");
+        assert!(
+            c.found.contains("more than twice the interval of 1day"),
+            "{c:?}"
+        );
+
+        let config = Config::parse(&text("\"usb\", \"share\""), dir.path()).unwrap();
+        let c = backups(&config, now);
+        assert_eq!(c.level, Level::Fail, "{c:?}");
+        assert!(c.found.contains("share (not mounted?)"), "{c:?}");
     }
 
     #[test]

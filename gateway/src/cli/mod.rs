@@ -1,5 +1,6 @@
 //! The `rxgate` command line: parse, dispatch, print. Logic lives in the library modules.
 
+mod backup;
 mod doctor;
 mod output;
 mod users;
@@ -95,6 +96,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Encrypted backups: create, verify, restore.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// Accounts of the people who use the console.
     User {
@@ -498,6 +504,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Backup { command } => backup::run(&cli.config, command),
         Command::User { command } => {
             let config = load(&cli.config)?;
             let (request, json) = command.request();

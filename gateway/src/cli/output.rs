@@ -164,6 +164,7 @@ pub fn reply(reply: &Reply, as_json: bool) {
             }
         }
         Reply::MinMaxChecked { check } => json(check),
+        Reply::BackupCreated { created } => json(created),
     }
 }
 

@@ -58,9 +58,15 @@ pub struct Config {
     /// Where the key-encryption key that seals the keys at rest comes from.
     #[serde(default)]
     pub keys: crate::keys::KeysConfig,
+    /// Encrypted backups: recipients, schedule, destinations, how many to keep.
+    #[serde(default)]
+    pub backup: crate::backup::BackupConfig,
     /// Per-device settings, by device id: Modbus polling, cold-chain limits.
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceConfig>,
+    /// The file this config was loaded from ([`Config::load`]); backups carry it.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[gateway]`
@@ -113,8 +119,9 @@ impl Config {
             )))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Config::parse(&text, base)?;
+        let mut config = Config::parse(&text, base)?;
         config.check()?;
+        config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
         Ok(config)
     }
 
@@ -182,7 +189,9 @@ impl Config {
                 ..crate::console::ConsoleConfig::default()
             },
             keys: crate::keys::KeysConfig::default(),
+            backup: crate::backup::BackupConfig::default(),
             devices: BTreeMap::new(),
+            source: None,
         }
     }
 }

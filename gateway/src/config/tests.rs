@@ -34,6 +34,10 @@ fn example_config_states_every_default_explicitly_and_correctly() {
     );
     assert_eq!(example.gateway.data_dir, minimal.gateway.data_dir);
     assert_eq!(example.gateway.log, minimal.gateway.log);
+    assert_eq!(
+        format!("{:?}", example.backup),
+        format!("{:?}", minimal.backup)
+    );
 }
 
 #[test]

@@ -43,11 +43,12 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     let audit = section::<crate::audit::AuditConfig>(&mut table, "audit", &mut errors);
     let console = section::<crate::console::ConsoleConfig>(&mut table, "console", &mut errors);
     let keys = section::<crate::keys::KeysConfig>(&mut table, "keys", &mut errors);
+    let backup = section::<crate::backup::BackupConfig>(&mut table, "backup", &mut errors);
     let devices = parse_devices(&mut table, base, &mut errors);
     for unknown in table.keys() {
         errors.push(ConfigError::section(
             unknown,
-            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `console`, `keys`, `devices`",
+            "unknown section; expected one of `gateway`, `enroll`, `mqtt`, `cloud`, `outbox`, `metrics`, `alerts`, `audit`, `console`, `keys`, `backup`, `devices`",
         ));
     }
     if let Some(None) = gateway {
@@ -67,8 +68,9 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         Some(audit),
         Some(console),
         Some(keys),
+        Some(backup),
     ) = (
-        gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit, console, keys,
+        gateway, enroll, mqtt, cloud, outbox, metrics, alerts, audit, console, keys, backup,
     )
     else {
         return Err(ConfigErrors(errors));
@@ -86,6 +88,8 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
     console.resolve_paths(base);
     let mut keys = keys.unwrap_or_default();
     keys.resolve_paths(base);
+    let mut backup = backup.unwrap_or_default();
+    backup.resolve_paths(base);
     if let Some(cloud) = cloud.as_mut() {
         for path in [
             &mut cloud.ca_file,
@@ -109,7 +113,9 @@ pub(super) fn parse_sections(mut table: toml::Table, base: &Path) -> Result<Conf
         audit: audit.unwrap_or_default(),
         console,
         keys,
+        backup,
         devices,
+        source: None,
     })
 }
 
@@ -350,6 +356,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     }
     crate::devices::check_serial_buses(&config.devices, &mut errors);
     config.console.check(&mut errors);
+    config.backup.check(&mut errors);
     let metrics = &config.metrics;
     if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
         errors.push(ConfigError::new(

@@ -33,6 +33,10 @@ const OUTBOX_AGE: &str = "rxgate_outbox_oldest_age_seconds";
 const DEVICES_ONLINE: &str = "rxgate_devices_online";
 const UPLINK_CONNECTED: &str = "rxgate_uplink_connected";
 const UPLINK_DISCONNECTS: &str = "rxgate_uplink_disconnects_total";
+const BACKUP_AGE: &str = "rxgate_backup_age_seconds";
+const BACKUP_LAST_SUCCESS: &str = "rxgate_backup_last_success_timestamp_seconds";
+const BACKUP_LAST_FAILURE: &str = "rxgate_backup_last_failure_timestamp_seconds";
+const BACKUPS: &str = "rxgate_backups_total";
 
 fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -71,6 +75,22 @@ fn handle() -> &'static PrometheusHandle {
         );
         describe_gauge!(UPLINK_CONNECTED, "1 while the cloud connection is up.");
         describe_counter!(UPLINK_DISCONNECTS, "Cloud connections lost.");
+        describe_gauge!(
+            BACKUP_AGE,
+            Unit::Seconds,
+            "Age of the newest successful backup (absent: none yet)."
+        );
+        describe_gauge!(
+            BACKUP_LAST_SUCCESS,
+            Unit::Seconds,
+            "Unix time of the last successful backup."
+        );
+        describe_gauge!(
+            BACKUP_LAST_FAILURE,
+            Unit::Seconds,
+            "Unix time of the last failed backup."
+        );
+        describe_counter!(BACKUPS, "Backups attempted, by result (ok, failed).");
         handle
     })
 }
@@ -105,6 +125,11 @@ pub fn uplink_connected(connected: bool) {
 
 pub fn uplink_disconnect() {
     counter!(UPLINK_DISCONNECTS).increment(1);
+}
+
+/// A backup was attempted.
+pub fn backup_done(ok: bool) {
+    counter!(BACKUPS, "result" => if ok { "ok" } else { "failed" }).increment(1);
 }
 
 /// `[metrics]`
@@ -153,6 +178,18 @@ pub struct Health {
     pub outbox_bytes: u64,
     pub outbox_oldest_age_seconds: f64,
     pub clock_synced: bool,
+    pub backup: BackupHealth,
+}
+
+/// The backups as `/health` and `/metrics` show them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackupHealth {
+    /// Age of the newest successful backup; `None`: none yet.
+    pub newest_age_seconds: Option<f64>,
+    pub last_success_unix: Option<i64>,
+    pub last_failure_unix: Option<i64>,
+    /// Why the last backup failed, when no backup succeeded since.
+    pub last_error: Option<String>,
 }
 
 /// Reads the gateway's [`Health`]; may block briefly (it is called off the async workers).
@@ -247,6 +284,16 @@ async fn metrics(State(health): State<HealthProbe>) -> Response {
         gauge!(OUTBOX_BYTES).set(health.outbox_bytes as f64);
         gauge!(OUTBOX_AGE).set(health.outbox_oldest_age_seconds);
         uplink_connected(health.uplink_connected);
+        let backup = &health.backup;
+        if let Some(age) = backup.newest_age_seconds {
+            gauge!(BACKUP_AGE).set(age);
+        }
+        if let Some(at) = backup.last_success_unix {
+            gauge!(BACKUP_LAST_SUCCESS).set(at as f64);
+        }
+        if let Some(at) = backup.last_failure_unix {
+            gauge!(BACKUP_LAST_FAILURE).set(at as f64);
+        }
     }
     (
         StatusCode::OK,
@@ -267,6 +314,12 @@ async fn health(State(health): State<HealthProbe>) -> Response {
         "outbox_depth": health.outbox_records,
         "outbox_oldest_age_seconds": health.outbox_oldest_age_seconds,
         "clock_synced": health.clock_synced,
+        "backup": {
+            "newest_age_seconds": health.backup.newest_age_seconds,
+            "last_success_unix": health.backup.last_success_unix,
+            "last_failure_unix": health.backup.last_failure_unix,
+            "last_error": health.backup.last_error,
+        },
     }))
     .into_response()
 }

@@ -405,7 +405,7 @@ impl People {
     /// Seals every TOTP secret still stored in plain text; returns how many. Needs the
     /// key-encryption key.
     pub fn seal_plain_secrets(&self) -> Result<usize> {
-        if !self.sealer.sealing() {
+        if !self.sealer.sealing() || self.plain_secrets()? == 0 {
             return Ok(0);
         }
         self.store.write(|txn| {
@@ -435,6 +435,50 @@ impl People {
                 }
             }
             Ok(sealed)
+        })
+    }
+
+    /// Opens every sealed TOTP secret in place: for a backup's copy of the store, which leaves
+    /// this gateway's key-encryption key behind. Returns how many accounts changed.
+    pub fn unseal_secrets(&self) -> Result<usize> {
+        // Read first: a write transaction would create the table in a store that has none.
+        let accounts: Vec<Account> = self.store.read(|txn| store::all_json(txn, PEOPLE))?;
+        let sealed = |a: &Account| {
+            [&a.totp_secret, &a.pending_totp_secret]
+                .into_iter()
+                .flatten()
+                .any(|s| Sealer::is_sealed_text(s))
+        };
+        if !accounts.iter().any(sealed) {
+            return Ok(0);
+        }
+        self.store.write(|txn| {
+            let names: Vec<String> = match txn.open_table(PEOPLE) {
+                Ok(table) => table
+                    .iter()?
+                    .map(|entry| entry.map(|(k, _)| k.value().to_owned()))
+                    .collect::<std::result::Result<_, _>>()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let mut opened = 0;
+            for name in names {
+                let Some(mut account) = load(txn, &name)? else {
+                    continue;
+                };
+                let mut changed = false;
+                for secret in [&mut account.totp_secret, &mut account.pending_totp_secret] {
+                    if let Some(stored) = secret.as_ref().filter(|s| Sealer::is_sealed_text(s)) {
+                        *secret = Some(self.open_totp(&name, stored)?.to_string());
+                        changed = true;
+                    }
+                }
+                if changed {
+                    save(txn, &account)?;
+                    opened += 1;
+                }
+            }
+            Ok(opened)
         })
     }
 
