@@ -370,3 +370,97 @@ fn a_backup_is_an_age_file_the_age_cli_decrypts_with_an_age_keygen_identity_and_
         text(&sealed)
     );
 }
+
+/// `rxgate keys generate-kek FILE`.
+fn generate_kek(path: &Path) {
+    let out = run(std::process::Command::new(rxgate_e2e::bin("rxgate"))
+        .args(["keys", "generate-kek"])
+        .arg(path));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_backup_of_sealed_keys_restores_on_a_pi_with_another_key_encryption_key_and_is_sealed_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (identity_file, public) = identity(tmp.path());
+    let (old_kek, new_kek) = (tmp.path().join("old.kek"), tmp.path().join("new.kek"));
+    generate_kek(&old_kek);
+    generate_kek(&new_kek);
+    let gw = Gateway::init(&format!(
+        "[backup]\nrecipients = [\"{public}\"]\n[keys]\nkek_file = \"{}\"\n",
+        old_kek.display()
+    ));
+    // A person with a TOTP secret on offer: sealed under the old key in the store.
+    gw.cli_ok(&["user", "add", "ada", "--role", "admin"]);
+    let status = gw.cli_ok(&["keys", "status"]);
+    assert!(status.contains("CA key          sealed"), "{status}");
+    assert!(
+        status.contains("TOTP secrets    0 in plain text"),
+        "{status}"
+    );
+    let pseudonym = gw.cli_ok(&["pseudonym", "MRN-1"]);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let written = gw.cli_ok(&["backup", "create", "--to", out_dir.to_str().unwrap()]);
+    let file = PathBuf::from(written.trim());
+
+    // The new Pi: its own key-encryption key, an empty data_dir.
+    let new_pi = tmp.path().join("new-pi");
+    std::fs::create_dir(&new_pi).unwrap();
+    let config = new_pi.join("gateway.toml");
+    std::fs::write(
+        &config,
+        rxgate_e2e::config_text(
+            "store-0042",
+            &format!("[keys]\nkek_file = \"{}\"\n", new_kek.display()),
+        ),
+    )
+    .unwrap();
+    let rxgate = |args: &[&str]| {
+        run(std::process::Command::new(rxgate_e2e::bin("rxgate"))
+            .arg("--config")
+            .arg(&config)
+            .args(args))
+    };
+    let restored = rxgate(&[
+        "backup",
+        "restore",
+        file.to_str().unwrap(),
+        "--identity",
+        identity_file.to_str().unwrap(),
+    ]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    let data = new_pi.join("data");
+    assert!(data.join("ca/ca.key.sealed").exists() && !data.join("ca/ca.key").exists());
+    let status = text(&rxgate(&["keys", "status"]));
+    assert!(status.contains("CA key          sealed"), "{status}");
+    // The TOTP secret came back opened (the old key stayed behind) and is sealed again here.
+    assert!(
+        status.contains("TOTP secrets    1 in plain text"),
+        "{status}"
+    );
+    let sealed = rxgate(&["keys", "seal"]);
+    assert!(
+        text(&sealed).contains("Sealed 1 TOTP secret(s)."),
+        "{}",
+        text(&sealed)
+    );
+    let same = rxgate(&["pseudonym", "MRN-1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&same.stdout),
+        pseudonym,
+        "the same pseudonym key"
+    );
+    // The old key does not open the new Pi's keys.
+    std::fs::write(
+        &config,
+        rxgate_e2e::config_text(
+            "store-0042",
+            &format!("[keys]\nkek_file = \"{}\"\n", old_kek.display()),
+        ),
+    )
+    .unwrap();
+    let refused = rxgate(&["pseudonym", "MRN-1"]);
+    assert!(!refused.status.success());
+    assert!(text(&refused).contains("another one"), "{}", text(&refused));
+}
