@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 /// Page cache for the store. redb's default is 1 GiB; a Pi has 1–8 GiB for everything.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Longest wait between two attempts to reopen a store that failed, however often it failed.
-const REOPEN_MAX_BACKOFF: Duration = Duration::from_secs(30);
+const REOPEN_MAX_BACKOFF: Duration = Duration::from_secs(10);
 const REOPEN_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// A handle on the store, cheap to clone.
@@ -29,9 +29,11 @@ const REOPEN_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// later operation on that `Database`, reads included, fails with "previous I/O error" until it
 /// is closed and opened again, and the next open repairs the file from its last committed
 /// transaction. A failed commit never damages what was committed before it. So a failure marks the
-/// handle failed, and the next operation (from any clone) drops the `Database` and opens the file
-/// again, at once the first time and then with a growing delay (up to 30 s) while reopening fails;
-/// between attempts operations fail fast with the same error. Each reopen bumps
+/// handle failed, and the first operation (from any clone) after a delay drops the `Database` and
+/// opens the file again. The delay starts at 250 ms and doubles, up to 10 s, with every failure
+/// until a durable commit succeeds (a repair reads the whole file: a full disk must not make the
+/// gateway repair it for every refused batch); until then operations fail fast with the same
+/// error. Each reopen bumps
 /// [`Store::generation`]: whoever keeps figures about the store in memory (the outbox's counts)
 /// recounts them, since a commit that reported an error may still have reached the file.
 ///
@@ -194,9 +196,8 @@ impl Store {
                 self.inner.generation.fetch_add(1, Ordering::AcqRel);
                 self.inner.failed.store(false, Ordering::Release);
                 reopen.not_before = None;
-                reopen.backoff = REOPEN_FIRST_BACKOFF;
                 reopen.last_error = None;
-                tracing::info!(store = %self.inner.path.display(), "Store reopened after a failed write.");
+                tracing::debug!(store = %self.inner.path.display(), "Store reopened after a failed write.");
                 Ok(())
             }
             Err(e) => {
@@ -223,11 +224,23 @@ impl Store {
         match failure(&e) {
             Failure::None => Err(e),
             Failure::Io { disk_full } => {
+                let episode = self.disk_full() && disk_full;
                 if disk_full {
                     self.inner.disk_full.store(true, Ordering::Release);
                 }
-                if !self.inner.failed.swap(true, Ordering::AcqRel) {
-                    tracing::warn!(store = %self.inner.path.display(), error = %e, disk_full, "Store write failed; reopening the store.");
+                let mut reopen = self
+                    .inner
+                    .reopen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                reopen.not_before = Some(Instant::now() + reopen.backoff);
+                let delay = reopen.backoff;
+                reopen.backoff = (reopen.backoff * 2).min(REOPEN_MAX_BACKOFF);
+                drop(reopen);
+                if !self.inner.failed.swap(true, Ordering::AcqRel) && !episode {
+                    tracing::warn!(store = %self.inner.path.display(), error = %e, disk_full, retry_in = ?delay, "Store write failed; the store is reopened after a delay.");
+                } else {
+                    tracing::debug!(store = %self.inner.path.display(), error = %e, retry_in = ?delay, "Store write failed again.");
                 }
                 if disk_full || self.disk_full() {
                     Err(Error::DiskFull {
@@ -252,7 +265,15 @@ impl Store {
             Ok(result)
         })());
         if result.is_ok() {
-            self.inner.disk_full.store(false, Ordering::Release);
+            if self.inner.disk_full.swap(false, Ordering::AcqRel) {
+                tracing::info!(store = %self.inner.path.display(), "Store writes succeed again: there is room on the disk.");
+            }
+            let mut reopen = self
+                .inner
+                .reopen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            reopen.backoff = REOPEN_FIRST_BACKOFF;
         }
         result
     }
