@@ -16,6 +16,11 @@
 //! - **Bounded.** When the stored bytes reach `max_bytes`, appends are refused (the device gets
 //!   no PUBACK and resends later; the refusal is counted and logged). Nothing accepted is ever
 //!   dropped to make room.
+//! - **A full disk** is refused the same way: the commit fails, nothing of the batch is stored,
+//!   the caller gets [`Error::DiskFull`] (the store reopens itself and writes resume once there is
+//!   room, see [`Store`]). A commit that reported an error may still have reached the file; after
+//!   the store was reopened the counts below are recounted from it before the next write, and
+//!   the key counter never goes back, so such a record is sent (a device's resend of it too).
 //!
 //! # Keys
 //! A key is `(lane: u8, n: u64)`. `n` comes from one counter shared by all lanes, which starts
