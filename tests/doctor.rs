@@ -24,6 +24,17 @@ fn level<'a>(report: &'a serde_json::Value, name: &str) -> &'a str {
         .unwrap()
 }
 
+fn found<'a>(report: &'a serde_json::Value, name: &str) -> &'a str {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {report}"))["found"]
+        .as_str()
+        .unwrap()
+}
+
 #[test]
 fn a_running_gateway_on_loopback_with_an_enrolled_device_has_no_failure() {
     let gw = Gateway::start("");
@@ -42,9 +53,16 @@ fn a_running_gateway_on_loopback_with_an_enrolled_device_has_no_failure() {
         "clock",
         "device-certificates",
         "disk",
+        "outbox-age",
+        "sd-write-rate",
     ] {
         assert_eq!(level(&report, name), "pass", "{name}: {report}");
     }
+    // Just started: the write rate is measured but not yet scaled to a day.
+    assert!(
+        found(&report, "sd-write-rate").contains("since the gateway started"),
+        "{report}"
+    );
     // Honest warnings: plain keys, and an account that has not finished set-up.
     assert_eq!(level(&report, "keys-sealed"), "warn");
     assert_eq!(level(&report, "accounts"), "warn");
@@ -72,6 +90,13 @@ fn open_modes_a_plain_cloud_link_and_open_listeners_fail_with_what_to_do() {
     assert_eq!(level(&report, "file-modes"), "fail");
     assert_eq!(level(&report, "plaintext"), "fail");
     assert_eq!(level(&report, "listeners"), "warn");
+    // No daemon: the write rate cannot be measured, and the doctor says so.
+    assert_eq!(level(&report, "sd-write-rate"), "pass");
+    assert!(
+        found(&report, "sd-write-rate").contains("cannot be measured"),
+        "{report}"
+    );
+    assert_eq!(level(&report, "outbox-age"), "pass");
     let checks = report["checks"].as_array().unwrap();
     let modes = checks.iter().find(|c| c["check"] == "file-modes").unwrap();
     let found = modes["found"].as_str().unwrap();

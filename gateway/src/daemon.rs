@@ -73,6 +73,8 @@ impl Gateway {
     /// one of them cannot be set up. Every component sees `clock` through the time floor
     /// (`clock::floor`): never earlier than the latest time the gateway knows has passed.
     pub async fn build(config: &Config, clock: SharedClock) -> Result<Gateway> {
+        // /proc/self/io counts from the process's start, a moment before this.
+        let started = std::time::Instant::now();
         let paths = config.paths();
         let watchdog = Watchdog::new(NotifySettings::from_env());
         let store = open_store(&paths.store()).await?;
@@ -228,6 +230,8 @@ impl Gateway {
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
         context.fridges = Some(monitor.fridges());
+        context.outbox = Some(outbox.clone());
+        context.started = Some(started);
         let enrollment = crate::console::Enrollment {
             est_url: {
                 let port = enroll.local_addr()?.port();

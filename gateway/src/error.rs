@@ -43,6 +43,14 @@ pub enum Error {
     #[error("store error: {0}")]
     Store(#[from] redb::Error),
 
+    /// The file system holding the store has no room left. Nothing committed is lost; writes are
+    /// refused until there is space again, and then resume by themselves.
+    #[error(
+        "the disk holding {} is full: new data is refused until space is freed on that file system (nothing already stored is lost; rxgate resumes by itself)",
+        path.display()
+    )]
+    DiskFull { path: PathBuf },
+
     #[error("store record {table}/{key} is unreadable: {reason}")]
     Corrupt {
         table: String,

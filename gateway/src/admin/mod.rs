@@ -214,6 +214,34 @@ pub struct Status {
     /// Probes whose calibration is due within 30 days or overdue, one sentence each.
     #[serde(default)]
     pub calibration: Vec<String>,
+    /// Records waiting in the outbox for the cloud.
+    #[serde(default)]
+    pub outbox_records: u64,
+    /// Age in seconds of the oldest of them, if any.
+    #[serde(default)]
+    pub outbox_oldest_age_secs: Option<u64>,
+    /// Whether the disk holding data_dir was full at the last write (new records are refused).
+    #[serde(default)]
+    pub disk_full: bool,
+    /// The running daemon's own I/O: bytes it caused to be written to storage since it started
+    /// (`/proc/<pid>/io` `write_bytes`), and how long ago that was. `None` without a daemon.
+    #[serde(default)]
+    pub written: Option<Written>,
+}
+
+/// What the running daemon has written, for the SD-card write-rate check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    pub bytes: u64,
+    pub over_secs: u64,
+}
+
+/// `write_bytes` from `/proc/self/io`: what this process caused to be sent to storage.
+pub fn own_write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// What [`execute`] works with.
@@ -246,6 +274,10 @@ pub struct Context {
     pub audit_retention: Duration,
     /// Backups of this gateway (one at a time, shared with the daemon's scheduled ones).
     pub backups: crate::backup::Backups,
+    /// The running daemon's outbox; without a daemon it is counted from the store.
+    pub outbox: Option<crate::outbox::Outbox>,
+    /// When the running daemon started, for its write rate.
+    pub started: Option<std::time::Instant>,
 }
 
 impl Context {
@@ -299,6 +331,8 @@ impl Context {
                 .collect(),
             audit_retention: config.audit.retention,
             backups,
+            outbox: None,
+            started: None,
         }
     }
 }
@@ -311,6 +345,22 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
             let devices = ctx.registry.devices()?;
             let count = |s| devices.iter().filter(|d| d.status == s).count();
             use crate::registry::DeviceStatus::*;
+            let depth = match &ctx.outbox {
+                Some(outbox) => outbox.depth()?,
+                None => {
+                    crate::outbox::Outbox::open(ctx.registry.store().clone(), u64::MAX)?.depth()?
+                }
+            };
+            let now_ms = ctx.registry.clock().now().unix_timestamp_nanos() / 1_000_000;
+            let outbox_oldest_age_secs = depth
+                .oldest_ms
+                .map(|oldest| ((now_ms - i128::from(oldest)).max(0) / 1000) as u64);
+            let written = ctx.started.and_then(|started| {
+                Some(Written {
+                    bytes: own_write_bytes()?,
+                    over_secs: started.elapsed().as_secs(),
+                })
+            });
             Ok(Reply::Status(Status {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 site: ctx.site.clone(),
@@ -323,6 +373,10 @@ pub fn execute(ctx: &Context, request: Request, actor: &Actor) -> Result<Reply> 
                 policy: ctx.policy.as_ref().map(|p| p.current().origin().to_owned()),
                 policy_error: ctx.policy.as_ref().and_then(|p| p.last_error()),
                 calibration: calibration_notices(&ctx.limits, ctx.registry.clock().now().date()),
+                outbox_records: depth.records,
+                outbox_oldest_age_secs,
+                disk_full: ctx.registry.store().disk_full(),
+                written,
             }))
         }
         Request::TokenCreate {

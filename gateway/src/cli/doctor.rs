@@ -23,6 +23,14 @@ const CA_WARN_DAYS: i64 = 180;
 /// Free space below these shares of the data directory's file system: warn, fail.
 const DISK_WARN: f64 = 0.15;
 const DISK_FAIL: f64 = 0.05;
+/// The oldest record waiting for the cloud, older than these (seconds): warn, fail.
+const OUTBOX_AGE_WARN: u64 = 3600;
+const OUTBOX_AGE_FAIL: u64 = 24 * 3600;
+/// Bytes the daemon writes per day above which an SD card wears out within its expected life.
+const WRITE_WARN_PER_DAY: f64 = 1024.0 * 1024.0 * 1024.0;
+/// The daemon's writes are scaled to a day only once it has run this long (seconds): its first
+/// minutes (store creation, first checkpoint) say nothing about a day.
+const WRITE_MIN_WINDOW: u64 = 600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +103,8 @@ pub fn run(config: &Config, now: OffsetDateTime, apt_conf_dir: &Path) -> Vec<Che
                         "Enable NTP (timedatectl set-ntp true) and let the gateway reach a time server.",
                     )
                 });
+                out.push(outbox_age(&status));
+                out.push(write_rate(&status));
             }
             if let Reply::Devices { devices } = devices {
                 out.push(renewals(&devices, now, renewal_due(config)));
@@ -484,6 +494,71 @@ fn second_factor_secrets(users: &[crate::people::AccountInfo]) -> Check {
     }
 }
 
+/// The age of the oldest record the cloud has not acknowledged.
+fn outbox_age(status: &admin::Status) -> Check {
+    const ADVICE: &str = "The cloud has not taken messages for a while: check the cloud link (`rxgate status`, the uplink's state in /health, the [cloud] url and certificates, the site's internet access).";
+    let Some(age) = status.outbox_oldest_age_secs else {
+        return check(
+            "outbox-age",
+            Level::Pass,
+            "the outbox is empty: everything was delivered",
+            "",
+        );
+    };
+    let found = format!(
+        "{} record(s) wait for the cloud, the oldest for {}",
+        status.outbox_records,
+        humantime::format_duration(std::time::Duration::from_secs(age))
+    );
+    if age > OUTBOX_AGE_FAIL {
+        check("outbox-age", Level::Fail, found, ADVICE)
+    } else if age > OUTBOX_AGE_WARN {
+        check("outbox-age", Level::Warn, found, ADVICE)
+    } else {
+        check("outbox-age", Level::Pass, found, "")
+    }
+}
+
+/// Bytes the running daemon writes to storage per day, from its own I/O counters.
+fn write_rate(status: &admin::Status) -> Check {
+    let Some(written) = status.written else {
+        return check(
+            "sd-write-rate",
+            Level::Pass,
+            "cannot be measured: the gateway is not running (the rate comes from the running daemon's own I/O counters)",
+            "Run the doctor again while `rxgate run` is up.",
+        );
+    };
+    let mib = written.bytes as f64 / 1048576.0;
+    if written.over_secs < WRITE_MIN_WINDOW {
+        return check(
+            "sd-write-rate",
+            Level::Pass,
+            format!(
+                "{mib:.1} MiB written since the gateway started {} s ago: too short to scale to a day",
+                written.over_secs
+            ),
+            "Run the doctor again once the gateway has run for 10 minutes.",
+        );
+    }
+    let per_day = written.bytes as f64 * 86400.0 / written.over_secs as f64;
+    let found = format!(
+        "{:.0} MiB a day ({mib:.1} MiB in {})",
+        per_day / 1048576.0,
+        humantime::format_duration(std::time::Duration::from_secs(written.over_secs))
+    );
+    if per_day > WRITE_WARN_PER_DAY {
+        check(
+            "sd-write-rate",
+            Level::Warn,
+            found,
+            "More than 1 GiB a day wears an SD card out early: raise [outbox].batch_delay so commits carry more messages, lower the devices' publish rate or poll_interval, and keep logs in RAM (journald Storage=volatile); or use an SSD.",
+        )
+    } else {
+        check("sd-write-rate", Level::Pass, found, "")
+    }
+}
+
 fn disk(data_dir: &Path) -> Check {
     let Ok(path) = std::ffi::CString::new(data_dir.as_os_str().as_encoded_bytes()) else {
         return check("disk", Level::Fail, "data_dir is not a valid path", "");
@@ -700,6 +775,62 @@ mod tests {
         ] {
             assert!(!loopback_url(url), "{url}");
         }
+    }
+
+    fn status(records: u64, age: Option<u64>, written: Option<(u64, u64)>) -> admin::Status {
+        admin::Status {
+            version: String::new(),
+            site: String::new(),
+            running: written.is_some(),
+            clock_synced: true,
+            listeners: Vec::new(),
+            devices_active: 0,
+            devices_pending: 0,
+            devices_revoked: 0,
+            policy: None,
+            policy_error: None,
+            calibration: Vec::new(),
+            outbox_records: records,
+            outbox_oldest_age_secs: age,
+            disk_full: false,
+            written: written.map(|(bytes, over_secs)| admin::Written { bytes, over_secs }),
+        }
+    }
+
+    #[test]
+    fn an_outbox_waiting_over_an_hour_warns_and_over_a_day_fails_pointing_at_the_cloud_link() {
+        assert_eq!(outbox_age(&status(0, None, None)).level, Level::Pass);
+        assert_eq!(outbox_age(&status(3, Some(600), None)).level, Level::Pass);
+        let warn = outbox_age(&status(3, Some(2 * 3600), None));
+        assert_eq!(warn.level, Level::Warn);
+        assert!(warn.advice.contains("cloud link"), "{warn:?}");
+        assert!(
+            warn.found.contains("3 record(s)") && warn.found.contains("2h"),
+            "{warn:?}"
+        );
+        assert_eq!(
+            outbox_age(&status(3, Some(2 * 86400), None)).level,
+            Level::Fail
+        );
+    }
+
+    #[test]
+    fn the_write_rate_warns_above_a_gib_a_day_and_says_when_it_cannot_be_measured() {
+        let gib = 1u64 << 30;
+        let stopped = write_rate(&status(0, None, None));
+        assert_eq!(stopped.level, Level::Pass);
+        assert!(stopped.found.contains("cannot be measured"), "{stopped:?}");
+        let young = write_rate(&status(0, None, Some((gib, 60))));
+        assert_eq!(young.level, Level::Pass);
+        assert!(young.found.contains("too short"), "{young:?}");
+        // 100 MiB in an hour is 2.3 GiB a day.
+        let heavy = write_rate(&status(0, None, Some((100 << 20, 3600))));
+        assert_eq!(heavy.level, Level::Warn);
+        assert!(heavy.found.contains("2400 MiB a day"), "{heavy:?}");
+        assert_eq!(
+            write_rate(&status(0, None, Some((10 << 20, 3600)))).level,
+            Level::Pass
+        );
     }
 
     #[test]

@@ -30,6 +30,10 @@ const DROPPED: &str = "rxgate_messages_dropped_total";
 const OUTBOX_RECORDS: &str = "rxgate_outbox_depth";
 const OUTBOX_BYTES: &str = "rxgate_outbox_bytes";
 const OUTBOX_AGE: &str = "rxgate_outbox_oldest_age_seconds";
+const OUTBOX_DISK_FULL: &str = "rxgate_outbox_disk_full";
+const OUTBOX_REFUSALS: &str = "rxgate_outbox_refusals_total";
+const READINGS_NOT_STORED: &str = "rxgate_readings_not_stored_total";
+const WRITE_BYTES: &str = "rxgate_process_write_bytes";
 const DEVICES_ONLINE: &str = "rxgate_devices_online";
 const UPLINK_CONNECTED: &str = "rxgate_uplink_connected";
 const UPLINK_DISCONNECTS: &str = "rxgate_uplink_disconnects_total";
@@ -68,6 +72,23 @@ fn handle() -> &'static PrometheusHandle {
             OUTBOX_AGE,
             Unit::Seconds,
             "Age of the oldest message in the outbox."
+        );
+        describe_gauge!(
+            OUTBOX_DISK_FULL,
+            "1 while the file system holding data_dir is full and new records are refused."
+        );
+        describe_counter!(
+            OUTBOX_REFUSALS,
+            "Records the outbox refused, by reason (full: max_mib reached; disk_full: no room on the file system; store: another store failure)."
+        );
+        describe_counter!(
+            READINGS_NOT_STORED,
+            "Modbus readings and status changes the gateway could not store, by reason."
+        );
+        describe_gauge!(
+            WRITE_BYTES,
+            Unit::Bytes,
+            "Bytes this process has caused to be written to storage since it started (/proc/self/io write_bytes)."
         );
         describe_gauge!(
             DEVICES_ONLINE,
@@ -113,6 +134,26 @@ pub fn refused(reason: &'static str) {
 /// An accepted message was not forwarded: the policy left nothing of it for the cloud.
 pub fn dropped(reason: &'static str) {
     counter!(DROPPED, "reason" => reason).increment(1);
+}
+
+/// Whether the file system holding data_dir is full.
+pub fn outbox_disk_full(full: bool) {
+    gauge!(OUTBOX_DISK_FULL).set(if full { 1.0 } else { 0.0 });
+}
+
+/// Records the outbox refused; `reason` is `full`, `disk_full` or `store`.
+pub fn outbox_refused(reason: &'static str, records: u64) {
+    counter!(OUTBOX_REFUSALS, "reason" => reason).increment(records);
+}
+
+/// A Modbus reading or status change that could not be stored.
+pub fn reading_not_stored(reason: &'static str) {
+    counter!(READINGS_NOT_STORED, "reason" => reason).increment(1);
+}
+
+/// Bytes written by this process so far (see [`crate::daemon`]'s I/O sampling).
+pub fn process_write_bytes(bytes: u64) {
+    gauge!(WRITE_BYTES).set(bytes as f64);
 }
 
 pub fn device_online(delta: f64) {

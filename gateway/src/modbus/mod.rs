@@ -257,5 +257,6 @@ fn prepare(id: &str, config: &DeviceConfig) -> Result<Device> {
         stats: Arc::new(DeviceStats::default()),
         // The first poll starts at once.
         next_due: Instant::now(),
+        not_stored: 0,
     })
 }

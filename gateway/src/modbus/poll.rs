@@ -82,6 +82,9 @@ pub(crate) struct Device {
     pub stats: Arc<DeviceStats>,
     /// When the next poll starts.
     pub next_due: Instant,
+    /// Readings and status changes the gateway has not accepted since it last accepted one
+    /// (a full disk, say): logged when the episode starts and when it ends, not one by one.
+    pub not_stored: u64,
 }
 
 impl Device {
@@ -469,8 +472,23 @@ async fn finish_cycle(
             outcome = ingest.submit(intake) => outcome,
             () = shutdown.cancelled() => return false,
         };
-        if let Err(refused) = outcome {
-            tracing::warn!(device = %dev.id, reason = %refused, "The gateway did not accept a reading.");
+        match outcome {
+            Err(refused) => {
+                crate::metrics::reading_not_stored(match refused {
+                    crate::message::Refused::Unavailable(_) => "unavailable",
+                    crate::message::Refused::Invalid(_) => "invalid",
+                    crate::message::Refused::Denied(_) => "denied",
+                });
+                if dev.not_stored == 0 {
+                    tracing::warn!(device = %dev.id, reason = %refused, "The gateway did not accept a reading; further ones are counted until it accepts one again.");
+                }
+                dev.not_stored += 1;
+            }
+            Ok(_) if dev.not_stored > 0 => {
+                tracing::info!(device = %dev.id, not_stored = dev.not_stored, "The gateway accepts readings again.");
+                dev.not_stored = 0;
+            }
+            Ok(_) => {}
         }
         let took = started.elapsed();
         if took > dev.timing.poll_interval {
@@ -692,6 +710,7 @@ mod tests {
             jitter: Jitter::new("fridge-01"),
             stats: Arc::default(),
             next_due: Instant::now(),
+            not_stored: 0,
         }
     }
 

@@ -16,6 +16,11 @@
 //! - **Bounded.** When the stored bytes reach `max_bytes`, appends are refused (the device gets
 //!   no PUBACK and resends later; the refusal is counted and logged). Nothing accepted is ever
 //!   dropped to make room.
+//! - **A full disk** is refused the same way: the commit fails, nothing of the batch is stored,
+//!   the caller gets [`Error::DiskFull`] (the store reopens itself and writes resume once there is
+//!   room, see [`Store`]). A commit that reported an error may still have reached the file; after
+//!   the store was reopened the counts below are recounted from it before the next write, and
+//!   the key counter never goes back, so such a record is sent (a device's resend of it too).
 //!
 //! # Keys
 //! A key is `(lane: u8, n: u64)`. `n` comes from one counter shared by all lanes, which starts
@@ -149,6 +154,8 @@ struct Writer {
     records: u64,
     bytes: u64,
     heads: [Option<Head>; LANES],
+    /// The [`Store::generation`] these figures were counted in.
+    generation: u64,
 }
 
 impl Writer {
@@ -257,6 +264,38 @@ fn take_lane(
     Ok(())
 }
 
+/// Counts what the outbox holds, in one read transaction.
+fn count(store: &Store) -> Result<Writer> {
+    // Read before the transaction: if the store is reopened meanwhile, the figures are
+    // counted again at the next write.
+    let generation = store.generation();
+    store.read(|txn| {
+        let mut writer = Writer {
+            next: 0,
+            records: 0,
+            bytes: 0,
+            heads: [None; LANES],
+            generation,
+        };
+        let table = match txn.open_table(OUTBOX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(writer),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let key = key.value();
+            writer.next = writer.next.max(key.1 + 1);
+            writer.records += 1;
+            writer.bytes += value.value().len() as u64;
+            if let Some(slot) = writer.heads.get_mut(usize::from(key.0)) {
+                slot.get_or_insert_with(|| head(key, value.value()));
+            }
+        }
+        Ok(writer)
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded state is changed only after a commit succeeded, in steps that cannot panic, so
     // a panic elsewhere while it was held (a payload builder, say) leaves it consistent.
@@ -266,30 +305,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Outbox {
     /// Opens the outbox in `store`, counting what it holds.
     pub fn open(store: Store, max_bytes: u64) -> Result<Outbox> {
-        let writer = store.read(|txn| {
-            let mut writer = Writer {
-                next: 0,
-                records: 0,
-                bytes: 0,
-                heads: [None; LANES],
-            };
-            let table = match txn.open_table(OUTBOX) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(writer),
-                Err(e) => return Err(e.into()),
-            };
-            for entry in table.iter()? {
-                let (key, value) = entry?;
-                let key = key.value();
-                writer.next = writer.next.max(key.1 + 1);
-                writer.records += 1;
-                writer.bytes += value.value().len() as u64;
-                if let Some(slot) = writer.heads.get_mut(usize::from(key.0)) {
-                    slot.get_or_insert_with(|| head(key, value.value()));
-                }
-            }
-            Ok(writer)
-        })?;
+        let writer = count(&store)?;
         Ok(Outbox {
             store,
             max_bytes,
@@ -298,6 +314,20 @@ impl Outbox {
             appends: Arc::new(AtomicU64::new(0)),
             ready: Arc::new(Notify::new()),
         })
+    }
+
+    /// The writer state, recounted from the store if the store was reopened since it was last
+    /// counted: a commit that reported an error (a full disk during its sync) may still have
+    /// reached the file, and only the file says. The key counter never goes back.
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
+        let mut writer = lock(&self.writer);
+        if writer.generation != self.store.generation() {
+            let mut fresh = count(&self.store)?;
+            fresh.next = fresh.next.max(writer.next);
+            *writer = fresh;
+            *lock(&self.published) = writer.depth();
+        }
+        Ok(writer)
     }
 
     /// Appends `batch` in one durable transaction. Each record is appended or refused on its own
@@ -314,7 +344,7 @@ impl Outbox {
         batch: Vec<NewRecord>,
         also: impl FnOnce(&redb::WriteTransaction, &[Result<Appended, AppendError>]) -> Result<()>,
     ) -> Result<Vec<Result<Appended, AppendError>>> {
-        let mut writer = lock(&self.writer);
+        let mut writer = self.writer()?;
         let writer = &mut *writer;
         let (out, added_records, added_bytes, new_heads) = self.store.write(|txn| {
             let mut table = txn.open_table(OUTBOX)?;
@@ -410,7 +440,7 @@ impl Outbox {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut writer = lock(&self.writer);
+        let mut writer = self.writer()?;
         let writer = &mut *writer;
         let (removed, freed, heads) = self.store.write_lazy(|txn| {
             let mut table = txn.open_table(OUTBOX)?;

@@ -34,6 +34,9 @@ pub struct Pipeline {
     monitor: Option<(HashSet<String>, mpsc::Sender<Observation>)>,
     /// Each batch, from its first submission to every intake told, is one unit of work.
     progress: Progress,
+    /// Why outbox writes fail (`disk_full`, `store`) while they do: an episode is logged when it
+    /// starts and when it ends, not once per refused batch.
+    failing: Option<&'static str>,
 }
 
 impl Pipeline {
@@ -58,6 +61,7 @@ impl Pipeline {
             batch_delay,
             monitor: None,
             progress: Progress::untracked(),
+            failing: None,
         }
     }
 
@@ -225,6 +229,7 @@ impl Pipeline {
         // A batch with nothing to keep (all refused, say a flooding device held to its rate
         // limit) costs no write transaction, and so no sync of the SD card.
         let nothing_to_write = records.is_empty() && audits.is_empty();
+        let submitted = records.len() as u64;
         let outcome = tokio::task::spawn_blocking(move || {
             if nothing_to_write {
                 return Ok(Vec::new());
@@ -254,6 +259,17 @@ impl Pipeline {
         .await;
         match outcome {
             Ok(Ok(results)) => {
+                if !nothing_to_write && let Some(reason) = self.failing.take() {
+                    tracing::info!(
+                        was = reason,
+                        "Outbox writes succeed again; new records are accepted."
+                    );
+                    crate::metrics::outbox_disk_full(false);
+                }
+                let full = results.iter().filter(|r| r.is_err()).count() as u64;
+                if full > 0 {
+                    crate::metrics::outbox_refused("full", full);
+                }
                 if let Some((_, monitor)) = &self.monitor {
                     for (index, observation) in observed {
                         if was_appended(&results, index) {
@@ -299,7 +315,17 @@ impl Pipeline {
                 }
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "Outbox write failed; the submitters will resend.");
+                let reason = match e {
+                    crate::Error::DiskFull { .. } => "disk_full",
+                    _ => "store",
+                };
+                crate::metrics::outbox_refused(reason, submitted);
+                crate::metrics::outbox_disk_full(reason == "disk_full");
+                if self.failing.replace(reason) != Some(reason) {
+                    tracing::error!(error = %e, reason, "Outbox write failed; new records are refused (devices resend later) until writes succeed again.");
+                } else {
+                    tracing::debug!(error = %e, "Outbox write failed again.");
+                }
                 for (reply, _) in waiting {
                     let _ = reply.send(Err(Refused::Unavailable(format!(
                         "the outbox could not be written: {e}"
