@@ -715,30 +715,14 @@ fn seal_plain_keys(
         );
         return Ok(());
     }
-    let sealed = keys.seal_plain_keys()?;
-    let people = crate::people::People::new(
+    crate::people::People::new(
         store.clone(),
         clock.clone(),
         &config.gateway.site,
         &config.gateway.server_names,
     )
-    .with_sealer(keys.sealer());
-    let totp = people.seal_plain_secrets()?;
-    if sealed.is_empty() && totp == 0 {
-        return Ok(());
-    }
-    let labels: Vec<&str> = sealed.iter().map(|s| s.label()).collect();
-    tracing::info!(keys = %labels.join(", "), totp_secrets = totp, "Sealed plain keys under the key-encryption key.");
-    let now = clock.now();
-    store.write(|txn| {
-        crate::audit::append(
-            txn,
-            now,
-            clock.synced(),
-            crate::audit::Record::new(crate::audit::Kind::KeysSealed, "rxgate")
-                .detail(serde_json::json!({ "keys": labels, "totp_secrets": totp })),
-        )
-    })?;
+    .with_sealer(keys.sealer())
+    .seal_everything(keys, "rxgate")?;
     Ok(())
 }
 

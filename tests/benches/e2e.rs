@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use rxgate_e2e::Gateway;
+use rxgate_e2e::{Gateway, proc_field};
 use rxgate_e2e::cloud::{Cloud, CloudPki};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
 
@@ -38,18 +38,6 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
-        })
-        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 

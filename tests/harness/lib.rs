@@ -71,6 +71,20 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A number from `/proc/<pid>/<file>`: the value after `field` (`VmHWM:` in `status`, in KiB;
+/// `write_bytes:` in `io`), or 0 when it cannot be read.
+pub fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The operating-system user running the tests (`id -un`): the actor of every CLI command.
 pub fn whoami() -> String {
     let output = Command::new("id").arg("-un").output().expect("run id -un");

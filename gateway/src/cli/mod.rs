@@ -684,25 +684,9 @@ fn keys_command(config_path: &std::path::Path, command: KeysCommand) -> anyhow::
                     ),
                     e => e.into(),
                 })?;
-            let sealed = keys.seal_plain_keys()?;
-            let totp = open_people(store.clone()).seal_plain_secrets()?;
+            let (sealed, totp) =
+                open_people(store).seal_everything(&keys, &crate::people::current_user())?;
             let labels: Vec<&str> = sealed.iter().map(|s| s.label()).collect();
-            let clock = crate::clock::system(config.gateway.assume_clock_synced);
-            if !sealed.is_empty() || totp > 0 {
-                let now = clock.now();
-                store.write(|txn| {
-                    crate::audit::append(
-                        txn,
-                        now,
-                        clock.synced(),
-                        crate::audit::Record::new(
-                            crate::audit::Kind::KeysSealed,
-                            crate::people::current_user(),
-                        )
-                        .detail(serde_json::json!({ "keys": labels, "totp_secrets": totp })),
-                    )
-                })?;
-            }
             if labels.is_empty() {
                 println!("No key was in plain text.");
             } else {

@@ -402,83 +402,95 @@ impl People {
         self.sealer.open_text(&totp_context(name), stored)
     }
 
-    /// Seals every TOTP secret still stored in plain text; returns how many. Needs the
-    /// key-encryption key.
+    /// Seals every TOTP secret still stored in plain text; returns how many accounts changed.
+    /// Needs the key-encryption key.
     pub fn seal_plain_secrets(&self) -> Result<usize> {
-        if !self.sealer.sealing() || self.plain_secrets()? == 0 {
+        if !self.sealer.sealing() {
             return Ok(0);
         }
-        self.store.write(|txn| {
-            let names: Vec<String> = match txn.open_table(PEOPLE) {
-                Ok(table) => table
-                    .iter()?
-                    .map(|entry| entry.map(|(k, _)| k.value().to_owned()))
-                    .collect::<std::result::Result<_, _>>()?,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(e.into()),
-            };
-            let mut sealed = 0;
-            for name in names {
-                let Some(mut account) = load(txn, &name)? else {
-                    continue;
-                };
-                let mut changed = false;
-                for secret in [&mut account.totp_secret, &mut account.pending_totp_secret] {
-                    if let Some(plain) = secret.as_ref().filter(|s| !Sealer::is_sealed_text(s)) {
-                        *secret = Some(self.sealer.seal_text(&totp_context(&name), plain)?);
-                        changed = true;
-                    }
-                }
-                if changed {
-                    save(txn, &account)?;
-                    sealed += 1;
-                }
-            }
-            Ok(sealed)
+        self.rewrite_secrets(false, |name, plain| {
+            self.sealer.seal_text(&totp_context(name), plain)
         })
     }
 
     /// Opens every sealed TOTP secret in place: for a backup's copy of the store, which leaves
     /// this gateway's key-encryption key behind. Returns how many accounts changed.
     pub fn unseal_secrets(&self) -> Result<usize> {
-        // Read first: a write transaction would create the table in a store that has none.
+        self.rewrite_secrets(true, |name, stored| {
+            Ok(self.open_totp(name, stored)?.to_string())
+        })
+    }
+
+    /// Seals what is still plain under `keys`' key-encryption key: the keys in files, then the
+    /// TOTP secrets (this store's sealer must be `keys.sealer()`), with one `keys.sealed` audit
+    /// entry by `actor` when anything was sealed. Returns the keys and how many accounts.
+    pub fn seal_everything(
+        &self,
+        keys: &crate::keys::Keyring,
+        actor: &str,
+    ) -> Result<(Vec<crate::keys::Secret>, usize)> {
+        let sealed = keys.seal_plain_keys()?;
+        let totp = self.seal_plain_secrets()?;
+        if !sealed.is_empty() || totp > 0 {
+            let labels: Vec<&str> = sealed.iter().map(|s| s.label()).collect();
+            tracing::info!(keys = %labels.join(", "), totp_secrets = totp, "Sealed plain keys under the key-encryption key.");
+            let now = self.clock.now();
+            self.store.write(|txn| {
+                self.audit(
+                    txn,
+                    now,
+                    Record::new(Kind::KeysSealed, actor)
+                        .detail(serde_json::json!({ "keys": labels, "totp_secrets": totp })),
+                )
+            })?;
+        }
+        Ok((sealed, totp))
+    }
+
+    /// Replaces each TOTP secret (set up or on offer) that is sealed (`sealed`) or plain (not
+    /// `sealed`) with `rewrite(name, secret)`, in one transaction; returns how many accounts
+    /// changed. Reads first, so a store without such secrets is not written at all (a write
+    /// transaction would create the table in a store that has none).
+    fn rewrite_secrets(
+        &self,
+        sealed: bool,
+        rewrite: impl Fn(&str, &str) -> Result<String>,
+    ) -> Result<usize> {
+        let matches = |s: &String| Sealer::is_sealed_text(s) == sealed;
         let accounts: Vec<Account> = self.store.read(|txn| store::all_json(txn, PEOPLE))?;
-        let sealed = |a: &Account| {
-            [&a.totp_secret, &a.pending_totp_secret]
-                .into_iter()
-                .flatten()
-                .any(|s| Sealer::is_sealed_text(s))
-        };
-        if !accounts.iter().any(sealed) {
+        let names: Vec<String> = accounts
+            .iter()
+            .filter(|a| {
+                [&a.totp_secret, &a.pending_totp_secret]
+                    .into_iter()
+                    .flatten()
+                    .any(matches)
+            })
+            .map(|a| a.name.clone())
+            .collect();
+        if names.is_empty() {
             return Ok(0);
         }
         self.store.write(|txn| {
-            let names: Vec<String> = match txn.open_table(PEOPLE) {
-                Ok(table) => table
-                    .iter()?
-                    .map(|entry| entry.map(|(k, _)| k.value().to_owned()))
-                    .collect::<std::result::Result<_, _>>()?,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(e.into()),
-            };
-            let mut opened = 0;
-            for name in names {
-                let Some(mut account) = load(txn, &name)? else {
+            let mut changed = 0;
+            for name in &names {
+                // Re-read inside the transaction: it may have changed since.
+                let Some(mut account) = load(txn, name)? else {
                     continue;
                 };
-                let mut changed = false;
+                let mut touched = false;
                 for secret in [&mut account.totp_secret, &mut account.pending_totp_secret] {
-                    if let Some(stored) = secret.as_ref().filter(|s| Sealer::is_sealed_text(s)) {
-                        *secret = Some(self.open_totp(&name, stored)?.to_string());
-                        changed = true;
+                    if let Some(old) = secret.as_ref().filter(|s| matches(s)) {
+                        *secret = Some(rewrite(name, old)?);
+                        touched = true;
                     }
                 }
-                if changed {
+                if touched {
                     save(txn, &account)?;
-                    opened += 1;
+                    changed += 1;
                 }
             }
-            Ok(opened)
+            Ok(changed)
         })
     }
 
