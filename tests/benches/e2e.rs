@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use rxgate_e2e::{Gateway, proc_field};
 use rxgate_e2e::cloud::{Cloud, CloudPki};
+use rxgate_e2e::{Gateway, proc_field};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
 
 fn arg(name: &str, default: usize) -> usize {

@@ -301,7 +301,7 @@ impl Context {
         .with_console_port(config.console.listen.port())
         .with_sealer(sealer);
         let backups = crate::backup::Backups::new(
-            crate::backup::Plan::of(config),
+            config.backup_plan(),
             registry.store().clone(),
             registry.clock().clone(),
         );

@@ -69,7 +69,7 @@ impl Site {
 
     fn backups(&self) -> Backups {
         Backups::new(
-            Plan::of(&self.config),
+            self.config.backup_plan(),
             self.store.clone(),
             self.clock.clone(),
         )

@@ -139,6 +139,18 @@ impl Config {
     }
 
     /// The file layout under `data_dir`.
+    /// What a backup of this gateway takes (`backup`).
+    pub fn backup_plan(&self) -> crate::backup::Plan {
+        crate::backup::Plan {
+            site: self.gateway.site.clone(),
+            paths: self.paths(),
+            config_file: self.source.clone(),
+            referenced: referenced_files(self),
+            config: self.backup.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+
     pub fn paths(&self) -> crate::paths::DataPaths {
         crate::paths::DataPaths::new(&self.gateway.data_dir)
     }
@@ -198,3 +210,59 @@ impl Config {
 
 #[cfg(test)]
 mod tests;
+
+/// Every file `config` names, by key, that lives outside data_dir.
+fn referenced_files(config: &Config) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    let mut add = |key: String, path: Option<&PathBuf>| {
+        if let Some(path) = path
+            && !path.starts_with(&config.gateway.data_dir)
+            && !out.iter().any(|(_, p)| p == path)
+        {
+            out.push((key, path.clone()));
+        }
+    };
+    add(
+        "gateway.policy_file".to_owned(),
+        config.gateway.policy_file.as_ref(),
+    );
+    for (id, device) in &config.devices {
+        add(format!("devices.{id}.model"), device.model.as_ref());
+        add(format!("devices.{id}.ca_file"), device.ca_file.as_ref());
+    }
+    if let Some(cloud) = &config.cloud {
+        add("cloud.ca_file".to_owned(), cloud.ca_file.as_ref());
+        add("cloud.cert_file".to_owned(), cloud.cert_file.as_ref());
+        add("cloud.key_file".to_owned(), cloud.key_file.as_ref());
+    }
+    if let Some(email) = &config.alerts.email {
+        add(
+            "alerts.email.password_file".to_owned(),
+            email.password_file.as_ref(),
+        );
+        add("alerts.email.ca_file".to_owned(), email.ca_file.as_ref());
+    }
+    if let Some(webhook) = &config.alerts.webhook {
+        add(
+            "alerts.webhook.secret_file".to_owned(),
+            Some(&webhook.secret_file),
+        );
+        add(
+            "alerts.webhook.ca_file".to_owned(),
+            webhook.ca_file.as_ref(),
+        );
+    }
+    add(
+        "console.cert_file".to_owned(),
+        config.console.cert_file.as_ref(),
+    );
+    add(
+        "console.key_file".to_owned(),
+        config.console.key_file.as_ref(),
+    );
+    add(
+        "backup.recipients_file".to_owned(),
+        config.backup.recipients_file.as_ref(),
+    );
+    out
+}

@@ -151,7 +151,7 @@ pub fn reading_not_stored(reason: &'static str) {
     counter!(READINGS_NOT_STORED, "reason" => reason).increment(1);
 }
 
-/// Bytes written by this process so far (see [`crate::daemon`]'s I/O sampling).
+/// Bytes written by this process so far (the daemon samples its own I/O counters).
 pub fn process_write_bytes(bytes: u64) {
     gauge!(WRITE_BYTES).set(bytes as f64);
 }
