@@ -92,7 +92,7 @@ impl Gateway {
         let clock: SharedClock = floor;
         let keys = config.pki().keyring()?;
         seal_plain_keys(config, &keys, &store, &clock)?;
-        let pki = GatewayPki::load(&config.pki(), clock.as_ref())?;
+        let pki = GatewayPki::load(&config.pki(), &keys, clock.as_ref())?;
         let registry = Registry::new(store.clone(), clock.clone());
         let outbox = Outbox::open(
             store.clone(),

@@ -241,9 +241,8 @@ impl GatewayPki {
     /// missing, lacks a configured name, names another CRL distribution point than the CA's
     /// ([`crl_uri`]), or has less than a tenth of its lifetime left. On an
     /// unsynchronised clock only expiry before the time floor counts (`clock::floor`).
-    pub fn load(config: &PkiSettings, clock: &dyn Clock) -> Result<GatewayPki> {
+    pub fn load(config: &PkiSettings, keys: &Keyring, clock: &dyn Clock) -> Result<GatewayPki> {
         let paths = config.paths.clone();
-        let keys = config.keyring()?;
         if !paths.ca_cert().exists() {
             return Err(Error::NotInitialised {
                 missing: paths.ca_cert(),
@@ -264,10 +263,10 @@ impl GatewayPki {
         let names = server_names(config);
         let validity = config.server_cert_validity;
         if let Some(reason) =
-            server_cert_needs_renewal(&keys, &paths, &names, ca.crl_uri(), validity, clock)
+            server_cert_needs_renewal(keys, &paths, &names, ca.crl_uri(), validity, clock)
         {
             tracing::info!(reason, "Issuing a new server certificate.");
-            issue_server_cert(&keys, &paths, &ca, &names, validity, clock.now())?;
+            issue_server_cert(keys, &paths, &ca, &names, validity, clock.now())?;
         }
         let mut server_chain = crate::tls::load_certs(&paths.server_cert())?;
         server_chain.truncate(1);
@@ -422,19 +421,19 @@ mod tests {
         let first = settings(dir.path(), Some("https://localhost:8443/crl"));
         init(&first, &InitOptions::default(), clock.as_ref()).unwrap();
         assert_eq!(server_crl_uris(&first), vec!["https://localhost:8443/crl"]);
-        let loaded = GatewayPki::load(&first, clock.as_ref()).unwrap();
+        let loaded = GatewayPki::load(&first, &first.keyring().unwrap(), clock.as_ref()).unwrap();
         assert_eq!(loaded.ca.crl_uri(), Some("https://localhost:8443/crl"));
         let before = std::fs::read(first.paths.server_cert()).unwrap();
         drop(loaded);
-        GatewayPki::load(&first, clock.as_ref()).unwrap();
+        GatewayPki::load(&first, &first.keyring().unwrap(), clock.as_ref()).unwrap();
         assert_eq!(std::fs::read(first.paths.server_cert()).unwrap(), before);
 
         let moved = settings(dir.path(), Some("https://localhost:9443/crl"));
-        GatewayPki::load(&moved, clock.as_ref()).unwrap();
+        GatewayPki::load(&moved, &moved.keyring().unwrap(), clock.as_ref()).unwrap();
         assert_eq!(server_crl_uris(&moved), vec!["https://localhost:9443/crl"]);
 
         let none = settings(dir.path(), None);
-        GatewayPki::load(&none, clock.as_ref()).unwrap();
+        GatewayPki::load(&none, &none.keyring().unwrap(), clock.as_ref()).unwrap();
         assert_eq!(server_crl_uris(&none), Vec::<String>::new());
     }
 }

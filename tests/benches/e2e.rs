@@ -22,17 +22,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use rxgate_e2e::cloud::{Cloud, CloudPki};
-use rxgate_e2e::{Gateway, proc_field};
+use rxgate_e2e::{Gateway, bench_arg, proc_field};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -295,8 +286,8 @@ fn report(name: &str, pass: &Pass, total: usize) -> serde_json::Value {
 }
 
 fn main() {
-    let devices = arg("--devices", 100);
-    let per_device = arg("--messages", 200);
+    let devices = bench_arg("--devices", 100) as usize;
+    let per_device = bench_arg("--messages", 200) as usize;
     let total = devices * per_device;
     let tmp = tempfile::tempdir().expect("temp dir");
     let cloud = Cloud::start(tmp.path());

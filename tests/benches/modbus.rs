@@ -17,16 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rxgate_e2e::cloud::Cloud;
-use rxgate_e2e::{Gateway, Proc, proc_field, python, workspace};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use rxgate_e2e::{Gateway, Proc, bench_arg, proc_field, python, workspace};
 
 /// User plus system CPU time of `pid`, in seconds (`/proc/<pid>/stat` fields 14 and 15).
 fn cpu_seconds(pid: u32) -> f64 {
@@ -45,10 +36,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
-    let devices = arg("--devices", 100);
-    let registers = arg("--registers", 100);
-    let interval = Duration::from_millis(arg("--interval-ms", 1000));
-    let seconds = arg("--seconds", 60);
+    let devices = bench_arg("--devices", 100);
+    let registers = bench_arg("--registers", 100);
+    let interval = Duration::from_millis(bench_arg("--interval-ms", 1000));
+    let seconds = bench_arg("--seconds", 60);
     let tmp = tempfile::tempdir().expect("temp dir");
     let cloud = Cloud::start(tmp.path());
 

@@ -71,6 +71,16 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// A benchmark's `--name VALUE` argument, or `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A number from `/proc/<pid>/<file>`: the value after `field` (`VmHWM:` in `status`, in KiB;
 /// `write_bytes:` in `io`), or 0 when it cannot be read.
 pub fn proc_field(pid: u32, file: &str, field: &str) -> u64 {
