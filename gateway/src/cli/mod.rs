@@ -697,3 +697,55 @@ fn keys_command(config_path: &std::path::Path, command: KeysCommand) -> anyhow::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// The Debian package ships the manual pages in `deploy/debian/man/` (rxgate(1), and one per
+    /// command: rxgate-backup-create(1), ...), rendered from the same clap definitions `--help`
+    /// prints. A command added, removed or reworded without the pages rendered again fails here;
+    /// `RXGATE_BLESS=1 cargo nextest run -p rxgate --lib manual_pages` renders them.
+    #[test]
+    fn the_packaged_manual_pages_are_rendered_from_the_cli() {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/debian/man");
+        let rendered = std::env::temp_dir().join(format!("rxgate-man-{}", std::process::id()));
+        std::fs::create_dir_all(&rendered).unwrap();
+        clap_mangen::generate_to(Cli::command(), &rendered).unwrap();
+        let pages = |dir: &std::path::Path| -> std::collections::BTreeMap<String, String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "1"))
+                .map(|path| {
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&path).unwrap())
+                })
+                .collect()
+        };
+        let want = pages(&rendered);
+        std::fs::remove_dir_all(&rendered).unwrap();
+        assert!(want.contains_key("rxgate.1") && want.contains_key("rxgate-backup-create.1"));
+        if std::env::var_os("RXGATE_BLESS").is_some() {
+            let _ = std::fs::remove_dir_all(&shipped);
+            std::fs::create_dir_all(&shipped).unwrap();
+            for (name, page) in &want {
+                std::fs::write(shipped.join(name), page).unwrap();
+            }
+        }
+        let have = pages(&shipped);
+        let stale: std::collections::BTreeSet<&String> = want
+            .keys()
+            .chain(have.keys())
+            .filter(|name| want.get(*name) != have.get(*name))
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "{} is out of date ({stale:?}): run RXGATE_BLESS=1 cargo nextest run -p rxgate --lib manual_pages",
+            shipped.display()
+        );
+    }
+}
