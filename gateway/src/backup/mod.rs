@@ -32,8 +32,9 @@
 //! # Writing
 //! Into a temporary file in the destination, fsynced, then renamed to its name (never over an
 //! existing file) and the folder fsynced, so a destination only ever holds whole backups. The
-//! first reachable destination gets the encrypted stream; the others a copy of the finished
-//! file. A missing destination is a warning; no destination at all is a failure. Backups run one
+//! first destination that takes the whole encrypted stream gets it (one that fails part-way,
+//! full or read-only, is a warning and the next is tried); the others get a copy of the finished
+//! file. A missing or failing destination is a warning; none that takes the backup is a failure. Backups run one
 //! at a time (a second request waits for the first). Each success is audited as
 //! `backup.created` (file, size, SHA-256, destinations, the audit head it holds) and each failure
 //! as `backup.failed`; the latest of each is kept in table `backup_status` for `/health`.
@@ -455,12 +456,12 @@ impl Backups {
                 ok
             })
             .collect();
-        let Some((first, others)) = available.split_first() else {
+        if available.is_empty() {
             return Err(Error::Invalid(format!(
                 "no backup destination is available: {}",
                 warnings.join("; ")
             )));
-        };
+        }
         let now = self.clock.now();
         let paths = &self.plan.paths;
         remove_stale_staging(&paths.root);
@@ -495,31 +496,52 @@ impl Backups {
             files: items.iter().map(|i| i.entry.clone()).collect(),
         };
         let stem = file_stem(&self.plan.site, now);
-        let tmp = new_temp(first)?;
-        let file = tmp
-            .reopen()
-            .map_err(Error::io("cannot write", tmp.path()))?;
-        let out = archive::Hashing::new(std::io::BufWriter::new(file));
-        let out = archive::write(
-            out,
-            &recipients,
-            &manifest,
-            &items,
-            u64::try_from(now.unix_timestamp()).unwrap_or(0),
-        )?;
+        // The archive is written to the first destination that takes it whole (a full or
+        // failing USB drive does not stop the backup reaching the share), then copied to the rest.
+        let mut destinations = available.into_iter();
+        let mut failed = None;
+        let (written_first, size, sha256) = loop {
+            let Some(dir) = destinations.next() else {
+                return Err(failed.unwrap_or_else(|| {
+                    Error::Invalid("no backup destination is available".to_owned())
+                }));
+            };
+            let archive = (|| {
+                let tmp = new_temp(dir)?;
+                let file = tmp
+                    .reopen()
+                    .map_err(Error::io("cannot write", tmp.path()))?;
+                let out = archive::Hashing::new(std::io::BufWriter::new(file));
+                let out = archive::write(
+                    out,
+                    &recipients,
+                    &manifest,
+                    &items,
+                    u64::try_from(now.unix_timestamp()).unwrap_or(0),
+                )?;
+                let (out, size, sha256) = out.into_parts();
+                out.into_inner()
+                    .map_err(|e| Error::io("cannot write", tmp.path())(e.into_error()))?
+                    .sync_all()
+                    .map_err(Error::io("cannot write", tmp.path()))?;
+                Ok((persist(tmp, dir, &stem)?, size, sha256))
+            })();
+            match archive {
+                Ok(written) => break written,
+                Err(e) => {
+                    tracing::warn!(destination = %dir.display(), error = %e, "Backup to this destination failed; trying the next.");
+                    warnings.push(format!("{}: {e}", dir.display()));
+                    failed = Some(e);
+                }
+            }
+        };
         drop(items);
-        let (out, size, sha256) = out.into_parts();
-        out.into_inner()
-            .map_err(|e| Error::io("cannot write", tmp.path())(e.into_error()))?
-            .sync_all()
-            .map_err(Error::io("cannot write", tmp.path()))?;
-        let written_first = persist(tmp, first, &stem)?;
         let file_name = written_first
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut written = vec![written_first.clone()];
-        for dir in others {
+        for dir in destinations {
             let copied = (|| {
                 let tmp = new_temp(dir)?;
                 let mut target = tmp

@@ -377,6 +377,31 @@ fn a_missing_destination_is_skipped_with_a_warning_and_older_backups_beyond_keep
 }
 
 #[test]
+fn a_destination_that_cannot_be_written_does_not_stop_the_backup_reaching_the_next() {
+    let site = Site::new("");
+    // `usb` is there but takes no file (as a full or read-only drive): /proc refuses even root.
+    std::fs::remove_dir(site.path("usb")).unwrap();
+    std::os::unix::fs::symlink("/proc", site.path("usb")).unwrap();
+    let made = site.backups().create(None, "gateway").unwrap();
+    assert_eq!(made.written, vec![site.path("share").join(&made.file_name)]);
+    assert!(
+        made.warnings
+            .iter()
+            .any(|w| w.contains("usb") && w.contains("cannot create a file in")),
+        "{:?}",
+        made.warnings
+    );
+    let verified = verify(&made.written[0], std::slice::from_ref(&site.identity)).unwrap();
+    assert_eq!(verified.site, "store-1");
+
+    // With no destination that takes it, the backup fails, naming the destination's error.
+    std::fs::remove_dir_all(site.path("share")).unwrap();
+    std::os::unix::fs::symlink("/proc", site.path("share")).unwrap();
+    let refused = message(site.backups().create(None, "gateway"));
+    assert!(refused.contains("cannot create a file in"), "{refused}");
+}
+
+#[test]
 fn the_wait_for_the_next_backup_is_what_is_left_of_the_interval_and_a_clock_stepped_back_waits_one_interval()
  {
     let day = Duration::from_secs(86_400);
