@@ -369,6 +369,145 @@ fn one_device_cannot_exhaust_the_gateways_memory_with_retained_messages() {
     );
 }
 
+/// The embedded broker keeps an in-memory log for every topic and subscription filter it has
+/// seen and never drops one, so a device publishing to ever new topics under its own
+/// `devices/<id>/` grew the gateway without bound. Now one device may use 32 of them; beyond that
+/// its publishes and subscriptions to new ones are refused (`topic_limit`), the ones it already
+/// uses still work, and memory stays flat.
+#[test]
+fn one_device_cannot_exhaust_the_gateways_memory_with_ever_new_topics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cloud = rxgate_e2e::cloud::Cloud::start(tmp.path());
+    let gw = Gateway::start(&cloud.pki.gateway_config(cloud.port));
+    let backend = cloud.subscribe("rxgate/v1/#");
+    let pid = gw.child.as_ref().unwrap().id();
+    let attacker = gw.enroll_with_sim("cabinet-01", "cabinet");
+    let fridge = gw.enroll_with_sim("fridge-01", "fridge");
+
+    let credentials = rxgate_sim::cabinet::Credentials::load(&attacker).unwrap();
+    let options = rxgate_sim::cabinet::mqtt_options(&gw.mqtt.to_string(), &credentials).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let topics = 4000usize;
+    let (before, peak, suback) = runtime.block_on(async {
+        // Room for every request in flight: a full request queue would block `publish` while
+        // nothing polls the event loop.
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+        // Subscribed to its own first topic, as a device listening for its commands.
+        client
+            .subscribe("devices/cabinet-01/hoard/0", rumqttc::QoS::AtMostOnce)
+            .await
+            .unwrap();
+        let mut before = 0;
+        let mut peak = 0;
+        let mut acked = 0usize;
+        let mut sent = 0usize;
+        let mut suback = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while acked < topics && tokio::time::Instant::now() < deadline {
+            while sent < topics && sent < acked + 16 {
+                let topic = format!("devices/cabinet-01/hoard/{sent}");
+                client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, vec![b'z'; 64])
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => {
+                    acked += 1;
+                    if acked == 100 {
+                        before = rss(pid);
+                    }
+                    if acked.is_multiple_of(200) {
+                        peak = peak.max(rss(pid));
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("the attacker's session ended: {e}"),
+                Err(_) => panic!("no acknowledgement for 10 s after {acked}"),
+            }
+        }
+        assert_eq!(
+            acked, topics,
+            "every message acknowledged (and, past the limit, refused)"
+        );
+        // A subscription to yet another filter is refused too.
+        client
+            .subscribe("devices/cabinet-01/more/#", rumqttc::QoS::AtMostOnce)
+            .await
+            .unwrap();
+        while suback.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                // The first subscription's SUBACK came long before the last PUBACK.
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)))) => {
+                    suback = Some(ack.return_codes)
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("the attacker's session ended: {e}"),
+                Err(_) => panic!("no SUBACK for 10 s"),
+            }
+        }
+        // The topics it already uses still work: its subscription to its first one delivers.
+        client
+            .publish(
+                "devices/cabinet-01/hoard/0",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                "still here",
+            )
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))))
+                    if p.payload.as_ref() == b"still here" =>
+                {
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("the attacker's session ended: {e}"),
+                Err(_) => panic!("a topic in use was not delivered"),
+            }
+        }
+        (before, peak.max(rss(pid)), suback.unwrap())
+    });
+    assert_eq!(
+        suback,
+        vec![rumqttc::SubscribeReasonCode::Failure],
+        "a filter past the limit is refused"
+    );
+    assert!(
+        peak < before + 16 * 1024 * 1024,
+        "resident memory grew from {} MiB to {} MiB over {topics} topics",
+        before / (1024 * 1024),
+        peak / (1024 * 1024)
+    );
+    let trail = wait_until(Duration::from_secs(10), "the refusals recorded", || {
+        let trail = gw.cli_ok(&["audit", "export"]);
+        trail.contains("topic_limit").then_some(trail)
+    });
+    assert!(
+        trail.contains("devices/cabinet-01/hoard/32"),
+        "the first topic past the limit is named"
+    );
+    // And the gateway serves the other device.
+    let out = gw.mosquitto_pub(
+        &fridge,
+        "fridge-01",
+        "devices/fridge-01/telemetry",
+        r#"{"points":{"temperature_c":5.0}}"#,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        1,
+        Duration::from_secs(10),
+    );
+}
+
 /// `<name>.key` and `<name>.csr.b64` (base64 DER PKCS#10, P-256, subject CN `cn`) in `dir`.
 fn csr_b64(dir: &std::path::Path, name: &str, cn: &str) -> std::path::PathBuf {
     let (key, der) = (format!("{name}.key"), format!("{name}.csr.der"));

@@ -19,7 +19,7 @@ mod acl;
 pub mod payload;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +60,9 @@ pub(crate) struct Shared {
     pub awaiting_connect: Arc<Mutex<AwaitingConnect>>,
     /// Per device, the retained messages it keeps on the local broker: topic → payload bytes.
     pub retained: Mutex<HashMap<String, HashMap<String, usize>>>,
+    /// Per device, the topics and subscription filters it has used on the local broker.
+    /// rumqttd keeps a log for each for as long as it runs, so their number is bounded.
+    pub local_topics: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 /// The largest payload of a message that stays on the local broker.
@@ -68,6 +71,16 @@ pub const MAX_LOCAL_PAYLOAD: usize = 64 * 1024;
 /// the embedded broker holds them in memory, so one device must not be able to fill it.
 pub const MAX_RETAINED_PER_DEVICE: usize = 32;
 pub const MAX_RETAINED_BYTES_PER_DEVICE: usize = 256 * 1024;
+/// Topics and subscription filters one device may use on the local broker while the gateway
+/// runs. The embedded broker keeps an in-memory log for every topic and filter it has seen and
+/// never forgets one, so without this bound a device publishing to ever new topics under
+/// `devices/<id>/` would exhaust the Pi's memory.
+pub const MAX_LOCAL_TOPICS_PER_DEVICE: usize = 32;
+/// What the embedded broker keeps of each topic's messages for local subscribers: two segments of
+/// this size (plus the message that overflows one). A local subscriber that falls further behind
+/// skips ahead; the cloud path does not go through these logs (the outbox is its store).
+const LOCAL_SEGMENT_BYTES: usize = 16 * 1024;
+const LOCAL_SEGMENTS: usize = 2;
 
 /// Why a message for the local broker was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +93,10 @@ pub(crate) enum LocalRefusal {
         "the device keeps {count} retained messages ({bytes} bytes) on the gateway; at most {MAX_RETAINED_PER_DEVICE} and {MAX_RETAINED_BYTES_PER_DEVICE} bytes: clear one (publish an empty retained message on its topic) first"
     )]
     RetainedFull { count: usize, bytes: usize },
+    #[error(
+        "the device has used {MAX_LOCAL_TOPICS_PER_DEVICE} topics and subscription filters on the gateway since it started, the most one device may; {topic:?} would be one more"
+    )]
+    TooManyTopics { topic: String },
 }
 
 impl LocalRefusal {
@@ -87,6 +104,7 @@ impl LocalRefusal {
         match self {
             LocalRefusal::TooLarge { .. } => "local_too_large",
             LocalRefusal::RetainedFull { .. } => "retained_limit",
+            LocalRefusal::TooManyTopics { .. } => "topic_limit",
         }
     }
 }
@@ -160,6 +178,7 @@ impl Shared {
         if bytes > MAX_LOCAL_PAYLOAD {
             return Err(LocalRefusal::TooLarge { bytes });
         }
+        self.admit_local_topics(device, &[topic])?;
         if !retain {
             return Ok(());
         }
@@ -178,6 +197,29 @@ impl Shared {
             });
         }
         kept.insert(topic.to_owned(), bytes);
+        Ok(())
+    }
+
+    /// Admits `topics` (publish topics or subscription filters) for `device` on the local broker:
+    /// all of them, or none if they would take it past [`MAX_LOCAL_TOPICS_PER_DEVICE`]. Topics it
+    /// used before are always admitted again.
+    pub fn admit_local_topics(
+        &self,
+        device: &str,
+        topics: &[&str],
+    ) -> std::result::Result<(), LocalRefusal> {
+        let mut all = self.local_topics.lock().unwrap_or_else(|e| e.into_inner());
+        let used = all.entry(device.to_owned()).or_default();
+        let new: HashSet<&str> = topics
+            .iter()
+            .copied()
+            .filter(|t| !used.contains(*t))
+            .collect();
+        if used.len() + new.len() > MAX_LOCAL_TOPICS_PER_DEVICE {
+            let topic = new.into_iter().next().unwrap_or_default().to_owned();
+            return Err(LocalRefusal::TooManyTopics { topic });
+        }
+        used.extend(new.into_iter().map(str::to_owned));
         Ok(())
     }
 
@@ -249,8 +291,8 @@ fn relay_config(listen: SocketAddr, password: &str, max_connections: usize) -> r
         router: rumqttd::RouterConfig {
             max_connections: max_connections + 16,
             max_outgoing_packet_count: 200,
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 4,
+            max_segment_size: LOCAL_SEGMENT_BYTES,
+            max_segment_count: LOCAL_SEGMENTS,
             ..Default::default()
         },
         v4: Some(v4),
@@ -339,6 +381,7 @@ impl DeviceBroker {
                 sessions: Mutex::new(HashMap::new()),
                 awaiting_connect: Arc::default(),
                 retained: Mutex::new(HashMap::new()),
+                local_topics: Mutex::new(HashMap::new()),
             }),
         })
     }

@@ -586,14 +586,17 @@ impl Relay<'_> {
                             .map(|d| d.to_string())
                     })
                     .collect();
-                if denied.is_empty() {
-                    return self.send_to_broker(&frame).await;
-                }
-                self.refuse(
-                    Kind::SubscriptionRefused,
-                    "subscribe_denied",
-                    denied.join("; "),
-                );
+                let (class, reason) = if denied.is_empty() {
+                    let filters: Vec<&str> =
+                        subscribe.filters.iter().map(|f| f.path.as_str()).collect();
+                    match self.shared.admit_local_topics(self.id, &filters) {
+                        Ok(()) => return self.send_to_broker(&frame).await,
+                        Err(limit) => (limit.class(), limit.to_string()),
+                    }
+                } else {
+                    ("subscribe_denied", denied.join("; "))
+                };
+                self.refuse(Kind::SubscriptionRefused, class, reason);
                 let suback = SubAck::new(
                     subscribe.pkid,
                     subscribe
