@@ -399,3 +399,91 @@ fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arri
     );
     drop(gw);
 }
+
+/// A loopback port nothing listens on (bound, then released).
+fn unused_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_modbus_only_gateway_with_est_and_device_mqtt_off_listens_on_neither_and_still_reaches_the_cloud()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_fridge, port) = start_ready(
+        {
+            let mut cmd = Command::new(rxgate_e2e::bin("rxgate-sim"));
+            cmd.args(["fridge", "--tcp", "127.0.0.1:0", "--setpoint", "5"]);
+            cmd
+        },
+        "rxgate-sim fridge",
+    );
+    let cloud = Cloud::start(tmp.path());
+    let (est_port, mqtt_port) = (unused_port(), unused_port());
+    let mut gw = Gateway::init(&format!(
+        "[enroll]\nenabled = false\nlisten = \"127.0.0.1:{est_port}\"\n\
+         [mqtt]\nenabled = false\nlisten = \"127.0.0.1:{mqtt_port}\"\n{}\n{}",
+        cloud.pki.gateway_config(cloud.port),
+        rxgate_e2e::fridge_device_config(port)
+    ));
+
+    let check = gw.cli_ok(&["config", "check"]);
+    println!("rxgate config check:\n{check}");
+    let lines: Vec<&str> = check.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "listener enroll (device enrollment (EST)): off (enroll.enabled = false)",
+            "listener mqtt (device MQTT): off (mqtt.enabled = false)",
+            "listener console (the pharmacy console): 127.0.0.1:0, TLS (HTTPS; password and second factor)",
+            "listener metrics (/metrics and /health): 127.0.0.1:0, plain HTTP, no TLS, no authentication",
+        ],
+        "{check}"
+    );
+    assert!(check.trim_end().ends_with(": ok"), "{check}");
+
+    gw.spawn();
+    let backend = cloud.subscribe("rxgate/v1/+/devices/+/telemetry");
+    backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        3,
+        Duration::from_secs(20),
+    );
+    for (what, port) in [("EST", est_port), ("device MQTT", mqtt_port)] {
+        let connect = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            connect.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{what} on 127.0.0.1:{port} while it is off"
+        );
+    }
+    // What is on stays on, and the daemon lists only what it opened.
+    std::net::TcpStream::connect(gw.console).expect("the console listens");
+    std::net::TcpStream::connect(gw.metrics).expect("the metrics endpoint listens");
+    let status: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
+    let names: Vec<&str> = status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[0].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["metrics", "console"], "{status}");
+
+    let doctor: serde_json::Value =
+        serde_json::from_slice(&gw.cli(&["doctor", "--json"]).stdout).unwrap();
+    let listeners = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "listeners")
+        .unwrap();
+    assert_eq!(listeners["level"], "pass", "{listeners}");
+    assert_eq!(
+        listeners["found"],
+        "every open listener is on loopback; off: enroll, mqtt"
+    );
+}
