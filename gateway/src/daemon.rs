@@ -109,7 +109,8 @@ impl Gateway {
             config.outbox.batch_max.get(),
             config.outbox.batch_delay,
         )
-        .with_progress(watchdog.progress("pipeline"));
+        .with_progress(watchdog.progress("pipeline"))
+        .with_points_form(config.cloud.as_ref().map(|c| c.points).unwrap_or_default());
         let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
         let audit_keeper = AuditKeeper::new(
             store.clone(),

@@ -286,3 +286,22 @@ fn enabled_must_be_a_boolean() {
         "{errors}"
     );
 }
+
+#[test]
+fn cloud_points_default_to_the_full_v1_form_and_compact_is_an_option() {
+    use crate::message::envelope::PointsForm;
+    let cloud =
+        "[gateway]\nsite = \"s1\"\n[cloud]\nurl = \"mqtts://c:8883\"\nca_file = \"ca.pem\"\n";
+    assert_eq!(
+        parse(cloud).unwrap().cloud.unwrap().points,
+        PointsForm::Full
+    );
+    let compact = parse(&format!("{cloud}points = \"compact\"\n")).unwrap();
+    assert_eq!(compact.cloud.unwrap().points, PointsForm::Compact);
+    let errors = parse(&format!("{cloud}points = \"short\"\n")).unwrap_err();
+    assert_eq!(keys(&errors), ["cloud"], "{errors}");
+    assert!(
+        errors.to_string().contains("full") && errors.to_string().contains("compact"),
+        "{errors}"
+    );
+}
