@@ -308,7 +308,22 @@ fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arri
     ));
     let backend = cloud.subscribe("rxgate/v1/+/devices/+/telemetry");
     let topic = "rxgate/v1/store-0042/devices/logger-01/telemetry";
-    backend.wait_for(topic, 2, Duration::from_secs(20));
+    backend.wait_for(topic, 4, Duration::from_secs(20));
+    // Normally a reading is durable, and at the cloud, well within 1 s of being read.
+    let latencies: Vec<f64> = backend
+        .timed_messages()
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, p, at)| {
+            let m: serde_json::Value = serde_json::from_str(p).unwrap();
+            *at as f64 / 1e6 - gateway_ts(&m).unix_timestamp_nanos() as f64 / 1e9
+        })
+        .collect();
+    println!("read to cloud, before the freeze: {latencies:.3?} s");
+    assert!(
+        latencies.iter().all(|l| *l < 1.0),
+        "read to cloud: {latencies:?} s"
+    );
 
     // Four seconds in which nothing can be written to the data_dir.
     let frozen_at;
@@ -331,6 +346,8 @@ fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arri
         .filter(|at| (frozen_at..thawed_at).contains(at))
         .collect();
     assert!(polls.len() >= 7, "polls during the 4 s freeze: {polls:?}");
+    let gaps: Vec<f64> = polls.windows(2).map(|p| p[1] - p[0]).collect();
+    println!("gaps between polls during the freeze: {gaps:.3?} s");
     for pair in polls.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(

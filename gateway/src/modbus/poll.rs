@@ -594,13 +594,13 @@ pub(crate) async fn run_bus(
             () = shutdown.cancelled() => break,
         }
         let started = Instant::now();
-        let _work = progress.working_within(dev.cycle_bound());
+        let work = progress.working_within(dev.cycle_bound());
         let span = tracing::debug_span!("poll", device = %dev.id, serial = %line);
         let cycle = tokio::select! {
             cycle = poll_bus(&mut ctx, &mut after_timeout, dev, &line).instrument(span) => cycle,
             () = shutdown.cancelled() => break,
         };
-        drop(_work);
+        drop(work);
         finish_cycle(dev, cycle, handover);
         dev.schedule_next(started);
     }
