@@ -429,6 +429,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn refused_readings_are_counted_and_the_ones_after_them_still_go_through() {
+        let (handover, mut rx, task) = setup(4);
+        for n in 0..10 {
+            handover.push(reading(n));
+        }
+        drop(handover);
+        let mut seen = Vec::new();
+        while let Some(s) = rx.recv().await {
+            let n = number(&s.intake);
+            seen.push(n);
+            let outcome = if n < 5 {
+                Err(Refused::Unavailable("the disk is full".into()))
+            } else {
+                Ok(Accepted {
+                    id: uuid::Uuid::nil(),
+                })
+            };
+            let _ = s.reply.send(outcome);
+        }
+        task.await.unwrap();
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn no_more_than_max_queued_wait_in_the_pipeline_for_their_outcome() {
         // A pipeline that takes everything in but never answers.
         let (handover, mut rx, _task) = setup(1024);

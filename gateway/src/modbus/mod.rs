@@ -32,14 +32,14 @@
 //! row submit `online: false`; the next success `online: true` again.
 //!
 //! ## Polls never wait on the disk
-//! A poll's intakes are handed to the device's [`handover`] queue, stamped with the time they
+//! A poll's intakes are handed to the device's `handover` queue, stamped with the time they
 //! were read (their `gateway_ts`), and the poller goes straight back to its schedule: each poll
 //! starts `poll_interval` after the start of the previous one, on the monotonic clock, however
 //! long the last reading takes to become durable. A forwarder task per device queues them into
 //! [`Ingest`] in order and collects their outcomes (normally durable within the pipeline's
 //! `batch_delay` plus one write, well under 1 s). What a lagging disk costs is bounded: per
-//! device at most [`handover::MAX_QUEUED`] intakes queued in the pipeline and
-//! [`handover::MAX_WAITING`] waiting behind them; beyond that the oldest waiting reading is
+//! device at most `handover::MAX_QUEUED` (16) intakes queued in the pipeline and
+//! `handover::MAX_WAITING` (240) waiting behind them; beyond that the oldest waiting reading is
 //! dropped to keep the newest (never a status change while a reading waits), counted in
 //! `rxgate_readings_not_stored_total{reason="backlog"}` and logged once per episode. Readings the
 //! gateway refuses (a full disk) are counted by reason and logged once per episode too.
