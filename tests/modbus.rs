@@ -287,6 +287,8 @@ fn polls_in(log: &std::path::Path) -> Vec<f64> {
         .collect()
 }
 
+/// The data_dir on a loop-mounted ext4 frozen with `fsfreeze` for 4 s while pymodbus serves
+/// (its request log tells when the gateway polled). Needs root, as tests/watchdog.rs.
 #[test]
 fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arrives_after_it_thaws()
 {
