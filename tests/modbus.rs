@@ -266,3 +266,243 @@ fn metrics_and_health_answer_over_http_with_the_outbox_and_uplink_state() {
     // Nothing but the gateway's own first audit checkpoint waits for a cloud.
     assert!(health["outbox_depth"].as_u64().unwrap() <= 1, "{health}");
 }
+
+/// Unix time in seconds, as the pymodbus server's request log writes it.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// When the server got each poll's first request (input registers from 0), in unix seconds.
+fn polls_in(log: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let at: f64 = fields.next()?.parse().ok()?;
+            (fields.next()? == "4" && fields.next()? == "0").then_some(at)
+        })
+        .collect()
+}
+
+/// The data_dir on a loop-mounted ext4 frozen with `fsfreeze` for 4 s while pymodbus serves
+/// (its request log tells when the gateway polled). Needs root, as tests/watchdog.rs.
+#[test]
+fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arrives_after_it_thaws()
+{
+    let fs = rxgate_e2e::loopfs::LoopFs::new(64);
+    let tmp = tempfile::tempdir().unwrap();
+    let requests = tmp.path().join("requests.log");
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/pymodbus_server.py"))
+        .arg("0")
+        .arg(&requests);
+    let (_server, port) = start_ready(cmd, "the pymodbus server");
+    let cloud = Cloud::start(tmp.path());
+    let model = workspace().join("config/devices/thermolog-tl2.toml");
+    let gw = Gateway::start(&format!(
+        "[gateway]\ndata_dir = \"{}\"\n{}\n[devices.logger-01]\nkind = \"sensor\"\ntransport = \"tcp\"\naddress = \"127.0.0.1:{port}\"\nmodel = \"{}\"\npoll_interval = \"500ms\"\ntimeout = \"300ms\"\n",
+        fs.mount.join("data").display(),
+        cloud.pki.gateway_config(cloud.port),
+        model.display()
+    ));
+    let backend = cloud.subscribe("rxgate/v1/+/devices/+/telemetry");
+    let topic = "rxgate/v1/store-0042/devices/logger-01/telemetry";
+    backend.wait_for(topic, 4, Duration::from_secs(20));
+    // Normally a reading is durable, and at the cloud, well within 1 s of being read.
+    let latencies: Vec<f64> = backend
+        .timed_messages()
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .map(|(_, p, at)| {
+            let m: serde_json::Value = serde_json::from_str(p).unwrap();
+            *at as f64 / 1e6 - gateway_ts(&m).unix_timestamp_nanos() as f64 / 1e9
+        })
+        .collect();
+    println!("read to cloud, before the freeze: {latencies:.3?} s");
+    assert!(
+        latencies.iter().all(|l| *l < 1.0),
+        "read to cloud: {latencies:?} s"
+    );
+
+    // Four seconds in which nothing can be written to the data_dir.
+    let frozen_at;
+    let thawed_at;
+    {
+        let _frozen = rxgate_e2e::loopfs::Frozen::new(&fs.mount);
+        frozen_at = unix_now();
+        std::thread::sleep(Duration::from_secs(4));
+        thawed_at = unix_now();
+    }
+    let arrived_before_thaw = backend
+        .timed_messages()
+        .iter()
+        .filter(|(t, _, at)| t == topic && (*at as f64 / 1e6) < thawed_at)
+        .count();
+
+    // The server saw a poll every 500 ms (within 100 ms) throughout the freeze.
+    let polls: Vec<f64> = polls_in(&requests)
+        .into_iter()
+        .filter(|at| (frozen_at..thawed_at).contains(at))
+        .collect();
+    assert!(polls.len() >= 7, "polls during the 4 s freeze: {polls:?}");
+    let gaps: Vec<f64> = polls.windows(2).map(|p| p[1] - p[0]).collect();
+    println!("gaps between polls during the freeze: {gaps:.3?} s");
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (0.4..=0.6).contains(&gap),
+            "a gap of {gap:.3} s between polls during the freeze: {polls:?}\n{}",
+            gw.logs()
+        );
+    }
+
+    // After the thaw, every reading of the freeze arrives, stamped when it was read, in order,
+    // without a gap in `seq`.
+    let messages = wait_until(
+        Duration::from_secs(20),
+        "the readings of the freeze at the cloud",
+        || {
+            let got = backend.json_on(topic);
+            let last = got.last().map(gateway_ts)?;
+            (last.unix_timestamp_nanos() as f64 / 1e9 > thawed_at + 1.0).then_some(got)
+        },
+    );
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    let first = seqs[0];
+    assert_eq!(
+        seqs,
+        (first..first + seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    let read_during: Vec<f64> = messages
+        .iter()
+        .map(|m| gateway_ts(m).unix_timestamp_nanos() as f64 / 1e9)
+        .filter(|at| (frozen_at..thawed_at).contains(at))
+        .collect();
+    for poll in &polls {
+        assert!(
+            read_during
+                .iter()
+                .any(|at| (poll - 0.01..poll + 0.3).contains(at)),
+            "no reading stamped after the poll at {poll:.3}: {read_during:?}"
+        );
+    }
+    assert!(
+        read_during.len() >= polls.len(),
+        "{read_during:?} for polls {polls:?}"
+    );
+    for pair in read_during.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((0.4..=0.6).contains(&gap), "{read_during:?}");
+    }
+    let during_frozen_arrived_early = backend
+        .timed_messages()
+        .iter()
+        .filter(|(t, _, _)| t == topic)
+        .filter_map(|(_, p, at)| {
+            let m: serde_json::Value = serde_json::from_str(p).ok()?;
+            let read = gateway_ts(&m).unix_timestamp_nanos() as f64 / 1e9;
+            ((frozen_at..thawed_at).contains(&read) && (*at as f64 / 1e6) < thawed_at)
+                .then_some(read)
+        })
+        .count();
+    assert_eq!(
+        during_frozen_arrived_early, 0,
+        "nothing read during the freeze was durable before the thaw ({arrived_before_thaw} messages arrived before it)"
+    );
+    drop(gw);
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn unused_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_modbus_only_gateway_with_est_and_device_mqtt_off_listens_on_neither_and_still_reaches_the_cloud()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_fridge, port) = start_ready(
+        {
+            let mut cmd = Command::new(rxgate_e2e::bin("rxgate-sim"));
+            cmd.args(["fridge", "--tcp", "127.0.0.1:0", "--setpoint", "5"]);
+            cmd
+        },
+        "rxgate-sim fridge",
+    );
+    let cloud = Cloud::start(tmp.path());
+    let (est_port, mqtt_port) = (unused_port(), unused_port());
+    let mut gw = Gateway::init(&format!(
+        "[enroll]\nenabled = false\nlisten = \"127.0.0.1:{est_port}\"\n\
+         [mqtt]\nenabled = false\nlisten = \"127.0.0.1:{mqtt_port}\"\n{}\n{}",
+        cloud.pki.gateway_config(cloud.port),
+        rxgate_e2e::fridge_device_config(port)
+    ));
+
+    let check = gw.cli_ok(&["config", "check"]);
+    println!("rxgate config check:\n{check}");
+    let lines: Vec<&str> = check.lines().collect();
+    assert_eq!(
+        lines[..4],
+        [
+            "listener enroll (device enrollment (EST)): off (enroll.enabled = false)",
+            "listener mqtt (device MQTT): off (mqtt.enabled = false)",
+            "listener console (the pharmacy console): 127.0.0.1:0, TLS (HTTPS; password and second factor)",
+            "listener metrics (/metrics and /health): 127.0.0.1:0, plain HTTP, no TLS, no authentication",
+        ],
+        "{check}"
+    );
+    assert!(check.trim_end().ends_with(": ok"), "{check}");
+
+    gw.spawn();
+    let backend = cloud.subscribe("rxgate/v1/+/devices/+/telemetry");
+    backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        3,
+        Duration::from_secs(20),
+    );
+    for (what, port) in [("EST", est_port), ("device MQTT", mqtt_port)] {
+        let connect = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            connect.map(|_| ()).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "{what} on 127.0.0.1:{port} while it is off"
+        );
+    }
+    // What is on stays on, and the daemon lists only what it opened.
+    std::net::TcpStream::connect(gw.console).expect("the console listens");
+    std::net::TcpStream::connect(gw.metrics).expect("the metrics endpoint listens");
+    let status: serde_json::Value =
+        serde_json::from_str(&gw.cli_ok(&["status", "--json"])).unwrap();
+    let names: Vec<&str> = status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[0].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["metrics", "console"], "{status}");
+
+    let doctor: serde_json::Value =
+        serde_json::from_slice(&gw.cli(&["doctor", "--json"]).stdout).unwrap();
+    let listeners = doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "listeners")
+        .unwrap();
+    assert_eq!(listeners["level"], "pass", "{listeners}");
+    assert_eq!(
+        listeners["found"],
+        "every open listener is on loopback; off: enroll, mqtt"
+    );
+}

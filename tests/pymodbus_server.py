@@ -2,8 +2,10 @@
 """A Modbus/TCP server made of code nobody at rxgate wrote: pymodbus, serving a fixed register
 image, so the gateway's poller is tested against an independent implementation of the protocol.
 
-Usage: pymodbus_server.py PORT     (0: any free port)
-Prints "ready <port>" on stdout once listening, then serves until killed.
+Usage: pymodbus_server.py PORT [REQUEST_LOG]     (PORT 0: any free port)
+Prints "ready <port>" on stdout once listening, then serves until killed. With REQUEST_LOG, every
+request is appended to that file as it arrives, one line each: "<unix time, seconds> <function
+code> <address> <count>", so a test can see when the gateway polled, independently of the gateway.
 
 The values are encoded here with Python's struct module, independently of the gateway's decoder;
 gateway/tests/modbus_poller.rs asserts what the gateway makes of them. Addresses are 0-based, as
@@ -16,6 +18,7 @@ Needs pymodbus 3.16 (scripts/test installs it into .venv).
 import asyncio
 import struct
 import sys
+import time
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -67,10 +70,24 @@ COILS = [bits(0, [True, False, True])]
 DISCRETE = [bits(0, [True])]
 
 
+def request_logger(path):
+    log = open(path, "a", buffering=1)
+
+    def trace(sending, pdu):
+        if not sending:
+            address = getattr(pdu, "address", -1)
+            count = getattr(pdu, "count", -1)
+            log.write(f"{time.time():.6f} {pdu.function_code} {address} {count}\n")
+        return pdu
+
+    return trace
+
+
 async def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    trace = request_logger(sys.argv[2]) if len(sys.argv) > 2 else None
     device = SimDevice(id=0, simdata=(COILS, DISCRETE, HOLDING, INPUT))
-    server = ModbusTcpServer(device, address=("127.0.0.1", port))
+    server = ModbusTcpServer(device, address=("127.0.0.1", port), trace_pdu=trace)
     await server.serve_forever(background=True)
     bound = server.transport.sockets[0].getsockname()[1]
     print(f"ready {bound}", flush=True)

@@ -41,7 +41,8 @@ const INGEST_QUEUE: usize = 1024;
 pub struct Gateway {
     admin: AdminServer,
     enroll: EnrollServer,
-    console: ConsoleServer,
+    /// `None` when `[console].enabled = false`.
+    console: Option<ConsoleServer>,
     broker: DeviceBroker,
     modbus: ModbusPoller,
     pipeline: Pipeline,
@@ -54,7 +55,8 @@ pub struct Gateway {
     store: Store,
     clock: SharedClock,
     uplink: Option<Uplink>,
-    metrics: MetricsServer,
+    /// `None` when `[metrics].enabled = false`.
+    metrics: Option<MetricsServer>,
     registry: Registry,
     outbox: Outbox,
     ingest: Ingest,
@@ -107,7 +109,8 @@ impl Gateway {
             config.outbox.batch_max.get(),
             config.outbox.batch_delay,
         )
-        .with_progress(watchdog.progress("pipeline"));
+        .with_progress(watchdog.progress("pipeline"))
+        .with_points_form(config.cloud.as_ref().map(|c| c.points).unwrap_or_default());
         let (refusals, refusal_log) = RefusalLog::new(store.clone(), clock.clone());
         let audit_keeper = AuditKeeper::new(
             store.clone(),
@@ -182,17 +185,20 @@ impl Gateway {
             Some(ModbusTlsIdentity::from_pki(&pki, clock.clone())),
         )?
         .with_watchdog(watchdog.clone());
-        let console_listener = crate::console::bind(&config.console).await?;
-        let console_url = crate::console::base_url(
-            &config.gateway.server_names,
-            console_listener
-                .local_addr()
-                .map_err(crate::Error::io(
+        let console_listener = match config.console.enabled {
+            true => Some(crate::console::bind(&config.console).await?),
+            false => None,
+        };
+        let console_url = console_listener
+            .as_ref()
+            .map(|listener| {
+                listener.local_addr().map_err(crate::Error::io(
                     "cannot read the address of",
                     "the console listener",
-                ))?
-                .port(),
-        );
+                ))
+            })
+            .transpose()?
+            .map(|addr| crate::console::base_url(&config.gateway.server_names, addr.port()));
         let notifiers = notifiers(
             config,
             &queue,
@@ -200,7 +206,7 @@ impl Gateway {
             &mut broker,
             &alerts_handle,
             &clock,
-            &console_url,
+            console_url.as_deref(),
         )?;
         let uplink_status = uplink::Status::default();
         let uplink = match &config.cloud {
@@ -221,11 +227,16 @@ impl Gateway {
         };
         let mut context = admin::Context::new(config, registry.clone());
         let backup_task = crate::backup::BackupTask::build(&context.backups);
-        let metrics = MetricsServer::build(
-            config.metrics.listen,
-            health_probe(&outbox, uplink_status, &clock, &context.backups),
-        )
-        .await?;
+        let metrics = match config.metrics.enabled {
+            true => Some(
+                MetricsServer::build(
+                    config.metrics.listen,
+                    health_probe(&outbox, uplink_status, &clock, &context.backups),
+                )
+                .await?,
+            ),
+            false => None,
+        };
         context.running = true;
         context.alerts = Some(alerts_handle.clone());
         context.policy = Some(policy.clone());
@@ -233,8 +244,7 @@ impl Gateway {
         context.outbox = Some(outbox.clone());
         context.started = Some(started);
         let enrollment = crate::console::Enrollment {
-            est_url: {
-                let port = enroll.local_addr()?.port();
+            est_url: enroll.local_addr()?.map(|addr| {
                 let host = config
                     .gateway
                     .server_names
@@ -244,8 +254,8 @@ impl Gateway {
                     Ok(v6) => format!("[{v6}]"),
                     Err(_) => host.to_owned(),
                 };
-                Some(format!("https://{host}:{port}/.well-known/est"))
-            },
+                format!("https://{host}:{}/.well-known/est", addr.port())
+            }),
             ca_sha256: context
                 .ca_der
                 .as_deref()
@@ -255,31 +265,54 @@ impl Gateway {
                 .unwrap_or(time::Duration::DAY),
         };
         context.checks = Some(monitor.checks());
-        let console = ConsoleServer::build(
-            &config.console,
-            console_listener,
-            pki.server_chain.clone(),
-            pki.server_key.clone_key(),
-            context.people.clone(),
-            std::sync::Arc::new(ConsoleBackend {
-                context: context.clone(),
-                enrollment,
-            }),
-            clock.clone(),
-            &config.gateway.site,
-        )
-        .await?;
-        // Set-up links point to the port the console is bound to.
-        context.people = context
-            .people
-            .clone()
-            .with_console_port(console.local_addr()?.port());
-        let addresses = vec![
-            ("enroll".to_owned(), enroll.local_addr()?),
-            ("mqtt".to_owned(), broker.local_addr()?),
-            ("metrics".to_owned(), metrics.local_addr()?),
-            ("console".to_owned(), console.local_addr()?),
-        ];
+        let console = match console_listener {
+            Some(listener) => Some(
+                ConsoleServer::build(
+                    &config.console,
+                    listener,
+                    pki.server_chain.clone(),
+                    pki.server_key.clone_key(),
+                    context.people.clone(),
+                    std::sync::Arc::new(ConsoleBackend {
+                        context: context.clone(),
+                        enrollment,
+                    }),
+                    clock.clone(),
+                    &config.gateway.site,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        if let Some(console) = &console {
+            // Set-up links point to the port the console is bound to.
+            context.people = context
+                .people
+                .clone()
+                .with_console_port(console.local_addr()?.port());
+        }
+        // The open listeners; one that is off is not listed (`rxgate config check` names it).
+        let addresses: Vec<(String, SocketAddr)> = [
+            ("enroll", enroll.local_addr()?),
+            ("mqtt", broker.local_addr()?),
+            (
+                "metrics",
+                metrics
+                    .as_ref()
+                    .map(MetricsServer::local_addr)
+                    .transpose()?,
+            ),
+            (
+                "console",
+                console
+                    .as_ref()
+                    .map(ConsoleServer::local_addr)
+                    .transpose()?,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, addr)| Some((name.to_owned(), addr?)))
+        .collect();
         context.listeners = addresses
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
@@ -363,7 +396,9 @@ impl Gateway {
         intake_tasks.spawn(self.broker.run(intakes.clone()));
         intake_tasks.spawn(self.modbus.run(intakes.clone()));
         intake_tasks.spawn(self.admin.run(intakes.clone()));
-        intake_tasks.spawn(self.console.run(intakes.clone()));
+        if let Some(console) = self.console {
+            intake_tasks.spawn(console.run(intakes.clone()));
+        }
         intake_tasks.close();
         pipeline_task.spawn(self.pipeline.run(pipeline.clone()));
         pipeline_task.close();
@@ -381,7 +416,9 @@ impl Gateway {
             self.clock,
             core.clone(),
         ));
-        core_tasks.spawn(self.metrics.run(core.clone()));
+        if let Some(metrics) = self.metrics {
+            core_tasks.spawn(metrics.run(core.clone()));
+        }
         if let Some(uplink) = self.uplink {
             core_tasks.spawn(uplink.run(core.clone()));
         }
@@ -656,7 +693,7 @@ fn notifiers(
     broker: &mut DeviceBroker,
     handle: &AlertsHandle,
     clock: &SharedClock,
-    console_url: &str,
+    console_url: Option<&str>,
 ) -> Result<Vec<Notifier>> {
     let delivered = || -> alerts::notify::OnDelivered {
         let handle = handle.clone();
@@ -682,9 +719,11 @@ fn notifiers(
             }
             Channel::Email => {
                 if let Some(email) = &config.alerts.email {
-                    let deliverer =
-                        alerts::notify::email::EmailDeliverer::build(email, &config.gateway.site)?
-                            .with_console(console_url);
+                    let mut deliverer =
+                        alerts::notify::email::EmailDeliverer::build(email, &config.gateway.site)?;
+                    if let Some(url) = console_url {
+                        deliverer = deliverer.with_console(url);
+                    }
                     out.push(Notifier::new(Worker::new(q, deliverer, delivered())));
                 }
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub use tempfile::TempDir;
 
 pub mod cloud;
+pub mod loopfs;
 
 /// Path of a workspace binary, built (once per test process) if needed, in the same profile as
 /// the running test.

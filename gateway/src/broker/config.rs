@@ -11,6 +11,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
+    /// Whether the device-facing MQTT listener is open. `false`: no device can connect over
+    /// MQTT (a gateway whose devices are all polled over Modbus); the embedded broker still
+    /// runs on a loopback port only the gateway logs in to.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
     /// Address of the device-facing MQTT listener (TLS with client certificates only).
     #[serde(default = "defaults::mqtt_listen")]
     pub listen: SocketAddr,
@@ -36,6 +41,7 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
+            enabled: defaults::enabled(),
             listen: defaults::mqtt_listen(),
             handshake_timeout: defaults::handshake_timeout(),
             connect_timeout: defaults::handshake_timeout(),
@@ -49,6 +55,9 @@ impl Default for MqttConfig {
 mod defaults {
     use super::*;
 
+    pub fn enabled() -> bool {
+        true
+    }
     pub fn mqtt_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8883))
     }

@@ -238,7 +238,8 @@ impl Shared {
 pub struct DeviceBroker {
     local: Option<rumqttd::local::LinkTx>,
     policy_link: Option<rumqttd::local::LinkTx>,
-    listener: TcpListener,
+    /// `None` when `[mqtt].enabled = false`: no device connects; the embedded broker runs.
+    listener: Option<TcpListener>,
     acceptor: TlsAcceptor,
     limits: Limits,
     shared: Arc<Shared>,
@@ -301,8 +302,8 @@ fn relay_config(listen: SocketAddr, password: &str, max_connections: usize) -> r
 }
 
 impl DeviceBroker {
-    /// Starts the embedded broker on loopback and binds `[mqtt].listen`, for the devices of
-    /// `site`.
+    /// Starts the embedded broker on loopback and binds `[mqtt].listen` (unless the listener
+    /// is off), for the devices of `site`.
     pub async fn build(
         site: &str,
         m: &MqttConfig,
@@ -311,13 +312,19 @@ impl DeviceBroker {
         ingest: Ingest,
         refusals: Refusals,
     ) -> Result<DeviceBroker> {
-        let listener = TcpListener::bind(m.listen)
-            .await
-            .map_err(|source| Error::Io {
-                action: "cannot listen for device MQTT on",
-                path: m.listen.to_string().into(),
-                source,
-            })?;
+        let listener = if m.enabled {
+            Some(
+                TcpListener::bind(m.listen)
+                    .await
+                    .map_err(|source| Error::Io {
+                        action: "cannot listen for device MQTT on",
+                        path: m.listen.to_string().into(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), true)?;
         let tls = server_config(
             pki.server_chain.clone(),
@@ -396,22 +403,32 @@ impl DeviceBroker {
         self.policy_link.take()
     }
 
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().map_err(|source| Error::Io {
-            action: "cannot read the address of",
-            path: "the device MQTT listener".into(),
-            source,
-        })
+    /// Where the device MQTT listener is bound; `None` when it is off.
+    pub fn local_addr(&self) -> Result<Option<SocketAddr>> {
+        self.listener
+            .as_ref()
+            .map(|l| {
+                l.local_addr().map_err(|source| Error::Io {
+                    action: "cannot read the address of",
+                    path: "the device MQTT listener".into(),
+                    source,
+                })
+            })
+            .transpose()
     }
 
     /// Serves devices until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let Some(listener) = self.listener else {
+            shutdown.cancelled().await;
+            return;
+        };
         let refusals = self.shared.refusals.clone();
         let shared = self.shared.clone();
         let session_shutdown = shutdown.clone();
         net::serve_tls(
             "mqtt",
-            self.listener,
+            listener,
             self.acceptor,
             self.limits,
             shutdown,

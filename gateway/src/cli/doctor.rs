@@ -133,27 +133,49 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 fn listeners(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
-    let open = [
-        ("enroll", config.enroll.listen, "devices enroll over EST"),
-        ("mqtt", config.mqtt.listen, "devices publish over MQTT/TLS"),
-        ("console", config.console.listen, "people use the console"),
-    ];
-    let exposed: Vec<String> = open
+    let all = config.listeners();
+    let off: Vec<&str> = all
         .iter()
-        .filter(|(_, addr, _)| !is_loopback(addr))
-        .map(|(name, addr, why)| format!("{name} on {addr} ({why})"))
+        .filter(|l| l.listen.is_none())
+        .map(|l| l.name)
+        .collect();
+    let off = if off.is_empty() {
+        String::new()
+    } else {
+        format!("; off: {}", off.join(", "))
+    };
+    // Metrics has a check of its own below.
+    let exposed: Vec<String> = all
+        .iter()
+        .filter(|l| l.name != "metrics")
+        .filter_map(|l| {
+            let addr = l.listen?;
+            (!is_loopback(&addr)).then(|| format!("{} on {addr} ({})", l.name, l.serves))
+        })
         .collect();
     out.push(if exposed.is_empty() {
-        check("listeners", Level::Pass, "every listener is on loopback", "")
+        check(
+            "listeners",
+            Level::Pass,
+            format!("every open listener is on loopback{off}"),
+            "",
+        )
     } else {
         check(
             "listeners",
             Level::Warn,
-            format!("open to the network: {}", exposed.join("; ")),
-            "Intended when devices and people reach the gateway over the LAN; set a listener's `listen` to 127.0.0.1 where nothing on the network needs it, and keep the Pi on the pharmacy's own network segment.",
+            format!("open to the network: {}{off}", exposed.join("; ")),
+            "Intended when devices and people reach the gateway over the LAN; set a listener's `listen` to 127.0.0.1 where nothing on the network needs it, or `enabled = false` in its section where nothing needs it at all, and keep the Pi on the pharmacy's own network segment.",
         )
     });
-    out.push(if is_loopback(&config.metrics.listen) {
+    out.push(if !config.metrics.enabled {
+        check(
+            "metrics",
+            Level::Pass,
+            "the metrics endpoint is off (metrics.enabled = false)",
+            "",
+        )
+    } else if is_loopback(&config.metrics.listen) {
         check(
             "metrics",
             Level::Pass,

@@ -69,6 +69,30 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// One network listener of the gateway, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// Its config section, and its name in `rxgate status`: `enroll`, `mqtt`, `console`,
+    /// `metrics`.
+    pub name: &'static str,
+    /// What it is for.
+    pub serves: &'static str,
+    /// Where it listens; `None`: off (`enabled = false` in its section).
+    pub listen: Option<SocketAddr>,
+    /// How its connections are protected.
+    pub security: &'static str,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "listener {} ({}): ", self.name, self.serves)?;
+        match self.listen {
+            Some(addr) => write!(f, "{addr}, {}", self.security),
+            None => write!(f, "off ({}.enabled = false)", self.name),
+        }
+    }
+}
+
 /// `[gateway]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,9 +186,46 @@ impl Config {
             site: self.gateway.site.clone(),
             server_names: self.gateway.server_names.clone(),
             server_cert_validity: self.enroll.server_cert_validity,
-            crl_uri: crate::pki::crl_uri(&self.gateway.server_names, self.enroll.listen),
+            // With the EST listener off nothing serves `/crl`: certificates name no CRL.
+            crl_uri: self
+                .enroll
+                .enabled
+                .then(|| crate::pki::crl_uri(&self.gateway.server_names, self.enroll.listen))
+                .flatten(),
             keys: self.keys.clone(),
         }
+    }
+
+    /// The gateway's network listeners, each with its address, or `None` when its section
+    /// says `enabled = false`: what `rxgate config check` and `rxgate doctor` report.
+    pub fn listeners(&self) -> [Listener; 4] {
+        let on = |enabled: bool, listen: SocketAddr| enabled.then_some(listen);
+        [
+            Listener {
+                name: "enroll",
+                serves: "device enrollment (EST)",
+                listen: on(self.enroll.enabled, self.enroll.listen),
+                security: "TLS (HTTPS; renewals by client certificate)",
+            },
+            Listener {
+                name: "mqtt",
+                serves: "device MQTT",
+                listen: on(self.mqtt.enabled, self.mqtt.listen),
+                security: "TLS, client certificate required",
+            },
+            Listener {
+                name: "console",
+                serves: "the pharmacy console",
+                listen: on(self.console.enabled, self.console.listen),
+                security: "TLS (HTTPS; password and second factor)",
+            },
+            Listener {
+                name: "metrics",
+                serves: "/metrics and /health",
+                listen: on(self.metrics.enabled, self.metrics.listen),
+                security: "plain HTTP, no TLS, no authentication",
+            },
+        ]
     }
 
     /// A config for a gateway on loopback with ephemeral ports under `data_dir`: what `rxgate

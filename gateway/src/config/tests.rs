@@ -217,3 +217,91 @@ fn cold_chain_keys_are_checked_with_key_and_value() {
         "an MQTT device: one reading a minute"
     );
 }
+
+#[test]
+fn every_listener_is_open_by_default_where_it_always_was() {
+    let config = parse("[gateway]\nsite = \"s1\"\n").unwrap();
+    let listeners: Vec<(&str, Option<std::net::SocketAddr>)> = config
+        .listeners()
+        .iter()
+        .map(|l| (l.name, l.listen))
+        .collect();
+    assert_eq!(
+        listeners,
+        [
+            ("enroll", Some("0.0.0.0:8443".parse().unwrap())),
+            ("mqtt", Some("0.0.0.0:8883".parse().unwrap())),
+            ("console", Some("0.0.0.0:8444".parse().unwrap())),
+            ("metrics", Some("127.0.0.1:9880".parse().unwrap())),
+        ]
+    );
+}
+
+#[test]
+fn a_listener_with_enabled_false_is_off_and_config_check_says_so_and_where_the_others_are() {
+    let config = parse(
+        "[gateway]\nsite = \"s1\"\n[enroll]\nenabled = false\n[mqtt]\nenabled = false\n\
+         [console]\nlisten = \"127.0.0.1:8444\"\n",
+    )
+    .unwrap();
+    assert!(!config.enroll.enabled && !config.mqtt.enabled);
+    assert!(config.console.enabled && config.metrics.enabled);
+    let notices = notices(&config);
+    assert_eq!(
+        notices[..4],
+        [
+            "listener enroll (device enrollment (EST)): off (enroll.enabled = false)",
+            "listener mqtt (device MQTT): off (mqtt.enabled = false)",
+            "listener console (the pharmacy console): 127.0.0.1:8444, TLS (HTTPS; password and second factor)",
+            "listener metrics (/metrics and /health): 127.0.0.1:9880, plain HTTP, no TLS, no authentication",
+        ]
+    );
+    assert_eq!(notices.len(), 4, "nothing open to the network: {notices:?}");
+    // With the EST listener off nothing serves /crl, so certificates name no CRL.
+    assert_eq!(config.pki().crl_uri, None);
+}
+
+#[test]
+fn checks_of_a_listener_that_is_off_do_not_apply() {
+    // The same address twice, and an unauthenticated endpoint on the network: both off.
+    parse(
+        "[gateway]\nsite = \"s1\"\n[enroll]\nenabled = false\nlisten = \"0.0.0.0:8883\"\n\
+         [metrics]\nenabled = false\nlisten = \"0.0.0.0:9880\"\n",
+    )
+    .unwrap();
+    let errors = parse(
+        "[gateway]\nsite = \"s1\"\n[enroll]\nlisten = \"0.0.0.0:8883\"\n\
+         [metrics]\nlisten = \"0.0.0.0:9880\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(keys(&errors), ["mqtt.listen", "metrics.listen"]);
+}
+
+#[test]
+fn enabled_must_be_a_boolean() {
+    let errors = parse("[gateway]\nsite = \"s1\"\n[mqtt]\nenabled = \"no\"\n").unwrap_err();
+    assert_eq!(keys(&errors), ["mqtt"], "{errors}");
+    assert!(
+        errors.to_string().contains("expected a boolean"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn cloud_points_default_to_the_full_v1_form_and_compact_is_an_option() {
+    use crate::message::envelope::PointsForm;
+    let cloud =
+        "[gateway]\nsite = \"s1\"\n[cloud]\nurl = \"mqtts://c:8883\"\nca_file = \"ca.pem\"\n";
+    assert_eq!(
+        parse(cloud).unwrap().cloud.unwrap().points,
+        PointsForm::Full
+    );
+    let compact = parse(&format!("{cloud}points = \"compact\"\n")).unwrap();
+    assert_eq!(compact.cloud.unwrap().points, PointsForm::Compact);
+    let errors = parse(&format!("{cloud}points = \"short\"\n")).unwrap_err();
+    assert_eq!(keys(&errors), ["cloud"], "{errors}");
+    assert!(
+        errors.to_string().contains("full") && errors.to_string().contains("compact"),
+        "{errors}"
+    );
+}

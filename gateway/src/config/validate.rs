@@ -308,7 +308,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
         ));
     }
 
-    if e.listen.port() != 0 && e.listen == config.mqtt.listen {
+    if e.enabled && config.mqtt.enabled && e.listen.port() != 0 && e.listen == config.mqtt.listen {
         errors.push(ConfigError::new(
             "mqtt.listen",
             quoted(&config.mqtt.listen.to_string()),
@@ -358,7 +358,7 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     config.console.check(&mut errors);
     config.backup.check(&mut errors);
     let metrics = &config.metrics;
-    if !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
+    if metrics.enabled && !metrics.listen.ip().is_loopback() && !metrics.allow_remote {
         errors.push(ConfigError::new(
             "metrics.listen",
             quoted(&metrics.listen.to_string()),
@@ -373,25 +373,34 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigErrors> {
     }
 }
 
-/// What `rxgate config check` should say of a valid config besides "ok": listeners open beyond
-/// loopback, and what is served there without authentication.
+/// What `rxgate config check` should say of a valid config besides "ok": every listener, open
+/// (where, how protected) or off, then the open ones beyond loopback, and what is served there
+/// without authentication.
 pub fn notices(config: &Config) -> Vec<String> {
-    let mut notices = Vec::new();
+    let mut notices: Vec<String> = config.listeners().iter().map(|l| l.to_string()).collect();
     for (key, listen) in [
-        ("enroll.listen", config.enroll.listen),
-        ("mqtt.listen", config.mqtt.listen),
+        (
+            "enroll.listen",
+            config.enroll.enabled.then_some(config.enroll.listen),
+        ),
+        (
+            "mqtt.listen",
+            config.mqtt.enabled.then_some(config.mqtt.listen),
+        ),
     ] {
-        if !listen.ip().is_loopback() {
+        if let Some(listen) = listen
+            && !listen.ip().is_loopback()
+        {
             notices.push(format!("{key} = {listen}: open to the network (mTLS)"));
         }
     }
-    if !config.console.listen.ip().is_loopback() {
+    if config.console.enabled && !config.console.listen.ip().is_loopback() {
         notices.push(format!(
             "console.listen = {}: open to the network (HTTPS; people sign in with a password and a second factor)",
             config.console.listen
         ));
     }
-    if !config.metrics.listen.ip().is_loopback() {
+    if config.metrics.enabled && !config.metrics.listen.ip().is_loopback() {
         notices.push(format!(
             "warning: metrics.listen = {}: /metrics and /health are served to anyone who can reach it, without authentication (metrics.allow_remote = true)",
             config.metrics.listen

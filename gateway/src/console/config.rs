@@ -10,6 +10,10 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
+    /// Whether the console listens at all. `false`: people use the CLI only; alert e-mails
+    /// carry no console link.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// HTTPS address of the console. On the pharmacy's network by default: people use it from
     /// the counter's browser.
     #[serde(default = "default_listen")]
@@ -32,6 +36,10 @@ pub struct ConsoleConfig {
     pub demo_accounts: bool,
 }
 
+fn default_enabled() -> bool {
+    true
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], crate::people::CONSOLE_PORT))
 }
@@ -47,6 +55,7 @@ fn default_absolute() -> Duration {
 impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
+            enabled: default_enabled(),
             listen: default_listen(),
             cert_file: None,
             key_file: None,

@@ -11,6 +11,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollConfig {
+    /// Whether the EST listener is open. `false`: nothing listens for enrollment (a gateway
+    /// whose devices are all polled over Modbus); the CA still signs CRLs, and the other keys
+    /// of this section still apply to certificates the gateway issues.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
     /// Address of the EST listener (HTTPS).
     #[serde(default = "defaults::enroll_listen")]
     pub listen: SocketAddr,
@@ -69,6 +74,7 @@ pub struct EnrollConfig {
 impl Default for EnrollConfig {
     fn default() -> Self {
         EnrollConfig {
+            enabled: defaults::enabled(),
             listen: defaults::enroll_listen(),
             cert_validity: defaults::cert_validity(),
             cert_backdate: defaults::cert_backdate(),
@@ -91,6 +97,9 @@ impl Default for EnrollConfig {
 mod defaults {
     use super::*;
 
+    pub fn enabled() -> bool {
+        true
+    }
     pub fn enroll_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 8443))
     }

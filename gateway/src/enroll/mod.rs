@@ -44,7 +44,8 @@ pub use limit::RateLimiter;
 
 /// The EST listener, bound and ready to run.
 pub struct EnrollServer {
-    listener: TcpListener,
+    /// `None` when `[enroll].enabled = false`: nothing listens, the CRL is still kept.
+    listener: Option<TcpListener>,
     /// The CRL's publisher and when it next signs; `None` when the CA may not sign CRLs.
     crl: Option<(crl::CrlPublisher, std::time::Duration)>,
     acceptor: TlsAcceptor,
@@ -60,7 +61,8 @@ pub(crate) struct ConnInfo {
 }
 
 impl EnrollServer {
-    /// Binds `[enroll].listen` and prepares the TLS and HTTP stacks, for the devices of `site`.
+    /// Binds `[enroll].listen` (unless the listener is off) and prepares the TLS and HTTP
+    /// stacks, for the devices of `site`.
     pub async fn build(
         site: &str,
         e: &EnrollConfig,
@@ -68,13 +70,19 @@ impl EnrollServer {
         pki: &GatewayPki,
         refusals: Refusals,
     ) -> Result<EnrollServer> {
-        let listener = TcpListener::bind(e.listen)
-            .await
-            .map_err(|source| Error::Io {
-                action: "cannot listen for EST on",
-                path: e.listen.to_string().into(),
-                source,
-            })?;
+        let listener = if e.enabled {
+            Some(
+                TcpListener::bind(e.listen)
+                    .await
+                    .map_err(|source| Error::Io {
+                        action: "cannot listen for EST on",
+                        path: e.listen.to_string().into(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), false)?;
         let tls = server_config(
             pki.server_chain.clone(),
@@ -127,12 +135,18 @@ impl EnrollServer {
         })
     }
 
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        self.listener.local_addr().map_err(|source| Error::Io {
-            action: "cannot read the address of",
-            path: "the EST listener".into(),
-            source,
-        })
+    /// Where the EST listener is bound; `None` when it is off.
+    pub fn local_addr(&self) -> Result<Option<SocketAddr>> {
+        self.listener
+            .as_ref()
+            .map(|l| {
+                l.local_addr().map_err(|source| Error::Io {
+                    action: "cannot read the address of",
+                    path: "the EST listener".into(),
+                    source,
+                })
+            })
+            .transpose()
     }
 
     /// Serves until `shutdown`, then lets requests in flight finish.
@@ -140,12 +154,19 @@ impl EnrollServer {
         let crl_task = self
             .crl
             .map(|(publisher, wait)| tokio::spawn(publisher.run(wait, shutdown.clone())));
+        let Some(listener) = self.listener else {
+            shutdown.cancelled().await;
+            if let Some(task) = crl_task {
+                let _ = task.await;
+            }
+            return;
+        };
         let router = self.router;
         let header_timeout = self.limits.handshake_timeout;
         let conn_shutdown = shutdown.clone();
         net::serve_tls(
             "enroll",
-            self.listener,
+            listener,
             self.acceptor,
             self.limits,
             shutdown,

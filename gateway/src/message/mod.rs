@@ -5,7 +5,9 @@
 //! `Ingest::submit` resolves once the event is *accepted*: durable in the outbox (or refused with
 //! a reason). Only then may an intake acknowledge it to the device (PUBACK) or count a reading as
 //! kept. The channel behind it is bounded; when it is full, `submit` waits, which pushes back on
-//! the device (its PUBACK comes later, a poll cycle takes longer) rather than dropping anything.
+//! the device (its PUBACK comes later) rather than dropping anything. The Modbus poller does not
+//! wait: it hands readings to a bounded queue of its own (see `modbus`), stamped when read
+//! ([`Received`]), and keeps its schedule.
 
 pub mod envelope;
 
@@ -133,16 +135,41 @@ pub struct Submission {
     pub reply: oneshot::Sender<Result<Accepted, Refused>>,
 }
 
-/// A queued intake's outcome, to come.
+/// A queued intake's outcome, to come. Also a future of it, so a caller can keep several and
+/// wait on the oldest without giving it up.
 pub struct Pending(oneshot::Receiver<Result<Accepted, Refused>>);
 
 impl Pending {
     /// Waits until the intake is durable or refused.
     pub async fn outcome(self) -> Result<Accepted, Refused> {
-        self.0
-            .await
-            .map_err(|_| Refused::Unavailable("the gateway is shutting down".to_owned()))?
+        self.await
     }
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<Accepted, Refused>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|outcome| {
+            outcome.unwrap_or_else(|_| {
+                Err(Refused::Unavailable(
+                    "the gateway is shutting down".to_owned(),
+                ))
+            })
+        })
+    }
+}
+
+/// When the gateway took an intake in (its `gateway_ts`), and whether its clock was synchronised
+/// then. Usually the moment it is queued; a poller stamps a reading when it read it, as the
+/// reading may wait a little before it is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    pub at: OffsetDateTime,
+    pub clock_synced: bool,
 }
 
 /// The handle intakes submit through. Cheap to clone.
@@ -171,11 +198,28 @@ impl Ingest {
     /// decided, and given their `seq`, in that order. [`Pending::outcome`] then says when it is
     /// durable or refused.
     pub async fn enqueue(&self, intake: Intake) -> Result<Pending, Refused> {
+        self.enqueue_received(intake, self.now()).await
+    }
+
+    /// The stamp an intake taken in now gets.
+    pub fn now(&self) -> Received {
+        Received {
+            at: self.clock.now(),
+            clock_synced: self.clock.synced(),
+        }
+    }
+
+    /// [`Ingest::enqueue`] for an intake taken in earlier, at `received`.
+    pub async fn enqueue_received(
+        &self,
+        intake: Intake,
+        received: Received,
+    ) -> Result<Pending, Refused> {
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
             intake,
-            received_at: self.clock.now(),
-            clock_synced: self.clock.synced(),
+            received_at: received.at,
+            clock_synced: received.clock_synced,
             reply,
         };
         self.tx

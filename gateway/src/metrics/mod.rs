@@ -177,6 +177,9 @@ pub fn backup_done(ok: bool) {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Whether the `/metrics` and `/health` endpoint listens at all.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Address of the plain-HTTP endpoint serving `/metrics` (Prometheus) and `/health`, which
     /// has no authentication. Loopback by default; any other address is refused unless
     /// `allow_remote` is set.
@@ -188,6 +191,10 @@ pub struct MetricsConfig {
     pub allow_remote: bool,
 }
 
+fn default_enabled() -> bool {
+    true
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9880))
 }
@@ -195,6 +202,7 @@ fn default_listen() -> SocketAddr {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
+            enabled: default_enabled(),
             listen: default_listen(),
             allow_remote: false,
         }

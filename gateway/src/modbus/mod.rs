@@ -31,8 +31,22 @@
 //! `Intake::Status { online: true }` (before its reading); `offline_after` failed polls in a
 //! row submit `online: false`; the next success `online: true` again.
 //!
-//! `Ingest::submit` resolves when the reading is durable. The poller waits for it, so if the
-//! pipeline is slow the next poll starts later; readings are never dropped to keep the pace.
+//! ## Polls never wait on the disk
+//! A poll's intakes are handed to the device's `handover` queue, stamped with the time they
+//! were read (their `gateway_ts`), and the poller goes straight back to its schedule: each poll
+//! starts `poll_interval` after the start of the previous one, on the monotonic clock, however
+//! long the last reading takes to become durable. A forwarder task per device queues them into
+//! [`Ingest`] in order and collects their outcomes (normally durable within the pipeline's
+//! `batch_delay` plus one write, well under 1 s). What a lagging disk costs is bounded: per
+//! device at most `handover::MAX_QUEUED` (16) intakes queued in the pipeline and
+//! `handover::MAX_WAITING` (240) waiting behind them; beyond that the oldest waiting reading is
+//! dropped to keep the newest (never a status change while a reading waits), counted in
+//! `rxgate_readings_not_stored_total{reason="backlog"}` and logged once per episode. Readings the
+//! gateway refuses (a full disk) are counted by reason and logged once per episode too.
+//!
+//! For the watchdog, a poller's unit of work is its cycle of requests, bounded by its timeouts;
+//! a poller that does not come back from its device within that bound is stuck. A disk that
+//! does not finish a write is the pipeline's stuck unit of work, not the poller's.
 //!
 //! ## Timing while offline
 //! Failed polls are retried at `poll_interval` until the device counts as offline, then with
@@ -40,6 +54,7 @@
 //! that comes back after days is picked up by itself.
 
 mod decode;
+mod handover;
 mod health;
 mod link;
 mod plan;
@@ -207,25 +222,25 @@ impl ModbusPoller {
             .collect();
         for ((device, link), progress) in self.devices.into_iter().zip(devices) {
             tracing::info!(device = %device.id, %link, points = device.points.len(), requests = device.plan.len(), "Polling.");
+            let (handover, forwarder) = handover::pair(&device.id, self.ingest.clone());
+            tasks.spawn(forwarder.run(shutdown.clone()));
             tasks.spawn(poll::run_device(
                 device,
                 link,
-                self.ingest.clone(),
+                handover,
                 progress,
                 shutdown.clone(),
             ));
         }
         for ((line, devices), progress) in self.buses.into_iter().zip(buses) {
-            for device in &devices {
+            let mut handed = Vec::with_capacity(devices.len());
+            for device in devices {
                 tracing::info!(device = %device.id, serial = %line, unit = device.unit, points = device.points.len(), requests = device.plan.len(), "Polling.");
+                let (handover, forwarder) = handover::pair(&device.id, self.ingest.clone());
+                tasks.spawn(forwarder.run(shutdown.clone()));
+                handed.push((device, handover));
             }
-            tasks.spawn(poll::run_bus(
-                devices,
-                line,
-                self.ingest.clone(),
-                progress,
-                shutdown.clone(),
-            ));
+            tasks.spawn(poll::run_bus(handed, line, progress, shutdown.clone()));
         }
         tasks.close();
         tasks.wait().await;
@@ -257,6 +272,5 @@ fn prepare(id: &str, config: &DeviceConfig) -> Result<Device> {
         stats: Arc::new(DeviceStats::default()),
         // The first poll starts at once.
         next_due: Instant::now(),
-        not_stored: 0,
     })
 }

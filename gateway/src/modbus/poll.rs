@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::devices::Function;
-use crate::message::{Ingest, Intake, Point, Quality, Reading, Value};
+use crate::message::{Intake, Point, Quality, Reading, Value};
 use crate::watchdog::Progress;
 
 use super::decode::{PointSpec, Raw, decode_point};
+use super::handover::Handover;
 use super::health::{Health, Jitter, StatusChange, next_delay};
 use super::link::{Link, SerialLine};
 use super::plan::{ReadRequest, split};
@@ -82,16 +83,14 @@ pub(crate) struct Device {
     pub stats: Arc<DeviceStats>,
     /// When the next poll starts.
     pub next_due: Instant,
-    /// Readings and status changes the gateway has not accepted since it last accepted one
-    /// (a full disk, say): logged when the episode starts and when it ends, not one by one.
-    pub not_stored: u64,
 }
 
 impl Device {
     /// How long one cycle's requests can take at most, each bounded by the timeout: connecting,
     /// every planned request, and one request per point if a merged read is split, twice (a
-    /// kept connection found closed is reopened once). Waiting for the reading to be stored
-    /// comes on top: a pipeline that does not move makes the poller stuck too.
+    /// kept connection found closed is reopened once). Storing the reading is not part of it:
+    /// the poller never waits for the disk (a pipeline that does not move is the pipeline's
+    /// own stuck unit of work).
     fn cycle_bound(&self) -> Duration {
         let requests = 2 * (1 + self.plan.len() + self.points.len());
         self.timing
@@ -99,8 +98,7 @@ impl Device {
             .saturating_mul(u32::try_from(requests).unwrap_or(u32::MAX))
     }
 
-    /// Schedules the next poll relative to the start of this one; a poll (or a slow submit)
-    /// that overran simply makes the next one start at once, never a burst of catch-ups.
+    /// Schedules the next poll relative to the start of this one; a poll that overran simply makes the next one start at once, never a burst of catch-ups.
     fn schedule_next(&mut self, started: Instant) {
         let t = self.timing;
         let delay = next_delay(
@@ -403,13 +401,8 @@ fn stale_or_missing(last: Option<Value>) -> (Option<Value>, Quality) {
     }
 }
 
-/// Submits the cycle's reading and status change. Returns false when shutdown came first.
-async fn finish_cycle(
-    dev: &mut Device,
-    cycle: Cycle,
-    ingest: &Ingest,
-    shutdown: &CancellationToken,
-) -> bool {
+/// Hands the cycle's reading and status change over. Never waits for them to be stored.
+fn finish_cycle(dev: &mut Device, cycle: Cycle, handover: &Handover) {
     let change = match &cycle.failure {
         None => {
             dev.stats.polls_ok.fetch_add(1, Ordering::Relaxed);
@@ -467,68 +460,67 @@ async fn finish_cycle(
         .chain(reading.map(Intake::Telemetry))
         .chain(after);
     for intake in intakes {
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            outcome = ingest.submit(intake) => outcome,
-            () = shutdown.cancelled() => return false,
-        };
-        match outcome {
-            Err(refused) => {
-                crate::metrics::reading_not_stored(match refused {
-                    crate::message::Refused::Unavailable(_) => "unavailable",
-                    crate::message::Refused::Invalid(_) => "invalid",
-                    crate::message::Refused::Denied(_) => "denied",
-                });
-                if dev.not_stored == 0 {
-                    tracing::warn!(device = %dev.id, reason = %refused, "The gateway did not accept a reading; further ones are counted until it accepts one again.");
-                }
-                dev.not_stored += 1;
-            }
-            Ok(_) if dev.not_stored > 0 => {
-                tracing::info!(device = %dev.id, not_stored = dev.not_stored, "The gateway accepts readings again.");
-                dev.not_stored = 0;
-            }
-            Ok(_) => {}
-        }
-        let took = started.elapsed();
-        if took > dev.timing.poll_interval {
-            tracing::warn!(
-                device = %dev.id,
-                took = %humantime::format_duration(Duration::from_millis(took.as_millis() as u64)),
-                "Handing over a reading took longer than the poll interval; polls are delayed."
-            );
-        }
+        handover.push(intake);
     }
-    true
 }
 
 /// Polls one TCP or TLS device until shutdown.
 pub(crate) async fn run_device(
     mut dev: Device,
     link: Link,
-    ingest: Ingest,
+    handover: Handover,
     progress: Progress,
     shutdown: CancellationToken,
 ) {
-    let mut ctx: Option<Context> = None;
+    let mut source = LinkCycles { ctx: None, link };
+    poll_loop(&mut dev, &handover, &progress, &shutdown, &mut source).await;
+    tracing::debug!(device = %dev.id, "Poller stopped.");
+}
+
+/// Where a poll loop's cycles come from: a device's link, or a test's stand-in.
+trait Cycles {
+    fn cycle<'a>(&'a mut self, dev: &'a mut Device) -> impl Future<Output = Cycle> + Send + 'a;
+}
+
+/// The cycles of one TCP or TLS device, over a connection kept between polls.
+struct LinkCycles {
+    ctx: Option<Context>,
+    link: Link,
+}
+
+impl Cycles for LinkCycles {
+    fn cycle<'a>(&'a mut self, dev: &'a mut Device) -> impl Future<Output = Cycle> + Send + 'a {
+        let span = tracing::debug_span!("poll", device = %dev.id, link = %self.link);
+        poll_link(&mut self.ctx, dev, &self.link).instrument(span)
+    }
+}
+
+/// Runs `cycle` at the device's cadence until shutdown. Each poll starts `poll_interval` after
+/// the start of the previous one (on the monotonic clock), whatever happens to its reading
+/// afterwards: handing it over never waits for the disk. Only the cycle itself is a unit of
+/// work for the watchdog, bounded by its timeouts.
+async fn poll_loop(
+    dev: &mut Device,
+    handover: &Handover,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+    source: &mut impl Cycles,
+) {
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(dev.next_due) => {}
             () = shutdown.cancelled() => break,
         }
         let started = Instant::now();
-        let _work = progress.working_within(dev.cycle_bound());
-        let span = tracing::debug_span!("poll", device = %dev.id, link = %link);
+        let work = progress.working_within(dev.cycle_bound());
         let cycle = tokio::select! {
-            cycle = poll_link(&mut ctx, &mut dev, &link).instrument(span) => cycle,
+            cycle = source.cycle(dev) => cycle,
             () = shutdown.cancelled() => break,
         };
-        if !finish_cycle(&mut dev, cycle, &ingest, &shutdown).await {
-            break;
-        }
+        drop(work);
+        finish_cycle(dev, cycle, handover);
         dev.schedule_next(started);
     }
-    tracing::debug!(device = %dev.id, "Poller stopped.");
 }
 
 /// One cycle on a TCP/TLS link: connects if needed, and retries once on a fresh connection
@@ -589,29 +581,27 @@ async fn poll_link(ctx: &mut Option<Context>, dev: &mut Device, link: &Link) -> 
 /// does not answer costs the others one timeout per poll of it (its cycle stops at the first
 /// timeout), and fewer while it is offline, as its backoff grows.
 pub(crate) async fn run_bus(
-    mut devices: Vec<Device>,
+    mut devices: Vec<(Device, Handover)>,
     line: SerialLine,
-    ingest: Ingest,
     progress: Progress,
     shutdown: CancellationToken,
 ) {
     let mut ctx: Option<Context> = None;
     let mut after_timeout = false;
-    while let Some(dev) = devices.iter_mut().min_by_key(|d| d.next_due) {
+    while let Some((dev, handover)) = devices.iter_mut().min_by_key(|(d, _)| d.next_due) {
         tokio::select! {
             () = tokio::time::sleep_until(dev.next_due) => {}
             () = shutdown.cancelled() => break,
         }
         let started = Instant::now();
-        let _work = progress.working_within(dev.cycle_bound());
+        let work = progress.working_within(dev.cycle_bound());
         let span = tracing::debug_span!("poll", device = %dev.id, serial = %line);
         let cycle = tokio::select! {
             cycle = poll_bus(&mut ctx, &mut after_timeout, dev, &line).instrument(span) => cycle,
             () = shutdown.cancelled() => break,
         };
-        if !finish_cycle(dev, cycle, &ingest, &shutdown).await {
-            break;
-        }
+        drop(work);
+        finish_cycle(dev, cycle, handover);
         dev.schedule_next(started);
     }
     tracing::debug!(serial = %line, "Bus poller stopped.");
@@ -710,7 +700,6 @@ mod tests {
             jitter: Jitter::new("fridge-01"),
             stats: Arc::default(),
             next_due: Instant::now(),
-            not_stored: 0,
         }
     }
 
@@ -941,6 +930,119 @@ mod tests {
         let mut dev = device(vec![point("a", 0, DataType::U16)]);
         let cycle = Cycle::failed(1, Failure::broken("x".into()));
         assert_eq!(reading(&mut dev, &cycle), None);
+    }
+
+    /// Cycles that take 50 ms and read every point, noting when each started.
+    struct Recorded {
+        starts: Arc<std::sync::Mutex<Vec<Instant>>>,
+        hang: bool,
+    }
+
+    impl Cycles for Recorded {
+        async fn cycle(&mut self, dev: &mut Device) -> Cycle {
+            self.starts.lock().unwrap().push(Instant::now());
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Cycle {
+                reads: vec![PointRead::Good(Value::Number(4.0)); dev.points.len()],
+                failure: None,
+                any_reply: true,
+            }
+        }
+    }
+
+    struct Looping {
+        starts: Arc<std::sync::Mutex<Vec<Instant>>>,
+        watchdog: crate::watchdog::Watchdog,
+        submissions: tokio::sync::mpsc::Receiver<crate::message::Submission>,
+        forwarder: tokio::task::JoinHandle<()>,
+        poller: tokio::task::JoinHandle<()>,
+        stop: CancellationToken,
+    }
+
+    fn start_loop(hang: bool) -> Looping {
+        let clock = crate::clock::TokioClock::new(time::OffsetDateTime::UNIX_EPOCH);
+        // Room for one submission, and nobody takes it: a pipeline stuck in its write.
+        let (ingest, submissions) = crate::message::Ingest::channel(1, clock);
+        let (handover, forwarder) = super::super::handover::pair("fridge-01", ingest);
+        let forwarder = tokio::spawn(forwarder.run(CancellationToken::new()));
+        let watchdog = crate::watchdog::Watchdog::new(Default::default());
+        let progress = watchdog.progress("modbus poller fridge-01");
+        let starts = Arc::<std::sync::Mutex<Vec<Instant>>>::default();
+        let mut source = Recorded {
+            starts: starts.clone(),
+            hang,
+        };
+        let stop = CancellationToken::new();
+        let poller = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut dev = device(vec![point("a", 0, DataType::U16)]);
+                dev.timing.poll_interval = Duration::from_secs(1);
+                poll_loop(&mut dev, &handover, &progress, &stop, &mut source).await;
+            }
+        });
+        Looping {
+            starts,
+            watchdog,
+            submissions,
+            forwarder,
+            poller,
+            stop,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_keep_their_interval_while_the_pipeline_cannot_write_and_the_poller_is_not_stuck()
+    {
+        let mut l = start_loop(false);
+        let begin = Instant::now();
+        // 30 s of a pipeline that takes nothing, watched every 10 ms.
+        while begin.elapsed() < Duration::from_millis(29_500) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(
+                l.watchdog.stuck(Duration::from_millis(100)),
+                [],
+                "a disk stall is not the poller's"
+            );
+        }
+        l.stop.cancel();
+        l.poller.await.unwrap();
+        let starts = l.starts.lock().unwrap().clone();
+        assert_eq!(starts.len(), 30);
+        for (i, at) in starts.iter().enumerate() {
+            assert_eq!(*at - begin, Duration::from_secs(i as u64), "poll {i}");
+        }
+
+        // The pipeline moves again: every reading arrives, in order, stamped when it was read.
+        let mut stamps = Vec::new();
+        while let Some(s) = l.submissions.recv().await {
+            stamps.push(s.received_at - time::OffsetDateTime::UNIX_EPOCH);
+            let _ = s.reply.send(Ok(crate::message::Accepted {
+                id: uuid::Uuid::nil(),
+            }));
+        }
+        l.forwarder.await.unwrap();
+        // The first poll's `online` status, then one reading per poll.
+        let expected: Vec<_> = std::iter::once(Duration::from_millis(50))
+            .chain((0..30).map(|i| Duration::from_secs(i) + Duration::from_millis(50)))
+            .collect();
+        assert_eq!(stamps, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poller_whose_device_never_answers_is_reported_stuck() {
+        let l = start_loop(true);
+        // device(): timeout 1 s, one point, one request: bound 2 × (1 + 1 + 1) s = 6 s.
+        tokio::time::sleep(Duration::from_millis(6_900)).await;
+        assert_eq!(l.watchdog.stuck(Duration::from_secs(1)), []);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stuck = l.watchdog.stuck(Duration::from_secs(1));
+        assert_eq!(stuck.len(), 1, "{stuck:?}");
+        assert_eq!(stuck[0].component, "modbus poller fridge-01");
+        l.stop.cancel();
     }
 
     #[test]

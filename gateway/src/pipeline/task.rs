@@ -12,7 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::coldchain::monitor::Observation;
-use crate::message::envelope::{self, EventBody, Stamp, StatusBody, Stream, TelemetryBody};
+use crate::message::envelope::{
+    self, EventBody, PointsForm, Stamp, StatusBody, Stream, TelemetryBody,
+};
 use crate::message::{Accepted, Intake, Refused, Submission};
 use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};
 use crate::policy::stage::{PolicyStage, Shaped};
@@ -28,6 +30,8 @@ pub struct Pipeline {
     alerts: Option<crate::alerts::AlertsHandle>,
     local: Option<std::sync::Mutex<rumqttd::local::LinkTx>>,
     site: String,
+    /// How telemetry points are written for the cloud (`[cloud].points`).
+    points: PointsForm,
     batch_max: usize,
     batch_delay: Duration,
     /// Devices under cold-chain monitoring, and where their accepted readings go.
@@ -57,6 +61,7 @@ impl Pipeline {
             alerts: None,
             local: None,
             site: site.to_owned(),
+            points: PointsForm::default(),
             batch_max: batch_max.max(1),
             batch_delay,
             monitor: None,
@@ -69,6 +74,12 @@ impl Pipeline {
     /// service manager's heartbeat.
     pub fn with_progress(mut self, progress: Progress) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// Writes telemetry points in `form` (the full form of v1 unless told otherwise).
+    pub fn with_points_form(mut self, form: PointsForm) -> Self {
+        self.points = form;
         self
     }
 
@@ -206,6 +217,7 @@ impl Pipeline {
                 Some(intake) => {
                     let (record, id) = shape(
                         &self.site,
+                        self.points,
                         intake,
                         submission.received_at,
                         submission.clock_synced,
@@ -367,13 +379,14 @@ fn accepted_ms(at: time::OffsetDateTime) -> u64 {
 /// Turns an intake into its outbox record.
 fn shape(
     site: &str,
+    points: PointsForm,
     intake: Intake,
     received_at: time::OffsetDateTime,
     clock_synced: bool,
     priority: Option<Priority>,
     suffix: Option<&str>,
 ) -> (NewRecord, uuid::Uuid) {
-    let (mut record, id) = shape_default(site, intake, received_at, clock_synced);
+    let (mut record, id) = shape_default(site, points, intake, received_at, clock_synced);
     if let Some(priority) = priority {
         record.priority = priority;
     }
@@ -385,6 +398,7 @@ fn shape(
 
 fn shape_default(
     site: &str,
+    form: PointsForm,
     intake: Intake,
     received_at: time::OffsetDateTime,
     clock_synced: bool,
@@ -397,6 +411,7 @@ fn shape_default(
             let topic = envelope::device_topic(&site, &reading.device, Stream::Telemetry);
             let body = TelemetryBody {
                 points: reading.points,
+                form,
             };
             let device = reading.device;
             let record = NewRecord {

@@ -34,6 +34,11 @@ pub struct CloudConfig {
     /// Longest wait between reconnection attempts.
     #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// How telemetry points are written: `full` (contract v1, the default) or `compact`
+    /// (points version 2: values alone, qualities only where not good). Applies to readings
+    /// accepted from then on; see docs/cloud-contract.md.
+    #[serde(default)]
+    pub points: crate::message::envelope::PointsForm,
 }
 
 impl fmt::Display for CloudConfig {
