@@ -225,7 +225,7 @@ impl Gateway {
                 None
             }
         };
-        let mut context = admin::Context::new(config, registry.clone());
+        let mut context = admin::Context::with_sealer(config, registry.clone(), keys.sealer());
         let backup_task = crate::backup::BackupTask::build(&context.backups);
         let metrics = match config.metrics.enabled {
             true => Some(

@@ -292,6 +292,16 @@ impl Context {
                 crate::keys::Sealer::default()
             }
         };
+        Context::with_sealer(config, registry, sealer)
+    }
+
+    /// The context for `config`, sealing second-factor secrets with `sealer` (the daemon's, from
+    /// the keyring it opened at start).
+    pub fn with_sealer(
+        config: &crate::config::Config,
+        registry: Registry,
+        sealer: crate::keys::Sealer,
+    ) -> Context {
         let people = crate::people::People::new(
             registry.store().clone(),
             registry.clock().clone(),
