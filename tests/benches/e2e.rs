@@ -1,10 +1,12 @@
 //! End-to-end benchmark: simulated devices → rxgate (real binary) → mosquitto (the cloud), and
 //! the same load through a mosquitto-to-mosquitto bridge in the same run, for comparison.
 //!
-//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 100 --messages 200]`
+//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 100 --messages 200 --rate 1000]`
 //!
 //! Each device publishes telemetry at QoS 1 as fast as its acknowledgements allow, stamping the
-//! send time into the message. A backend subscribed at the cloud broker measures when each one
+//! send time into the message; with `--rate N` the devices together publish N messages a second
+//! instead (each at N / devices a second, their starts spread over one period), the load the
+//! outbox's bytes-per-message goal is stated for. A backend subscribed at the cloud broker measures when each one
 //! arrives. Printed for each pass: messages/s (accepted: first send to the last PUBACK;
 //! delivered: first send to the last arrival), latency percentiles (device publish → cloud
 //! delivery), the edge process's RSS (before, peak, after) and the bytes it wrote to disk per
@@ -101,6 +103,7 @@ fn run_pass(
     backend: MqttOptions,
     filter: &'static str,
     per_device: usize,
+    period: Option<Duration>,
 ) -> Pass {
     let total = devices.len() * per_device;
     let (write_before, rss_before_kib) = (
@@ -146,13 +149,22 @@ fn run_pass(
 
         let started = Instant::now();
         let mut senders = Vec::new();
-        for (device, mut options) in devices {
+        let count = devices.len() as u32;
+        for (i, (device, mut options)) in devices.into_iter().enumerate() {
+            // Devices at a fixed rate start a fraction of a period apart, as real ones do.
+            let pace = period.map(|p| (p * i as u32 / count.max(1), p));
             senders.push(tokio::spawn(async move {
                 options.set_inflight(32);
                 let (client, mut events) = AsyncClient::new(options, 64);
                 let topic = format!("devices/{device}/telemetry");
                 let publisher = tokio::spawn(async move {
+                    let mut ticks = pace.map(|(offset, period)| {
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
+                    });
                     for n in 0..per_device {
+                        if let Some(ticks) = ticks.as_mut() {
+                            ticks.tick().await;
+                        }
                         let payload = format!(
                             r#"{{"points":{{"temperature_c":4.5,"n":{n},"sent_us":{}}}}}"#,
                             now_us()
@@ -288,6 +300,9 @@ fn report(name: &str, pass: &Pass, total: usize) -> serde_json::Value {
 fn main() {
     let devices = bench_arg("--devices", 100) as usize;
     let per_device = bench_arg("--messages", 200) as usize;
+    let rate = bench_arg("--rate", 0);
+    // Each device's period between two messages, when the devices together publish `rate`/s.
+    let period = (rate > 0).then(|| Duration::from_secs(devices as u64) / rate as u32);
     let total = devices * per_device;
     let tmp = tempfile::tempdir().expect("temp dir");
     let cloud = Cloud::start(tmp.path());
@@ -350,6 +365,7 @@ fn main() {
         cloud_client_options(&cloud.pki, cloud.port, "bench-backend-rxgate"),
         "rxgate/v1/store-0042/devices/+/telemetry",
         per_device,
+        period,
     );
     drop(gw);
 
@@ -369,11 +385,16 @@ fn main() {
         cloud_client_options(&cloud.pki, cloud.port, "bench-backend-bridge"),
         "rxgate/v1/bridge/devices/+/telemetry",
         per_device,
+        period,
     );
     drop(edge);
 
+    let pace = match rate {
+        0 => "as fast as acknowledged".to_owned(),
+        r => format!("{r} msg/s in all"),
+    };
     println!(
-        "end-to-end benchmark: {devices} devices x {per_device} messages = {total} (QoS 1, mutual TLS on both hops)"
+        "end-to-end benchmark: {devices} devices x {per_device} messages = {total}, {pace} (QoS 1, mutual TLS on both hops)"
     );
     println!(
         "enrollment: {devices} devices in {:.2} s, {:.1} enrollments/s (token + EST simpleenroll, 4 at a time)",
@@ -401,7 +422,7 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "devices": devices, "messages": total,
+            "devices": devices, "messages": total, "rate": rate,
             "enrollments_per_s": devices as f64 / enroll_time.as_secs_f64(),
             "rxgate": rx, "bridge": br,
         })
