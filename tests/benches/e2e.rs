@@ -1,7 +1,8 @@
 //! End-to-end benchmark: simulated devices → rxgate (real binary) → mosquitto (the cloud), and
 //! the same load through a mosquitto-to-mosquitto bridge in the same run, for comparison.
 //!
-//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 100 --messages 200 --rate 1000]`
+//! `cargo bench -p rxgate-e2e --bench e2e [-- --devices 100 --messages 200 --rate 1000
+//! --batch-delay-ms 500]` (without `--batch-delay-ms`, the shipped `[outbox].batch_delay`)
 //!
 //! Each device publishes telemetry at QoS 1 as fast as its acknowledgements allow, stamping the
 //! send time into the message; with `--rate N` the devices together publish N messages a second
@@ -318,10 +319,14 @@ fn main() {
     std::fs::write(&policy, "default = \"allow\"\n").expect("bench policy");
     let gw = Gateway::start(&format!(
         "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\npolicy_file = \"{}\"\n\
-         [outbox]\nbatch_delay = \"20ms\"\n[enroll]\nrate_per_minute = 100000\nrate_burst = 1000\n\
-         [mqtt]\nmax_connections_per_source = 512\n",
+         [enroll]\nrate_per_minute = 100000\nrate_burst = 1000\n\
+         [mqtt]\nmax_connections_per_source = 512\n{}",
         cloud.pki.gateway_config(cloud.port),
-        policy.display()
+        policy.display(),
+        match bench_arg("--batch-delay-ms", 0) {
+            0 => String::new(),
+            ms => format!("[outbox]\nbatch_delay = \"{ms}ms\"\n"),
+        }
     ));
     let gateway_pid = gw.child.as_ref().expect("gateway process").id();
     // Enrollment over EST, four installers at a time: token creation (`rxgate token create`)
