@@ -340,17 +340,14 @@ fn main() {
     std::fs::write(&policy, "default = \"allow\"\n").expect("bench policy");
     // Logging at `warn` as the config says: the harness's default (`debug`, a line per message
     // into a log file in the data directory) would be counted as the gateway's disk writes.
+    // The test harness's config commits every 5 ms; a bench measures the shipped 500 ms.
     let mut gw = Gateway::init(&format!(
         "{}max_inflight = 256\n[gateway]\nlog = \"warn\"\npolicy_file = \"{}\"\n\
          [enroll]\nrate_per_minute = 100000\nrate_burst = 1000\n\
-         [mqtt]\nmax_connections_per_source = 512\n{}",
+         [mqtt]\nmax_connections_per_source = 512\n[outbox]\nbatch_delay = \"{}ms\"\n",
         cloud.pki.gateway_config(cloud.port),
         policy.display(),
-        // The test harness's config commits every 5 ms; a bench measures the shipped 500 ms.
-        format!(
-            "[outbox]\nbatch_delay = \"{}ms\"\n",
-            bench_arg("--batch-delay-ms", 500)
-        )
+        bench_arg("--batch-delay-ms", 500)
     ));
     gw.spawn_logging("warn");
     let gateway_pid = gw.child.as_ref().expect("gateway process").id();
