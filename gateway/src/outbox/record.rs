@@ -17,8 +17,9 @@ const V2_MESSAGE: usize = 8 + 1 + 2 + 4;
 
 const STORED: u8 = 0;
 const DEFLATE: u8 = 1;
-/// miniz_oxide's default level: on batches of telemetry it keeps ~14 % of the bytes (level 1:
-/// ~17 %) at a few milliseconds per MiB on a Pi 4.
+/// miniz_oxide's default level. On batches of 100 cloud envelopes (295 bytes each, a random
+/// UUIDv7 `id` apiece) it keeps 43 bytes a message (lz4: 73; level 1: 49); on Modbus readings
+/// of 100 drifting values, 12 % of the bytes. Random ids are why an entropy coder beats lz4 here.
 const DEFLATE_LEVEL: u8 = 6;
 
 /// A record is closed once its messages hold this many bytes uncompressed; a group commit that
