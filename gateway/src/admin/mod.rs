@@ -214,7 +214,7 @@ pub struct Status {
     /// Probes whose calibration is due within 30 days or overdue, one sentence each.
     #[serde(default)]
     pub calibration: Vec<String>,
-    /// Records waiting in the outbox for the cloud.
+    /// Messages waiting in the outbox for the cloud (not yet acknowledged by it).
     #[serde(default)]
     pub outbox_records: u64,
     /// Age in seconds of the oldest of them, if any.

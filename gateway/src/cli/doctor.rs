@@ -528,7 +528,7 @@ fn outbox_age(status: &admin::Status) -> Check {
         );
     };
     let found = format!(
-        "{} record(s) wait for the cloud, the oldest for {}",
+        "{} message(s) wait for the cloud, the oldest for {}",
         status.outbox_records,
         humantime::format_duration(std::time::Duration::from_secs(age))
     );
@@ -827,7 +827,7 @@ mod tests {
         assert_eq!(warn.level, Level::Warn);
         assert!(warn.advice.contains("cloud link"), "{warn:?}");
         assert!(
-            warn.found.contains("3 record(s)") && warn.found.contains("2h"),
+            warn.found.contains("3 message(s)") && warn.found.contains("2h"),
             "{warn:?}"
         );
         assert_eq!(

@@ -17,7 +17,10 @@ pub struct OutboxConfig {
     /// Messages written together in one durable commit, at most.
     #[serde(default = "defaults::batch_max")]
     pub batch_max: NonZeroUsize,
-    /// Longest a message waits for its batch to fill before it is committed.
+    /// Longest a message waits for its batch to fill before it is committed: the longest an MQTT
+    /// device waits for its PUBACK (plus the commit), and how long a polled reading may stay
+    /// undurable. Each durable commit costs the SD card ~30 KiB whatever it carries, so this
+    /// bounds the writes at low rates (at most 1 s).
     #[serde(default = "defaults::batch_delay", with = "humantime_serde")]
     pub batch_delay: Duration,
 }
@@ -39,9 +42,9 @@ mod defaults {
         NonZeroU32::new(1024).expect("1024 is not zero")
     }
     pub fn batch_max() -> NonZeroUsize {
-        NonZeroUsize::new(256).expect("256 is not zero")
+        NonZeroUsize::new(2048).expect("2048 is not zero")
     }
     pub fn batch_delay() -> Duration {
-        Duration::from_millis(20)
+        Duration::from_millis(500)
     }
 }

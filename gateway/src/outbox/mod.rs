@@ -2,20 +2,27 @@
 //!
 //! # Invariants
 //! - **Accepted means durable.** A device gets its PUBACK, and a Modbus reading counts as kept,
-//!   only after [`Outbox::append`] has committed the record with an fsync (redb
-//!   `Durability::Immediate`). Appends are grouped (see `pipeline`): one commit carries a batch,
-//!   so an SD card sees one sync per batch, not per message.
-//! - **Deleted only after the cloud's PUBACK.** The uplink deletes a record once the broker has
-//!   acknowledged it. Deletions are committed without an fsync: after a power cut a few
-//!   acknowledged records may come back and be sent again. Delivery is at least once; every
-//!   message carries a unique `id` for consumers to de-duplicate.
-//! - **Order.** Records are kept in lanes by priority (0 = critical … 3 = low). Within a lane,
+//!   only after [`Outbox::append`] has committed it with an fsync (redb `Durability::Immediate`).
+//!   Appends are grouped (see `pipeline`): one commit carries a batch, stored as one record per
+//!   lane, so an SD card sees one sync and a few pages per batch, not per message. A `kill -9` or
+//!   a power cut therefore loses nothing a device was acknowledged for; a polled reading is
+//!   durable once its batch commits, at most `[outbox].batch_delay` (at most 1 s, default
+//!   500 ms) plus that commit's own time after it was read, and it is lost in a power cut only
+//!   within that window.
+//! - **Deleted only after the cloud's PUBACK, a record at a time.** The uplink acknowledges each
+//!   message ([`Outbox::ack`]); acknowledgements are kept in memory, and a record is deleted once
+//!   every message in it is acknowledged. Deletions are committed without an fsync. So after a
+//!   restart or a power cut, a record some of whose messages were acknowledged is sent again in
+//!   full, and a few deleted records may come back and be sent again. Delivery is at least once;
+//!   every message carries a unique `id` for consumers to de-duplicate.
+//! - **Order.** Messages are kept in lanes by priority (0 = critical … 3 = low). Within a lane,
 //!   keys grow in acceptance order and are sent in that order. Each stream (cloud topic) carries
 //!   its own `seq`, assigned at append and never reused, so consumers can restore per-stream order
 //!   and spot gaps even across lanes and resends.
-//! - **Bounded.** When the stored bytes reach `max_bytes`, appends are refused (the device gets
-//!   no PUBACK and resends later; the refusal is counted and logged). Nothing accepted is ever
-//!   dropped to make room.
+//! - **Bounded.** When the stored bytes (compressed, as on disk) reach `max_bytes`, appends are
+//!   refused (the device gets no PUBACK and resends later; the refusal is counted and logged).
+//!   Within a batch the check counts the messages already taken uncompressed, so it refuses a
+//!   little early, never late. Nothing accepted is ever dropped to make room.
 //! - **A full disk** is refused the same way: the commit fails, nothing of the batch is stored,
 //!   the caller gets [`Error::DiskFull`] (the store reopens itself and writes resume once there is
 //!   room, see [`Store`]). A commit that reported an error may still have reached the file; after
@@ -23,29 +30,42 @@
 //!   the key counter never goes back, so such a record is sent (a device's resend of it too).
 //!
 //! # Keys
-//! A key is `(lane: u8, n: u64)`. `n` comes from one counter shared by all lanes, which starts
-//! above the largest stored `n` when the outbox is opened and only grows. Every outbox write
-//! (append or delete) holds the outbox's writer lock from before its redb write transaction
-//! begins until after it has committed and the in-memory state is updated, so taking numbers
-//! from the counter and committing the records that use them are one step for other writers
-//! (the pipeline, the alert channels and the audit keeper append from different threads): no
-//! two records ever get the same key. A transaction that does not commit leaves its numbers
-//! unused; gaps are harmless, only order matters. As a last guard, an append that finds its key
-//! already taken is not committed and fails with [`Error::OutboxKeyTaken`]; a stored record is
-//! never overwritten.
+//! A stored record's key is `(lane: u8, n: u64)`; a message's key ([`Key`]) adds its place in
+//! the record, `(lane, n, index: u16)`, and orders messages within a lane. `n` comes from one
+//! counter shared by all lanes, which starts above the largest stored `n` when the outbox is
+//! opened and only grows. Every outbox write (append or delete) holds the outbox's writer lock
+//! from before its redb write transaction begins until after it has committed and the in-memory
+//! state is updated, so taking numbers from the counter and committing the records that use them
+//! are one step for other writers (the pipeline, the alert channels and the audit keeper append
+//! from different threads): no two records ever get the same key. A transaction that does not
+//! commit leaves its numbers unused; gaps are harmless, only order matters. As a last guard, an
+//! append that finds its key already taken is not committed and fails with
+//! [`Error::OutboxKeyTaken`]; a stored record is never overwritten, and never rewritten.
 //!
-//! The same lock keeps the record and byte counts and each lane's first record exact, so
-//! [`Outbox::depth`] answers from memory without a read transaction.
+//! The same lock keeps the message and byte counts and each lane's first record exact, so
+//! [`Outbox::depth`] answers from memory without a read transaction. Messages acknowledged in a
+//! record not yet deleted no longer count as waiting; the age of the oldest is that of the first
+//! message of the oldest record.
 //!
 //! # Tables and layout
-//! - `outbox`: key `(lane, n)` as above. Value, version 1:
-//!   `[1u8][accepted_at: u64 BE, ms since epoch][flags: u8, bit 0 = retain][topic_len: u16 BE]
-//!   [topic][payload]`, payload being the exact JSON sent.
+//! - `outbox`: key `(lane, n)` as above. Integers big-endian. Value, version 2 (written since
+//!   issue 15), all the messages one group commit put in one lane:
+//!   `[2u8][compression: u8, 0 = stored, 1 = deflate (RFC 1951, raw)][count: u16, ≥ 1]
+//!   [first_accepted_ms: u64][raw_len: u32][block]`, the block being `raw_len` bytes once
+//!   inflated: `[topic_count: u16]` then per topic `[len: u16][UTF-8]`, then per message
+//!   `[accepted_ms: u64, ms since epoch][flags: u8, bit 0 = retain][topic: u16, index in the
+//!   table][payload_len: u32][payload]`, payload being the exact JSON sent. A commit whose
+//!   messages in a lane pass 1 MiB uncompressed stores them as several records.
+//!   Version 1 (one message per record, written before) is still read and sent:
+//!   `[1u8][accepted_ms: u64][flags: u8][topic_len: u16][topic][payload]`.
 //! - `outbox_seq`: topic → last `seq` given on that stream (u64).
 
 mod config;
 pub use config::OutboxConfig;
 
+mod record;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -54,11 +74,13 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 use crate::store::Store;
+use record::{Message, Summary};
 
 const OUTBOX: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("outbox");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("outbox_seq");
-const VERSION: u8 = 1;
-const HEADER: usize = 1 + 8 + 1 + 2;
+/// Decoded records kept for the uplink, which reads a record's messages a window at a time:
+/// without them every read would inflate the whole record again.
+const DECODED_MAX_BYTES: usize = 4 << 20;
 
 /// Number of priority lanes.
 pub const LANES: usize = 4;
@@ -75,8 +97,17 @@ pub enum Priority {
     Low = 3,
 }
 
-/// A stored record's key.
-pub type Key = (u8, u64);
+/// A message's key: `(lane, n, index)`, its stored record `(lane, n)` and its place in it.
+pub type Key = (u8, u64, u16);
+
+/// A stored record's key: `(lane, n)`.
+type RecordKey = (u8, u64);
+
+/// How far a lane has been read: the key of the last message taken, without its lane.
+pub type Cursor = (u64, u16);
+
+/// A cursor past every message: [`Outbox::read_due`] skips the lane.
+pub const SKIP: Option<Cursor> = Some((u64::MAX, u16::MAX));
 
 /// A message to append. The payload is built once its stream `seq` is known.
 pub struct NewRecord {
@@ -87,14 +118,14 @@ pub struct NewRecord {
     pub payload: Box<dyn FnOnce(u64) -> Vec<u8> + Send>,
 }
 
-/// Where an appended record landed.
+/// Where an appended message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub key: Key,
     pub seq: u64,
 }
 
-/// Why a record was not appended.
+/// Why a message was not appended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     #[error(
@@ -103,7 +134,7 @@ pub enum AppendError {
     Full { bytes: u64, max_bytes: u64 },
 }
 
-/// A stored record.
+/// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub key: Key,
@@ -116,9 +147,11 @@ pub struct Record {
 /// How full the outbox is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Depth {
+    /// Messages not yet acknowledged by the cloud.
     pub records: u64,
+    /// Bytes the stored records take (compressed, as written).
     pub bytes: u64,
-    /// Acceptance time (ms since epoch) of the oldest record, if any.
+    /// Acceptance time (ms since epoch) of the first message of the oldest record, if any.
     pub oldest_ms: Option<u64>,
 }
 
@@ -129,12 +162,95 @@ pub struct Outbox {
     max_bytes: u64,
     /// Held across every outbox write transaction, commit included (see the module docs, Keys).
     writer: Arc<Mutex<Writer>>,
+    /// Messages the cloud acknowledged, by record, until the record is deleted. Never held
+    /// across a commit, so readers do not wait behind an fsync; taken after `writer` when both
+    /// are held.
+    acks: Arc<Mutex<HashMap<RecordKey, Acked>>>,
+    /// Recently written or read records, decoded; taken after `acks` when both are held.
+    decoded: Arc<Mutex<Decoded>>,
     /// What [`Outbox::depth`] reports: a copy the writer refreshes after each commit, so readers
     /// never wait behind a commit's fsync and never open a read transaction.
     published: Arc<Mutex<Depth>>,
     /// Counts committed appends; see [`Outbox::appends`].
     appends: Arc<AtomicU64>,
     ready: Arc<Notify>,
+}
+
+/// Which messages of one record the cloud acknowledged.
+#[derive(Debug, Clone)]
+struct Acked {
+    count: u16,
+    done: Vec<bool>,
+    left: u16,
+}
+
+impl Acked {
+    fn new(count: u16) -> Acked {
+        Acked {
+            count,
+            done: vec![false; usize::from(count)],
+            left: count,
+        }
+    }
+
+    /// Marks `index`; true if it was not acknowledged before.
+    fn mark(&mut self, index: u16) -> bool {
+        match self.done.get_mut(usize::from(index)) {
+            Some(done) if !*done => {
+                *done = true;
+                self.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn has(&self, index: u16) -> bool {
+        self.done.get(usize::from(index)).copied().unwrap_or(false)
+    }
+
+    fn acked(&self) -> u64 {
+        u64::from(self.count - self.left)
+    }
+}
+
+/// Decoded records, oldest first, bounded by their payload bytes. A record is never rewritten
+/// and its key never reused, so a decoded copy stays true until the record is deleted.
+#[derive(Default)]
+struct Decoded {
+    records: VecDeque<(RecordKey, Arc<Vec<Message>>)>,
+    bytes: usize,
+}
+
+impl Decoded {
+    fn get(&self, key: RecordKey) -> Option<Arc<Vec<Message>>> {
+        self.records
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, m)| m.clone())
+    }
+
+    fn insert(&mut self, key: RecordKey, messages: Arc<Vec<Message>>) {
+        self.bytes += weight(&messages);
+        self.records.push_back((key, messages));
+        while self.bytes > DECODED_MAX_BYTES && self.records.len() > 1 {
+            if let Some((_, old)) = self.records.pop_front() {
+                self.bytes -= weight(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: RecordKey) {
+        if let Some(i) = self.records.iter().position(|(k, _)| *k == key)
+            && let Some((_, old)) = self.records.remove(i)
+        {
+            self.bytes -= weight(&old);
+        }
+    }
+}
+
+fn weight(messages: &[Message]) -> usize {
+    messages.iter().map(Message::raw_len).sum()
 }
 
 /// The first record of a lane.
@@ -151,6 +267,7 @@ struct Head {
 struct Writer {
     /// The next key number to hand out, in any lane.
     next: u64,
+    /// Messages stored and not acknowledged.
     records: u64,
     bytes: u64,
     heads: [Option<Head>; LANES],
@@ -173,20 +290,7 @@ impl Writer {
     }
 }
 
-fn encode(accepted_ms: u64, retain: bool, topic: &str, payload: &[u8]) -> Result<Vec<u8>> {
-    let topic_len = u16::try_from(topic.len())
-        .map_err(|_| Error::Invalid(format!("topic longer than 65535 bytes: {topic:.40}…")))?;
-    let mut value = Vec::with_capacity(HEADER + topic.len() + payload.len());
-    value.push(VERSION);
-    value.extend_from_slice(&accepted_ms.to_be_bytes());
-    value.push(u8::from(retain));
-    value.extend_from_slice(&topic_len.to_be_bytes());
-    value.extend_from_slice(topic.as_bytes());
-    value.extend_from_slice(payload);
-    Ok(value)
-}
-
-fn corrupt(key: Key, reason: &str) -> Error {
+fn corrupt(key: RecordKey, reason: &str) -> Error {
     Error::Corrupt {
         table: "outbox".to_owned(),
         key: format!("{key:?}"),
@@ -194,46 +298,18 @@ fn corrupt(key: Key, reason: &str) -> Error {
     }
 }
 
-fn accepted_ms(key: Key, value: &[u8]) -> Result<u64> {
-    if value.len() < HEADER {
-        return Err(corrupt(key, "shorter than its header"));
-    }
-    if value[0] != VERSION {
-        return Err(corrupt(key, "unknown record version"));
-    }
-    let bytes = value[1..9].try_into().map_err(|_| corrupt(key, "header"))?;
-    Ok(u64::from_be_bytes(bytes))
-}
-
-fn decode(key: Key, value: &[u8]) -> Result<Record> {
-    let accepted_ms = accepted_ms(key, value)?;
-    let retain = value[9] & 1 == 1;
-    let topic_len = usize::from(u16::from_be_bytes([value[10], value[11]]));
-    let rest = &value[HEADER..];
-    if rest.len() < topic_len {
-        return Err(corrupt(key, "topic runs past the end"));
-    }
-    let topic = std::str::from_utf8(&rest[..topic_len])
-        .map_err(|_| corrupt(key, "topic is not UTF-8"))?
-        .to_owned();
-    Ok(Record {
-        key,
-        accepted_ms,
-        retain,
-        topic,
-        payload: rest[topic_len..].to_vec(),
-    })
-}
-
-fn head(key: Key, value: &[u8]) -> Head {
+fn head(key: RecordKey, value: &[u8]) -> Head {
     Head {
         n: key.1,
-        accepted_ms: accepted_ms(key, value).ok(),
+        accepted_ms: record::summary(value).ok().map(|s| s.first_accepted_ms),
     }
 }
 
 /// The first record of `lane`, if any.
-fn first_in_lane(table: &impl ReadableTable<Key, &'static [u8]>, lane: u8) -> Result<Option<Head>> {
+fn first_in_lane(
+    table: &impl ReadableTable<RecordKey, &'static [u8]>,
+    lane: u8,
+) -> Result<Option<Head>> {
     match table.range((lane, 0)..=(lane, u64::MAX))?.next() {
         Some(entry) => {
             let (key, value) = entry?;
@@ -243,29 +319,9 @@ fn first_in_lane(table: &impl ReadableTable<Key, &'static [u8]>, lane: u8) -> Re
     }
 }
 
-/// Up to `limit` records of `lane` with key numbers after `after` (from the start when `None`),
-/// appended to `out`.
-fn take_lane(
-    table: &impl ReadableTable<Key, &'static [u8]>,
-    lane: u8,
-    after: Option<u64>,
-    limit: usize,
-    out: &mut Vec<Record>,
-) -> Result<()> {
-    let start = match after {
-        None => 0,
-        Some(u64::MAX) => return Ok(()),
-        Some(n) => n + 1,
-    };
-    for entry in table.range((lane, start)..=(lane, u64::MAX))?.take(limit) {
-        let (key, value) = entry?;
-        out.push(decode(key.value(), value.value())?);
-    }
-    Ok(())
-}
-
-/// Counts what the outbox holds, in one read transaction.
-fn count(store: &Store) -> Result<Writer> {
+/// Counts what the outbox holds, in one read transaction; messages in `acks` are not counted
+/// as waiting, and acknowledgements of records no longer stored are forgotten.
+fn count(store: &Store, acks: &mut HashMap<RecordKey, Acked>) -> Result<Writer> {
     // Read before the transaction: if the store is reopened meanwhile, the figures are
     // counted again at the next write.
     let generation = store.generation();
@@ -279,19 +335,29 @@ fn count(store: &Store) -> Result<Writer> {
         };
         let table = match txn.open_table(OUTBOX) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(writer),
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                acks.clear();
+                return Ok(writer);
+            }
             Err(e) => return Err(e.into()),
         };
+        let mut present = std::collections::HashSet::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
             let key = key.value();
+            let value = value.value();
             writer.next = writer.next.max(key.1 + 1);
-            writer.records += 1;
-            writer.bytes += value.value().len() as u64;
+            // An unreadable record counts as one message: it is reported when it is read.
+            let count = record::summary(value).map_or(1, |s| u64::from(s.count));
+            let acked = acks.get(&key).map_or(0, Acked::acked);
+            writer.records += count.saturating_sub(acked);
+            writer.bytes += value.len() as u64;
             if let Some(slot) = writer.heads.get_mut(usize::from(key.0)) {
-                slot.get_or_insert_with(|| head(key, value.value()));
+                slot.get_or_insert_with(|| head(key, value));
             }
+            present.insert(key);
         }
+        acks.retain(|key, _| present.contains(key));
         Ok(writer)
     })
 }
@@ -302,15 +368,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The messages of one record being written, with where each came from in the batch.
+#[derive(Default)]
+struct Open {
+    messages: Vec<Message>,
+    /// Per message, its index in the batch.
+    from: Vec<usize>,
+    raw: usize,
+}
+
+/// A record ready to be inserted.
+struct Sealed {
+    messages: Vec<Message>,
+    from: Vec<usize>,
+}
+
 impl Outbox {
     /// Opens the outbox in `store`, counting what it holds.
     pub fn open(store: Store, max_bytes: u64) -> Result<Outbox> {
-        let writer = count(&store)?;
+        let mut acks = HashMap::new();
+        let writer = count(&store, &mut acks)?;
         Ok(Outbox {
             store,
             max_bytes,
             published: Arc::new(Mutex::new(writer.depth())),
             writer: Arc::new(Mutex::new(writer)),
+            acks: Arc::new(Mutex::new(acks)),
+            decoded: Arc::new(Mutex::new(Decoded::default())),
             appends: Arc::new(AtomicU64::new(0)),
             ready: Arc::new(Notify::new()),
         })
@@ -322,7 +406,7 @@ impl Outbox {
     fn writer(&self) -> Result<MutexGuard<'_, Writer>> {
         let mut writer = lock(&self.writer);
         if writer.generation != self.store.generation() {
-            let mut fresh = count(&self.store)?;
+            let mut fresh = count(&self.store, &mut lock(&self.acks))?;
             fresh.next = fresh.next.max(writer.next);
             *writer = fresh;
             *lock(&self.published) = writer.depth();
@@ -330,14 +414,14 @@ impl Outbox {
         Ok(writer)
     }
 
-    /// Appends `batch` in one durable transaction. Each record is appended or refused on its own
+    /// Appends `batch` in one durable transaction. Each message is appended or refused on its own
     /// (a full outbox refuses the rest of the batch); an `Err` means nothing was appended.
     pub fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Result<Appended, AppendError>>> {
         self.append_with(batch, |_, _| Ok(()))
     }
 
     /// Like [`Outbox::append`], and runs `also` in the same transaction, after the records, with
-    /// what became of each of them: what it writes (audit entries for the appended events) is
+    /// what became of each message: what it writes (audit entries for the appended events) is
     /// durable together with them or not at all. An `Err` from `also` writes nothing.
     pub fn append_with(
         &self,
@@ -346,14 +430,16 @@ impl Outbox {
     ) -> Result<Vec<Result<Appended, AppendError>>> {
         let mut writer = self.writer()?;
         let writer = &mut *writer;
-        let (out, added_records, added_bytes, new_heads) = self.store.write(|txn| {
+        let (out, added_records, added_bytes, new_heads, written) = self.store.write(|txn| {
             let mut table = txn.open_table(OUTBOX)?;
             let mut seqs = txn.open_table(SEQ)?;
             let mut out = Vec::with_capacity(batch.len());
-            let (mut added_records, mut added_bytes) = (0u64, 0u64);
-            let mut new_heads = writer.heads;
+            // Per lane, the record being filled and those already full.
+            let mut open: [Open; LANES] = Default::default();
+            let mut sealed: Vec<(u8, Sealed)> = Vec::new();
+            let mut taken = 0u64;
             for record in batch {
-                let stored = writer.bytes + added_bytes;
+                let stored = writer.bytes + taken;
                 if stored >= self.max_bytes {
                     out.push(Err(AppendError::Full {
                         bytes: stored,
@@ -363,11 +449,57 @@ impl Outbox {
                 }
                 let seq = seqs.get(record.topic.as_str())?.map_or(0, |s| s.value()) + 1;
                 seqs.insert(record.topic.as_str(), seq)?;
-                let payload = (record.payload)(seq);
-                let value = encode(record.accepted_ms, record.retain, &record.topic, &payload)?;
+                let message = Message {
+                    accepted_ms: record.accepted_ms,
+                    retain: record.retain,
+                    topic: record.topic.into(),
+                    payload: (record.payload)(seq),
+                };
+                let lane = record.priority as u8;
+                let filling = &mut open[usize::from(lane)];
+                if !filling.messages.is_empty()
+                    && (filling.raw + message.raw_len() > record::RECORD_RAW_MAX
+                        || filling.messages.len() >= record::RECORD_COUNT_MAX)
+                {
+                    let full = std::mem::take(filling);
+                    sealed.push((
+                        lane,
+                        Sealed {
+                            messages: full.messages,
+                            from: full.from,
+                        },
+                    ));
+                }
+                taken += message.raw_len() as u64;
+                filling.raw += message.raw_len();
+                filling.from.push(out.len());
+                filling.messages.push(message);
+                // The key is known once the record is sealed.
+                out.push(Ok(Appended {
+                    key: (lane, 0, 0),
+                    seq,
+                }));
+            }
+            for (lane, filling) in (0u8..).zip(open) {
+                if !filling.messages.is_empty() {
+                    sealed.push((
+                        lane,
+                        Sealed {
+                            messages: filling.messages,
+                            from: filling.from,
+                        },
+                    ));
+                }
+            }
+            // Within a lane records were sealed in batch order; keys follow that order.
+            sealed.sort_by_key(|(lane, _)| *lane);
+            let (mut added_records, mut added_bytes) = (0u64, 0u64);
+            let mut new_heads = writer.heads;
+            let mut written = Vec::with_capacity(sealed.len());
+            for (lane, sealed) in sealed {
+                let value = record::encode(&sealed.messages)?;
                 // Taken from the counter now, under the writer lock: if this transaction does
                 // not commit the number is simply never used.
-                let lane = record.priority as u8;
                 let key = (lane, writer.next);
                 writer.next += 1;
                 if table.insert(key, value.as_slice())?.is_some() {
@@ -383,20 +515,31 @@ impl Outbox {
                 }
                 new_heads[usize::from(lane)].get_or_insert(Head {
                     n: key.1,
-                    accepted_ms: Some(record.accepted_ms),
+                    accepted_ms: Some(sealed.messages[0].accepted_ms),
                 });
+                for (index, from) in (0u16..).zip(&sealed.from) {
+                    if let Some(Ok(appended)) = out.get_mut(*from) {
+                        appended.key = (lane, key.1, index);
+                    }
+                }
                 added_bytes += value.len() as u64;
-                added_records += 1;
-                out.push(Ok(Appended { key, seq }));
+                added_records += sealed.messages.len() as u64;
+                written.push((key, Arc::new(sealed.messages)));
             }
             drop((table, seqs));
             also(txn, &out)?;
-            Ok((out, added_records, added_bytes, new_heads))
+            Ok((out, added_records, added_bytes, new_heads, written))
         })?;
         writer.records += added_records;
         writer.bytes += added_bytes;
         writer.heads = new_heads;
         *lock(&self.published) = writer.depth();
+        {
+            let mut decoded = lock(&self.decoded);
+            for (key, messages) in written {
+                decoded.insert(key, messages);
+            }
+        }
         if added_records > 0 {
             self.appends.fetch_add(1, Ordering::Release);
             self.ready.notify_one();
@@ -404,76 +547,179 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Up to `limit` records of `lane` with keys after `after` (from the start when `None`).
-    pub fn read_after(&self, lane: u8, after: Option<u64>, limit: usize) -> Result<Vec<Record>> {
-        let mut cursors = [Some(u64::MAX); LANES];
+    /// Up to `limit` messages of `lane` after `after` (from the start when `None`) that the cloud
+    /// has not acknowledged.
+    pub fn read_after(&self, lane: u8, after: Option<Cursor>, limit: usize) -> Result<Vec<Record>> {
+        let mut cursors = [SKIP; LANES];
         if let Some(cursor) = cursors.get_mut(usize::from(lane)) {
             *cursor = after;
         }
         self.read_due(&cursors, limit)
     }
 
-    /// The records due next, in one read transaction: up to `limit` of them, lane by lane in
+    /// The messages due next, in one read transaction: up to `limit` of them, lane by lane in
     /// priority order (critical first), each lane's in key order after its cursor (`None`: from
-    /// the lane's start; `Some(u64::MAX)`: skip the lane).
-    pub fn read_due(&self, cursors: &[Option<u64>; LANES], limit: usize) -> Result<Vec<Record>> {
+    /// the lane's start; [`SKIP`]: skip the lane), leaving out those the cloud acknowledged.
+    pub fn read_due(&self, cursors: &[Option<Cursor>; LANES], limit: usize) -> Result<Vec<Record>> {
         self.store.read(|txn| {
             let table = match txn.open_table(OUTBOX) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(e) => return Err(e.into()),
             };
+            let acks = lock(&self.acks);
+            let mut decoded = lock(&self.decoded);
             let mut out = Vec::new();
             for (lane, cursor) in (0u8..).zip(cursors) {
-                let room = limit - out.len();
-                if room == 0 {
+                if out.len() >= limit {
                     break;
                 }
-                take_lane(&table, lane, *cursor, room, &mut out)?;
+                if *cursor == SKIP {
+                    continue;
+                }
+                let (start, after) = match cursor {
+                    None => (0, None),
+                    Some((n, index)) => (*n, Some((*n, *index))),
+                };
+                for entry in table.range((lane, start)..=(lane, u64::MAX))? {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (key, value) = entry?;
+                    let key = key.value();
+                    let messages = match decoded.get(key) {
+                        Some(messages) => messages,
+                        None => {
+                            let messages = Arc::new(
+                                record::decode(value.value()).map_err(|why| corrupt(key, why))?,
+                            );
+                            decoded.insert(key, messages.clone());
+                            messages
+                        }
+                    };
+                    let acked = acks.get(&key);
+                    for (index, message) in (0u16..).zip(messages.iter()) {
+                        if out.len() >= limit {
+                            break;
+                        }
+                        if after.is_some_and(|(n, i)| key.1 == n && index <= i)
+                            || acked.is_some_and(|a| a.has(index))
+                        {
+                            continue;
+                        }
+                        out.push(Record {
+                            key: (lane, key.1, index),
+                            accepted_ms: message.accepted_ms,
+                            retain: message.retain,
+                            topic: message.topic.to_string(),
+                            payload: message.payload.clone(),
+                        });
+                    }
+                }
             }
             Ok(out)
         })
     }
 
-    /// Deletes acknowledged records. Not fsynced (see the module docs).
-    pub fn delete(&self, keys: &[Key]) -> Result<()> {
+    /// Records that the cloud acknowledged these messages, and deletes every record all of whose
+    /// messages are now acknowledged. Not fsynced (see the module docs). Keys of messages that
+    /// are not stored (acknowledged before, or deleted) are ignored.
+    pub fn ack(&self, keys: &[Key]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut writer = self.writer()?;
         let writer = &mut *writer;
-        let (removed, freed, heads) = self.store.write_lazy(|txn| {
-            let mut table = txn.open_table(OUTBOX)?;
-            let (mut removed, mut freed) = (0u64, 0u64);
-            let mut heads = writer.heads;
-            let mut moved = [false; LANES];
-            for key in keys {
-                if let Some(value) = table.remove(*key)? {
-                    removed += 1;
-                    freed += value.value().len() as u64;
-                    let lane = usize::from(key.0);
-                    if heads.get(lane).copied().flatten().map(|h| h.n) == Some(key.1) {
-                        moved[lane] = true;
+        // The size of records acknowledged for the first time, read from their headers.
+        let unknown: Vec<RecordKey> = {
+            let acks = lock(&self.acks);
+            let mut unknown: Vec<RecordKey> = keys
+                .iter()
+                .map(|k| (k.0, k.1))
+                .filter(|k| !acks.contains_key(k))
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            unknown
+        };
+        let summaries: Vec<(RecordKey, Summary)> = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.store.read(|txn| {
+                let table = match txn.open_table(OUTBOX) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut found = Vec::new();
+                for key in unknown {
+                    if let Some(value) = table.get(key)? {
+                        let summary =
+                            record::summary(value.value()).map_err(|why| corrupt(key, why))?;
+                        found.push((key, summary));
                     }
                 }
+                Ok(found)
+            })?
+        };
+        let complete: Vec<RecordKey> = {
+            let mut acks = lock(&self.acks);
+            for (key, summary) in summaries {
+                acks.insert(key, Acked::new(summary.count));
             }
-            // A lane's first record went: its next one, if any, is now the first.
-            for (lane, slot) in (0u8..).zip(heads.iter_mut()) {
-                if moved[usize::from(lane)] {
-                    *slot = first_in_lane(&table, lane)?;
+            let mut newly = 0u64;
+            for key in keys {
+                if let Some(acked) = acks.get_mut(&(key.0, key.1))
+                    && acked.mark(key.2)
+                {
+                    newly += 1;
                 }
             }
-            Ok((removed, freed, heads))
-        })?;
-        writer.records = writer.records.saturating_sub(removed);
-        writer.bytes = writer.bytes.saturating_sub(freed);
-        writer.heads = heads;
+            writer.records = writer.records.saturating_sub(newly);
+            // Every finished record, including any whose delete failed before.
+            acks.iter()
+                .filter(|(_, a)| a.left == 0)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        if !complete.is_empty() {
+            let (freed, heads) = self.store.write_lazy(|txn| {
+                let mut table = txn.open_table(OUTBOX)?;
+                let mut freed = 0u64;
+                let mut heads = writer.heads;
+                let mut moved = [false; LANES];
+                for key in &complete {
+                    if let Some(value) = table.remove(*key)? {
+                        freed += value.value().len() as u64;
+                        let lane = usize::from(key.0);
+                        if heads.get(lane).copied().flatten().map(|h| h.n) == Some(key.1) {
+                            moved[lane] = true;
+                        }
+                    }
+                }
+                // A lane's first record went: its next one, if any, is now the first.
+                for (lane, slot) in (0u8..).zip(heads.iter_mut()) {
+                    if moved[usize::from(lane)] {
+                        *slot = first_in_lane(&table, lane)?;
+                    }
+                }
+                Ok((freed, heads))
+            })?;
+            writer.bytes = writer.bytes.saturating_sub(freed);
+            writer.heads = heads;
+            let mut acks = lock(&self.acks);
+            let mut decoded = lock(&self.decoded);
+            for key in complete {
+                acks.remove(&key);
+                decoded.remove(key);
+            }
+        }
         *lock(&self.published) = writer.depth();
         Ok(())
     }
 
-    /// How many records wait, their size, and the age of the oldest. Reads no transaction: the
-    /// figures are kept up to date by every append and delete.
+    /// How many messages wait, the size of their records, and the age of the oldest. Reads no
+    /// transaction: the figures are kept up to date by every append and acknowledgement.
     pub fn depth(&self) -> Result<Depth> {
         Ok(*lock(&self.published))
     }

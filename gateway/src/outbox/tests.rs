@@ -23,6 +23,54 @@ fn ok(results: Vec<Result<Appended, AppendError>>) -> Vec<Appended> {
     results.into_iter().map(Result::unwrap).collect()
 }
 
+fn message(accepted_ms: u64, topic: &str, payload: &[u8]) -> Message {
+    Message {
+        accepted_ms,
+        retain: false,
+        topic: topic.into(),
+        payload: payload.to_vec(),
+    }
+}
+
+/// Every stored record as written: key and value bytes.
+fn raw_records(outbox: &Outbox) -> Vec<(RecordKey, Vec<u8>)> {
+    outbox
+        .store
+        .read(|txn| {
+            let table = match txn.open_table(OUTBOX) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .unwrap()
+}
+
+/// The bytes the stored records take.
+fn stored_bytes(outbox: &Outbox) -> u64 {
+    raw_records(outbox)
+        .iter()
+        .map(|(_, v)| v.len() as u64)
+        .sum()
+}
+
+/// Writes `value` at `key` as it is, as an older rxgate (or damage) would have left it.
+fn plant(outbox: &Outbox, key: RecordKey, value: &[u8]) {
+    outbox
+        .store
+        .write(|txn| {
+            txn.open_table(OUTBOX)?.insert(key, value)?;
+            Ok(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn appended_records_read_back_in_order_with_per_stream_seq() {
     let (_dir, outbox) = outbox(u64::MAX);
@@ -42,7 +90,11 @@ fn appended_records_read_back_in_order_with_per_stream_seq() {
     assert_eq!(read[2].topic, "t/a");
     assert_eq!(read[2].payload, br#"{"seq":2,"b":"3"}"#);
     let after_first = outbox
-        .read_after(Priority::Normal as u8, Some(read[0].key.1), 10)
+        .read_after(
+            Priority::Normal as u8,
+            Some((read[0].key.1, read[0].key.2)),
+            10,
+        )
         .unwrap();
     assert_eq!(after_first.len(), 2);
 }
@@ -81,7 +133,7 @@ fn lanes_are_separate_and_seq_continues_across_them() {
 }
 
 #[test]
-fn deleted_records_are_gone_and_depth_follows() {
+fn acknowledged_messages_are_not_read_again_and_depth_follows() {
     let (_dir, outbox) = outbox(u64::MAX);
     let appended = ok(outbox
         .append(
@@ -91,7 +143,7 @@ fn deleted_records_are_gone_and_depth_follows() {
         )
         .unwrap());
     assert_eq!(outbox.depth().unwrap().records, 5);
-    outbox.delete(&[appended[0].key, appended[1].key]).unwrap();
+    outbox.ack(&[appended[0].key, appended[1].key]).unwrap();
     let depth = outbox.depth().unwrap();
     assert_eq!(depth.records, 3);
     assert_eq!(depth.oldest_ms, Some(1_700_000_000_000));
@@ -161,7 +213,10 @@ fn a_corrupt_record_is_reported_not_panicked_on() {
         })
         .unwrap();
     let err = outbox.read_after(2, None, 10).unwrap_err();
-    assert!(err.to_string().contains("outbox"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "store record outbox/(2, 7) is unreadable: unknown record version"
+    );
 }
 
 #[test]
@@ -171,7 +226,7 @@ fn an_append_that_finds_its_key_taken_writes_nothing_and_the_next_one_succeeds()
         .append(vec![record(Priority::Normal, "t", "a")])
         .unwrap());
     // A record the counter does not know of, at the very next key.
-    let planted = encode(1, false, "planted", b"kept").unwrap();
+    let planted = record::encode_v1(&message(1, "planted", b"kept"));
     outbox
         .store
         .write(|txn| {
@@ -204,7 +259,7 @@ fn an_append_that_finds_its_key_taken_writes_nothing_and_the_next_one_succeeds()
     let again = ok(outbox
         .append(vec![record(Priority::Normal, "t", "b")])
         .unwrap());
-    assert_eq!(again[0].key, (2, first[0].key.1 + 2));
+    assert_eq!(again[0].key, (2, first[0].key.1 + 2, 0));
     assert_eq!(again[0].seq, 2, "the refused batch used no seq");
 }
 
@@ -225,11 +280,13 @@ fn depth_reports_the_oldest_first_record_of_any_lane_without_reading() {
         .unwrap());
     // Lane order decides what is first in a lane, not the timestamp.
     assert_eq!(outbox.depth().unwrap().oldest_ms, Some(3_000));
-    outbox.delete(&[appended[0].key]).unwrap();
-    assert_eq!(outbox.depth().unwrap().oldest_ms, Some(1_000));
-    outbox.delete(&[appended[2].key]).unwrap();
+    // The low lane's record holds both of its messages: it goes when both are acknowledged.
+    outbox.ack(&[appended[0].key]).unwrap();
+    assert_eq!(outbox.depth().unwrap().oldest_ms, Some(3_000));
+    assert_eq!(outbox.depth().unwrap().records, 2);
+    outbox.ack(&[appended[2].key]).unwrap();
     assert_eq!(outbox.depth().unwrap().oldest_ms, Some(5_000));
-    outbox.delete(&[appended[1].key]).unwrap();
+    outbox.ack(&[appended[1].key]).unwrap();
     assert_eq!(outbox.depth().unwrap(), Depth::default());
 }
 
@@ -252,7 +309,8 @@ fn read_due_takes_lanes_in_priority_order_after_each_cursor_up_to_the_limit() {
         [3, 1, 2, 0, 4].map(|i| appended[i].key),
         "critical, then high, then low"
     );
-    let cursors = [None, Some(appended[1].key.1), None, Some(appended[0].key.1)];
+    let cursor = |i: usize| Some((appended[i].key.1, appended[i].key.2));
+    let cursors = [None, cursor(1), None, cursor(0)];
     assert_eq!(
         keys(outbox.read_due(&cursors, 10).unwrap()),
         [3, 2, 4].map(|i| appended[i].key)
@@ -396,11 +454,9 @@ fn four_threads_appending_ten_thousand_records_at_once_get_unique_keys_and_lose_
     assert_eq!(stored.len(), THREADS * BATCHES * PER_BATCH);
     let depth = outbox.depth().unwrap();
     assert_eq!(depth.records, stored.len() as u64);
-    let bytes: usize = stored
-        .values()
-        .map(|r| HEADER + r.topic.len() + r.payload.len())
-        .sum();
-    assert_eq!(depth.bytes, bytes as u64);
+    assert_eq!(depth.bytes, stored_bytes(&outbox));
+    // Each batch of ten spreads over all four lanes: one record per lane and batch.
+    assert_eq!(raw_records(&outbox).len(), THREADS * BATCHES * LANES);
 }
 
 #[derive(Debug, Clone)]
@@ -422,8 +478,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Against a model: whatever the interleaving of appends, acknowledgements and restarts,
-    /// nothing accepted is lost, nothing acknowledged comes back, lanes keep FIFO order, and each
-    /// stream's seq grows by one per record.
+    /// nothing accepted is lost, nothing acknowledged comes back except after a restart the
+    /// messages of a record not wholly acknowledged, lanes keep FIFO order, and each stream's seq
+    /// grows by one per message.
     #[test]
     fn outbox_matches_a_model_across_appends_acks_and_restarts(ops in prop::collection::vec(op(), 1..25)) {
         let dir = tempfile::tempdir().unwrap();
@@ -431,6 +488,8 @@ proptest! {
         let mut outbox = Some(Outbox::open(Store::create(&path).unwrap(), u64::MAX).unwrap());
         let mut model: [Vec<(Key, String, u64)>; LANES] = Default::default();
         let mut last_seq: std::collections::HashMap<String, u64> = Default::default();
+        // Acknowledged since the last restart.
+        let mut acked: Vec<(Key, String, u64)> = Vec::new();
         for op in ops {
             let ob = outbox.as_ref().unwrap();
             match op {
@@ -452,13 +511,30 @@ proptest! {
                 Op::AckOldest(n) => {
                     for lane in model.iter_mut() {
                         let take = n.min(lane.len());
-                        let keys: Vec<Key> = lane.drain(..take).map(|(k, _, _)| k).collect();
-                        ob.delete(&keys).unwrap();
+                        let taken: Vec<(Key, String, u64)> = lane.drain(..take).collect();
+                        let keys: Vec<Key> = taken.iter().map(|(k, _, _)| *k).collect();
+                        ob.ack(&keys).unwrap();
+                        acked.extend(taken);
                     }
                 }
                 Op::Reopen => {
                     drop(outbox.take());
                     outbox = Some(Outbox::open(Store::open(&path).unwrap(), u64::MAX).unwrap());
+                    // Acknowledgements live in memory: a record not wholly acknowledged comes
+                    // back in full, in its place.
+                    let records: std::collections::HashSet<(u8, u64)> = model
+                        .iter()
+                        .flatten()
+                        .map(|(k, _, _)| (k.0, k.1))
+                        .collect();
+                    for (key, topic, seq) in acked.drain(..) {
+                        if records.contains(&(key.0, key.1)) {
+                            model[usize::from(key.0)].push((key, topic, seq));
+                        }
+                    }
+                    for lane in model.iter_mut() {
+                        lane.sort_by_key(|(k, _, _)| *k);
+                    }
                 }
             }
             let ob = outbox.as_ref().unwrap();
@@ -500,7 +576,7 @@ proptest! {
                         std::thread::yield_now();
                         continue;
                     }
-                    outbox.delete(&due.iter().map(|r| r.key).collect::<Vec<_>>()).unwrap();
+                    outbox.ack(&due.iter().map(|r| r.key).collect::<Vec<_>>()).unwrap();
                     acked.extend(due);
                 }
             })
@@ -521,14 +597,327 @@ proptest! {
         prop_assert_eq!(found.len(), sent.iter().map(Vec::len).sum::<usize>());
         for mine in &sent {
             for lane in 0..LANES as u8 {
-                let ns: Vec<u64> = mine.iter().filter(|s| s.appended.key.0 == lane).map(|s| s.appended.key.1).collect();
+                let ns: Vec<(u64, u16)> = mine.iter().filter(|s| s.appended.key.0 == lane).map(|s| (s.appended.key.1, s.appended.key.2)).collect();
                 prop_assert!(ns.windows(2).all(|w| w[0] < w[1]), "lane {} out of order: {:?}", lane, ns);
             }
         }
         let depth = outbox.depth().unwrap();
         prop_assert_eq!(depth.records, left.len() as u64);
-        let bytes: usize = left.values().map(|r| HEADER + r.topic.len() + r.payload.len()).sum();
-        prop_assert_eq!(depth.bytes, bytes as u64);
+        prop_assert_eq!(depth.bytes, stored_bytes(&outbox));
         prop_assert_eq!(depth.oldest_ms, left.values().next().map(|r| r.accepted_ms));
+    }
+}
+
+/// A cloud message as the pipeline builds it: repeated keys, a random id, a drifting value.
+fn telemetry(device: usize, n: usize) -> NewRecord {
+    NewRecord {
+        priority: Priority::Normal,
+        topic: format!("rxgate/v1/store-0042/devices/bench-{device:03}/telemetry"),
+        retain: false,
+        accepted_ms: 1_765_000_000_000 + n as u64,
+        payload: Box::new(move |seq| {
+            let id = envelope_id(device, n);
+            format!(
+                r#"{{"id":"{id}","seq":{seq},"site":"store-0042","device":"bench-{device:03}","type":"telemetry","device_ts":null,"gateway_ts":"2026-12-07T14:20:{:02}.{:03}Z","clock_synced":true,"points":{{"temperature_c":{{"value":{}.{}}}}}}}"#,
+                n % 60,
+                n * 7 % 1000,
+                4 + n % 3,
+                n % 10
+            )
+            .into_bytes()
+        }),
+    }
+}
+
+fn envelope_id(device: usize, n: usize) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    let mut x = (device as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n as u64;
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+#[test]
+fn a_batch_is_stored_as_one_compressed_record_per_lane_and_read_back_message_by_message() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    let mut batch: Vec<NewRecord> = (0..200).map(|i| telemetry(i % 100, i)).collect();
+    batch.push(record(Priority::Critical, "alerts", "door"));
+    let appended = ok(outbox.append(batch).unwrap());
+    let records = raw_records(&outbox);
+    assert_eq!(
+        records.iter().map(|(k, _)| k.0).collect::<Vec<_>>(),
+        [Priority::Critical as u8, Priority::Normal as u8],
+        "one record per lane the batch used"
+    );
+    assert_eq!(appended[200].key, (0, records[0].0.1, 0));
+    assert_eq!(appended[199].key, (2, records[1].0.1, 199));
+    let normal = &records[1].1;
+    assert_eq!(normal[..2], [record::V2, 1], "version 2, deflated");
+    let read = outbox
+        .read_after(Priority::Normal as u8, None, 1000)
+        .unwrap();
+    let raw: usize = read.iter().map(|r| r.payload.len() + r.topic.len()).sum();
+    assert_eq!(read.len(), 200);
+    assert_eq!(
+        read.iter().map(|r| r.key).collect::<Vec<_>>(),
+        appended[..200].iter().map(|a| a.key).collect::<Vec<_>>()
+    );
+    let first: serde_json::Value = serde_json::from_slice(&read[0].payload).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert_eq!(first["id"], envelope_id(0, 0).to_string());
+    // Keys repeat inside a batch; a random id per message is what stays.
+    let per_message = normal.len() / 200;
+    assert!(
+        per_message < 80 && normal.len() * 4 < raw,
+        "{per_message} bytes a message stored, {} raw",
+        raw / 200
+    );
+    assert_eq!(outbox.depth().unwrap().bytes, stored_bytes(&outbox));
+    assert_eq!(outbox.depth().unwrap().records, 201);
+}
+
+#[test]
+fn a_record_is_deleted_once_every_message_in_it_is_acknowledged_in_any_order() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    let appended = ok(outbox
+        .append(
+            (0..4)
+                .map(|i| record(Priority::Normal, "t", &i.to_string()))
+                .collect(),
+        )
+        .unwrap());
+    outbox.ack(&[appended[3].key, appended[1].key]).unwrap();
+    assert_eq!(raw_records(&outbox).len(), 1, "two messages still wait");
+    assert_eq!(
+        outbox
+            .read_after(2, None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.key)
+            .collect::<Vec<_>>(),
+        [appended[0].key, appended[2].key]
+    );
+    // An acknowledgement that comes twice (a duplicate PUBACK) counts once.
+    outbox.ack(&[appended[1].key]).unwrap();
+    assert_eq!(outbox.depth().unwrap().records, 2);
+    outbox.ack(&[appended[0].key, appended[2].key]).unwrap();
+    assert!(raw_records(&outbox).is_empty());
+    assert_eq!(outbox.depth().unwrap(), Depth::default());
+    // The key of a deleted record is ignored.
+    outbox.ack(&[appended[0].key]).unwrap();
+}
+
+#[test]
+fn partial_acks_are_kept_in_memory_so_a_restart_resends_the_unfinished_record_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let (done, unfinished) = {
+        let outbox = Outbox::open(Store::create(&path).unwrap(), u64::MAX).unwrap();
+        let done = ok(outbox
+            .append(
+                (0..3)
+                    .map(|i| record(Priority::Normal, "t", &format!("a{i}")))
+                    .collect(),
+            )
+            .unwrap());
+        let unfinished = ok(outbox
+            .append(
+                (0..3)
+                    .map(|i| record(Priority::Normal, "t", &format!("b{i}")))
+                    .collect(),
+            )
+            .unwrap());
+        let mut keys: Vec<Key> = done.iter().map(|a| a.key).collect();
+        keys.push(unfinished[0].key);
+        keys.push(unfinished[1].key);
+        outbox.ack(&keys).unwrap();
+        assert_eq!(outbox.depth().unwrap().records, 1);
+        (done, unfinished)
+    };
+    let outbox = Outbox::open(Store::open(&path).unwrap(), u64::MAX).unwrap();
+    let read = outbox.read_after(2, None, 10).unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.key).collect::<Vec<_>>(),
+        unfinished.iter().map(|a| a.key).collect::<Vec<_>>(),
+        "the finished record stays deleted; the unfinished one comes back whole"
+    );
+    assert_eq!(read[0].payload, br#"{"seq":4,"b":"b0"}"#);
+    assert!(
+        read.iter()
+            .all(|r| (r.key.0, r.key.1) != (done[0].key.0, done[0].key.1))
+    );
+    assert_eq!(outbox.depth().unwrap().records, 3);
+    let next = ok(outbox
+        .append(vec![record(Priority::Normal, "t", "c")])
+        .unwrap());
+    assert_eq!(next[0].seq, 7, "seqs are never reused, resent or not");
+}
+
+#[test]
+fn version_1_records_written_before_the_upgrade_are_counted_sent_in_order_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        // What the previous release left: one message per record, and the stream's last seq.
+        let store = Store::create(&path).unwrap();
+        store
+            .write(|txn| {
+                let mut table = txn.open_table(OUTBOX)?;
+                for (n, body) in [(4u64, "old-1"), (9, "old-2")] {
+                    let mut m = message(1_600_000_000_000 + n, "t", body.as_bytes());
+                    m.retain = n == 9;
+                    table.insert((2, n), record::encode_v1(&m).as_slice())?;
+                }
+                let v1 = record::encode_v1(&message(1_500_000_000_000, "alerts", b"old-alert"));
+                table.insert((0, 3), v1.as_slice())?;
+                txn.open_table(SEQ)?.insert("t", 2)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let outbox = Outbox::open(Store::open(&path).unwrap(), u64::MAX).unwrap();
+    let depth = outbox.depth().unwrap();
+    assert_eq!(
+        (depth.records, depth.oldest_ms),
+        (3, Some(1_500_000_000_000))
+    );
+    let new = ok(outbox
+        .append(vec![record(Priority::Normal, "t", "new")])
+        .unwrap());
+    assert_eq!(new[0].seq, 3);
+    assert_eq!(new[0].key, (2, 10, 0), "after the largest stored key");
+    let due = outbox.read_due(&[None; LANES], 10).unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|r| (r.key, r.payload.as_slice(), r.retain))
+            .collect::<Vec<_>>(),
+        [
+            ((0, 3, 0), b"old-alert".as_slice(), false),
+            ((2, 4, 0), b"old-1".as_slice(), false),
+            ((2, 9, 0), b"old-2".as_slice(), true),
+            ((2, 10, 0), br#"{"seq":3,"b":"new"}"#.as_slice(), false),
+        ]
+    );
+    assert_eq!(due[1].accepted_ms, 1_600_000_000_004);
+    outbox
+        .ack(&due.iter().map(|r| r.key).collect::<Vec<_>>())
+        .unwrap();
+    assert!(raw_records(&outbox).is_empty());
+    assert_eq!(outbox.depth().unwrap(), Depth::default());
+}
+
+#[test]
+fn a_truncated_or_damaged_batch_is_reported_as_corrupt_never_panicked_on() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    let mut batch: Vec<NewRecord> = (0..20).map(|i| telemetry(i % 3, i)).collect();
+    batch.push(record(Priority::Normal, "other", "x"));
+    ok(outbox.append(batch).unwrap());
+    let (key, value) = raw_records(&outbox).remove(0);
+    let (_dir2, damaged) = self::outbox(u64::MAX);
+    let mut cases: Vec<Vec<u8>> = (0..value.len()).map(|n| value[..n].to_vec()).collect();
+    for at in 0..value.len() {
+        let mut flipped = value.clone();
+        flipped[at] ^= 0x5a;
+        cases.push(flipped);
+    }
+    let (mut reported, mut read) = (0, 0);
+    for case in &cases {
+        plant(&damaged, key, case);
+        // What an earlier case decoded must not stand in for this one.
+        *lock(&damaged.decoded) = Decoded::default();
+        match damaged.read_after(key.0, None, 100) {
+            Err(Error::Corrupt { table, key: k, .. }) => {
+                assert_eq!((table.as_str(), k), ("outbox", format!("{key:?}")));
+                reported += 1;
+            }
+            Err(e) => panic!("not reported as corrupt: {e}"),
+            // A flipped bit in a payload or timestamp byte of a stored block reads back.
+            Ok(_) => read += 1,
+        }
+    }
+    assert!(reported > value.len(), "{reported} reported, {read} read");
+    // Truncated at any length: always reported, with the reason.
+    plant(&damaged, key, &value[..value.len() - 1]);
+    *lock(&damaged.decoded) = Decoded::default();
+    let err = damaged.read_after(key.0, None, 100).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "store record outbox/{key:?} is unreadable: the compressed block is damaged or truncated"
+        )
+    );
+}
+
+#[test]
+fn max_bytes_counts_the_compressed_bytes_stored_so_more_fits_than_uncompressed() {
+    const LIMIT: u64 = 20_000;
+    let (_dir, outbox) = outbox(LIMIT);
+    let (mut accepted, mut keys, mut raw) = (0usize, Vec::new(), 0usize);
+    for batch in 0.. {
+        let results = outbox
+            .append((0..50).map(|i| telemetry(i % 10, batch * 50 + i)).collect())
+            .unwrap();
+        for appended in results.iter().flatten() {
+            accepted += 1;
+            keys.push(appended.key);
+        }
+        if results.iter().all(Result::is_err) {
+            break;
+        }
+    }
+    for record in outbox.read_due(&[None; LANES], usize::MAX).unwrap() {
+        raw += record.topic.len() + record.payload.len();
+    }
+    let depth = outbox.depth().unwrap();
+    assert_eq!(depth.bytes, stored_bytes(&outbox));
+    assert!(depth.bytes >= LIMIT, "{depth:?}");
+    assert!(
+        raw as u64 > 3 * LIMIT,
+        "{accepted} messages, {raw} bytes uncompressed, kept in {} bytes",
+        depth.bytes
+    );
+    assert_eq!(
+        outbox.append(vec![telemetry(0, 0)]).unwrap(),
+        [Err(AppendError::Full {
+            bytes: depth.bytes,
+            max_bytes: LIMIT
+        })]
+    );
+    outbox.ack(&keys).unwrap();
+    assert_eq!(outbox.depth().unwrap(), Depth::default());
+    assert!(outbox.append(vec![telemetry(0, 0)]).unwrap()[0].is_ok());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever the messages (topics shared or not, empty payloads, retained or not), a record
+    /// reads back exactly as written.
+    #[test]
+    fn a_record_decodes_to_exactly_the_messages_encoded(
+        messages in prop::collection::vec(
+            (any::<u64>(), any::<bool>(), 0u8..5, prop::collection::vec(any::<u8>(), 0..300)),
+            1..60,
+        ),
+    ) {
+        let messages: Vec<Message> = messages
+            .into_iter()
+            .map(|(at, retain, topic, payload)| Message {
+                accepted_ms: at,
+                retain,
+                topic: format!("rxgate/v1/s/devices/d{topic}/telemetry").into(),
+                payload,
+            })
+            .collect();
+        let value = record::encode(&messages).unwrap();
+        prop_assert_eq!(record::summary(&value).unwrap(), Summary {
+            count: messages.len() as u16,
+            first_accepted_ms: messages[0].accepted_ms,
+        });
+        prop_assert_eq!(record::decode(&value).unwrap(), messages);
     }
 }

@@ -630,7 +630,7 @@ mod tests {
 
         // The cloud takes the status: there is room again, and the resend is kept, once.
         let first = outbox.read_after(Priority::High as u8, None, 1).unwrap();
-        outbox.delete(&[first[0].key]).unwrap();
+        outbox.ack(&[first[0].key]).unwrap();
         assert!(ingest.submit(morphine_override()).await.is_ok());
         assert_eq!(access_entries(), 1, "audited once, when it was appended");
         assert!(

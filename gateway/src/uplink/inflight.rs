@@ -51,7 +51,7 @@ impl Inflight {
         }
     }
 
-    /// The broker acknowledged `pkid`; returns the outbox record that may now be deleted.
+    /// The broker acknowledged `pkid`; returns the outbox message it acknowledges.
     pub fn acked(&mut self, pkid: u16) -> Option<Key> {
         self.sent.remove(&pkid).flatten()
     }
@@ -65,20 +65,20 @@ mod tests {
     fn packet_ids_pair_with_keys_in_request_order_and_acks_free_room() {
         let mut inflight = Inflight::new(3);
         inflight.request(None);
-        inflight.request(Some((2, 10)));
-        inflight.request(Some((2, 11)));
+        inflight.request(Some((2, 10, 0)));
+        inflight.request(Some((2, 10, 1)));
         assert!(!inflight.has_room());
         inflight.assigned(1);
         inflight.assigned(2);
         inflight.assigned(3);
-        assert_eq!(inflight.acked(3), Some((2, 11)));
+        assert_eq!(inflight.acked(3), Some((2, 10, 1)));
         assert_eq!(
             inflight.acked(1),
             None,
             "the status message is not an outbox record"
         );
         assert_eq!(inflight.room(), 2);
-        assert_eq!(inflight.acked(2), Some((2, 10)));
+        assert_eq!(inflight.acked(2), Some((2, 10, 0)));
         assert_eq!(
             inflight.acked(2),
             None,

@@ -2,9 +2,10 @@
 //!
 //! rumqttc keeps nothing across restarts and drops unacknowledged messages when a session is not
 //! resumed, so the outbox is the source of truth: each connection starts a fresh rumqttc event
-//! loop with a clean session, sends every record still in the outbox from the start, and deletes
-//! a record only when the broker's PUBACK for it arrives. A reconnect therefore resends whatever
-//! was in flight (at-least-once; consumers de-duplicate on `id`).
+//! loop with a clean session, sends every message still in the outbox from the start, and
+//! acknowledges a message to the outbox only when the broker's PUBACK for it arrives (the outbox
+//! deletes a stored record once all its messages are acknowledged). A reconnect therefore
+//! resends whatever was in flight (at-least-once; consumers de-duplicate on `id`).
 //!
 //! rumqttc assigns packet ids inside its event loop, in the order publishes were requested, and
 //! reports each as `Outgoing::Publish(pkid)`. [`Inflight`] pairs those, in order, with the
@@ -28,13 +29,14 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{SharedClock, rfc3339};
 use crate::error::{Error, Result};
 use crate::message::envelope;
-use crate::outbox::{Key, LANES, Outbox};
+use crate::outbox::{Cursor, Key, LANES, Outbox};
 use crate::watchdog::Progress;
 pub use inflight::Inflight;
 
-/// Acknowledged records are deleted in batches of this size, or every [`DELETE_EVERY`].
-const DELETE_BATCH: usize = 256;
-const DELETE_EVERY: Duration = Duration::from_millis(200);
+/// Acknowledgements are handed to the outbox in batches of this size, or every [`ACK_EVERY`].
+/// Only those that finish a stored record cost a (non-durable) write.
+const ACK_BATCH: usize = 256;
+const ACK_EVERY: Duration = Duration::from_millis(200);
 
 /// Connection state, for `rxgate status` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,7 +255,7 @@ impl Uplink {
         );
         let mut cursors = Cursors::default();
         let mut acked: Vec<Key> = Vec::new();
-        let mut flush = tokio::time::interval(DELETE_EVERY);
+        let mut flush = tokio::time::interval(ACK_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let result = loop {
@@ -265,7 +267,7 @@ impl Uplink {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = self.outbox.appended(), if inflight.has_room() => {}
-                _ = flush.tick() => self.delete(&mut acked).await,
+                _ = flush.tick() => self.ack(&mut acked).await,
                 event = events.poll() => match event {
                     Err(e) => break Err(e),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
@@ -273,8 +275,8 @@ impl Uplink {
                         if let Some(key) = inflight.acked(ack.pkid) {
                             crate::metrics::uplink_sent();
                             acked.push(key);
-                            if acked.len() >= DELETE_BATCH {
-                                self.delete(&mut acked).await;
+                            if acked.len() >= ACK_BATCH {
+                                self.ack(&mut acked).await;
                             }
                         }
                     }
@@ -282,7 +284,7 @@ impl Uplink {
                 },
             }
         };
-        self.delete(&mut acked).await;
+        self.ack(&mut acked).await;
         if result.is_ok() {
             // Say goodbye so subscribers see `offline` now rather than after the keep-alive.
             let _ = client.try_publish(
@@ -348,7 +350,7 @@ impl Uplink {
                 record.payload,
             ) {
                 Ok(()) => {
-                    cursors.lanes[usize::from(key.0)] = Some(key.1);
+                    cursors.lanes[usize::from(key.0)] = Some((key.1, key.2));
                     inflight.request(Some(key));
                 }
                 Err(e) => {
@@ -363,19 +365,19 @@ impl Uplink {
         Ok(())
     }
 
-    async fn delete(&self, acked: &mut Vec<Key>) {
+    async fn ack(&self, acked: &mut Vec<Key>) {
         if acked.is_empty() {
             return;
         }
         let keys = std::mem::take(acked);
         let _work = self.progress.working();
         let outbox = self.outbox.clone();
-        match tokio::task::spawn_blocking(move || outbox.delete(&keys)).await {
+        match tokio::task::spawn_blocking(move || outbox.ack(&keys)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "Cannot delete acknowledged records; they will be sent again.")
             }
-            Err(e) => tracing::error!(error = %e, "Outbox delete task failed."),
+            Err(e) => tracing::error!(error = %e, "Outbox acknowledgement task failed."),
         }
     }
 }
@@ -383,9 +385,9 @@ impl Uplink {
 /// How far a connection has sent each lane.
 #[derive(Debug, Default)]
 struct Cursors {
-    /// Per lane, the key number of the last record requested (`None`: nothing yet, start at the
-    /// lane's beginning). Keys only grow, so a record appended later is always after the cursor.
-    lanes: [Option<u64>; LANES],
+    /// Per lane, the key of the last message requested (`None`: nothing yet, start at the lane's
+    /// beginning). Keys only grow, so a message appended later is always after the cursor.
+    lanes: [Option<Cursor>; LANES],
     /// [`Outbox::appends`] as it was before a read that found every lane exhausted: until it
     /// changes there is nothing new to read.
     exhausted_at: Option<u64>,
