@@ -2,8 +2,8 @@
 //! polled by the real rxgate binary, with mosquitto as the cloud.
 //!
 //! `cargo bench -p rxgate-e2e --bench modbus [-- --devices 100 --registers 100 --interval-ms 1000
-//! --seconds 60 --batch-delay-ms 500]` (500 ms is the shipped `[outbox].batch_delay`), and the pharmacy-sized load with `-- --devices 10 --registers 10
-//! --interval-ms 10000 --seconds 120`.
+//! --seconds 60 --batch-delay-ms 500]` (500 ms is the shipped `[outbox].batch_delay`), and the
+//! pharmacy-sized load with `-- --devices 10 --registers 10 --interval-ms 10000 --seconds 120`.
 //!
 //! Each device is one `[devices.*]` entry with one register range (`count`), polled every
 //! interval. After a warm-up, over the measured window it prints: values/s delivered to the
