@@ -220,7 +220,11 @@ impl ModbusPoller {
             .iter()
             .map(|(line, _)| self.progress(format!("modbus poller {line}")))
             .collect();
-        for ((device, link), progress) in self.devices.into_iter().zip(devices) {
+        // Every poller's schedule is on one grid from now: devices polled at the same interval
+        // are read at the same moments, so their readings share one durable commit.
+        let grid = Instant::now();
+        for ((mut device, link), progress) in self.devices.into_iter().zip(devices) {
+            device.start_grid(grid);
             tracing::info!(device = %device.id, %link, points = device.points.len(), requests = device.plan.len(), "Polling.");
             let (handover, forwarder) = handover::pair(&device.id, self.ingest.clone());
             tasks.spawn(forwarder.run(shutdown.clone()));
@@ -234,7 +238,8 @@ impl ModbusPoller {
         }
         for ((line, devices), progress) in self.buses.into_iter().zip(buses) {
             let mut handed = Vec::with_capacity(devices.len());
-            for device in devices {
+            for mut device in devices {
+                device.start_grid(grid);
                 tracing::info!(device = %device.id, serial = %line, unit = device.unit, points = device.points.len(), requests = device.plan.len(), "Polling.");
                 let (handover, forwarder) = handover::pair(&device.id, self.ingest.clone());
                 tasks.spawn(forwarder.run(shutdown.clone()));
@@ -272,5 +277,6 @@ fn prepare(id: &str, config: &DeviceConfig) -> Result<Device> {
         stats: Arc::new(DeviceStats::default()),
         // The first poll starts at once.
         next_due: Instant::now(),
+        grid: Instant::now(),
     })
 }

@@ -83,6 +83,9 @@ pub(crate) struct Device {
     pub stats: Arc<DeviceStats>,
     /// When the next poll starts.
     pub next_due: Instant,
+    /// The origin of the poll schedule, shared by every poller of the gateway: a healthy device
+    /// is polled at `grid + k × poll_interval`.
+    pub grid: Instant,
 }
 
 impl Device {
@@ -98,7 +101,18 @@ impl Device {
             .saturating_mul(u32::try_from(requests).unwrap_or(u32::MAX))
     }
 
-    /// Schedules the next poll relative to the start of this one; a poll that overran simply makes the next one start at once, never a burst of catch-ups.
+    /// Starts the poll schedule on `grid` (shared by every poller): the first poll at once, the
+    /// next ones on `grid + k × poll_interval`.
+    pub fn start_grid(&mut self, grid: Instant) {
+        self.grid = grid;
+        self.next_due = grid;
+    }
+
+    /// Schedules the next poll. Healthy: at the next point of the shared grid after this one's
+    /// start, so that devices with the same interval are read together (their readings then
+    /// share one durable commit, which is what an SD card pays for, not the bytes). Offline:
+    /// this one's start plus the backoff. A poll that overran simply makes the next one start
+    /// at once, never a burst of catch-ups.
     fn schedule_next(&mut self, started: Instant) {
         let t = self.timing;
         let delay = next_delay(
@@ -108,8 +122,21 @@ impl Device {
             t.max_backoff,
             self.jitter.next_unit(),
         );
-        self.next_due = (started + delay).max(Instant::now());
+        let due = if delay == t.poll_interval {
+            on_grid_after(self.grid, started, delay)
+        } else {
+            started + delay
+        };
+        self.next_due = due.max(Instant::now());
     }
+}
+
+/// The first point of `grid + k × interval` later than `started`.
+fn on_grid_after(grid: Instant, started: Instant, interval: Duration) -> Instant {
+    let interval_ns = interval.as_nanos().max(1);
+    let k = started.saturating_duration_since(grid).as_nanos() / interval_ns + 1;
+    let offset = u64::try_from(k * interval_ns).unwrap_or(u64::MAX);
+    grid + Duration::from_nanos(offset)
 }
 
 /// What one request (or the whole cycle) got for one point.
@@ -666,6 +693,36 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+
+    #[test]
+    fn healthy_polls_land_on_the_shared_grid_and_an_overrun_does_not_burst() {
+        let grid = Instant::now();
+        let second = Duration::from_secs(1);
+        let at = |ms: u64| grid + Duration::from_millis(ms);
+        // Woken a little late, or started anywhere in a period: the next grid point.
+        assert_eq!(on_grid_after(grid, at(3), second), at(1000));
+        assert_eq!(on_grid_after(grid, at(1004), second), at(2000));
+        assert_eq!(on_grid_after(grid, at(2999), second), at(3000));
+        // Exactly on a point: the one after it.
+        assert_eq!(on_grid_after(grid, at(3000), second), at(4000));
+        // Days of polling at 10 ms stay on the grid (no overflow).
+        let days = Duration::from_secs(90 * 86_400);
+        let late = on_grid_after(
+            grid,
+            grid + days + Duration::from_micros(1),
+            Duration::from_millis(10),
+        );
+        assert_eq!(late, grid + days + Duration::from_millis(10));
+
+        // A device (polled every 10 s) whose first poll took 300 ms is polled next on the grid,
+        // with every other device of that interval.
+        let mut dev = device(Vec::new());
+        dev.start_grid(grid);
+        assert_eq!(dev.next_due, grid, "the first poll at once");
+        dev.schedule_next(at(300));
+        assert_eq!(dev.next_due, at(10_000));
+    }
+
     use crate::devices::{DataType, WordOrder};
 
     fn point(name: &str, address: u16, data_type: DataType) -> PointSpec {
@@ -700,6 +757,7 @@ mod tests {
             jitter: Jitter::new("fridge-01"),
             stats: Arc::default(),
             next_due: Instant::now(),
+            grid: Instant::now(),
         }
     }
 
