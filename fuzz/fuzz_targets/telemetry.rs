@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rxgate::broker::payload::{MAX_PAYLOAD, MAX_POINTS, telemetry};
-use rxgate::message::envelope::{self, Stamp, TelemetryBody};
+use rxgate::message::envelope::{self, PointsForm, Stamp, TelemetryBody};
 use rxgate::message::{Quality, Value};
 
 fuzz_target!(|data: &[u8]| {
@@ -32,21 +32,42 @@ fuzz_target!(|data: &[u8]| {
     }
     // What the pipeline makes of it for the outbox and the cloud.
     let stamp = Stamp::new(t.ts, rxgate_fuzz::gateway_now(), true);
-    let body = TelemetryBody { points: t.points };
-    let json = envelope::encode(
-        "store-0042",
-        Some("fridge-01"),
-        "telemetry",
-        &stamp,
-        1,
-        &body,
-    );
-    let message: serde_json::Value = serde_json::from_slice(&json).expect("the envelope is JSON");
-    rxgate_fuzz::device_ts_survives(t.ts, &message);
-    let sent = serde_json::to_value(&body.points).expect("points serialise");
-    assert!(
-        rxgate_fuzz::json_eq(&message["points"], &sent),
-        "points {sent} sent as {}",
-        message["points"]
-    );
+    // In both point forms (`[cloud].points`).
+    for form in [PointsForm::Full, PointsForm::Compact] {
+        let body = TelemetryBody {
+            points: t.points.clone(),
+            form,
+        };
+        let json = envelope::encode(
+            "store-0042",
+            Some("fridge-01"),
+            "telemetry",
+            &stamp,
+            1,
+            &body,
+        );
+        let message: serde_json::Value =
+            serde_json::from_slice(&json).expect("the envelope is JSON");
+        rxgate_fuzz::device_ts_survives(t.ts, &message);
+        match form {
+            PointsForm::Full => {
+                let sent = serde_json::to_value(&body.points).expect("points serialise");
+                assert!(
+                    rxgate_fuzz::json_eq(&message["points"], &sent),
+                    "points {sent} sent as {}",
+                    message["points"]
+                );
+            }
+            PointsForm::Compact => {
+                assert_eq!(message["points_version"], 2, "{message}");
+                let names = message["points"].as_object().expect("a points map");
+                assert!(
+                    names.keys().eq(t.points.keys()),
+                    "points {:?} sent as {:?}",
+                    t.points.keys(),
+                    names.keys()
+                );
+            }
+        }
+    }
 });
