@@ -135,6 +135,27 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Binds the listener at `addr` (the error says `action` and the address, e.g. "cannot listen
+/// for EST on 0.0.0.0:8443"), or binds nothing when the listener is switched off
+/// (`enabled = false` in its section).
+pub async fn bind_if(
+    enabled: bool,
+    addr: SocketAddr,
+    action: &'static str,
+) -> crate::error::Result<Option<TcpListener>> {
+    if !enabled {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| crate::error::Error::Io {
+            action,
+            path: addr.to_string().into(),
+            source,
+        })
+}
+
 /// Accepts connections on `listener` until `shutdown`, hands each completed TLS session to
 /// `handler`, and waits for all handlers to end. `on_drop` hears of every connection closed
 /// before the handler saw it.

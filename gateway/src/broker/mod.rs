@@ -312,19 +312,8 @@ impl DeviceBroker {
         ingest: Ingest,
         refusals: Refusals,
     ) -> Result<DeviceBroker> {
-        let listener = if m.enabled {
-            Some(
-                TcpListener::bind(m.listen)
-                    .await
-                    .map_err(|source| Error::Io {
-                        action: "cannot listen for device MQTT on",
-                        path: m.listen.to_string().into(),
-                        source,
-                    })?,
-            )
-        } else {
-            None
-        };
+        let listener =
+            net::bind_if(m.enabled, m.listen, "cannot listen for device MQTT on").await?;
         let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), true)?;
         let tls = server_config(
             pki.server_chain.clone(),

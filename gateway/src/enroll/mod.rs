@@ -70,19 +70,7 @@ impl EnrollServer {
         pki: &GatewayPki,
         refusals: Refusals,
     ) -> Result<EnrollServer> {
-        let listener = if e.enabled {
-            Some(
-                TcpListener::bind(e.listen)
-                    .await
-                    .map_err(|source| Error::Io {
-                        action: "cannot listen for EST on",
-                        path: e.listen.to_string().into(),
-                        source,
-                    })?,
-            )
-        } else {
-            None
-        };
+        let listener = net::bind_if(e.enabled, e.listen, "cannot listen for EST on").await?;
         let verifier = DeviceCertVerifier::new(&pki.ca.chain_der(), false)?;
         let tls = server_config(
             pki.server_chain.clone(),
