@@ -66,6 +66,7 @@ impl Deliver for CloudChannel {
                 topic: envelope::alerts_topic(&site),
                 retain: false,
                 accepted_ms: u64::try_from(n.at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                seq: None,
                 payload: Box::new(move |seq| {
                     let body = AlertBody {
                         event: notification.event.as_str(),

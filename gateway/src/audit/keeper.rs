@@ -281,6 +281,7 @@ impl AuditKeeper {
                 topic,
                 retain: false,
                 accepted_ms: u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0),
+                seq: None,
                 payload: Box::new(move |seq| {
                     envelope::encode(&site, None, "audit_checkpoint", &stamp, seq, &body)
                 }),

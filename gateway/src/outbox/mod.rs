@@ -64,6 +64,8 @@ mod config;
 pub use config::OutboxConfig;
 
 mod record;
+mod streams;
+pub use streams::RESERVE;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +77,7 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use record::{Message, Summary};
+use streams::Spans;
 
 const OUTBOX: TableDefinition<(u8, u64), &[u8]> = TableDefinition::new("outbox");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("outbox_seq");
@@ -115,6 +118,9 @@ pub struct NewRecord {
     pub topic: String,
     pub retain: bool,
     pub accepted_ms: u64,
+    /// Its stream number if it has one already: handed out by [`Outbox::live_seq`] for a
+    /// message sent before it was stored. `None`: the next number of its stream, at append.
+    pub seq: Option<u64>,
     pub payload: Box<dyn FnOnce(u64) -> Vec<u8> + Send>,
 }
 
@@ -174,6 +180,12 @@ pub struct Outbox {
     /// Counts committed appends; see [`Outbox::appends`].
     appends: Arc<AtomicU64>,
     ready: Arc<Notify>,
+    /// Stream numbers reserved for messages sent before they are stored; taken after `writer`
+    /// when both are held, and never held across a commit.
+    streams: Arc<Mutex<Spans>>,
+    /// Whether the store said reservations were outstanding when it was opened: the last stop
+    /// was abrupt, and reserved streams resumed past their blocks.
+    resumed: bool,
 }
 
 /// Which messages of one record the cloud acknowledged.
@@ -362,6 +374,41 @@ fn count(store: &Store, acks: &mut HashMap<RecordKey, Acked>) -> Result<Writer> 
     })
 }
 
+/// Writes a block of numbers for each stream in `wanted` (with its last number given if it is
+/// reserved already, else the table's count), and the mark that reservations are outstanding.
+/// Returns `(topic, given, bound)` for the streams once the transaction commits.
+fn reserve(
+    seqs: &mut redb::Table<&str, u64>,
+    wanted: &[(String, Option<u64>)],
+) -> Result<Vec<(String, u64, u64)>> {
+    let mut reserved = Vec::with_capacity(wanted.len());
+    for (topic, given) in wanted {
+        let counted = seqs.get(topic.as_str())?.map_or(0, |s| s.value());
+        let given = given.unwrap_or(counted);
+        // Never below what the table holds: a block only ever moves the bound up.
+        let bound = (given + streams::RESERVE).max(counted);
+        seqs.insert(topic.as_str(), bound)?;
+        reserved.push((topic.clone(), given, bound));
+    }
+    if !reserved.is_empty() {
+        seqs.insert(streams::MARK, 1)?;
+    }
+    Ok(reserved)
+}
+
+/// Gives back the numbers a write that did not commit took from reserved streams.
+fn untake(streams: &mut Spans, taken: Vec<(String, u64)>) {
+    let mut runs: HashMap<String, (u64, u64)> = HashMap::new();
+    for (topic, seq) in taken {
+        let run = runs.entry(topic).or_insert((seq, seq));
+        run.0 = run.0.min(seq);
+        run.1 = run.1.max(seq);
+    }
+    for (topic, (first, last)) in runs {
+        streams.untake(&topic, first, last);
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded state is changed only after a commit succeeded, in steps that cannot panic, so
     // a panic elsewhere while it was held (a payload builder, say) leaves it consistent.
@@ -388,6 +435,17 @@ impl Outbox {
     pub fn open(store: Store, max_bytes: u64) -> Result<Outbox> {
         let mut acks = HashMap::new();
         let writer = count(&store, &mut acks)?;
+        let resumed = store.read(|txn| match txn.open_table(SEQ) {
+            Ok(table) => Ok(table.get(streams::MARK)?.is_some()),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        })?;
+        if resumed {
+            tracing::warn!(
+                "The last stop was abrupt: streams whose messages were sent before they were stored resume past their reserved numbers (a seq gap of at most {} on each; the numbers skipped were never given to a message kept here).",
+                streams::RESERVE
+            );
+        }
         Ok(Outbox {
             store,
             max_bytes,
@@ -397,6 +455,8 @@ impl Outbox {
             decoded: Arc::new(Mutex::new(Decoded::default())),
             appends: Arc::new(AtomicU64::new(0)),
             ready: Arc::new(Notify::new()),
+            streams: Arc::new(Mutex::new(Spans::default())),
+            resumed,
         })
     }
 
@@ -430,16 +490,21 @@ impl Outbox {
     ) -> Result<Vec<Result<Appended, AppendError>>> {
         let mut writer = self.writer()?;
         let writer = &mut *writer;
-        let (out, added_records, added_bytes, new_heads, written) = self.store.write(|txn| {
+        // Stream numbers taken from reserved blocks for stored messages, and numbers now
+        // counted in the table past what it held: settled with the streams after the commit.
+        let mut taken: Vec<(String, u64)> = Vec::new();
+        let mut past: Vec<(String, u64)> = Vec::new();
+        let mut reserved: Vec<(String, u64, u64)> = Vec::new();
+        let written = self.store.write(|txn| {
             let mut table = txn.open_table(OUTBOX)?;
             let mut seqs = txn.open_table(SEQ)?;
             let mut out = Vec::with_capacity(batch.len());
             // Per lane, the record being filled and those already full.
             let mut open: [Open; LANES] = Default::default();
             let mut sealed: Vec<(u8, Sealed)> = Vec::new();
-            let mut taken = 0u64;
+            let mut taken_bytes = 0u64;
             for record in batch {
-                let stored = writer.bytes + taken;
+                let stored = writer.bytes + taken_bytes;
                 if stored >= self.max_bytes {
                     out.push(Err(AppendError::Full {
                         bytes: stored,
@@ -447,8 +512,23 @@ impl Outbox {
                     }));
                     continue;
                 }
-                let seq = seqs.get(record.topic.as_str())?.map_or(0, |s| s.value()) + 1;
-                seqs.insert(record.topic.as_str(), seq)?;
+                let counted = seqs.get(record.topic.as_str())?.map_or(0, |s| s.value());
+                let (seq, reserved_stream) = match record.seq {
+                    Some(seq) => (seq, true),
+                    None => match lock(&self.streams).next_stored(&record.topic) {
+                        Some(seq) => {
+                            taken.push((record.topic.clone(), seq));
+                            (seq, true)
+                        }
+                        None => (counted + 1, false),
+                    },
+                };
+                if seq > counted {
+                    seqs.insert(record.topic.as_str(), seq)?;
+                    if reserved_stream {
+                        past.push((record.topic.clone(), seq));
+                    }
+                }
                 let message = Message {
                     accepted_ms: record.accepted_ms,
                     retain: record.retain,
@@ -470,7 +550,7 @@ impl Outbox {
                         },
                     ));
                 }
-                taken += message.raw_len() as u64;
+                taken_bytes += message.raw_len() as u64;
                 filling.raw += message.raw_len();
                 filling.from.push(out.len());
                 filling.messages.push(message);
@@ -526,10 +606,29 @@ impl Outbox {
                 added_records += sealed.messages.len() as u64;
                 written.push((key, Arc::new(sealed.messages)));
             }
+            reserved = reserve(&mut seqs, &lock(&self.streams).wanted())?;
             drop((table, seqs));
             also(txn, &out)?;
             Ok((out, added_records, added_bytes, new_heads, written))
-        })?;
+        });
+        let (out, added_records, added_bytes, new_heads, written) = {
+            let mut streams = lock(&self.streams);
+            match written {
+                Ok(written) => {
+                    for (topic, seq) in past {
+                        streams.stored(&topic, seq);
+                    }
+                    for (topic, given, bound) in reserved {
+                        streams.reserved(&topic, given, bound);
+                    }
+                    written
+                }
+                Err(e) => {
+                    untake(&mut streams, taken);
+                    return Err(e);
+                }
+            }
+        };
         writer.records += added_records;
         writer.bytes += added_bytes;
         writer.heads = new_heads;
@@ -545,6 +644,52 @@ impl Outbox {
             self.ready.notify_one();
         }
         Ok(out)
+    }
+
+    /// The next `seq` of stream `topic` for a message about to be sent before it is stored,
+    /// if the stream has numbers reserved; `None` otherwise (the message is stored first, and
+    /// the stream gets a block at the next write). Never waits on the disk.
+    pub fn live_seq(&self, topic: &str) -> Option<u64> {
+        lock(&self.streams).take(topic)
+    }
+
+    /// Whether a stream waits for a block of numbers, which the next append (or
+    /// [`Outbox::reserve`]) commits.
+    pub fn wants_reservation(&self) -> bool {
+        lock(&self.streams).wants()
+    }
+
+    /// Commits, with an fsync, a block of numbers for every stream that asked for one.
+    pub fn reserve(&self) -> Result<()> {
+        if !self.wants_reservation() {
+            return Ok(());
+        }
+        self.append(Vec::new()).map(|_| ())
+    }
+
+    /// A clean stop: writes back each reserved stream's last number given, so the streams go
+    /// on without a gap at the next start, and clears the mark. Called once nothing appends
+    /// any more.
+    pub fn release_reservations(&self) -> Result<()> {
+        let _writer = self.writer()?;
+        let released = lock(&self.streams).release();
+        if released.is_empty() && !self.resumed {
+            return Ok(());
+        }
+        self.store.write(|txn| {
+            let mut seqs = txn.open_table(SEQ)?;
+            for (topic, given) in &released {
+                seqs.insert(topic.as_str(), *given)?;
+            }
+            seqs.remove(streams::MARK)?;
+            Ok(())
+        })
+    }
+
+    /// Whether this start followed an abrupt stop with numbers reserved: each such stream
+    /// skipped at most [`RESERVE`] numbers.
+    pub fn resumed_after_abrupt_stop(&self) -> bool {
+        self.resumed
     }
 
     /// Up to `limit` messages of `lane` after `after` (from the start when `None`) that the cloud

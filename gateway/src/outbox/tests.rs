@@ -15,6 +15,7 @@ fn record(priority: Priority, topic: &str, body: &str) -> NewRecord {
         topic: topic.to_owned(),
         retain: false,
         accepted_ms: 1_700_000_000_000,
+        seq: None,
         payload: Box::new(move |seq| format!("{{\"seq\":{seq},\"b\":\"{body}\"}}").into_bytes()),
     }
 }
@@ -615,6 +616,7 @@ fn telemetry(device: usize, n: usize) -> NewRecord {
         topic: format!("rxgate/v1/store-0042/devices/bench-{device:03}/telemetry"),
         retain: false,
         accepted_ms: 1_765_000_000_000 + n as u64,
+        seq: None,
         payload: Box::new(move |seq| {
             let id = envelope_id(device, n);
             format!(
@@ -920,4 +922,187 @@ proptest! {
         });
         prop_assert_eq!(record::decode(&value).unwrap(), messages);
     }
+}
+
+/// A message sent before it is stored, numbered by [`Outbox::live_seq`].
+fn live(outbox: &Outbox, topic: &str, body: &str) -> Option<NewRecord> {
+    let seq = outbox.live_seq(topic)?;
+    let mut record = record(Priority::Normal, topic, body);
+    record.seq = Some(seq);
+    Some(record)
+}
+
+/// Every `seq` the stored messages of `topic` carry, in key order.
+fn stored_seqs(outbox: &Outbox, topic: &str) -> Vec<u64> {
+    stored(outbox)
+        .values()
+        .filter(|r| r.topic == topic)
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn live_numbers_come_only_from_a_committed_block_and_continue_the_stored_ones_without_a_gap() {
+    let (dir, outbox) = outbox(u64::MAX);
+    ok(outbox
+        .append(vec![
+            record(Priority::Normal, "t", "a"),
+            record(Priority::Normal, "t", "b"),
+        ])
+        .unwrap());
+    assert_eq!(outbox.live_seq("t"), None, "no block reserved yet");
+    assert!(outbox.wants_reservation());
+    outbox.reserve().unwrap();
+    assert!(!outbox.wants_reservation());
+    // 3 and 4 go to the cloud and are never stored; 5 is stored with its number, 6 is stored
+    // without one and takes the next; then live numbers go on after it.
+    assert_eq!(outbox.live_seq("t"), Some(3));
+    assert_eq!(outbox.live_seq("t"), Some(4));
+    let five = live(&outbox, "t", "e").unwrap();
+    let appended = ok(outbox
+        .append(vec![five, record(Priority::Normal, "t", "f")])
+        .unwrap());
+    assert_eq!(
+        appended.iter().map(|a| a.seq).collect::<Vec<_>>(),
+        vec![5, 6]
+    );
+    assert_eq!(outbox.live_seq("t"), Some(7));
+    assert_eq!(stored_seqs(&outbox, "t"), vec![1, 2, 5, 6]);
+
+    // A clean stop writes back the last number given: the next start goes on at 8.
+    outbox.release_reservations().unwrap();
+    drop(outbox);
+    let outbox = Outbox::open(Store::open(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+    assert!(!outbox.resumed_after_abrupt_stop());
+    let next = ok(outbox
+        .append(vec![record(Priority::Normal, "t", "h")])
+        .unwrap());
+    assert_eq!(next[0].seq, 8, "no gap after a clean stop");
+}
+
+#[test]
+fn after_an_abrupt_stop_a_stream_resumes_past_its_block_and_never_gives_a_number_twice() {
+    let (dir, outbox) = outbox(u64::MAX);
+    outbox.live_seq("t");
+    outbox.reserve().unwrap();
+    let given: Vec<u64> = (0..100).map(|_| outbox.live_seq("t").unwrap()).collect();
+    assert_eq!(given.first(), Some(&1));
+    // A power cut: no release.
+    drop(outbox);
+    let outbox = Outbox::open(Store::open(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+    assert!(outbox.resumed_after_abrupt_stop());
+    let next = ok(outbox
+        .append(vec![record(Priority::Normal, "t", "after")])
+        .unwrap())[0]
+        .seq;
+    assert!(next > 100, "{next} was given before the stop");
+    assert!(next <= 1 + RESERVE, "skipped at most one block: {next}");
+    // The next clean stop clears the mark.
+    outbox.release_reservations().unwrap();
+    drop(outbox);
+    let outbox = Outbox::open(Store::open(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+    assert!(!outbox.resumed_after_abrupt_stop());
+}
+
+#[test]
+fn a_stream_asks_for_its_next_block_before_the_one_it_uses_runs_out() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    outbox.live_seq("t");
+    outbox.reserve().unwrap();
+    let mut last = 0;
+    // Two and a half blocks, with a reservation whenever one is asked for: never a `None`.
+    for _ in 0..RESERVE * 5 / 2 {
+        let seq = outbox.live_seq("t").expect("the next block came in time");
+        assert_eq!(seq, last + 1);
+        last = seq;
+        if outbox.wants_reservation() {
+            outbox.reserve().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_failed_write_gives_back_the_reserved_numbers_it_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s.redb")).unwrap();
+    let outbox = Outbox::open(store, u64::MAX).unwrap();
+    outbox.live_seq("t");
+    outbox.reserve().unwrap();
+    assert_eq!(outbox.live_seq("t"), Some(1));
+    let failed = outbox.append_with(
+        vec![
+            record(Priority::Normal, "t", "x"),
+            record(Priority::Normal, "t", "y"),
+        ],
+        |_, _| Err(Error::Invalid("refused on purpose".to_owned())),
+    );
+    assert!(failed.is_err());
+    assert_eq!(outbox.live_seq("t"), Some(2), "2 and 3 were not used");
+    assert!(stored_seqs(&outbox, "t").is_empty());
+}
+
+#[test]
+fn threads_taking_live_numbers_while_others_append_to_the_same_stream_never_share_one() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    outbox.live_seq("t");
+    outbox.reserve().unwrap();
+    let live_taker = {
+        let outbox = outbox.clone();
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            let mut stored = Vec::new();
+            for i in 0..3000 {
+                match outbox.live_seq("t") {
+                    // Every tenth live message is stored too (the cloud had not acknowledged
+                    // it when its batch was due).
+                    Some(seq) if i % 10 == 0 => {
+                        let mut r = record(Priority::Normal, "t", "live");
+                        r.seq = Some(seq);
+                        let a = ok(outbox.append(vec![r]).unwrap());
+                        assert_eq!(a[0].seq, seq);
+                        stored.push(seq);
+                    }
+                    Some(seq) => sent.push(seq),
+                    None => outbox.reserve().unwrap(),
+                }
+                if outbox.wants_reservation() {
+                    outbox.reserve().unwrap();
+                }
+            }
+            (sent, stored)
+        })
+    };
+    let appenders: Vec<_> = (0..2)
+        .map(|_| {
+            let outbox = outbox.clone();
+            std::thread::spawn(move || {
+                (0..100)
+                    .flat_map(|_| {
+                        let batch = (0..5)
+                            .map(|_| record(Priority::Normal, "t", "stored"))
+                            .collect();
+                        ok(outbox.append(batch).unwrap())
+                            .into_iter()
+                            .map(|a| a.seq)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let (sent, live_stored) = live_taker.join().unwrap();
+    let mut all: Vec<u64> = sent.iter().chain(&live_stored).copied().collect();
+    for appender in appenders {
+        all.extend(appender.join().unwrap());
+    }
+    let count = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), count, "a number was given twice");
+    let mut on_disk = stored_seqs(&outbox, "t");
+    on_disk.sort_unstable();
+    assert_eq!(on_disk.len(), 1000 + live_stored.len());
 }

@@ -419,6 +419,7 @@ fn shape_default(
                 topic,
                 retain: false,
                 accepted_ms: accepted_ms(received_at),
+                seq: None,
                 payload: Box::new(move |seq| {
                     envelope::encode(&site, Some(&device), "telemetry", &stamp, seq, &body)
                 }),
@@ -440,6 +441,7 @@ fn shape_default(
                 topic,
                 retain: false,
                 accepted_ms: accepted_ms(received_at),
+                seq: None,
                 payload: Box::new(move |seq| {
                     envelope::encode(&site, Some(&device), "event", &stamp, seq, &body)
                 }),
@@ -460,6 +462,7 @@ fn shape_default(
                 topic,
                 retain: true,
                 accepted_ms: accepted_ms(received_at),
+                seq: None,
                 payload: Box::new(move |seq| {
                     envelope::encode(&site, Some(&device), "status", &stamp, seq, &body)
                 }),
