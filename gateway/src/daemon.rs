@@ -209,20 +209,25 @@ impl Gateway {
             console_url.as_deref(),
         )?;
         let uplink_status = uplink::Status::default();
-        let uplink = match &config.cloud {
-            Some(cloud) => Some(
-                Uplink::build(
+        let (uplink, pipeline) = match &config.cloud {
+            Some(cloud) => {
+                // Telemetry goes to the cloud as it comes, and is stored only if the cloud has
+                // not acknowledged it when its batch is due.
+                let (live, live_rx) = uplink::live::channel(cloud.max_inflight.get());
+                let uplink = Uplink::build(
                     &config.gateway.site,
                     cloud,
                     outbox.clone(),
                     clock.clone(),
                     uplink_status.clone(),
                 )?
-                .with_progress(watchdog.progress("uplink")),
-            ),
+                .with_progress(watchdog.progress("uplink"))
+                .with_live(live_rx);
+                (Some(uplink), pipeline.with_live(live))
+            }
             None => {
                 tracing::warn!("No [cloud] configured: messages wait in the outbox.");
-                None
+                (None, pipeline)
             }
         };
         let mut context = admin::Context::with_sealer(config, registry.clone(), keys.sealer());
@@ -444,6 +449,15 @@ impl Gateway {
         }
         pipeline.cancel();
         let _ = tokio::time::timeout_at(deadline, pipeline_task.wait()).await;
+        // Nothing numbers telemetry any more: the streams go on without a gap at the next start.
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.release_reservations()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot write back the reserved stream numbers; the next start skips past them.")
+            }
+            Err(e) => tracing::warn!(error = %e, "Stream number task failed."),
+        }
         core.cancel();
         if tokio::time::timeout_at(deadline, core_tasks.wait())
             .await

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 
 const MESSAGES_IN: &str = "rxgate_messages_in_total";
 const MESSAGES_OUT: &str = "rxgate_messages_out_total";
+const SENT_BEFORE_STORED: &str = "rxgate_messages_sent_before_stored_total";
 const REFUSALS: &str = "rxgate_refusals_total";
 const DROPPED: &str = "rxgate_messages_dropped_total";
 const OUTBOX_RECORDS: &str = "rxgate_outbox_depth";
@@ -55,6 +56,10 @@ fn handle() -> &'static PrometheusHandle {
             "Messages accepted from devices, by source (mqtt, modbus)."
         );
         describe_counter!(MESSAGES_OUT, "Messages acknowledged by the cloud broker.");
+        describe_counter!(
+            SENT_BEFORE_STORED,
+            "Messages the cloud broker acknowledged before their batch was due, and so never written to disk."
+        );
         describe_counter!(
             REFUSALS,
             "Connections, messages and requests refused, by reason."
@@ -124,6 +129,12 @@ pub fn message_in(source: &'static str) {
 /// The cloud acknowledged a message.
 pub fn uplink_sent() {
     counter!(MESSAGES_OUT).increment(1);
+}
+
+/// The cloud acknowledged `count` messages sent before they were stored, in time for their
+/// batch: they were not written.
+pub fn sent_before_stored(count: u64) {
+    counter!(SENT_BEFORE_STORED).increment(count);
 }
 
 /// Something was refused; `reason` is a short stable word (`topic_denied`, `bad_payload`, ...).

@@ -6,6 +6,7 @@
 //! batches fill at once; a lone reading waits at most `batch_delay`.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -17,7 +18,9 @@ use crate::message::envelope::{
 };
 use crate::message::{Accepted, Intake, Refused, Submission};
 use crate::outbox::{AppendError, Appended, NewRecord, Outbox, Priority};
+use crate::policy::Flag;
 use crate::policy::stage::{PolicyStage, Shaped};
+use crate::uplink::live::{Live, LiveMessage, Sent};
 use crate::watchdog::Progress;
 
 /// The running pipeline.
@@ -41,6 +44,8 @@ pub struct Pipeline {
     /// Why outbox writes fail (`disk_full`, `store`) while they do: an episode is logged when it
     /// starts and when it ends, not once per refused batch.
     failing: Option<&'static str>,
+    /// Where telemetry goes before it is stored, if the uplink takes it.
+    live: Option<Live>,
 }
 
 impl Pipeline {
@@ -67,6 +72,7 @@ impl Pipeline {
             monitor: None,
             progress: Progress::untracked(),
             failing: None,
+            live: None,
         }
     }
 
@@ -110,6 +116,13 @@ impl Pipeline {
         self
     }
 
+    /// Hands telemetry to the uplink as it arrives, numbered from reserved blocks, and stores
+    /// only what the cloud has not acknowledged by the time the batch is due.
+    pub fn with_live(mut self, live: Live) -> Self {
+        self.live = Some(live);
+        self
+    }
+
     /// Runs until `shutdown`; then takes what is already queued, so no intake waits forever.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
@@ -122,133 +135,213 @@ impl Pipeline {
                 _ = shutdown.cancelled() => break,
             };
             let _work = self.progress.working();
-            let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.batch_delay;
-            while batch.len() < self.batch_max {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(next)) => batch.push(next),
+            let opened = tokio::time::Instant::now();
+            let due = opened + self.batch_delay;
+            // Messages sent before they are stored get the last part of the delay for the
+            // cloud's acknowledgement: collecting ends that much earlier, so a batch is still
+            // written within `batch_delay`.
+            let collect_until = due - self.batch_delay / 5;
+            let mut batch = Batch::default();
+            self.prepare(first, &mut batch);
+            while batch.items.len() < self.batch_max {
+                match tokio::time::timeout_at(collect_until, self.rx.recv()).await {
+                    Ok(Some(next)) => self.prepare(next, &mut batch),
                     Ok(None) | Err(_) => break,
                 }
+            }
+            if let Some(live) = &self.live
+                && !batch.sent.is_empty()
+            {
+                let grace = (tokio::time::Instant::now() + self.batch_delay / 5).min(due);
+                live.acked_by(&batch.sent, grace).await;
             }
             self.commit(batch).await;
         }
         self.rx.close();
-        let mut rest = Vec::new();
+        let mut rest = Batch::default();
         while let Ok(next) = self.rx.try_recv() {
-            rest.push(next);
+            self.prepare(next, &mut rest);
         }
-        if !rest.is_empty() {
+        if !rest.items.is_empty() {
             self.commit(rest).await;
         }
     }
 
-    async fn commit(&mut self, batch: Vec<Submission>) {
-        let mut records = Vec::with_capacity(batch.len());
-        // Per submission: its reply, and where its record is (or its outcome if it has none).
-        let mut waiting: Vec<(
-            tokio::sync::oneshot::Sender<Result<Accepted, Refused>>,
-            Outcome,
-        )> = Vec::with_capacity(batch.len());
-        // What follows from a submission (its cold-chain observation, audit entry, flags and
-        // local copy) happens only if its record is appended: `Some(index)` names the record
-        // it waits on, `None` means it was accepted with nothing to write. An event the outbox
-        // refuses is resent by its device and must not be audited or flagged twice.
-        let mut observed = Vec::new();
-        let mut audits: Vec<(Option<usize>, String, String, Json)> = Vec::new();
-        let mut flags = Vec::new();
-        let mut locals = Vec::new();
-        for submission in batch {
-            let device = submission.intake.device().to_owned();
-            let shaped = match self.policy.as_mut() {
-                Some(stage) => stage.apply(submission.intake, submission.received_at),
-                None => {
-                    let observed = match &submission.intake {
-                        Intake::Telemetry(reading) => Some(reading.clone()),
-                        _ => None,
-                    };
-                    Shaped {
-                        observed,
-                        ..Shaped::passthrough(submission.intake)
-                    }
+    /// Shapes one submission as it arrives and, if it is telemetry the uplink can take now,
+    /// hands it over.
+    fn prepare(&mut self, submission: Submission, batch: &mut Batch) {
+        let device = submission.intake.device().to_owned();
+        let shaped = match self.policy.as_mut() {
+            Some(stage) => stage.apply(submission.intake, submission.received_at),
+            None => {
+                let observed = match &submission.intake {
+                    Intake::Telemetry(reading) => Some(reading.clone()),
+                    _ => None,
+                };
+                Shaped {
+                    observed,
+                    ..Shaped::passthrough(submission.intake)
+                }
+            }
+        };
+        // A refused submission has nothing appended to wait on: what follows from it happens
+        // once per refusal.
+        let mut item = Prepared {
+            reply: submission.reply,
+            pending: Pending::Accepted(uuid::Uuid::nil()),
+            depends: shaped.refused.is_none() && shaped.intake.is_some(),
+            observed: None,
+            flags: Vec::new(),
+            local: shaped.local,
+            audit: None,
+        };
+        if let (Some((devices, _)), Some(reading)) = (&self.monitor, &shaped.observed)
+            && devices.contains(&reading.device)
+        {
+            item.observed = Some(Observation {
+                device: reading.device.clone(),
+                at: submission.received_at,
+                points: reading.points.clone(),
+            });
+        }
+        for flag in &shaped.flags {
+            item.flags.push((
+                device.clone(),
+                flag.clone(),
+                shaped.decided_body.clone(),
+            ));
+        }
+        if let Some((refused, class)) = shaped.refused {
+            if let Some(refusals) = &self.refusals {
+                refusals.record(crate::audit::Refusal {
+                    kind: crate::audit::Kind::PolicyDenied,
+                    device: Some(device.clone()),
+                    source: None,
+                    class,
+                    reason: refused.to_string(),
+                    claimed_device: None,
+                });
+            }
+            item.pending = Pending::Refused(refused);
+            batch.items.push(item);
+            return;
+        }
+        item.pending = match shaped.intake {
+            Some(intake) => {
+                let telemetry = matches!(intake, Intake::Telemetry(_));
+                let (record, id) = shape(
+                    &self.site,
+                    self.points,
+                    intake,
+                    submission.received_at,
+                    submission.clock_synced,
+                    shaped.priority,
+                    shaped.topic_suffix.as_deref(),
+                );
+                let (record, sent) = match telemetry {
+                    true => self.send_live(record, batch),
+                    false => (record, None),
+                };
+                Pending::Record { record, id, sent }
+            }
+            None => Pending::Accepted(envelope::new_id(submission.received_at)),
+        };
+        if let Some((class, body)) = shaped.audit {
+            item.audit = Some((device, class, body));
+        }
+        batch.items.push(item);
+    }
+
+    /// Hands `record` to the uplink if it can take it now, numbered from its stream's reserved
+    /// block; returns the record to store if the cloud has not acknowledged it when the batch
+    /// is due, numbered and rendered as sent. A stream one of whose messages in this batch was
+    /// not handed over hands over no later one: its numbers follow the order messages came in.
+    fn send_live(&self, record: NewRecord, batch: &mut Batch) -> (NewRecord, Option<Arc<Sent>>) {
+        let Some(live) = &self.live else {
+            return (record, None);
+        };
+        if batch.held.contains(&record.topic) {
+            return (record, None);
+        }
+        let session = live
+            .ready(self.outbox.appends())
+            .filter(|s| batch.session.is_none_or(|b| b == *s));
+        let seq = session.and(self.outbox.live_seq(&record.topic));
+        let (Some(session), Some(seq)) = (session, seq) else {
+            batch.held.insert(record.topic.clone());
+            return (record, None);
+        };
+        batch.session = Some(session);
+        let payload = (record.payload)(seq);
+        let sent = Arc::new(Sent::default());
+        let handed = live.send(LiveMessage {
+            topic: record.topic.clone(),
+            payload: payload.clone(),
+            session,
+            sent: sent.clone(),
+        });
+        let numbered = NewRecord {
+            seq: Some(seq),
+            payload: Box::new(move |_| payload),
+            ..record
+        };
+        if !handed {
+            batch.held.insert(numbered.topic.clone());
+            return (numbered, None);
+        }
+        batch.sent.push(sent.clone());
+        (numbered, Some(sent))
+    }
+
+    async fn commit(&mut self, batch: Batch) {
+        // Per item, what its outcome waits on: nothing, the cloud (which acknowledged it in
+        // time, so it is not written), or record `i` of those appended.
+        let mut records = Vec::with_capacity(batch.items.len());
+        let mut deps = Vec::with_capacity(batch.items.len());
+        let mut waiting = Vec::with_capacity(batch.items.len());
+        let mut follows = Vec::with_capacity(batch.items.len());
+        let mut audits = Vec::new();
+        let mut in_cloud = 0u64;
+        for (i, item) in batch.items.into_iter().enumerate() {
+            let (dep, outcome) = match item.pending {
+                Pending::Refused(refused) => (Dep::None, Outcome::Refused(refused)),
+                Pending::Accepted(id) => (Dep::None, Outcome::Accepted(id)),
+                Pending::Record { sent, id, .. } if sent.as_ref().is_some_and(|s| s.acked()) => {
+                    in_cloud += 1;
+                    (Dep::Cloud, Outcome::Accepted(id))
+                }
+                Pending::Record { record, id, .. } => {
+                    records.push(record);
+                    (Dep::Record(records.len() - 1), Outcome::Record(records.len() - 1, id))
                 }
             };
-            // A refused submission has nothing appended to wait on: what follows from it
-            // happens once per refusal.
-            let index =
-                (shaped.refused.is_none() && shaped.intake.is_some()).then_some(records.len());
-            if let (Some((devices, _)), Some(reading)) = (&self.monitor, &shaped.observed)
-                && devices.contains(&reading.device)
-            {
-                observed.push((
-                    index,
-                    Observation {
-                        device: reading.device.clone(),
-                        at: submission.received_at,
-                        points: reading.points.clone(),
-                    },
-                ));
+            // A refused or empty submission's consequences do not wait on a record.
+            deps.push(if item.depends { dep } else { Dep::None });
+            waiting.push((item.reply, outcome));
+            if let Some(audit) = item.audit {
+                audits.push((i, audit));
             }
-            for flag in &shaped.flags {
-                flags.push((
-                    index,
-                    device.clone(),
-                    flag.clone(),
-                    shaped.decided_body.clone(),
-                ));
-            }
-            if let Some(local) = shaped.local {
-                locals.push((index, local));
-            }
-            if let Some((refused, class)) = shaped.refused {
-                if let Some(refusals) = &self.refusals {
-                    refusals.record(crate::audit::Refusal {
-                        kind: crate::audit::Kind::PolicyDenied,
-                        device: Some(device.clone()),
-                        source: None,
-                        class,
-                        reason: refused.to_string(),
-                        claimed_device: None,
-                    });
-                }
-                waiting.push((submission.reply, Outcome::Refused(refused)));
-                continue;
-            }
-            match shaped.intake {
-                Some(intake) => {
-                    let (record, id) = shape(
-                        &self.site,
-                        self.points,
-                        intake,
-                        submission.received_at,
-                        submission.clock_synced,
-                        shaped.priority,
-                        shaped.topic_suffix.as_deref(),
-                    );
-                    waiting.push((submission.reply, Outcome::Record(records.len(), id)));
-                    records.push(record);
-                }
-                None => {
-                    let id = envelope::new_id(submission.received_at);
-                    waiting.push((submission.reply, Outcome::Accepted(id)));
-                }
-            }
-            if let Some((class, body)) = shaped.audit {
-                audits.push((index, device.clone(), class, body));
-            }
+            follows.push((item.observed, item.flags, item.local));
+        }
+        if in_cloud > 0 {
+            crate::metrics::sent_before_stored(in_cloud);
         }
         let outbox = self.outbox.clone();
         let clock = self.clock.clone();
         // A batch with nothing to keep (all refused, say a flooding device held to its rate
-        // limit) costs no write transaction, and so no sync of the SD card.
-        let nothing_to_write = records.is_empty() && audits.is_empty();
+        // limit, or all in the cloud already) costs no write transaction, and so no sync of the
+        // SD card, unless a stream needs its next block of numbers.
+        let nothing_to_write =
+            records.is_empty() && audits.is_empty() && !outbox.wants_reservation();
         let submitted = records.len() as u64;
+        let audit_deps = deps.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             if nothing_to_write {
                 return Ok(Vec::new());
             }
             outbox.append_with(records, |txn, appended| {
-                for (index, device, class, body) in audits {
-                    if !was_appended(appended, index) {
+                for (i, (device, class, body)) in audits {
+                    if !kept(appended, audit_deps[i]) {
                         continue;
                     }
                     let controlled = class == "controlled-substance";
@@ -283,8 +376,10 @@ impl Pipeline {
                     crate::metrics::outbox_refused("full", full);
                 }
                 if let Some((_, monitor)) = &self.monitor {
-                    for (index, observation) in observed {
-                        if was_appended(&results, index) {
+                    for ((observed, _, _), dep) in follows.iter_mut().zip(&deps) {
+                        if let Some(observation) = observed.take()
+                            && kept(&results, *dep)
+                        {
                             let _ = monitor.send(observation).await;
                         }
                     }
@@ -301,28 +396,30 @@ impl Pipeline {
                     });
                 }
                 if let Some(alerts) = &self.alerts {
-                    for (index, device, flag, body) in flags {
-                        if !was_appended(&results, index) {
+                    for ((_, flags, _), dep) in follows.iter_mut().zip(&deps) {
+                        if !kept(&results, *dep) {
                             continue;
                         }
-                        let severity = flag.severity;
-                        alerts
-                            .flag(
-                                &device,
-                                &flag.name,
-                                severity,
-                                serde_json::json!({ "rule": flag.rule, "event": body }),
-                            )
-                            .await;
+                        for (device, flag, body) in flags.drain(..) {
+                            alerts
+                                .flag(
+                                    &device,
+                                    &flag.name,
+                                    flag.severity,
+                                    serde_json::json!({ "rule": flag.rule, "event": body }),
+                                )
+                                .await;
+                        }
                     }
                 }
                 if let Some(link) = &self.local {
                     let mut link = link.lock().unwrap_or_else(|e| e.into_inner());
-                    for (index, (topic, payload)) in locals {
-                        if !was_appended(&results, index) {
-                            continue;
+                    for ((_, _, local), dep) in follows.into_iter().zip(&deps) {
+                        if let Some((topic, payload)) = local
+                            && kept(&results, *dep)
+                        {
+                            let _ = link.publish(topic, payload);
                         }
-                        let _ = link.publish(topic, payload);
                     }
                 }
             }
@@ -354,10 +451,64 @@ impl Pipeline {
     }
 }
 
-/// Whether the submission behind `index` was kept: accepted with nothing to write (`None`), or
-/// its record appended.
-fn was_appended(results: &[Result<Appended, AppendError>], index: Option<usize>) -> bool {
-    index.is_none_or(|i| matches!(results.get(i), Some(Ok(_))))
+/// Submissions shaped on arrival, waiting for their batch to be written.
+#[derive(Default)]
+struct Batch {
+    items: Vec<Prepared>,
+    /// What the uplink was handed, for the cloud's acknowledgements.
+    sent: Vec<Arc<Sent>>,
+    /// The uplink connection messages of this batch were handed to: after a reconnect the rest
+    /// of the batch is stored first, so nothing overtakes what the lost connection had.
+    session: Option<u64>,
+    /// Streams with a message in this batch that was not handed over.
+    held: HashSet<String>,
+}
+
+/// One shaped submission.
+struct Prepared {
+    reply: tokio::sync::oneshot::Sender<Result<Accepted, Refused>>,
+    pending: Pending,
+    /// Whether what follows from it (its cold-chain observation, audit entry, flags and local
+    /// copy) happens only once it is kept: an event the outbox refuses is resent by its device
+    /// and must not be audited or flagged twice. `false` for one refused or accepted with
+    /// nothing to write: then it follows once, now.
+    depends: bool,
+    observed: Option<Observation>,
+    flags: Vec<(String, Flag, Json)>,
+    local: Option<(String, Vec<u8>)>,
+    /// (device, class, event) for the audit trail.
+    audit: Option<(String, String, Json)>,
+}
+
+enum Pending {
+    Refused(Refused),
+    /// Accepted with nothing to write (deadband, routing).
+    Accepted(uuid::Uuid),
+    /// To be stored unless `sent` and acknowledged by the cloud when the batch is due.
+    Record {
+        record: NewRecord,
+        id: uuid::Uuid,
+        sent: Option<Arc<Sent>>,
+    },
+}
+
+/// What a submission's consequences wait on.
+#[derive(Debug, Clone, Copy)]
+enum Dep {
+    None,
+    /// The cloud acknowledged it before the batch was due.
+    Cloud,
+    /// Record `.0` of those appended.
+    Record(usize),
+}
+
+/// Whether a submission is kept: it waits on nothing, the cloud has it, or its record was
+/// appended.
+fn kept(results: &[Result<Appended, AppendError>], dep: Dep) -> bool {
+    match dep {
+        Dep::None | Dep::Cloud => true,
+        Dep::Record(i) => matches!(results.get(i), Some(Ok(_))),
+    }
 }
 
 /// An event as it left the policy.

@@ -1,18 +1,30 @@
-//! Pairing rumqttc's packet ids with outbox keys.
+//! Pairing rumqttc's packet ids with what each publish was.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use super::live::Sent;
 use crate::outbox::Key;
 
-/// Publishes requested but not yet acknowledged. `None` stands for a publish that is not an
-/// outbox record (the gateway's own status message).
+/// What a publish carries.
+#[derive(Debug, Clone)]
+pub enum Publish {
+    /// The gateway's own status message.
+    Status,
+    /// A stored message, by its outbox key.
+    Stored(Key),
+    /// A message sent before it was stored.
+    Live(Arc<Sent>),
+}
+
+/// Publishes requested but not yet acknowledged.
 #[derive(Debug)]
 pub struct Inflight {
     window: usize,
     /// Requested, waiting for rumqttc to give them a packet id; in request order.
-    requested: VecDeque<Option<Key>>,
+    requested: VecDeque<Publish>,
     /// Sent with a packet id, waiting for PUBACK.
-    sent: HashMap<u16, Option<Key>>,
+    sent: HashMap<u16, Publish>,
 }
 
 impl Inflight {
@@ -39,9 +51,9 @@ impl Inflight {
         self.requested.len()
     }
 
-    /// A publish for `key` was handed to rumqttc.
-    pub fn request(&mut self, key: Option<Key>) {
-        self.requested.push_back(key);
+    /// A publish was handed to rumqttc.
+    pub fn request(&mut self, publish: Publish) {
+        self.requested.push_back(publish);
     }
 
     /// rumqttc sent the next requested publish with packet id `pkid`.
@@ -51,9 +63,9 @@ impl Inflight {
         }
     }
 
-    /// The broker acknowledged `pkid`; returns the outbox message it acknowledges.
-    pub fn acked(&mut self, pkid: u16) -> Option<Key> {
-        self.sent.remove(&pkid).flatten()
+    /// The broker acknowledged `pkid`; returns what it acknowledges.
+    pub fn acked(&mut self, pkid: u16) -> Option<Publish> {
+        self.sent.remove(&pkid)
     }
 }
 
@@ -61,27 +73,32 @@ impl Inflight {
 mod tests {
     use super::*;
 
+    fn key(publish: Option<Publish>) -> Option<Key> {
+        match publish {
+            Some(Publish::Stored(key)) => Some(key),
+            _ => None,
+        }
+    }
+
     #[test]
     fn packet_ids_pair_with_keys_in_request_order_and_acks_free_room() {
-        let mut inflight = Inflight::new(3);
-        inflight.request(None);
-        inflight.request(Some((2, 10, 0)));
-        inflight.request(Some((2, 10, 1)));
+        let mut inflight = Inflight::new(4);
+        inflight.request(Publish::Status);
+        inflight.request(Publish::Stored((2, 10, 0)));
+        let live = Arc::new(Sent::default());
+        inflight.request(Publish::Live(live.clone()));
+        inflight.request(Publish::Stored((2, 10, 1)));
         assert!(!inflight.has_room());
-        inflight.assigned(1);
-        inflight.assigned(2);
-        inflight.assigned(3);
-        assert_eq!(inflight.acked(3), Some((2, 10, 1)));
-        assert_eq!(
-            inflight.acked(1),
-            None,
-            "the status message is not an outbox record"
-        );
-        assert_eq!(inflight.room(), 2);
-        assert_eq!(inflight.acked(2), Some((2, 10, 0)));
-        assert_eq!(
-            inflight.acked(2),
-            None,
+        for pkid in 1..=4 {
+            inflight.assigned(pkid);
+        }
+        assert_eq!(key(inflight.acked(4)), Some((2, 10, 1)));
+        assert!(matches!(inflight.acked(1), Some(Publish::Status)));
+        assert!(matches!(inflight.acked(3), Some(Publish::Live(s)) if Arc::ptr_eq(&s, &live)));
+        assert_eq!(inflight.room(), 3);
+        assert_eq!(key(inflight.acked(2)), Some((2, 10, 0)));
+        assert!(
+            inflight.acked(2).is_none(),
             "a duplicate PUBACK frees nothing twice"
         );
     }

@@ -7,14 +7,19 @@
 //! deletes a stored record once all its messages are acknowledged). A reconnect therefore
 //! resends whatever was in flight (at-least-once; consumers de-duplicate on `id`).
 //!
+//! While connected and caught up with the outbox, the uplink also publishes telemetry the
+//! pipeline hands it before storing it ([`live`]); the pipeline stores only what the cloud has
+//! not acknowledged by the time the batch is due.
+//!
 //! rumqttc assigns packet ids inside its event loop, in the order publishes were requested, and
-//! reports each as `Outgoing::Publish(pkid)`. [`Inflight`] pairs those, in order, with the
-//! outbox keys we requested, and PUBACKs with keys by packet id.
+//! reports each as `Outgoing::Publish(pkid)`. [`Inflight`] pairs those, in order, with what we
+//! requested, and PUBACKs with it by packet id.
 
 mod config;
 pub use config::{CloudConfig, CloudEndpoint, cloud_endpoint};
 
 mod inflight;
+pub mod live;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -31,7 +36,8 @@ use crate::error::{Error, Result};
 use crate::message::envelope;
 use crate::outbox::{Cursor, Key, LANES, Outbox};
 use crate::watchdog::Progress;
-pub use inflight::Inflight;
+pub use inflight::{Inflight, Publish};
+use live::LiveReceiver;
 
 /// Acknowledgements are handed to the outbox in batches of this size, or every [`ACK_EVERY`].
 /// Only those that finish a stored record cost a (non-durable) write.
@@ -97,6 +103,10 @@ pub struct Uplink {
     status: Status,
     /// Reading and deleting outbox records are the units of work; waiting for the cloud is not.
     progress: Progress,
+    /// Telemetry the pipeline hands over before storing it, if it does.
+    live: Option<LiveReceiver>,
+    /// Numbers the connections, for [`live`].
+    sessions: u64,
 }
 
 /// Builds the rustls client config from `[cloud]`: trust `ca_file`, present `cert_file`/`key_file`.
@@ -174,7 +184,15 @@ impl Uplink {
             backoff_max: cloud.reconnect_max,
             status,
             progress: Progress::untracked(),
+            live: None,
+            sessions: 0,
         })
+    }
+
+    /// Publishes the telemetry the pipeline hands over on `live` while connected and caught up.
+    pub fn with_live(mut self, live: LiveReceiver) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// Reports reading and deleting outbox records to the watchdog.
@@ -184,12 +202,18 @@ impl Uplink {
     }
 
     /// Connects, drains the outbox, reconnects with backoff and jitter, until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = self.backoff_min;
+        let mut live = self.live.take();
         loop {
             self.status.set(State::Connecting);
             let started = tokio::time::Instant::now();
-            match self.session(&shutdown).await {
+            self.sessions += 1;
+            let result = self.session(&shutdown, live.as_mut()).await;
+            if let Some(live) = &live {
+                live.close();
+            }
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cloud connection lost; will reconnect.");
@@ -211,7 +235,12 @@ impl Uplink {
     }
 
     /// One connection. `Ok` only when shutdown ended it.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), ConnectionError> {
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        mut live: Option<&mut LiveReceiver>,
+    ) -> Result<(), ConnectionError> {
+        let session = self.sessions;
         // The last will is stamped when it is registered, at CONNECT: the closest the broker
         // lets us get to the moment the connection is lost.
         let mut options = self.options.clone();
@@ -246,13 +275,16 @@ impl Uplink {
         tracing::info!(broker = %self.options.broker_address().0, "Connected to the cloud broker.");
         let status_topic = envelope::gateway_status_topic(&self.site);
         let mut inflight = Inflight::new(self.window);
-        inflight.request(None);
+        inflight.request(Publish::Status);
         let _ = client.try_publish(
             status_topic.clone(),
             QoS::AtLeastOnce,
             true,
             status_payload(true, "connected", self.clock.now(), self.clock.synced()),
         );
+        if let Some(live) = &live {
+            live.open(session);
+        }
         let mut cursors = Cursors::default();
         let mut acked: Vec<Key> = Vec::new();
         let mut flush = tokio::time::interval(ACK_EVERY);
@@ -260,26 +292,60 @@ impl Uplink {
 
         let result = loop {
             let work = self.progress.working();
-            if let Err(e) = self.fill(&client, &mut inflight, &mut cursors) {
-                tracing::error!(error = %e, "Cannot read the outbox.");
+            match self.fill(&client, &mut inflight, &mut cursors) {
+                Ok(()) => {
+                    if let Some(live) = &live {
+                        match cursors.exhausted_at {
+                            Some(appends) => live.caught_up(appends),
+                            None => live.behind(),
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "Cannot read the outbox."),
             }
             drop(work);
+            let has_room = inflight.has_room();
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                _ = self.outbox.appended(), if inflight.has_room() => {}
+                _ = self.outbox.appended(), if has_room => {}
+                message = next_live(live.as_deref_mut(), session), if has_room => {
+                    // The pipeline is gone (shutting down): nothing more comes.
+                    let Some(message) = message else {
+                        live = None;
+                        continue;
+                    };
+                    {
+                        let sent = message.sent;
+                        // A request the channel cannot take is not sent: the pipeline stores
+                        // the message, unacknowledged, and the outbox sends it.
+                        if client
+                            .try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
+                            .is_ok()
+                        {
+                            inflight.request(Publish::Live(sent));
+                        }
+                    }
+                }
                 _ = flush.tick() => self.ack(&mut acked).await,
                 event = events.poll() => match event {
                     Err(e) => break Err(e),
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(key) = inflight.acked(ack.pkid) {
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => match inflight.acked(ack.pkid) {
+                        Some(Publish::Stored(key)) => {
                             crate::metrics::uplink_sent();
                             acked.push(key);
                             if acked.len() >= ACK_BATCH {
                                 self.ack(&mut acked).await;
                             }
                         }
-                    }
+                        Some(Publish::Live(sent)) => {
+                            crate::metrics::uplink_sent();
+                            if let Some(live) = &live {
+                                live.acked(&sent);
+                            }
+                        }
+                        Some(Publish::Status) | None => {}
+                    },
                     Ok(_) => {}
                 },
             }
@@ -351,7 +417,7 @@ impl Uplink {
             ) {
                 Ok(()) => {
                     cursors.lanes[usize::from(key.0)] = Some((key.1, key.2));
-                    inflight.request(Some(key));
+                    inflight.request(Publish::Stored(key));
                 }
                 Err(e) => {
                     // The request channel is full: the record is read again next time.
@@ -391,6 +457,14 @@ struct Cursors {
     /// [`Outbox::appends`] as it was before a read that found every lane exhausted: until it
     /// changes there is nothing new to read.
     exhausted_at: Option<u64>,
+}
+
+/// The next message handed over for `session`; never, without a pipeline handing any over.
+async fn next_live(live: Option<&mut LiveReceiver>, session: u64) -> Option<live::LiveMessage> {
+    match live {
+        Some(live) => live.recv(session).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `base` ± 25 %, so a site's gateways do not reconnect in lockstep after a broker restart.

@@ -1,0 +1,206 @@
+//! Telemetry sent to the cloud before it is stored.
+//!
+//! While the uplink is connected and has sent everything the outbox held, the pipeline hands it
+//! each telemetry message as soon as the message is shaped, numbered from its stream's reserved
+//! block ([`crate::outbox::Outbox::live_seq`]). When the batch is due, the pipeline stores only
+//! the messages whose [`Sent`] the cloud's PUBACK has not marked: the cloud has the others, and
+//! the outbox never writes them. A message is therefore safe (in the cloud, or in a synced
+//! commit) before its device is told it is accepted, and reaches the cloud without waiting for
+//! the batch.
+//!
+//! A message handed over in one connection is never published in another: after a reconnect
+//! the outbox, which the pipeline fills with every message not acknowledged, sends it again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+
+/// Whether the cloud acknowledged one message sent before it was stored.
+#[derive(Debug, Default)]
+pub struct Sent {
+    acked: AtomicBool,
+}
+
+impl Sent {
+    pub fn acked(&self) -> bool {
+        self.acked.load(Ordering::Acquire)
+    }
+}
+
+/// A message for the uplink to publish now.
+#[derive(Debug)]
+pub struct LiveMessage {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The connection it was handed over for.
+    pub session: u64,
+    pub sent: Arc<Sent>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The connection taking messages now; 0 while there is none.
+    session: AtomicU64,
+    /// [`crate::outbox::Outbox::appends`] as it was when the uplink last found every lane sent;
+    /// `u64::MAX` while it has not.
+    caught_up_at: AtomicU64,
+    /// Woken whenever the cloud acknowledges a message sent before it was stored.
+    acked: Notify,
+}
+
+/// The pipeline's end.
+#[derive(Debug, Clone)]
+pub struct Live {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<LiveMessage>,
+}
+
+/// The uplink's end.
+#[derive(Debug)]
+pub struct LiveReceiver {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<LiveMessage>,
+}
+
+/// A channel holding at most `capacity` messages on their way to the uplink.
+pub fn channel(capacity: usize) -> (Live, LiveReceiver) {
+    let shared = Arc::new(Shared {
+        session: AtomicU64::new(0),
+        caught_up_at: AtomicU64::new(u64::MAX),
+        acked: Notify::new(),
+    });
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (
+        Live {
+            shared: shared.clone(),
+            tx,
+        },
+        LiveReceiver { shared, rx },
+    )
+}
+
+impl Live {
+    /// The connection to hand messages to, if the uplink is connected and has sent everything
+    /// appended up to `appends` (the outbox's count now): a message sent now cannot overtake a
+    /// stored one.
+    pub fn ready(&self, appends: u64) -> Option<u64> {
+        let session = self.shared.session.load(Ordering::Acquire);
+        (session != 0 && self.shared.caught_up_at.load(Ordering::Acquire) == appends)
+            .then_some(session)
+    }
+
+    /// Hands `message` over; `false` if the uplink has no room for it now.
+    pub fn send(&self, message: LiveMessage) -> bool {
+        self.tx.try_send(message).is_ok()
+    }
+
+    /// Resolves when every one of `sent` is acknowledged, or at `until`.
+    pub async fn acked_by(&self, sent: &[Arc<Sent>], until: tokio::time::Instant) {
+        let _ = tokio::time::timeout_at(until, async {
+            loop {
+                let notified = self.shared.acked.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if sent.iter().all(|s| s.acked()) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+}
+
+impl LiveReceiver {
+    /// A connection is up: messages handed over from now on are for `session`.
+    pub(super) fn open(&self, session: u64) {
+        self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
+        self.shared.session.store(session, Ordering::Release);
+    }
+
+    /// The connection is gone: nothing more is handed over until the next one.
+    pub(super) fn close(&self) {
+        self.shared.session.store(0, Ordering::Release);
+        self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
+    }
+
+    /// Every lane was read to its end as the outbox's append count was `appends`.
+    pub(super) fn caught_up(&self, appends: u64) {
+        self.shared.caught_up_at.store(appends, Ordering::Release);
+    }
+
+    /// Something stored is still to be sent.
+    pub(super) fn behind(&self) {
+        self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
+    }
+
+    /// The cloud acknowledged `sent`.
+    pub(super) fn acked(&self, sent: &Sent) {
+        sent.acked.store(true, Ordering::Release);
+        self.shared.acked.notify_waiters();
+    }
+
+    /// The next message handed over for `session`; those handed over for an earlier connection
+    /// are dropped (the pipeline stores them, unacknowledged).
+    pub(super) async fn recv(&mut self, session: u64) -> Option<LiveMessage> {
+        loop {
+            let message = self.rx.recv().await?;
+            if message.session == session {
+                return Some(message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_go_over_only_while_connected_and_caught_up_and_only_for_their_session() {
+        let (live, mut rx) = channel(4);
+        assert_eq!(live.ready(0), None, "not connected");
+        rx.open(1);
+        assert_eq!(live.ready(0), None, "not caught up yet");
+        rx.caught_up(5);
+        assert_eq!(live.ready(4), None, "something was appended since");
+        assert_eq!(live.ready(5), Some(1));
+        let message = |session| LiveMessage {
+            topic: "t".to_owned(),
+            payload: Vec::new(),
+            session,
+            sent: Arc::new(Sent::default()),
+        };
+        assert!(live.send(message(1)));
+        rx.close();
+        assert_eq!(live.ready(5), None);
+        rx.open(2);
+        rx.caught_up(5);
+        assert!(live.send(message(2)));
+        let got = rx.recv(2).await.unwrap();
+        assert_eq!(got.session, 2, "the first session's message was dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pipeline_waits_for_acknowledgements_until_all_came_or_time_is_up() {
+        let (live, rx) = channel(4);
+        let sent: Vec<Arc<Sent>> = (0..2).map(|_| Arc::new(Sent::default())).collect();
+        let start = tokio::time::Instant::now();
+        let until = start + std::time::Duration::from_millis(100);
+        let waiting = {
+            let live = live.clone();
+            let sent = sent.clone();
+            tokio::spawn(async move { live.acked_by(&sent, until).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        rx.acked(&sent[0]);
+        rx.acked(&sent[1]);
+        waiting.await.unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_millis(100));
+        let unacked = [Arc::new(Sent::default())];
+        live.acked_by(&unacked, start + std::time::Duration::from_millis(300))
+            .await;
+        assert!(start.elapsed() >= std::time::Duration::from_millis(300));
+    }
+}
