@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use rxgate_e2e::cloud::Cloud;
+use rxgate_e2e::cloud::{Cloud, Subscription};
 use rxgate_e2e::{Gateway, start_ready, wait_until, workspace};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -327,62 +327,55 @@ fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arri
         "read to cloud: {latencies:?} s"
     );
 
-    // Four seconds in which nothing can be written to the data_dir.
-    let frozen_at;
-    let thawed_at;
-    {
-        let _frozen = rxgate_e2e::loopfs::Frozen::new(&fs.mount);
-        frozen_at = unix_now();
-        std::thread::sleep(Duration::from_secs(4));
-        thawed_at = unix_now();
-    }
-    let arrived_before_thaw = backend
-        .timed_messages()
-        .iter()
-        .filter(|(t, _, at)| t == topic && (*at as f64 / 1e6) < thawed_at)
-        .count();
-
-    // The server saw a poll every 500 ms (within 100 ms) throughout the freeze.
-    let polls: Vec<f64> = polls_in(&requests)
+    // Four seconds in which nothing can be written to the data_dir, with the cloud up: the
+    // cloud acknowledges each reading before its batch is due, so none needs the disk.
+    let (frozen_at, thawed_at) = freeze(&fs, Duration::from_secs(4));
+    let polls = polls_during(&requests, frozen_at, thawed_at, &gw);
+    let arrived_before_thaw: Vec<f64> = read_and_arrived(&backend, topic)
         .into_iter()
-        .filter(|at| (frozen_at..thawed_at).contains(at))
+        .filter(|(read, at)| (frozen_at..thawed_at).contains(read) && *at < thawed_at)
+        .map(|(read, _)| read)
         .collect();
-    assert!(polls.len() >= 7, "polls during the 4 s freeze: {polls:?}");
-    let gaps: Vec<f64> = polls.windows(2).map(|p| p[1] - p[0]).collect();
-    println!("gaps between polls during the freeze: {gaps:.3?} s");
-    for pair in polls.windows(2) {
-        let gap = pair[1] - pair[0];
-        assert!(
-            (0.4..=0.6).contains(&gap),
-            "a gap of {gap:.3} s between polls during the freeze: {polls:?}\n{}",
-            gw.logs()
-        );
-    }
+    assert!(
+        arrived_before_thaw.len() + 1 >= polls.len(),
+        "read during the freeze and at the cloud before the thaw: {arrived_before_thaw:?}, polls {polls:?}"
+    );
 
-    // After the thaw, every reading of the freeze arrives, stamped when it was read, in order,
-    // without a gap in `seq`.
+    // Four more with the cloud frozen too (SIGSTOP): now every reading must be stored, and the
+    // store cannot be written. Polls keep their interval; every reading arrives once both thaw.
+    cloud.pause();
+    let (frozen_at, thawed_at) = freeze(&fs, Duration::from_secs(4));
+    cloud.resume();
+    let polls = polls_during(&requests, frozen_at, thawed_at, &gw);
+
+    // Every reading of both freezes arrives, stamped when it was read, in order, without a gap
+    // in `seq` (copies of one reading, sent and then stored, carry the same `id`).
     let messages = wait_until(
         Duration::from_secs(20),
         "the readings of the freeze at the cloud",
         || {
             let got = backend.json_on(topic);
-            let last = got.last().map(gateway_ts)?;
+            let last = got.iter().map(gateway_ts).max()?;
             (last.unix_timestamp_nanos() as f64 / 1e9 > thawed_at + 1.0).then_some(got)
         },
     );
-    let seqs: Vec<u64> = messages
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let mut by_seq = std::collections::BTreeMap::new();
+    for m in &messages {
+        let seq = m["seq"].as_u64().unwrap();
+        let id = m["id"].as_str().unwrap().to_owned();
+        let first = by_seq.entry(seq).or_insert_with(|| (id.clone(), m.clone()));
+        assert_eq!(first.0, id, "seq {seq} came with two ids");
+    }
+    let seqs: Vec<u64> = by_seq.keys().copied().collect();
     let first = seqs[0];
     assert_eq!(
         seqs,
         (first..first + seqs.len() as u64).collect::<Vec<_>>(),
-        "no gap, no duplicate"
+        "no gap"
     );
-    let read_during: Vec<f64> = messages
-        .iter()
-        .map(|m| gateway_ts(m).unix_timestamp_nanos() as f64 / 1e9)
+    let read_during: Vec<f64> = by_seq
+        .values()
+        .map(|(_, m)| gateway_ts(m).unix_timestamp_nanos() as f64 / 1e9)
         .filter(|at| (frozen_at..thawed_at).contains(at))
         .collect();
     for poll in &polls {
@@ -401,22 +394,59 @@ fn polls_keep_their_interval_while_the_data_dir_is_frozen_and_every_reading_arri
         let gap = pair[1] - pair[0];
         assert!((0.4..=0.6).contains(&gap), "{read_during:?}");
     }
-    let during_frozen_arrived_early = backend
+    let early = read_and_arrived(&backend, topic)
+        .into_iter()
+        .filter(|(read, at)| (frozen_at..thawed_at).contains(read) && *at < thawed_at)
+        .count();
+    assert_eq!(
+        early, 0,
+        "nothing read during the second freeze reached the frozen cloud before the thaw"
+    );
+    drop(gw);
+}
+
+/// Freezes the data_dir's filesystem for `length`; returns when it froze and thawed (unix s).
+fn freeze(fs: &rxgate_e2e::loopfs::LoopFs, length: Duration) -> (f64, f64) {
+    let _frozen = rxgate_e2e::loopfs::Frozen::new(&fs.mount);
+    let frozen_at = unix_now();
+    std::thread::sleep(length);
+    (frozen_at, unix_now())
+}
+
+/// The polls the server saw between `from` and `to`, checked to be 500 ms apart (within
+/// 100 ms): the pollers did not wait on the disk.
+fn polls_during(requests: &std::path::Path, from: f64, to: f64, gw: &Gateway) -> Vec<f64> {
+    let polls: Vec<f64> = polls_in(requests)
+        .into_iter()
+        .filter(|at| (from..to).contains(at))
+        .collect();
+    assert!(polls.len() >= 7, "polls during the 4 s freeze: {polls:?}");
+    let gaps: Vec<f64> = polls.windows(2).map(|p| p[1] - p[0]).collect();
+    println!("gaps between polls during the freeze: {gaps:.3?} s");
+    for pair in polls.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            (0.4..=0.6).contains(&gap),
+            "a gap of {gap:.3} s between polls during the freeze: {polls:?}\n{}",
+            gw.logs()
+        );
+    }
+    polls
+}
+
+/// For each message on `topic` so far: when it was read (its `gateway_ts`) and when it reached
+/// the backend, in unix seconds.
+fn read_and_arrived(backend: &Subscription, topic: &str) -> Vec<(f64, f64)> {
+    backend
         .timed_messages()
         .iter()
         .filter(|(t, _, _)| t == topic)
         .filter_map(|(_, p, at)| {
             let m: serde_json::Value = serde_json::from_str(p).ok()?;
             let read = gateway_ts(&m).unix_timestamp_nanos() as f64 / 1e9;
-            ((frozen_at..thawed_at).contains(&read) && (*at as f64 / 1e6) < thawed_at)
-                .then_some(read)
+            Some((read, *at as f64 / 1e6))
         })
-        .count();
-    assert_eq!(
-        during_frozen_arrived_early, 0,
-        "nothing read during the freeze was durable before the thaw ({arrived_before_thaw} messages arrived before it)"
-    );
-    drop(gw);
+        .collect()
 }
 
 /// A loopback port nothing listens on (bound, then released).

@@ -184,6 +184,25 @@ impl Cloud {
         });
     }
 
+    /// Freezes the broker (SIGSTOP): connections stay open, and nothing is read, delivered or
+    /// acknowledged until [`Cloud::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// Stops the broker (a cloud outage). It saves its sessions, so a backend's persistent
     /// subscription gets what was published for it once the broker is back.
     pub fn stop(&mut self) {

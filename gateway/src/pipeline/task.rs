@@ -266,8 +266,9 @@ impl Pipeline {
         let session = live
             .ready(self.outbox.appends())
             .filter(|s| batch.session.is_none_or(|b| b == *s));
-        let seq = session.and(self.outbox.live_seq(&record.topic));
-        let (Some(session), Some(seq)) = (session, seq) else {
+        // Numbered only when it is handed over: a number taken and not sent would be a gap.
+        let numbered = session.and_then(|s| Some((s, self.outbox.live_seq(&record.topic)?)));
+        let Some((session, seq)) = numbered else {
             batch.held.insert(record.topic.clone());
             return (record, None);
         };
