@@ -99,7 +99,8 @@ impl Gateway {
         let outbox = Outbox::open(
             store.clone(),
             u64::from(config.outbox.max_mib.get()) * 1024 * 1024,
-        )?;
+        )?
+        .keep_ledger(&paths.seq_ledger())?;
         let (ingest, submissions) = Ingest::channel(INGEST_QUEUE, clock.clone());
         let pipeline = Pipeline::new(
             submissions,

@@ -47,6 +47,10 @@ impl DataPaths {
     pub fn store(&self) -> PathBuf {
         self.root.join("rxgate.redb")
     }
+    /// The last stream numbers given, kept in the page cache across a crash (see the outbox).
+    pub fn seq_ledger(&self) -> PathBuf {
+        self.root.join("outbox-seq.ledger")
+    }
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("rxgate.sock")
     }

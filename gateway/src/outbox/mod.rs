@@ -1,14 +1,22 @@
 //! The outbox: every message bound for the cloud, durable until the cloud broker acknowledges it.
 //!
 //! # Invariants
-//! - **Accepted means durable.** A device gets its PUBACK, and a Modbus reading counts as kept,
-//!   only after [`Outbox::append`] has committed it with an fsync (redb `Durability::Immediate`).
-//!   Appends are grouped (see `pipeline`): one commit carries a batch, stored as one record per
-//!   lane, so an SD card sees one sync and a few pages per batch, not per message. A `kill -9` or
-//!   a power cut therefore loses nothing a device was acknowledged for; a polled reading is
-//!   durable once its batch commits, at most `[outbox].batch_delay` (at most 1 s, default
-//!   500 ms) plus that commit's own time after it was read, and it is lost in a power cut only
-//!   within that window.
+//! - **Accepted means safe: durable here, or in the cloud.** A device gets its PUBACK, and a
+//!   Modbus reading counts as kept, only after [`Outbox::append`] has committed it with an fsync
+//!   (redb `Durability::Immediate`), or, for telemetry sent before it was stored (below), once
+//!   the cloud broker acknowledged it. Appends are grouped (see `pipeline`): one commit carries a
+//!   batch, stored as one record per lane, so an SD card sees one sync and a few pages per batch,
+//!   not per message. A `kill -9` or a power cut therefore loses nothing a device was
+//!   acknowledged for; a polled reading is safe once its batch commits or the cloud has it, at
+//!   most `[outbox].batch_delay` (at most 1 s, default 500 ms) plus that commit's own time after
+//!   it was read, and it is lost in a power cut only within that window.
+//! - **Sent before stored.** While the uplink is connected and has sent everything stored, the
+//!   pipeline hands it each telemetry message at once, numbered by [`Outbox::live_seq`] from a
+//!   block of its stream's numbers committed beforehand, and appends, when the batch is due,
+//!   only those the cloud has not acknowledged (with the number and the bytes they were sent
+//!   with). A stream's numbers therefore never repeat even though some are never stored; after
+//!   an abrupt stop a stream skips at most [`RESERVE`] numbers (see `streams`), after a clean one
+//!   ([`Outbox::release_reservations`]) none.
 //! - **Deleted only after the cloud's PUBACK, a record at a time.** The uplink acknowledges each
 //!   message ([`Outbox::ack`]); acknowledgements are kept in memory, and a record is deleted once
 //!   every message in it is acknowledged. Deletions are committed without an fsync. So after a
@@ -58,7 +66,9 @@
 //!   messages in a lane pass 1 MiB uncompressed stores them as several records.
 //!   Version 1 (one message per record, written before) is still read and sent:
 //!   `[1u8][accepted_ms: u64][flags: u8][topic_len: u16][topic][payload]`.
-//! - `outbox_seq`: topic → last `seq` given on that stream (u64).
+//! - `outbox_seq`: topic → last `seq` given on that stream (u64), or, for a stream with
+//!   numbers reserved, the end of its block (no number given passes it); and the key
+//!   `"\0reserved"` while blocks are outstanding (from the first reservation to a clean stop).
 
 mod config;
 pub use config::OutboxConfig;
@@ -440,12 +450,6 @@ impl Outbox {
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
             Err(e) => Err(e.into()),
         })?;
-        if resumed {
-            tracing::warn!(
-                "The last stop was abrupt: streams whose messages were sent before they were stored resume past their reserved numbers (a seq gap of at most {} on each; the numbers skipped were never given to a message kept here).",
-                streams::RESERVE
-            );
-        }
         Ok(Outbox {
             store,
             max_bytes,
@@ -644,6 +648,49 @@ impl Outbox {
             self.ready.notify_one();
         }
         Ok(out)
+    }
+
+    /// For the one process that sends messages before storing them (the gateway): keeps the last
+    /// number given on each stream in the ledger at `path` (see `streams`), after settling the
+    /// previous run's. Called once, before anything appends. If that run stopped abruptly during this boot, the ledger has its exact
+    /// last numbers and every stream goes on without a gap; after a power cut it has nothing, and
+    /// the reserved streams resume past their blocks.
+    pub fn keep_ledger(mut self, path: &std::path::Path) -> Result<Outbox> {
+        let (ledger, found) = streams::Ledger::open(path)
+            .map_err(|e| Error::Invalid(format!("stream number ledger {}: {e}", path.display())))?;
+        if self.resumed {
+            let settled = self.store.write(|txn| {
+                let mut seqs = txn.open_table(SEQ)?;
+                let mut settled = 0usize;
+                for (topic, given) in &found {
+                    // The bound committed before any number up to it was given: a number past
+                    // it, or a stream with no bound, is not one this ledger could hold.
+                    let bound = seqs.get(topic.as_str())?.map(|b| b.value());
+                    if bound.is_some_and(|b| *given <= b) {
+                        seqs.insert(topic.as_str(), *given)?;
+                        settled += 1;
+                    }
+                }
+                if !found.is_empty() && settled == found.len() {
+                    seqs.remove(streams::MARK)?;
+                }
+                Ok(settled)
+            })?;
+            if !found.is_empty() && settled == found.len() {
+                tracing::info!(
+                    streams = settled,
+                    "The last stop was abrupt; every stream goes on from its last number."
+                );
+                self.resumed = false;
+            } else {
+                tracing::warn!(
+                    "The last stop was abrupt and the page cache was lost with it (a power cut or a kernel crash): streams whose messages were sent before they were stored resume past their reserved numbers (a seq gap of at most {} on each; the numbers skipped were never given to a message kept here).",
+                    streams::RESERVE
+                );
+            }
+        }
+        lock(&self.streams).keep_ledger(ledger);
+        Ok(self)
     }
 
     /// The next `seq` of stream `topic` for a message about to be sent before it is stored,

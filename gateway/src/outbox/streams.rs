@@ -8,12 +8,19 @@
 //! out the next one without touching the disk while the block lasts.
 //!
 //! A clean stop writes back the last number given ([`super::Outbox::release_reservations`]), so
-//! the stream goes on without a gap. After an abrupt stop the stream resumes past its bound: the
-//! numbers skipped (at most [`RESERVE`]) were given to messages that either reached the cloud or
-//! were never acknowledged to anyone. The table's [`MARK`] key says reservations were
-//! outstanding, so the next start knows it skipped.
+//! the stream goes on without a gap. So does a crash or a `kill -9`: every number is written to
+//! a small [`Ledger`] file before it is handed out, without an fsync: the kernel keeps the write
+//! in its page cache whatever becomes of the process, and the next start of the same boot (the
+//! ledger names the kernel's boot id) reads the exact last numbers back. Only a power cut or a
+//! kernel crash loses the ledger: then each stream resumes past its bound, and the numbers
+//! skipped (at most [`RESERVE`]) were given to messages that either reached the cloud or were
+//! never acknowledged to anyone. The table's [`MARK`] key says reservations were outstanding, so
+//! the next start knows to look.
 
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// Numbers reserved for a stream at a time: the most one stream skips after an abrupt stop.
 pub const RESERVE: u64 = 4096;
@@ -31,6 +38,8 @@ pub const MARK: &str = "\u{0}reserved";
 pub struct Span {
     pub given: u64,
     pub bound: u64,
+    /// Its slot in the ledger, if there is one.
+    slot: Option<u64>,
 }
 
 /// The reserved streams, and those waiting for a block.
@@ -39,6 +48,105 @@ pub struct Spans {
     spans: HashMap<String, Span>,
     /// Streams that asked for a block (none yet, or running low) since the last reservation.
     wanted: HashSet<String>,
+    ledger: Option<Ledger>,
+    /// Ledger slots taken for streams whose first block is being committed.
+    slots: HashMap<String, u64>,
+    /// Streams the ledger cannot keep (a topic too long, a write that failed): always stored
+    /// first.
+    unkept: HashSet<String>,
+}
+
+const LEDGER_MAGIC: &[u8; 8] = b"rxgseq1\n";
+/// Magic, then the boot id (36 ASCII characters, padded).
+const LEDGER_HEADER: u64 = 48;
+/// Per stream: `[given: u64 LE][topic length: u8][topic]`, the topic at most this long.
+const SLOT: u64 = 256;
+const TOPIC_MAX: usize = (SLOT - 9) as usize;
+
+/// The last number given on each reserved stream, as of this boot (see the module docs).
+#[derive(Debug)]
+pub struct Ledger {
+    file: File,
+    slots: u64,
+}
+
+/// The kernel's id for this boot; a different one means the page cache was lost since.
+fn boot_id() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (id.len() == 36).then(|| id.to_owned())
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`. Returns it, empty and stamped with this boot,
+    /// and the last numbers it held if it was written during this boot: `(topic, given)`.
+    pub fn open(path: &Path) -> std::io::Result<(Ledger, Vec<(String, u64)>)> {
+        let boot = boot_id();
+        let old = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut found = Vec::new();
+        let header = LEDGER_HEADER as usize;
+        if let Some(boot) = &boot
+            && old.len() >= header
+            && &old[..8] == LEDGER_MAGIC
+            && &old[8..44] == boot.as_bytes()
+        {
+            for slot in old[header..].chunks_exact(SLOT as usize) {
+                let given = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
+                let len = usize::from(slot[8]);
+                if given > 0
+                    && len > 0
+                    && len <= TOPIC_MAX
+                    && let Ok(topic) = std::str::from_utf8(&slot[9..9 + len])
+                {
+                    found.push((topic.to_owned(), given));
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        let mut head = vec![0u8; header];
+        head[..8].copy_from_slice(LEDGER_MAGIC);
+        if let Some(boot) = &boot {
+            head[8..44].copy_from_slice(boot.as_bytes());
+        }
+        file.write_all_at(&head, 0)?;
+        Ok((Ledger { file, slots: 0 }, found))
+    }
+
+    /// Takes a slot for `topic`, written in full now so later writes to it allocate nothing.
+    fn slot(&mut self, topic: &str, given: u64) -> Option<u64> {
+        if topic.is_empty() || topic.len() > TOPIC_MAX {
+            return None;
+        }
+        let slot = self.slots;
+        let mut bytes = vec![0u8; SLOT as usize];
+        bytes[..8].copy_from_slice(&given.to_le_bytes());
+        bytes[8] = topic.len() as u8;
+        bytes[9..9 + topic.len()].copy_from_slice(topic.as_bytes());
+        self.file
+            .write_all_at(&bytes, LEDGER_HEADER + slot * SLOT)
+            .ok()?;
+        self.slots += 1;
+        Some(slot)
+    }
+
+    fn write(&self, slot: u64, given: u64) -> std::io::Result<()> {
+        self.file
+            .write_all_at(&given.to_le_bytes(), LEDGER_HEADER + slot * SLOT)
+    }
+
+    /// Makes the ledger say nothing: a write to it failed, so it may be behind.
+    fn void(&self) {
+        let _ = self.file.set_len(0);
+    }
 }
 
 impl Spans {
@@ -48,13 +156,15 @@ impl Spans {
         match self.spans.get_mut(topic) {
             Some(span) if span.given < span.bound => {
                 span.given += 1;
-                if span.bound - span.given < LOW && !self.wanted.contains(topic) {
+                let given = span.given;
+                if span.bound - given < LOW && !self.wanted.contains(topic) {
                     self.wanted.insert(topic.to_owned());
                 }
-                Some(span.given)
+                self.record(topic);
+                Some(given)
             }
             _ => {
-                if !self.wanted.contains(topic) {
+                if !self.wanted.contains(topic) && !self.unkept.contains(topic) {
                     self.wanted.insert(topic.to_owned());
                 }
                 None
@@ -68,7 +178,30 @@ impl Spans {
     pub fn next_stored(&mut self, topic: &str) -> Option<u64> {
         let span = self.spans.get_mut(topic)?;
         span.given += 1;
-        Some(span.given)
+        let given = span.given;
+        self.record(topic);
+        Some(given)
+    }
+
+    /// Writes `topic`'s last number given to the ledger. If that fails the ledger is voided
+    /// and dropped: a ledger that is behind would have a number given twice after a crash,
+    /// where no ledger only skips.
+    fn record(&mut self, topic: &str) {
+        let (Some(ledger), Some(span)) = (&self.ledger, self.spans.get(topic)) else {
+            return;
+        };
+        if let Some(slot) = span.slot
+            && let Err(e) = ledger.write(slot, span.given)
+        {
+            tracing::warn!(error = %e, "Cannot write the stream number ledger; after a crash streams skip past their reserved numbers.");
+            ledger.void();
+            self.ledger = None;
+        }
+    }
+
+    /// Keeps the last numbers given in `ledger` from now on.
+    pub fn keep_ledger(&mut self, ledger: Ledger) {
+        self.ledger = Some(ledger);
     }
 
     /// Gives back `first..=last` of `topic`, taken by a write that did not commit, if nothing
@@ -78,6 +211,7 @@ impl Spans {
             && span.given == last
         {
             span.given = first - 1;
+            self.record(topic);
         }
     }
 
@@ -86,24 +220,54 @@ impl Spans {
     }
 
     /// The streams that asked for a block, with their last number given if reserved already.
-    pub fn wanted(&self) -> Vec<(String, Option<u64>)> {
-        self.wanted
-            .iter()
-            .map(|topic| (topic.clone(), self.spans.get(topic).map(|s| s.given)))
-            .collect()
+    /// With a ledger, a stream's first block comes with its ledger slot, taken now: one the
+    /// ledger cannot keep is not reserved, and is stored first from now on.
+    pub fn wanted(&mut self) -> Vec<(String, Option<u64>)> {
+        let mut out = Vec::with_capacity(self.wanted.len());
+        let mut unkept = Vec::new();
+        for topic in &self.wanted {
+            if let Some(span) = self.spans.get(topic) {
+                out.push((topic.clone(), Some(span.given)));
+                continue;
+            }
+            if let Some(ledger) = &mut self.ledger
+                && !self.slots.contains_key(topic)
+            {
+                match ledger.slot(topic, 0) {
+                    Some(slot) => {
+                        self.slots.insert(topic.clone(), slot);
+                    }
+                    None => {
+                        unkept.push(topic.clone());
+                        continue;
+                    }
+                }
+            }
+            out.push((topic.clone(), None));
+        }
+        for topic in unkept {
+            self.wanted.remove(&topic);
+            self.unkept.insert(topic);
+        }
+        out
     }
 
     /// A committed reservation: `topic` may give numbers up to `bound`, its last given being
     /// `given` if it had no span.
     pub fn reserved(&mut self, topic: &str, given: u64, bound: u64) {
-        let span = self
-            .spans
-            .entry(topic.to_owned())
-            .or_insert(Span { given, bound });
+        if !self.spans.contains_key(topic) {
+            let slot = self.slots.remove(topic);
+            self.spans
+                .insert(topic.to_owned(), Span { given, bound, slot });
+        }
+        let Some(span) = self.spans.get_mut(topic) else {
+            return;
+        };
         span.bound = span.bound.max(bound);
         if span.bound - span.given >= LOW {
             self.wanted.remove(topic);
         }
+        self.record(topic);
     }
 
     /// A stored number past the bound was committed: the bound follows it.
@@ -116,6 +280,9 @@ impl Spans {
     /// Every stream's last number given, and forgets them all (a clean stop).
     pub fn release(&mut self) -> Vec<(String, u64)> {
         self.wanted.clear();
+        if let Some(ledger) = self.ledger.take() {
+            ledger.void();
+        }
         self.spans.drain().map(|(t, s)| (t, s.given)).collect()
     }
 }

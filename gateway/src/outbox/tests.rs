@@ -1106,3 +1106,73 @@ fn threads_taking_live_numbers_while_others_append_to_the_same_stream_never_shar
     on_disk.sort_unstable();
     assert_eq!(on_disk.len(), 1000 + live_stored.len());
 }
+
+#[test]
+fn after_a_crash_in_the_same_boot_the_ledger_lets_every_stream_go_on_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let ledger = dir.path().join("seq.ledger");
+    let open = || {
+        Outbox::open(Store::open(&path).unwrap(), u64::MAX)
+            .unwrap()
+            .keep_ledger(&ledger)
+            .unwrap()
+    };
+    drop(Store::create(&path).unwrap());
+    let outbox = open();
+    for topic in ["a", "b"] {
+        outbox.live_seq(topic);
+    }
+    outbox.reserve().unwrap();
+    for _ in 0..10 {
+        outbox.live_seq("a").unwrap();
+    }
+    outbox.live_seq("b").unwrap();
+    // One stored with a number from the block, one past what was sent.
+    ok(outbox
+        .append(vec![record(Priority::Normal, "b", "x")])
+        .unwrap());
+    // A crash (kill -9): no release; the ledger's writes are in the page cache.
+    drop(outbox);
+    let outbox = open();
+    assert!(!outbox.resumed_after_abrupt_stop());
+    let next = |topic| {
+        ok(outbox
+            .append(vec![record(Priority::Normal, topic, "n")])
+            .unwrap())[0]
+            .seq
+    };
+    assert_eq!(next("a"), 11);
+    assert_eq!(next("b"), 3);
+
+    // A power cut loses the page cache, and with it what the ledger says: as if it was not
+    // there. The streams skip past their blocks rather than give a number twice.
+    outbox.live_seq("a");
+    outbox.reserve().unwrap();
+    assert_eq!(outbox.live_seq("a"), Some(12));
+    drop(outbox);
+    std::fs::write(&ledger, b"").unwrap();
+    let outbox = open();
+    assert!(outbox.resumed_after_abrupt_stop());
+    let after = ok(outbox
+        .append(vec![record(Priority::Normal, "a", "n")])
+        .unwrap())[0]
+        .seq;
+    assert!(after > 12 && after <= 12 + RESERVE, "{after}");
+}
+
+#[test]
+fn a_ledger_from_another_boot_is_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("seq.ledger");
+    // A ledger written under another boot id, claiming stream "a" stopped at 1.
+    let mut bytes = vec![0u8; 48 + 256];
+    bytes[..8].copy_from_slice(b"rxgseq1\n");
+    bytes[8..44].copy_from_slice(b"00000000-0000-0000-0000-000000000000");
+    bytes[48..56].copy_from_slice(&1u64.to_le_bytes());
+    bytes[56] = 1;
+    bytes[57] = b'a';
+    std::fs::write(&ledger, &bytes).unwrap();
+    let (_, found) = streams::Ledger::open(&ledger).unwrap();
+    assert!(found.is_empty(), "{found:?}");
+}

@@ -205,11 +205,8 @@ impl Pipeline {
             });
         }
         for flag in &shaped.flags {
-            item.flags.push((
-                device.clone(),
-                flag.clone(),
-                shaped.decided_body.clone(),
-            ));
+            item.flags
+                .push((device.clone(), flag.clone(), shaped.decided_body.clone()));
         }
         if let Some((refused, class)) = shaped.refused {
             if let Some(refusals) = &self.refusals {
@@ -313,7 +310,10 @@ impl Pipeline {
                 }
                 Pending::Record { record, id, .. } => {
                     records.push(record);
-                    (Dep::Record(records.len() - 1), Outcome::Record(records.len() - 1, id))
+                    (
+                        Dep::Record(records.len() - 1),
+                        Outcome::Record(records.len() - 1, id),
+                    )
                 }
             };
             // A refused or empty submission's consequences do not wait on a record.
@@ -688,6 +688,151 @@ mod tests {
 
         shutdown.cancel();
         task.await.unwrap();
+    }
+
+    fn reading(device: &str, t: f64) -> Intake {
+        let mut points = BTreeMap::new();
+        points.insert(
+            "temperature_c".to_owned(),
+            Point::good(Value::Number(t), Some("°C")),
+        );
+        Intake::Telemetry(Reading {
+            device: device.to_owned(),
+            kind: "fridge".to_owned(),
+            device_ts: None,
+            points,
+        })
+    }
+
+    /// A pipeline handing telemetry to `live`, with a long batch delay: what reaches the uplink
+    /// at once is visibly ahead of its batch.
+    fn live_pipeline(
+        outbox: &Outbox,
+        live: crate::uplink::live::Live,
+    ) -> (Ingest, CancellationToken) {
+        let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
+        let (ingest, rx) = Ingest::channel(64, clock.clone());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(
+            Pipeline::new(
+                rx,
+                outbox.clone(),
+                clock,
+                "s",
+                64,
+                Duration::from_millis(300),
+            )
+            .with_live(live)
+            .run(shutdown.clone()),
+        );
+        (ingest, shutdown)
+    }
+
+    fn seq_and_id(payload: &[u8]) -> (u64, String) {
+        let m: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        (
+            m["seq"].as_u64().unwrap(),
+            m["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn telemetry_the_cloud_acknowledges_before_its_batch_is_due_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox =
+            Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+        let (live, mut uplink) = crate::uplink::live::channel(16);
+        let (ingest, shutdown) = live_pipeline(&outbox, live);
+
+        // Connected, but the stream has no numbers reserved yet: stored first, and the stream
+        // gets its block in the same commit.
+        uplink.open(1);
+        uplink.caught_up(outbox.appends());
+        let first = ingest.submit(reading("fridge-1", 4.0)).await.unwrap();
+        let stored = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(seq_and_id(&stored[0].payload), (1, first.id.to_string()));
+
+        // The uplink sent it and is caught up: the next readings go over at once and the cloud
+        // takes them.
+        uplink.caught_up(outbox.appends());
+        let submitting = {
+            let ingest = ingest.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..5 {
+                    ids.push(
+                        ingest
+                            .submit(reading("fridge-1", 4.1 + f64::from(i)))
+                            .await
+                            .unwrap()
+                            .id,
+                    );
+                }
+                ids
+            })
+        };
+        let mut sent = Vec::new();
+        while sent.len() < 5 {
+            let message = tokio::time::timeout(Duration::from_secs(10), uplink.recv(1))
+                .await
+                .expect("handed over at once")
+                .unwrap();
+            assert_eq!(message.topic, "rxgate/v1/s/devices/fridge-1/telemetry");
+            uplink.acked(&message.sent);
+            sent.push(seq_and_id(&message.payload));
+        }
+        let ids = submitting.await.unwrap();
+        assert_eq!(
+            sent,
+            (2..7)
+                .zip(ids.iter().map(|id| id.to_string()))
+                .collect::<Vec<_>>(),
+            "numbered on from the stored one, in the order they came, with the ids the devices were told"
+        );
+        assert_eq!(
+            outbox
+                .read_after(Priority::Normal as u8, None, 10)
+                .unwrap()
+                .len(),
+            1,
+            "nothing more was written"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn telemetry_not_acknowledged_when_its_batch_is_due_is_stored_as_it_was_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox =
+            Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+        outbox.live_seq("rxgate/v1/s/devices/fridge-1/telemetry");
+        outbox.reserve().unwrap();
+        let (live, mut uplink) = crate::uplink::live::channel(16);
+        uplink.open(7);
+        uplink.caught_up(outbox.appends());
+        let (ingest, shutdown) = live_pipeline(&outbox, live);
+        let accepted = ingest.submit(reading("fridge-1", 4.0));
+        let handed = tokio::time::timeout(Duration::from_secs(10), uplink.recv(7));
+        let (accepted, message) = tokio::join!(accepted, handed);
+        let message = message.expect("handed over at once");
+        let (accepted, message) = (accepted.unwrap(), message.unwrap());
+        assert!(!message.sent.acked());
+        let stored = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
+        assert_eq!(stored.len(), 1, "stored once its batch was due");
+        assert_eq!(
+            stored[0].payload, message.payload,
+            "the same bytes, number and id"
+        );
+        assert_eq!(seq_and_id(&stored[0].payload), (1, accepted.id.to_string()));
+
+        // The uplink lost its connection: nothing goes over, and the next reading is stored
+        // with the next number.
+        uplink.close();
+        ingest.submit(reading("fridge-1", 4.2)).await.unwrap();
+        let stored = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
+        assert_eq!(seq_and_id(&stored[1].payload).0, 2);
+        shutdown.cancel();
     }
 
     #[tokio::test]

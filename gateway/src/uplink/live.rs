@@ -114,36 +114,36 @@ impl Live {
 
 impl LiveReceiver {
     /// A connection is up: messages handed over from now on are for `session`.
-    pub(super) fn open(&self, session: u64) {
+    pub(crate) fn open(&self, session: u64) {
         self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
         self.shared.session.store(session, Ordering::Release);
     }
 
     /// The connection is gone: nothing more is handed over until the next one.
-    pub(super) fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shared.session.store(0, Ordering::Release);
         self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
     }
 
     /// Every lane was read to its end as the outbox's append count was `appends`.
-    pub(super) fn caught_up(&self, appends: u64) {
+    pub(crate) fn caught_up(&self, appends: u64) {
         self.shared.caught_up_at.store(appends, Ordering::Release);
     }
 
     /// Something stored is still to be sent.
-    pub(super) fn behind(&self) {
+    pub(crate) fn behind(&self) {
         self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
     }
 
     /// The cloud acknowledged `sent`.
-    pub(super) fn acked(&self, sent: &Sent) {
+    pub(crate) fn acked(&self, sent: &Sent) {
         sent.acked.store(true, Ordering::Release);
         self.shared.acked.notify_waiters();
     }
 
     /// The next message handed over for `session`; those handed over for an earlier connection
     /// are dropped (the pipeline stores them, unacknowledged).
-    pub(super) async fn recv(&mut self, session: u64) -> Option<LiveMessage> {
+    pub(crate) async fn recv(&mut self, session: u64) -> Option<LiveMessage> {
         loop {
             let message = self.rx.recv().await?;
             if message.session == session {
