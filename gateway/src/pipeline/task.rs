@@ -300,6 +300,8 @@ impl Pipeline {
         let mut follows = Vec::with_capacity(batch.items.len());
         let mut audits = Vec::new();
         let mut in_cloud = 0u64;
+        // Sent, not yet acknowledged, and so stored: (record, what the uplink knows of it).
+        let mut sent_then_stored = Vec::new();
         for (i, item) in batch.items.into_iter().enumerate() {
             let (dep, outcome) = match item.pending {
                 Pending::Refused(refused) => (Dep::None, Outcome::Refused(refused)),
@@ -308,7 +310,10 @@ impl Pipeline {
                     in_cloud += 1;
                     (Dep::Cloud, Outcome::Accepted(id))
                 }
-                Pending::Record { record, id, .. } => {
+                Pending::Record { record, id, sent } => {
+                    if let Some(sent) = sent {
+                        sent_then_stored.push((records.len(), sent));
+                    }
                     records.push(record);
                     (
                         Dep::Record(records.len() - 1),
@@ -340,7 +345,19 @@ impl Pipeline {
             if nothing_to_write {
                 return Ok(Vec::new());
             }
-            outbox.append_with(records, |txn, appended| {
+            // Acknowledged by the cloud between the check above and the commit: the stored
+            // copy is acknowledged at once.
+            let mut late = Vec::new();
+            let results = outbox.append_with(records, |txn, appended| {
+                // Told before the commit, so the uplink never sends a stored copy whose live
+                // one is in flight; a key of a transaction that does not commit is never used.
+                for (i, sent) in &sent_then_stored {
+                    if let Some(Ok(appended)) = appended.get(*i)
+                        && sent.stored_as(appended.key)
+                    {
+                        late.push(appended.key);
+                    }
+                }
                 for (i, (device, class, body)) in audits {
                     if !kept(appended, audit_deps[i]) {
                         continue;
@@ -360,7 +377,11 @@ impl Pipeline {
                     )?;
                 }
                 Ok(())
-            })
+            })?;
+            if let Err(e) = outbox.ack(&late) {
+                tracing::warn!(error = %e, "Cannot acknowledge stored copies the cloud has; they will be sent again.");
+            }
+            Ok(results)
         })
         .await;
         match outcome {

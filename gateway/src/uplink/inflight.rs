@@ -63,6 +63,19 @@ impl Inflight {
         }
     }
 
+    /// The outbox keys of messages sent before they were stored, in flight now, whose stored
+    /// copy exists: that copy need not be sent too.
+    pub fn live_stored(&self) -> std::collections::HashSet<Key> {
+        self.requested
+            .iter()
+            .chain(self.sent.values())
+            .filter_map(|p| match p {
+                Publish::Live(sent) => sent.stored(),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The broker acknowledged `pkid`; returns what it acknowledges.
     pub fn acked(&mut self, pkid: u16) -> Option<Publish> {
         self.sent.remove(&pkid)
@@ -89,6 +102,13 @@ mod tests {
         inflight.request(Publish::Live(live.clone()));
         inflight.request(Publish::Stored((2, 10, 1)));
         assert!(!inflight.has_room());
+        assert!(inflight.live_stored().is_empty());
+        assert!(!live.stored_as((2, 11, 0)), "not acknowledged yet");
+        assert_eq!(
+            inflight.live_stored(),
+            [(2, 11, 0)].into(),
+            "its stored copy need not be sent while it is in flight"
+        );
         for pkid in 1..=4 {
             inflight.assigned(pkid);
         }

@@ -8,23 +8,61 @@
 //! commit) before its device is told it is accepted, and reaches the cloud without waiting for
 //! the batch.
 //!
-//! A message handed over in one connection is never published in another: after a reconnect
-//! the outbox, which the pipeline fills with every message not acknowledged, sends it again.
+//! A message stored because the cloud's PUBACK came after its batch was due is not sent again
+//! by the same connection: the uplink skips its stored copy while the live one is in flight,
+//! and acknowledges the stored copy when that PUBACK comes. A message handed over in one
+//! connection is never published in another: after a reconnect the outbox, which the pipeline
+//! fills with every message not acknowledged, sends it again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc};
 
-/// Whether the cloud acknowledged one message sent before it was stored.
+use crate::outbox::Key;
+
+/// One message sent before it was stored: whether the cloud acknowledged it, and where it was
+/// stored if its batch came first.
 #[derive(Debug, Default)]
 pub struct Sent {
-    acked: AtomicBool,
+    state: Mutex<SentState>,
+}
+
+#[derive(Debug, Default)]
+struct SentState {
+    acked: bool,
+    stored: Option<Key>,
 }
 
 impl Sent {
     pub fn acked(&self) -> bool {
-        self.acked.load(Ordering::Acquire)
+        self.lock().acked
+    }
+
+    /// It was stored as `key`; returns whether the cloud had acknowledged it already (then the
+    /// stored copy is acknowledged to the outbox by whoever learns it second: this caller).
+    pub fn stored_as(&self, key: Key) -> bool {
+        let mut state = self.lock();
+        state.stored = Some(key);
+        state.acked
+    }
+
+    /// Where it was stored, if it was.
+    pub fn stored(&self) -> Option<Key> {
+        self.lock().stored
+    }
+
+    /// The cloud acknowledged it; returns its outbox key if it was stored already.
+    fn ack(&self) -> Option<Key> {
+        let mut state = self.lock();
+        state.acked = true;
+        state.stored
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SentState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -135,10 +173,12 @@ impl LiveReceiver {
         self.shared.caught_up_at.store(u64::MAX, Ordering::Release);
     }
 
-    /// The cloud acknowledged `sent`.
-    pub(crate) fn acked(&self, sent: &Sent) {
-        sent.acked.store(true, Ordering::Release);
+    /// The cloud acknowledged `sent`; returns its outbox key if it was stored meanwhile (the
+    /// stored copy is then acknowledged too, and not sent again).
+    pub(crate) fn acked(&self, sent: &Sent) -> Option<Key> {
+        let stored = sent.ack();
         self.shared.acked.notify_waiters();
+        stored
     }
 
     /// The next message handed over for `session`; those handed over for an earlier connection

@@ -292,7 +292,7 @@ impl Uplink {
 
         let result = loop {
             let work = self.progress.working();
-            match self.fill(&client, &mut inflight, &mut cursors) {
+            match self.fill(&client, &mut inflight, &mut cursors, &acked) {
                 Ok(()) => {
                     if let Some(live) = &live {
                         match cursors.exhausted_at {
@@ -340,8 +340,8 @@ impl Uplink {
                         }
                         Some(Publish::Live(sent)) => {
                             crate::metrics::uplink_sent();
-                            if let Some(live) = &live {
-                                live.acked(&sent);
+                            if let Some(key) = live.as_ref().and_then(|live| live.acked(&sent)) {
+                                acked.push(key);
                             }
                         }
                         Some(Publish::Status) | None => {}
@@ -399,6 +399,7 @@ impl Uplink {
         client: &AsyncClient,
         inflight: &mut Inflight,
         cursors: &mut Cursors,
+        acked: &[Key],
     ) -> Result<()> {
         let room = inflight.room();
         let appends = self.outbox.appends();
@@ -407,8 +408,16 @@ impl Uplink {
         }
         let records = self.outbox.read_due(&cursors.lanes, room)?;
         let exhausted = records.len() < room;
+        // Stored copies of messages whose live copy is in flight, or acknowledged and not yet
+        // handed to the outbox: sending them again would only make duplicates.
+        let mut covered = inflight.live_stored();
+        covered.extend(acked.iter().copied());
         for record in records {
             let key = record.key;
+            if covered.contains(&key) {
+                cursors.lanes[usize::from(key.0)] = Some((key.1, key.2));
+                continue;
+            }
             match client.try_publish(
                 record.topic,
                 QoS::AtLeastOnce,
