@@ -47,9 +47,23 @@ impl DataPaths {
     pub fn store(&self) -> PathBuf {
         self.root.join("rxgate.redb")
     }
-    /// The last stream numbers given, kept in the page cache across a crash (see the outbox).
+    /// The last stream numbers given, kept in memory across a crash (see the outbox): in the
+    /// service's runtime directory (`RUNTIME_DIRECTORY`, /run/rxgate under systemd), else in
+    /// /dev/shm; both are memory, never written to the SD card, and never block on it. Named
+    /// after data_dir, so gateways on one machine keep their own.
     pub fn seq_ledger(&self) -> PathBuf {
-        self.root.join("outbox-seq.ledger")
+        let dir = std::env::var_os("RUNTIME_DIRECTORY")
+            .map(PathBuf::from)
+            .and_then(|d| d.is_dir().then_some(d))
+            .unwrap_or_else(|| PathBuf::from("/dev/shm"));
+        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        let digest =
+            ring::digest::digest(&ring::digest::SHA256, root.as_os_str().as_encoded_bytes());
+        let name: String = digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        dir.join(format!("rxgate-seq-{name}.ledger"))
     }
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("rxgate.sock")

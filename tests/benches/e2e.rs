@@ -13,9 +13,10 @@
 //! delivery), the edge process's RSS (before, peak, after) and the bytes it wrote to disk per
 //! message (`/proc/<pid>/io` write_bytes); then the ratios rxgate / bridge.
 //!
-//! The two do not promise the same thing: rxgate acknowledges a message only once it is durable
-//! in its outbox (fsynced, group commit), while mosquitto acknowledges from memory and writes its
-//! persistence file only at autosave or shutdown, so a power cut loses what it holds.
+//! The two do not promise the same thing: rxgate acknowledges a message only once the cloud
+//! broker has acknowledged it (telemetry is sent on as it arrives) or it is durable in its outbox
+//! (fsynced, group commit), while mosquitto acknowledges from memory and writes its persistence
+//! file only at autosave or shutdown, so a power cut loses what it holds.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -429,7 +430,7 @@ fn main() {
         devices as f64 / enroll_time.as_secs_f64()
     );
     let rx = report(
-        "rxgate (each message durable in the outbox before its PUBACK)",
+        "rxgate (each message in the cloud or durable in the outbox before its PUBACK)",
         &rxgate,
         total,
     );

@@ -67,7 +67,14 @@ const TOPIC_MAX: usize = (SLOT - 9) as usize;
 #[derive(Debug)]
 pub struct Ledger {
     file: File,
+    path: std::path::PathBuf,
     slots: u64,
+}
+
+/// This process's user id, as the owner of the files it creates.
+fn current_uid() -> u32 {
+    // SAFETY: getuid(2) has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
 }
 
 /// The kernel's id for this boot; a different one means the page cache was lost since.
@@ -81,11 +88,29 @@ impl Ledger {
     /// Opens (or creates) the ledger at `path`. Returns it, empty and stamped with this boot,
     /// and the last numbers it held if it was written during this boot: `(topic, given)`.
     pub fn open(path: &Path) -> std::io::Result<(Ledger, Vec<(String, u64)>)> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let boot = boot_id();
-        let old = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        // Only a regular file of ours, never through a link: the ledger may live in a
+        // directory others can write to (/dev/shm), and one it believed wrongly could have a
+        // number given twice.
+        let ours = match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                if !meta.file_type().is_file()
+                    || meta.uid() != current_uid()
+                    || meta.mode() & 0o077 != 0
+                {
+                    return Err(std::io::Error::other(
+                        "not a private regular file of this user; remove it",
+                    ));
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e),
+        };
+        let old = match ours {
+            true => std::fs::read(path)?,
+            false => Vec::new(),
         };
         let mut found = Vec::new();
         let header = LEDGER_HEADER as usize;
@@ -111,6 +136,8 @@ impl Ledger {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         let mut head = vec![0u8; header];
         head[..8].copy_from_slice(LEDGER_MAGIC);
@@ -118,7 +145,14 @@ impl Ledger {
             head[8..44].copy_from_slice(boot.as_bytes());
         }
         file.write_all_at(&head, 0)?;
-        Ok((Ledger { file, slots: 0 }, found))
+        Ok((
+            Ledger {
+                file,
+                path: path.to_owned(),
+                slots: 0,
+            },
+            found,
+        ))
     }
 
     /// Takes a slot for `topic`, written in full now so later writes to it allocate nothing.
@@ -146,6 +180,12 @@ impl Ledger {
     /// Makes the ledger say nothing: a write to it failed, so it may be behind.
     fn void(&self) {
         let _ = self.file.set_len(0);
+    }
+
+    /// A clean stop: the numbers are in the store, the ledger goes.
+    fn remove(self) {
+        self.void();
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -281,7 +321,7 @@ impl Spans {
     pub fn release(&mut self) -> Vec<(String, u64)> {
         self.wanted.clear();
         if let Some(ledger) = self.ledger.take() {
-            ledger.void();
+            ledger.remove();
         }
         self.spans.drain().map(|(t, s)| (t, s.given)).collect()
     }

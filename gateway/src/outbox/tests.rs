@@ -1151,7 +1151,11 @@ fn after_a_crash_in_the_same_boot_the_ledger_lets_every_stream_go_on_without_a_g
     outbox.reserve().unwrap();
     assert_eq!(outbox.live_seq("a"), Some(12));
     drop(outbox);
-    std::fs::write(&ledger, b"").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&ledger)
+        .unwrap();
     let outbox = open();
     assert!(outbox.resumed_after_abrupt_stop());
     let after = ok(outbox
@@ -1173,6 +1177,18 @@ fn a_ledger_from_another_boot_is_not_believed() {
     bytes[56] = 1;
     bytes[57] = b'a';
     std::fs::write(&ledger, &bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        streams::Ledger::open(&ledger).is_err(),
+        "a ledger others may have written is refused"
+    );
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (_, found) = streams::Ledger::open(&ledger).unwrap();
     assert!(found.is_empty(), "{found:?}");
+    let link = dir.path().join("link.ledger");
+    std::os::unix::fs::symlink(&ledger, &link).unwrap();
+    assert!(
+        streams::Ledger::open(&link).is_err(),
+        "never through a link"
+    );
 }
