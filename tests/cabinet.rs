@@ -172,7 +172,9 @@ fn ctrl_c_stops_a_cabinet_cleanly_with_a_summary_and_the_device_goes_offline() {
     // A clean DISCONNECT: the gateway reports the device offline at once, not after the
     // keep-alive runs out, and that is its last status.
     let status = "rxgate/v1/store-0042/devices/cabinet-02/status";
-    let statuses = wait_until(Duration::from_secs(5), "the cabinet offline", || {
+    // (The keep-alive is 30 s, so 45 s before a broker gives up: 15 s tells the two apart even on
+    // a loaded machine.)
+    let statuses = wait_until(Duration::from_secs(15), "the cabinet offline", || {
         let got = backend.json_on(status);
         got.iter()
             .any(|s| s["online"] == false && s["reason"] == "device disconnected")
