@@ -655,9 +655,21 @@ impl Outbox {
     /// previous run's. Called once, before anything appends. If that run stopped abruptly during this boot, the ledger has its exact
     /// last numbers and every stream goes on without a gap; after a power cut it has nothing, and
     /// the reserved streams resume past their blocks.
+    /// A ledger that cannot be opened is not fatal: the gateway runs without one, and after a
+    /// crash its streams skip past their blocks instead of going on exactly.
     pub fn keep_ledger(mut self, path: &std::path::Path) -> Result<Outbox> {
-        let (ledger, found) = streams::Ledger::open(path)
-            .map_err(|e| Error::Invalid(format!("stream number ledger {}: {e}", path.display())))?;
+        let (ledger, found) = match streams::Ledger::open(path) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(
+                    ledger = %path.display(),
+                    error = %e,
+                    "Cannot keep the stream number ledger; after a crash, telemetry streams will skip up to {} numbers. Remove the file if it is not the gateway's, or set RUNTIME_DIRECTORY to a private directory in memory.",
+                    streams::RESERVE
+                );
+                return Ok(self);
+            }
+        };
         if self.resumed {
             let settled = self.store.write(|txn| {
                 let mut seqs = txn.open_table(SEQ)?;

@@ -186,28 +186,31 @@ impl Pipeline {
         };
         // A refused submission has nothing appended to wait on: what follows from it happens
         // once per refusal.
-        let mut item = Prepared {
-            reply: submission.reply,
-            pending: Pending::Accepted(uuid::Uuid::nil()),
-            depends: shaped.refused.is_none() && shaped.intake.is_some(),
-            observed: None,
-            flags: Vec::new(),
-            local: shaped.local,
-            audit: None,
+        let depends = shaped.refused.is_none() && shaped.intake.is_some();
+        let observed = match (&self.monitor, &shaped.observed) {
+            (Some((devices, _)), Some(reading)) if devices.contains(&reading.device) => {
+                Some(Observation {
+                    device: reading.device.clone(),
+                    at: submission.received_at,
+                    points: reading.points.clone(),
+                })
+            }
+            _ => None,
         };
-        if let (Some((devices, _)), Some(reading)) = (&self.monitor, &shaped.observed)
-            && devices.contains(&reading.device)
-        {
-            item.observed = Some(Observation {
-                device: reading.device.clone(),
-                at: submission.received_at,
-                points: reading.points.clone(),
-            });
-        }
-        for flag in &shaped.flags {
-            item.flags
-                .push((device.clone(), flag.clone(), shaped.decided_body.clone()));
-        }
+        let flags = shaped
+            .flags
+            .iter()
+            .map(|flag| (device.clone(), flag.clone(), shaped.decided_body.clone()))
+            .collect();
+        let item = |pending, audit| Prepared {
+            reply: submission.reply,
+            pending,
+            depends,
+            observed,
+            flags,
+            local: shaped.local,
+            audit,
+        };
         if let Some((refused, class)) = shaped.refused {
             if let Some(refusals) = &self.refusals {
                 refusals.record(crate::audit::Refusal {
@@ -219,11 +222,10 @@ impl Pipeline {
                     claimed_device: None,
                 });
             }
-            item.pending = Pending::Refused(refused);
-            batch.items.push(item);
+            batch.items.push(item(Pending::Refused(refused), None));
             return;
         }
-        item.pending = match shaped.intake {
+        let pending = match shaped.intake {
             Some(intake) => {
                 let telemetry = matches!(intake, Intake::Telemetry(_));
                 let (record, id) = shape(
@@ -243,10 +245,10 @@ impl Pipeline {
             }
             None => Pending::Accepted(envelope::new_id(submission.received_at)),
         };
-        if let Some((class, body)) = shaped.audit {
-            item.audit = Some((device, class, body));
-        }
-        batch.items.push(item);
+        let audit = shaped
+            .audit
+            .map(|(class, body)| (device.clone(), class, body));
+        batch.items.push(item(pending, audit));
     }
 
     /// Hands `record` to the uplink if it can take it now, numbered from its stream's reserved
