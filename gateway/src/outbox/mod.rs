@@ -16,7 +16,9 @@
 //!   only those the cloud has not acknowledged (with the number and the bytes they were sent
 //!   with). A stream's numbers therefore never repeat even though some are never stored; after
 //!   an abrupt stop a stream skips at most [`RESERVE`] numbers (see `streams`), after a clean one
-//!   ([`Outbox::release_reservations`]) none.
+//!   ([`Outbox::release_reservations`]) none. A stream gets its first block with the write that
+//!   stores its device's online status ([`Outbox::want_numbers`]), or, failing that, from a
+//!   write of its own ([`Outbox::reserve`]) as soon as its first message finds none.
 //! - **Deleted only after the cloud's PUBACK, a record at a time.** The uplink acknowledges each
 //!   message ([`Outbox::ack`]); acknowledgements are kept in memory, and a record is deleted once
 //!   every message in it is acknowledged. Deletions are committed without an fsync. So after a
@@ -710,6 +712,12 @@ impl Outbox {
     /// the stream gets a block at the next write). Never waits on the disk.
     pub fn live_seq(&self, topic: &str) -> Option<u64> {
         lock(&self.streams).take(topic)
+    }
+
+    /// Stream `topic` is about to take live numbers (its device came online): if it has no
+    /// block, it gets one with the next write, which is usually the one storing that status.
+    pub fn want_numbers(&self, topic: &str) {
+        lock(&self.streams).want(topic);
     }
 
     /// Whether a stream waits for a block of numbers, which the next append (or

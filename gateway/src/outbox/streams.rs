@@ -212,6 +212,17 @@ impl Spans {
         }
     }
 
+    /// `topic` will take numbers soon (its device just came online): it asks for a block at
+    /// the next write if it has none.
+    pub fn want(&mut self, topic: &str) {
+        if !self.spans.contains_key(topic)
+            && !self.wanted.contains(topic)
+            && !self.unkept.contains(topic)
+        {
+            self.wanted.insert(topic.to_owned());
+        }
+    }
+
     /// For a message stored without a number of its own: the next number of `topic` if the
     /// stream is reserved (past the bound when the block is used up: the stored number is
     /// durable with the record); `None` if it is not, and the table's count goes on.

@@ -3,10 +3,17 @@
 //!
 //! Group commit: the first submission opens a batch; the batch closes when it holds `batch_max`
 //! submissions or `batch_delay` has passed, and is written in one durable transaction. Under load
-//! batches fill at once; a lone reading waits at most `batch_delay`.
+//! batches fill at once; a lone reading waits at most `batch_delay`. A batch is written while
+//! the next one collects, one write at a time.
+//!
+//! Telemetry goes to the uplink as it arrives when the uplink can take it
+//! ([`crate::uplink::live`]); a batch stores only what the cloud has not acknowledged when it is
+//! due. A message the uplink cannot take yet is held back, and handed over later in its batch
+//! once it can, behind the earlier ones of its stream.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -39,13 +46,12 @@ pub struct Pipeline {
     batch_delay: Duration,
     /// Devices under cold-chain monitoring, and where their accepted readings go.
     monitor: Option<(HashSet<String>, mpsc::Sender<Observation>)>,
-    /// Each batch, from its first submission to every intake told, is one unit of work.
+    /// Each batch's write, from waiting for the cloud's acknowledgements to every intake told,
+    /// is one unit of work.
     progress: Progress,
-    /// Why outbox writes fail (`disk_full`, `store`) while they do: an episode is logged when it
-    /// starts and when it ends, not once per refused batch.
-    failing: Option<&'static str>,
     /// Where telemetry goes before it is stored, if the uplink takes it.
     live: Option<Live>,
+    reserving: Arc<Reserving>,
 }
 
 impl Pipeline {
@@ -71,8 +77,8 @@ impl Pipeline {
             batch_delay,
             monitor: None,
             progress: Progress::untracked(),
-            failing: None,
             live: None,
+            reserving: Arc::default(),
         }
     }
 
@@ -124,7 +130,24 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown`; then takes what is already queued, so no intake waits forever.
+    ///
+    /// A batch is written while the next one collects: a submission never waits on the disk
+    /// to be shaped, and telemetry reaches the uplink while the last batch syncs. At most one
+    /// write runs at a time, in the order the batches closed.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut idle = Some(Committer {
+            outbox: self.outbox.clone(),
+            clock: self.clock.clone(),
+            alerts: self.alerts.take(),
+            local: self.local.take(),
+            observations: self.monitor.as_ref().map(|(_, tx)| tx.clone()),
+            failing: None,
+            live: self.live.clone(),
+            progress: self.progress.clone(),
+        });
+        let mut writing: Option<tokio::task::JoinHandle<Committer>> = None;
+        // What the batch being written held back, while it is: see `Earlier`.
+        let mut earlier: Option<Earlier> = None;
         loop {
             let first = tokio::select! {
                 biased;
@@ -134,36 +157,56 @@ impl Pipeline {
                 },
                 _ = shutdown.cancelled() => break,
             };
-            let _work = self.progress.working();
             let opened = tokio::time::Instant::now();
             let due = opened + self.batch_delay;
-            // Messages sent before they are stored get the last part of the delay for the
-            // cloud's acknowledgement: collecting ends that much earlier, so a batch is still
-            // written within `batch_delay`.
+            // A batch with messages sent before they are stored gives the last part of the
+            // delay to the cloud's acknowledgements: its collecting ends that much earlier, so
+            // it is still written within `batch_delay`. One with none collects until it is due.
             let collect_until = due - self.batch_delay / 5;
-            let mut batch = Batch::default();
+            let mut batch = Batch {
+                earlier: earlier.take(),
+                ..Batch::default()
+            };
             self.prepare(first, &mut batch);
             while batch.items.len() < self.batch_max {
-                match tokio::time::timeout_at(collect_until, self.rx.recv()).await {
+                let until = match batch.sent.is_empty() {
+                    true => due,
+                    false => collect_until,
+                };
+                match tokio::time::timeout_at(until, self.rx.recv()).await {
                     Ok(Some(next)) => self.prepare(next, &mut batch),
                     Ok(None) | Err(_) => break,
                 }
             }
-            if let Some(live) = &self.live
-                && !batch.sent.is_empty()
-            {
-                let grace = (tokio::time::Instant::now() + self.batch_delay / 5).min(due);
-                live.acked_by(&batch.sent, grace).await;
-            }
-            self.commit(batch).await;
+            self.hand_over_held(&mut batch);
+            let mut committer = match writing.take() {
+                Some(write) => write.await.expect("the outbox write task panicked"),
+                None => idle.take().expect("a committer is idle when none writes"),
+            };
+            let written = Arc::new(AtomicBool::new(false));
+            earlier = Some(Earlier {
+                session: batch.session,
+                held: batch.held.keys().cloned().collect(),
+                written: written.clone(),
+            });
+            let grace = (tokio::time::Instant::now() + self.batch_delay / 5).min(due);
+            writing = Some(tokio::spawn(async move {
+                committer.commit(batch, grace).await;
+                written.store(true, Ordering::Release);
+                committer
+            }));
         }
+        let mut committer = match writing.take() {
+            Some(write) => write.await.expect("the outbox write task panicked"),
+            None => idle.take().expect("a committer is idle when none writes"),
+        };
         self.rx.close();
         let mut rest = Batch::default();
         while let Ok(next) = self.rx.try_recv() {
             self.prepare(next, &mut rest);
         }
         if !rest.items.is_empty() {
-            self.commit(rest).await;
+            committer.commit(rest, tokio::time::Instant::now()).await;
         }
     }
 
@@ -225,6 +268,26 @@ impl Pipeline {
             batch.items.push(item(Pending::Refused(refused), None));
             return;
         }
+        let audit = shaped
+            .audit
+            .map(|(class, body)| (device.clone(), class, body));
+        let mut live_topic = None;
+        if let (
+            Some(_),
+            Some(Intake::Status {
+                device,
+                online: true,
+                ..
+            }),
+        ) = (&self.live, &shaped.intake)
+        {
+            // Its telemetry will want numbers: the block comes with this status's write.
+            self.outbox.want_numbers(&envelope::device_topic(
+                &self.site,
+                device,
+                Stream::Telemetry,
+            ));
+        }
         let pending = match shaped.intake {
             Some(intake) => {
                 let telemetry = matches!(intake, Intake::Telemetry(_));
@@ -237,63 +300,175 @@ impl Pipeline {
                     shaped.priority,
                     shaped.topic_suffix.as_deref(),
                 );
-                let (record, sent) = match telemetry {
-                    true => self.send_live(record, batch),
-                    false => (record, None),
-                };
-                Pending::Record { record, id, sent }
+                if telemetry && self.live.is_some() {
+                    live_topic = Some(record.topic.clone());
+                }
+                Pending::Record {
+                    record,
+                    id,
+                    sent: None,
+                }
             }
             None => Pending::Accepted(envelope::new_id(submission.received_at)),
         };
-        let audit = shaped
-            .audit
-            .map(|(class, body)| (device.clone(), class, body));
         batch.items.push(item(pending, audit));
+        if let Some(topic) = live_topic {
+            // Those held back earlier go first, so a stream's numbers follow the order its
+            // messages came in.
+            self.hand_over_held(batch);
+            let i = batch.items.len() - 1;
+            if let Some(queue) = batch.held.get_mut(&topic) {
+                queue.push(i);
+            } else if !self.hand_over(batch, i) {
+                batch.held.insert(topic, vec![i]);
+            }
+        }
     }
 
-    /// Hands `record` to the uplink if it can take it now, numbered from its stream's reserved
-    /// block; returns the record to store if the cloud has not acknowledged it when the batch
-    /// is due, numbered and rendered as sent. A stream one of whose messages in this batch was
-    /// not handed over hands over no later one: its numbers follow the order messages came in.
-    fn send_live(&self, record: NewRecord, batch: &mut Batch) -> (NewRecord, Option<Arc<Sent>>) {
-        let Some(live) = &self.live else {
-            return (record, None);
-        };
-        if batch.held.contains(&record.topic) {
-            return (record, None);
+    /// Hands over what this batch held back (the uplink was behind, or had no room), stream by
+    /// stream in the order it came in, as far as the uplink takes it now; the rest is stored
+    /// with the batch.
+    fn hand_over_held(&self, batch: &mut Batch) {
+        if batch.held.is_empty()
+            || self
+                .live
+                .as_ref()
+                .is_none_or(|l| self.ready(l, batch).is_none())
+        {
+            return;
         }
-        let session = live
-            .ready(self.outbox.appends())
-            .filter(|s| batch.session.is_none_or(|b| b == *s));
-        // Numbered only when it is handed over: a number taken and not sent would be a gap.
-        let numbered = session.and_then(|s| Some((s, self.outbox.live_seq(&record.topic)?)));
-        let Some((session, seq)) = numbered else {
-            batch.held.insert(record.topic.clone());
-            return (record, None);
-        };
-        batch.session = Some(session);
-        let payload = (record.payload)(seq);
-        let sent = Arc::new(Sent::default());
-        let handed = live.send(LiveMessage {
-            topic: record.topic.clone(),
-            payload: payload.clone(),
-            session,
-            sent: sent.clone(),
+        let mut held = std::mem::take(&mut batch.held);
+        held.retain(|_, queue| {
+            let handed = queue
+                .iter()
+                .take_while(|&&i| self.hand_over(batch, i))
+                .count();
+            queue.drain(..handed);
+            !queue.is_empty()
         });
-        let numbered = NewRecord {
-            seq: Some(seq),
-            payload: Box::new(move |_| payload),
-            ..record
-        };
-        if !handed {
-            batch.held.insert(numbered.topic.clone());
-            return (numbered, None);
-        }
-        batch.sent.push(sent.clone());
-        (numbered, Some(sent))
+        batch.held = held;
     }
 
-    async fn commit(&mut self, batch: Batch) {
+    /// The uplink connection to hand this batch's messages to now, if any: after a reconnect
+    /// the rest of the batch is stored first, so nothing overtakes what the lost connection
+    /// had.
+    fn ready(&self, live: &Live, batch: &mut Batch) -> Option<u64> {
+        if batch
+            .earlier
+            .as_ref()
+            .is_some_and(|e| e.written.load(Ordering::Acquire))
+        {
+            batch.earlier = None;
+        }
+        let session = batch
+            .session
+            .or(batch.earlier.as_ref().and_then(|e| e.session));
+        live.ready(self.outbox.appends())
+            .filter(|s| session.is_none_or(|b| b == *s))
+    }
+
+    /// A stream has no numbers to send with (a new device, or a gateway just started): its
+    /// block is committed now rather than with the batch, so its messages are held back for one
+    /// sync and not for the whole batch. One such write at a time; after one fails, none for a
+    /// second (the batch's own write asks again).
+    fn reserve_soon(&self) {
+        if !self.outbox.wants_reservation()
+            || self
+                .reserving
+                .failed_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            || self.reserving.busy.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (outbox, reserving) = (self.outbox.clone(), self.reserving.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = outbox.reserve() {
+                tracing::debug!(error = %e, "Cannot reserve stream numbers now; the batch's write asks again.");
+                *reserving
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            }
+            reserving.busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// Hands the batch's telemetry item `i` to the uplink if it can take it now, numbered from
+    /// its stream's reserved block; returns whether it did. An item not handed over is stored
+    /// if it is still not when the batch is due; one numbered already keeps its number and
+    /// bytes, stored or handed over later.
+    fn hand_over(&self, batch: &mut Batch, i: usize) -> bool {
+        let Some(live) = &self.live else {
+            return false;
+        };
+        let Some(session) = self.ready(live, batch) else {
+            return false;
+        };
+        let Pending::Record { record, sent, .. } = &mut batch.items[i].pending else {
+            return false;
+        };
+        if batch
+            .earlier
+            .as_ref()
+            .is_some_and(|e| e.held.contains(&record.topic))
+        {
+            return false;
+        }
+        // Numbered only when it can be handed over: a number taken and neither sent nor stored
+        // would be a gap.
+        let Some(seq) = record.seq.or_else(|| self.outbox.live_seq(&record.topic)) else {
+            self.reserve_soon();
+            return false;
+        };
+        let payload = std::mem::replace(&mut record.payload, Box::new(|_| Vec::new()))(seq);
+        let keep = payload.clone();
+        record.seq = Some(seq);
+        record.payload = Box::new(move |_| keep);
+        let handed = Arc::new(Sent::default());
+        if !live.send(LiveMessage {
+            topic: record.topic.clone(),
+            payload,
+            session,
+            sent: handed.clone(),
+        }) {
+            return false;
+        }
+        batch.session = Some(session);
+        batch.sent.push(handed.clone());
+        *sent = Some(handed);
+        true
+    }
+}
+
+/// What writes batches: one at a time, in order.
+struct Committer {
+    outbox: Outbox,
+    clock: crate::clock::SharedClock,
+    alerts: Option<crate::alerts::AlertsHandle>,
+    local: Option<std::sync::Mutex<rumqttd::local::LinkTx>>,
+    observations: Option<mpsc::Sender<Observation>>,
+    /// Why outbox writes fail (`disk_full`, `store`) while they do: an episode is logged when it
+    /// starts and when it ends, not once per refused batch.
+    failing: Option<&'static str>,
+    live: Option<Live>,
+    /// Each write, from waiting for the cloud's acknowledgements to every intake told, is one
+    /// unit of work.
+    progress: Progress,
+}
+
+impl Committer {
+    /// Waits until `grace` for the cloud to acknowledge what the batch sent before it was
+    /// stored, then writes the rest and tells every intake its outcome.
+    async fn commit(&mut self, batch: Batch, grace: tokio::time::Instant) {
+        let _work = self.progress.working();
+        if let Some(live) = &self.live
+            && !batch.sent.is_empty()
+        {
+            live.acked_by(&batch.sent, grace).await;
+        }
         // Per item, what its outcome waits on: nothing, the cloud (which acknowledged it in
         // time, so it is not written), or record `i` of those appended.
         let mut records = Vec::with_capacity(batch.items.len());
@@ -399,7 +574,7 @@ impl Pipeline {
                 if full > 0 {
                     crate::metrics::outbox_refused("full", full);
                 }
-                if let Some((_, monitor)) = &self.monitor {
+                if let Some(monitor) = &self.observations {
                     for ((observed, _, _), dep) in follows.iter_mut().zip(&deps) {
                         if let Some(observation) = observed.take()
                             && kept(&results, *dep)
@@ -484,8 +659,29 @@ struct Batch {
     /// The uplink connection messages of this batch were handed to: after a reconnect the rest
     /// of the batch is stored first, so nothing overtakes what the lost connection had.
     session: Option<u64>,
-    /// Streams with a message in this batch that was not handed over.
+    /// Per stream, the items of this batch not handed over yet, in the order they came in: a
+    /// later message of the stream waits behind them.
+    held: HashMap<String, Vec<usize>>,
+    /// The batch before, while it is being written.
+    earlier: Option<Earlier>,
+}
+
+/// Stream numbers reserved ahead of a batch's write.
+#[derive(Default)]
+struct Reserving {
+    busy: AtomicBool,
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// What the batch being written holds back from the one collecting. Its held-back messages
+/// are numbered only when they are appended, and what it sent in a lost connection is stored
+/// to be sent again: until its write is done, a stream it held back hands over nothing, and
+/// nothing is handed to a connection other than the one it used, so no message overtakes one
+/// of its stream stored earlier. After the write the outbox's append count does the same.
+struct Earlier {
+    session: Option<u64>,
     held: HashSet<String>,
+    written: Arc<AtomicBool>,
 }
 
 /// One shaped submission.
@@ -733,20 +929,21 @@ mod tests {
         outbox: &Outbox,
         live: crate::uplink::live::Live,
     ) -> (Ingest, CancellationToken) {
+        live_pipeline_every(outbox, live, Duration::from_millis(300))
+    }
+
+    fn live_pipeline_every(
+        outbox: &Outbox,
+        live: crate::uplink::live::Live,
+        batch_delay: Duration,
+    ) -> (Ingest, CancellationToken) {
         let clock = ManualClock::new(time::macros::datetime!(2026-05-01 08:00 UTC), true);
         let (ingest, rx) = Ingest::channel(64, clock.clone());
         let shutdown = CancellationToken::new();
         tokio::spawn(
-            Pipeline::new(
-                rx,
-                outbox.clone(),
-                clock,
-                "s",
-                64,
-                Duration::from_millis(300),
-            )
-            .with_live(live)
-            .run(shutdown.clone()),
+            Pipeline::new(rx, outbox.clone(), clock, "s", 64, batch_delay)
+                .with_live(live)
+                .run(shutdown.clone()),
         );
         (ingest, shutdown)
     }
@@ -765,16 +962,23 @@ mod tests {
         let outbox =
             Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
         let (live, mut uplink) = crate::uplink::live::channel(16);
-        let (ingest, shutdown) = live_pipeline(&outbox, live);
+        // A batch collects for 0.8 s: time enough to commit a block of numbers.
+        let (ingest, shutdown) = live_pipeline_every(&outbox, live, Duration::from_secs(1));
 
-        // Connected, but the stream has no numbers reserved yet: stored first, and the stream
-        // gets its block in the same commit.
+        // Connected, but the stream has no numbers reserved yet: the reading is held back, the
+        // stream gets its block at once, and the reading goes over by the end of its batch. The
+        // cloud does not acknowledge it in time: it is stored as it was sent.
         uplink.open(1);
         uplink.caught_up(outbox.appends());
         let first = ingest.submit(reading("fridge-1", 4.0)).await.unwrap();
         let stored = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
         assert_eq!(stored.len(), 1);
         assert_eq!(seq_and_id(&stored[0].payload), (1, first.id.to_string()));
+        let sent_first = tokio::time::timeout(Duration::from_secs(10), uplink.recv(1))
+            .await
+            .expect("handed over once its stream had numbers")
+            .unwrap();
+        assert_eq!(sent_first.payload, stored[0].payload);
 
         // The uplink sent it and is caught up: the next readings go over at once and the cloud
         // takes them.
@@ -855,6 +1059,192 @@ mod tests {
         ingest.submit(reading("fridge-1", 4.2)).await.unwrap();
         let stored = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
         assert_eq!(seq_and_id(&stored[1].payload).0, 2);
+        shutdown.cancel();
+    }
+
+    /// An outbox whose streams for `devices` have numbers reserved, so their telemetry can be
+    /// sent before it is stored.
+    fn outbox_reserved_for(dir: &std::path::Path, devices: &[&str]) -> Outbox {
+        let outbox = Outbox::open(Store::create(&dir.join("s.redb")).unwrap(), u64::MAX).unwrap();
+        for device in devices {
+            assert_eq!(outbox.live_seq(&telemetry_topic(device)), None);
+        }
+        outbox.reserve().unwrap();
+        outbox
+    }
+
+    fn telemetry_topic(device: &str) -> String {
+        format!("rxgate/v1/s/devices/{device}/telemetry")
+    }
+
+    async fn handed(uplink: &mut crate::uplink::live::LiveReceiver, session: u64) -> LiveMessage {
+        tokio::time::timeout(Duration::from_secs(10), uplink.recv(session))
+            .await
+            .expect("handed over")
+            .unwrap()
+    }
+
+    async fn nothing_handed(uplink: &mut crate::uplink::live::LiveReceiver, session: u64) {
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(100), uplink.recv(session)).await
+        {
+            panic!("handed over: {message:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn telemetry_held_back_while_the_uplink_is_behind_goes_over_in_order_once_it_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = outbox_reserved_for(dir.path(), &["fridge-1"]);
+        let (live, mut uplink) = crate::uplink::live::channel(16);
+        uplink.open(3);
+        uplink.behind();
+        let (ingest, shutdown) = live_pipeline_every(&outbox, live, Duration::from_secs(2));
+        let submit = |t: f64| {
+            let ingest = ingest.clone();
+            tokio::spawn(async move { ingest.submit(reading("fridge-1", t)).await.unwrap().id })
+        };
+        let first = submit(4.0);
+        nothing_handed(&mut uplink, 3).await;
+
+        // Caught up well before the batch is due: the held reading goes first, then the new one.
+        uplink.caught_up(outbox.appends());
+        let second = submit(4.1);
+        let (a, b) = (handed(&mut uplink, 3).await, handed(&mut uplink, 3).await);
+        uplink.acked(&a.sent);
+        uplink.acked(&b.sent);
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert_eq!(
+            [seq_and_id(&a.payload), seq_and_id(&b.payload)],
+            [(1, first.to_string()), (2, second.to_string())],
+            "in the order they came, numbered from the stream's block"
+        );
+        assert!(
+            outbox
+                .read_after(Priority::Normal as u8, None, 10)
+                .unwrap()
+                .is_empty(),
+            "the cloud had both when the batch was due: nothing written"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_device_coming_online_gets_numbers_with_its_status_and_its_first_reading_goes_over_at_once()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox =
+            Outbox::open(Store::create(&dir.path().join("s.redb")).unwrap(), u64::MAX).unwrap();
+        let (live, mut uplink) = crate::uplink::live::channel(16);
+        uplink.open(1);
+        let (ingest, shutdown) = live_pipeline(&outbox, live);
+        ingest
+            .submit(Intake::Status {
+                device: "fridge-1".to_owned(),
+                online: true,
+                reason: "connected".to_owned(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox.live_seq(&telemetry_topic("fridge-1")),
+            Some(1),
+            "the status's write reserved its telemetry's numbers"
+        );
+        // The uplink sent the status.
+        uplink.caught_up(outbox.appends());
+        let submitted = {
+            let ingest = ingest.clone();
+            tokio::spawn(async move { ingest.submit(reading("fridge-1", 4.0)).await.unwrap().id })
+        };
+        let message = handed(&mut uplink, 1).await;
+        uplink.acked(&message.sent);
+        let id = submitted.await.unwrap();
+        assert_eq!(seq_and_id(&message.payload), (2, id.to_string()));
+        assert_eq!(
+            outbox
+                .read_after(Priority::Normal as u8, None, 10)
+                .unwrap()
+                .iter()
+                .filter(|m| m.topic.ends_with("/telemetry"))
+                .count(),
+            0,
+            "the reading was never written"
+        );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn while_a_batch_is_written_the_next_hands_over_all_but_the_streams_it_stored_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = outbox_reserved_for(dir.path(), &["fridge-1", "fridge-2"]);
+        let (live, mut uplink) = crate::uplink::live::channel(16);
+        uplink.open(1);
+        uplink.caught_up(outbox.appends());
+        // Batches collect for 3.2 s and then wait up to 0.8 s for the cloud.
+        let batch_delay = Duration::from_secs(4);
+        let (ingest, shutdown) = live_pipeline_every(&outbox, live, batch_delay);
+        let submit = |device: &'static str, t: f64| {
+            let ingest = ingest.clone();
+            tokio::spawn(async move { ingest.submit(reading(device, t)).await.unwrap().id })
+        };
+        let opened = tokio::time::Instant::now();
+
+        // Batch one: fridge-1's reading goes over and is never acknowledged; fridge-2's comes
+        // while the uplink is behind, and is held back to the end.
+        let t1 = submit("fridge-1", 4.0);
+        let live_t1 = handed(&mut uplink, 1).await;
+        uplink.behind();
+        let u1 = submit("fridge-2", 5.0);
+        nothing_handed(&mut uplink, 1).await;
+
+        // Batch one stopped collecting and waits for the cloud's acknowledgement; batch two
+        // collects meanwhile. Its fridge-1 reading goes over at once; its fridge-2 reading
+        // waits: batch one's is not stored yet, and will get its number when it is.
+        tokio::time::sleep_until(opened + batch_delay * 17 / 20).await;
+        uplink.caught_up(outbox.appends());
+        let t2 = submit("fridge-1", 4.1);
+        let live_t2 = handed(&mut uplink, 1).await;
+        assert!(
+            opened.elapsed() < batch_delay,
+            "handed over while batch one waited; the test ran late ({:?})",
+            opened.elapsed()
+        );
+        uplink.acked(&live_t2.sent);
+        let u2 = submit("fridge-2", 5.1);
+        nothing_handed(&mut uplink, 1).await;
+
+        // Batch one is written: both its readings, as they were numbered.
+        let (t1, u1) = (t1.await.unwrap(), u1.await.unwrap());
+        let stored: Vec<_> = outbox
+            .read_after(Priority::Normal as u8, None, 10)
+            .unwrap()
+            .iter()
+            .map(|m| (m.topic.clone(), seq_and_id(&m.payload)))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                (telemetry_topic("fridge-1"), (1, t1.to_string())),
+                (telemetry_topic("fridge-2"), (1, u1.to_string())),
+            ]
+        );
+        assert_eq!(
+            live_t1.payload,
+            outbox.read_after(Priority::Normal as u8, None, 1).unwrap()[0].payload
+        );
+
+        // The uplink reads them; then fridge-2's held reading goes over, after its stored one.
+        uplink.caught_up(outbox.appends());
+        let t3 = submit("fridge-1", 4.2);
+        let (live_u2, live_t3) = (handed(&mut uplink, 1).await, handed(&mut uplink, 1).await);
+        uplink.acked(&live_u2.sent);
+        uplink.acked(&live_t3.sent);
+        let (t2, u2, t3) = (t2.await.unwrap(), u2.await.unwrap(), t3.await.unwrap());
+        assert_eq!(seq_and_id(&live_t2.payload), (2, t2.to_string()));
+        assert_eq!(live_u2.topic, telemetry_topic("fridge-2"));
+        assert_eq!(seq_and_id(&live_u2.payload), (2, u2.to_string()));
+        assert_eq!(seq_and_id(&live_t3.payload), (3, t3.to_string()));
         shutdown.cancel();
     }
 
