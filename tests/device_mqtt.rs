@@ -909,3 +909,79 @@ fn of_two_overlapping_sessions_of_one_device_the_cloud_keeps_the_newest_sessions
     );
     newest.abort();
 }
+
+/// The gateway copies a device's accepted message to the embedded broker only when a filter of
+/// the device's own matches it (a device subscribes only under its own prefix): a device
+/// subscribed to its own telemetry hears it back, and the message still reaches the cloud once.
+#[test]
+fn a_device_subscribed_to_its_own_telemetry_hears_it_back_on_the_local_broker() {
+    let s = setup();
+    let credentials = rxgate_sim::cabinet::Credentials::load(&s.creds).unwrap();
+    let options = rxgate_sim::cabinet::mqtt_options(&s.gw.mqtt.to_string(), &credentials).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let heard = runtime.block_on(async {
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+        // Before it subscribes, nothing of its own comes back.
+        client
+            .publish(
+                "devices/fridge-01/telemetry",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                r#"{"points":{"temperature_c":4.0}}"#,
+            )
+            .await
+            .unwrap();
+        client
+            .subscribe("devices/fridge-01/#", rumqttc::QoS::AtMostOnce)
+            .await
+            .unwrap();
+        let mut heard = Vec::new();
+        let mut published = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) if !published => {
+                    client
+                        .publish(
+                            "devices/fridge-01/telemetry",
+                            rumqttc::QoS::AtLeastOnce,
+                            false,
+                            r#"{"points":{"temperature_c":4.5}}"#,
+                        )
+                        .await
+                        .unwrap();
+                    published = true;
+                }
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                    heard.push((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("device connection: {e}"),
+                Err(_) => break,
+            }
+        }
+        heard
+    });
+    assert_eq!(
+        heard,
+        [(
+            "devices/fridge-01/telemetry".to_owned(),
+            r#"{"points":{"temperature_c":4.5}}"#.to_owned()
+        )],
+        "the device hears its own reading once subscribed, and only that one"
+    );
+    let cloud = s.backend.wait_for(
+        "rxgate/v1/store-0042/devices/fridge-01/telemetry",
+        2,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        cloud.len(),
+        2,
+        "each reading reached the cloud once: {cloud:?}"
+    );
+}

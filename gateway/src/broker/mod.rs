@@ -200,6 +200,23 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether a copy of `device`'s message on `topic` has anyone to reach on the local broker:
+    /// a device subscribes only under its own prefix, so only a filter of its own can match.
+    /// A retained message is always copied, for whoever subscribes later. Without a copy the
+    /// embedded broker keeps no log for the topic and does no work for the message.
+    pub fn copy_wanted(&self, device: &str, topic: &str, retain: bool) -> bool {
+        retain
+            || self
+                .local_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(device)
+                .is_some_and(|used| {
+                    used.iter()
+                        .any(|filter| rumqttc::mqttbytes::matches(topic, filter))
+                })
+    }
+
     /// Admits `topics` (publish topics or subscription filters) for `device` on the local broker:
     /// all of them, or none if they would take it past [`MAX_LOCAL_TOPICS_PER_DEVICE`]. Topics it
     /// used before are always admitted again.

@@ -709,18 +709,20 @@ impl Relay<'_> {
             }
         };
         let ingest = self.shared.ingest.clone();
-        let mut copy = publish.clone();
-        copy.qos = QoS::AtMostOnce;
-        copy.pkid = 0;
-        copy.dup = false;
+        let copy = self
+            .shared
+            .copy_wanted(self.id, &publish.topic, publish.retain)
+            .then(|| {
+                let mut copy = publish.clone();
+                copy.qos = QoS::AtMostOnce;
+                copy.pkid = 0;
+                copy.dup = false;
+                copy
+            });
         let (qos, pkid, topic) = (publish.qos, publish.pkid, publish.topic);
         pending.push_back(Box::pin(async move {
             match ingest.submit(intake).await {
-                Ok(_) => Ack::Accepted {
-                    qos,
-                    pkid,
-                    copy: Some(copy),
-                },
+                Ok(_) => Ack::Accepted { qos, pkid, copy },
                 Err(Refused::Unavailable(reason)) => Ack::Unavailable(reason),
                 Err(refused) => Ack::Rejected {
                     qos,
