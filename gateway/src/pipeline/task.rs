@@ -208,6 +208,10 @@ impl Pipeline {
         if !rest.items.is_empty() {
             committer.commit(rest, tokio::time::Instant::now()).await;
         }
+        let reserving = lock(&self.reserving.task).take();
+        if let Some(reserving) = reserving {
+            let _ = reserving.await;
+        }
     }
 
     /// Shapes one submission as it arrives and, if it is telemetry the uplink can take now,
@@ -372,28 +376,22 @@ impl Pipeline {
     /// sync and not for the whole batch. One such write at a time; after one fails, none for a
     /// second (the batch's own write asks again).
     fn reserve_soon(&self) {
-        if !self.outbox.wants_reservation()
-            || self
-                .reserving
-                .failed_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-            || self.reserving.busy.swap(true, Ordering::AcqRel)
-        {
+        let recently_failed =
+            lock(&self.reserving.failed_at).is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if recently_failed || !self.outbox.wants_reservation() {
+            return;
+        }
+        let mut task = lock(&self.reserving.task);
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
         let (outbox, reserving) = (self.outbox.clone(), self.reserving.clone());
-        tokio::task::spawn_blocking(move || {
+        *task = Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = outbox.reserve() {
                 tracing::debug!(error = %e, "Cannot reserve stream numbers now; the batch's write asks again.");
-                *reserving
-                    .failed_at
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+                *lock(&reserving.failed_at) = Some(std::time::Instant::now());
             }
-            reserving.busy.store(false, Ordering::Release);
-        });
+        }));
     }
 
     /// Hands the batch's telemetry item `i` to the uplink if it can take it now, numbered from
@@ -669,8 +667,16 @@ struct Batch {
 /// Stream numbers reserved ahead of a batch's write.
 #[derive(Default)]
 struct Reserving {
-    busy: AtomicBool,
+    /// The write in progress or the last one; the pipeline waits for it before it ends, so no
+    /// block is reserved after the clean stop wrote the streams' last numbers back.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the batch being written holds back from the one collecting. Its held-back messages
