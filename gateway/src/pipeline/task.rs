@@ -337,7 +337,7 @@ impl Pipeline {
             || self
                 .live
                 .as_ref()
-                .is_none_or(|l| self.ready(l, batch).is_none())
+                .is_none_or(|l| !l.has_room() || self.ready(l, batch).is_none())
         {
             return;
         }
@@ -402,7 +402,8 @@ impl Pipeline {
         let Some(live) = &self.live else {
             return false;
         };
-        let Some(session) = self.ready(live, batch) else {
+        // Nothing is numbered, rendered or copied for a message the uplink has no room for.
+        let Some(session) = self.ready(live, batch).filter(|_| live.has_room()) else {
             return false;
         };
         let Pending::Record { record, sent, .. } = &mut batch.items[i].pending else {

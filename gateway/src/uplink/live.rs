@@ -128,6 +128,12 @@ impl Live {
             .then_some(session)
     }
 
+    /// Whether the uplink has room for a message now. Only the pipeline sends, so room it sees
+    /// stays until it sends.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
     /// Hands `message` over; `false` if the uplink has no room for it now.
     pub fn send(&self, message: LiveMessage) -> bool {
         self.tx.try_send(message).is_ok()
