@@ -924,16 +924,22 @@ fn a_device_subscribed_to_its_own_telemetry_hears_it_back_on_the_local_broker() 
         .unwrap();
     let heard = runtime.block_on(async {
         let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+        let reading = |t: f64| {
+            let client = client.clone();
+            async move {
+                client
+                    .publish(
+                        "devices/fridge-01/telemetry",
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        format!(r#"{{"points":{{"temperature_c":{t:.1}}}}}"#),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
         // Before it subscribes, nothing of its own comes back.
-        client
-            .publish(
-                "devices/fridge-01/telemetry",
-                rumqttc::QoS::AtLeastOnce,
-                false,
-                r#"{"points":{"temperature_c":4.0}}"#,
-            )
-            .await
-            .unwrap();
+        reading(4.0).await;
         client
             .subscribe("devices/fridge-01/#", rumqttc::QoS::AtMostOnce)
             .await
@@ -944,15 +950,7 @@ fn a_device_subscribed_to_its_own_telemetry_hears_it_back_on_the_local_broker() 
         while tokio::time::Instant::now() < deadline {
             match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
                 Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) if !published => {
-                    client
-                        .publish(
-                            "devices/fridge-01/telemetry",
-                            rumqttc::QoS::AtLeastOnce,
-                            false,
-                            r#"{"points":{"temperature_c":4.5}}"#,
-                        )
-                        .await
-                        .unwrap();
+                    reading(4.5).await;
                     published = true;
                 }
                 Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {

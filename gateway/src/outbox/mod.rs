@@ -483,16 +483,20 @@ impl Outbox {
     /// Appends `batch` in one durable transaction. Each message is appended or refused on its own
     /// (a full outbox refuses the rest of the batch); an `Err` means nothing was appended.
     pub fn append(&self, batch: Vec<NewRecord>) -> Result<Vec<Result<Appended, AppendError>>> {
-        self.append_with(batch, |_, _| Ok(()))
+        self.append_with(batch, |_, _| Ok(Vec::new()))
     }
 
     /// Like [`Outbox::append`], and runs `also` in the same transaction, after the records, with
     /// what became of each message: what it writes (audit entries for the appended events) is
     /// durable together with them or not at all. An `Err` from `also` writes nothing.
+    ///
+    /// `also` returns the keys of appended messages the cloud has already (sent before they were
+    /// stored, acknowledged meanwhile): they count as acknowledged before the append is seen by
+    /// any reader, so the uplink never sends them again. [`Outbox::ack`] then deletes them.
     pub fn append_with(
         &self,
         batch: Vec<NewRecord>,
-        also: impl FnOnce(&redb::WriteTransaction, &[Result<Appended, AppendError>]) -> Result<()>,
+        also: impl FnOnce(&redb::WriteTransaction, &[Result<Appended, AppendError>]) -> Result<Vec<Key>>,
     ) -> Result<Vec<Result<Appended, AppendError>>> {
         let mut writer = self.writer()?;
         let writer = &mut *writer;
@@ -614,10 +618,10 @@ impl Outbox {
             }
             reserved = reserve(&mut seqs, &lock(&self.streams).wanted())?;
             drop((table, seqs));
-            also(txn, &out)?;
-            Ok((out, added_records, added_bytes, new_heads, written))
+            let acked = also(txn, &out)?;
+            Ok((out, added_records, added_bytes, new_heads, written, acked))
         });
-        let (out, added_records, added_bytes, new_heads, written) = {
+        let (out, added_records, added_bytes, new_heads, written, acked) = {
             let mut streams = lock(&self.streams);
             match written {
                 Ok(written) => {
@@ -638,6 +642,22 @@ impl Outbox {
         writer.records += added_records;
         writer.bytes += added_bytes;
         writer.heads = new_heads;
+        if !acked.is_empty() {
+            let mut acks = lock(&self.acks);
+            for key in acked {
+                let Some((_, messages)) = written.iter().find(|(k, _)| *k == (key.0, key.1)) else {
+                    continue;
+                };
+                let count = u16::try_from(messages.len()).unwrap_or(u16::MAX);
+                if acks
+                    .entry((key.0, key.1))
+                    .or_insert_with(|| Acked::new(count))
+                    .mark(key.2)
+                {
+                    writer.records = writer.records.saturating_sub(1);
+                }
+            }
+        }
         *lock(&self.published) = writer.depth();
         {
             let mut decoded = lock(&self.decoded);

@@ -1025,6 +1025,35 @@ fn a_stream_asks_for_its_next_block_before_the_one_it_uses_runs_out() {
 }
 
 #[test]
+fn a_message_the_cloud_had_before_its_append_was_seen_is_never_read_and_counts_as_sent() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    let appended = outbox
+        .append_with(
+            vec![
+                record(Priority::Normal, "t", "sent and acknowledged"),
+                record(Priority::Normal, "t", "to send"),
+            ],
+            |_, appended| Ok(vec![appended[0].as_ref().unwrap().key]),
+        )
+        .unwrap();
+    let due = outbox.read_after(Priority::Normal as u8, None, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].key, appended[1].as_ref().unwrap().key);
+    assert_eq!(outbox.depth().unwrap().records, 1, "one message waits");
+    // Its deletion comes with the other's acknowledgement.
+    outbox
+        .ack(&[appended[0].as_ref().unwrap().key, due[0].key])
+        .unwrap();
+    assert!(
+        outbox
+            .read_after(Priority::Normal as u8, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(outbox.depth().unwrap().records, 0);
+}
+
+#[test]
 fn a_failed_write_gives_back_the_reserved_numbers_it_took() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("s.redb")).unwrap();

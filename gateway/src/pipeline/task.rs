@@ -522,7 +522,7 @@ impl Committer {
                 return Ok(Vec::new());
             }
             // Acknowledged by the cloud between the check above and the commit: the stored
-            // copy is acknowledged at once.
+            // copy counts as acknowledged from the moment it is appended.
             let mut late = Vec::new();
             let results = outbox.append_with(records, |txn, appended| {
                 // Told before the commit, so the uplink never sends a stored copy whose live
@@ -552,8 +552,10 @@ impl Committer {
                             })),
                     )?;
                 }
-                Ok(())
+                // Never read by the uplink: acknowledged before the append is seen.
+                Ok(late.clone())
             })?;
+            // Deleted once the record is fully acknowledged.
             if let Err(e) = outbox.ack(&late) {
                 tracing::warn!(error = %e, "Cannot acknowledge stored copies the cloud has; they will be sent again.");
             }
