@@ -51,7 +51,7 @@ pub struct Pipeline {
     progress: Progress,
     /// Where telemetry goes before it is stored, if the uplink takes it.
     live: Option<Live>,
-    reserving: Arc<Reserving>,
+    reserving: Arc<std::sync::Mutex<Reserving>>,
 }
 
 impl Pipeline {
@@ -179,10 +179,7 @@ impl Pipeline {
                 }
             }
             self.hand_over_held(&mut batch);
-            let mut committer = match writing.take() {
-                Some(write) => write.await.expect("the outbox write task panicked"),
-                None => idle.take().expect("a committer is idle when none writes"),
-            };
+            let mut committer = free(&mut writing, &mut idle).await;
             let written = Arc::new(AtomicBool::new(false));
             earlier = Some(Earlier {
                 session: batch.session,
@@ -196,10 +193,7 @@ impl Pipeline {
                 committer
             }));
         }
-        let mut committer = match writing.take() {
-            Some(write) => write.await.expect("the outbox write task panicked"),
-            None => idle.take().expect("a committer is idle when none writes"),
-        };
+        let mut committer = free(&mut writing, &mut idle).await;
         self.rx.close();
         let mut rest = Batch::default();
         while let Ok(next) = self.rx.try_recv() {
@@ -208,7 +202,7 @@ impl Pipeline {
         if !rest.items.is_empty() {
             committer.commit(rest, tokio::time::Instant::now()).await;
         }
-        let reserving = lock(&self.reserving.task).take();
+        let reserving = lock(&self.reserving).task.take();
         if let Some(reserving) = reserving {
             let _ = reserving.await;
         }
@@ -376,20 +370,19 @@ impl Pipeline {
     /// sync and not for the whole batch. One such write at a time; after one fails, none for a
     /// second (the batch's own write asks again).
     fn reserve_soon(&self) {
-        let recently_failed =
-            lock(&self.reserving.failed_at).is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        if recently_failed || !self.outbox.wants_reservation() {
+        let mut reserving = lock(&self.reserving);
+        let busy = reserving.task.as_ref().is_some_and(|t| !t.is_finished());
+        let recently_failed = reserving
+            .failed_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if busy || recently_failed || !self.outbox.wants_reservation() {
             return;
         }
-        let mut task = lock(&self.reserving.task);
-        if task.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let (outbox, reserving) = (self.outbox.clone(), self.reserving.clone());
-        *task = Some(tokio::task::spawn_blocking(move || {
+        let (outbox, shared) = (self.outbox.clone(), self.reserving.clone());
+        reserving.task = Some(tokio::task::spawn_blocking(move || {
             if let Err(e) = outbox.reserve() {
                 tracing::debug!(error = %e, "Cannot reserve stream numbers now; the batch's write asks again.");
-                *lock(&reserving.failed_at) = Some(std::time::Instant::now());
+                lock(&shared).failed_at = Some(std::time::Instant::now());
             }
         }));
     }
@@ -439,6 +432,17 @@ impl Pipeline {
         batch.sent.push(handed.clone());
         *sent = Some(handed);
         true
+    }
+}
+
+/// The committer, once the write in progress (if any) is done.
+async fn free(
+    writing: &mut Option<tokio::task::JoinHandle<Committer>>,
+    idle: &mut Option<Committer>,
+) -> Committer {
+    match writing.take() {
+        Some(write) => write.await.expect("the outbox write task panicked"),
+        None => idle.take().expect("a committer is idle when none writes"),
     }
 }
 
@@ -672,8 +676,8 @@ struct Batch {
 struct Reserving {
     /// The write in progress or the last one; the pipeline waits for it before it ends, so no
     /// block is reserved after the clean stop wrote the streams' last numbers back.
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    failed_at: Option<std::time::Instant>,
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
