@@ -293,20 +293,22 @@ pub(super) async fn serve(
         }
     };
     let _ = broker.set_nodelay(true);
-    if broker
-        .write_all(&write_packet(&Packet::Connect(connect)))
-        .await
-        .is_err()
-    {
-        return;
-    }
 
     // The device's statuses are queued under its lock: a session that ends at once cannot have
     // its offline status overtake its online one, nor a new session's online status overtake
-    // the offline status of the session before it.
+    // the offline status of the session before it. The lock is taken before the CONNECT goes
+    // to the embedded broker, whose takeover ends the older session: that session's end then
+    // finds itself no longer the newest, and says nothing.
     let newest_session = shared.newest_session(&id);
     let (generation, online) = {
         let mut newest = newest_session.lock().await;
+        if broker
+            .write_all(&write_packet(&Packet::Connect(connect)))
+            .await
+            .is_err()
+        {
+            return;
+        }
         *newest += 1;
         (
             *newest,
