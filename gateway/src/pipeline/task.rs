@@ -1020,6 +1020,7 @@ mod tests {
                 .unwrap();
             assert_eq!(message.topic, "rxgate/v1/s/devices/fridge-1/telemetry");
             uplink.acked(&message.sent);
+            uplink.tell_acked();
             sent.push(seq_and_id(&message.payload));
         }
         let ids = submitting.await.unwrap();
@@ -1126,6 +1127,7 @@ mod tests {
         let (a, b) = (handed(&mut uplink, 3).await, handed(&mut uplink, 3).await);
         uplink.acked(&a.sent);
         uplink.acked(&b.sent);
+        uplink.tell_acked();
         let (first, second) = (first.await.unwrap(), second.await.unwrap());
         assert_eq!(
             [seq_and_id(&a.payload), seq_and_id(&b.payload)],
@@ -1172,6 +1174,7 @@ mod tests {
         };
         let message = handed(&mut uplink, 1).await;
         uplink.acked(&message.sent);
+        uplink.tell_acked();
         let id = submitted.await.unwrap();
         assert_eq!(seq_and_id(&message.payload), (2, id.to_string()));
         assert_eq!(
@@ -1224,6 +1227,7 @@ mod tests {
             opened.elapsed()
         );
         uplink.acked(&live_t2.sent);
+        uplink.tell_acked();
         let u2 = submit("fridge-2", 5.1);
         nothing_handed(&mut uplink, 1).await;
 
@@ -1253,6 +1257,7 @@ mod tests {
         let (live_u2, live_t3) = (handed(&mut uplink, 1).await, handed(&mut uplink, 1).await);
         uplink.acked(&live_u2.sent);
         uplink.acked(&live_t3.sent);
+        uplink.tell_acked();
         let (t2, u2, t3) = (t2.await.unwrap(), u2.await.unwrap(), t3.await.unwrap());
         assert_eq!(seq_and_id(&live_t2.payload), (2, t2.to_string()));
         assert_eq!(live_u2.topic, telemetry_topic("fridge-2"));

@@ -141,12 +141,18 @@ impl Live {
 
     /// Resolves when every one of `sent` is acknowledged, or at `until`.
     pub async fn acked_by(&self, sent: &[Arc<Sent>], until: tokio::time::Instant) {
+        // Acknowledgements come mostly in the order of sending: each wake looks on from the
+        // first one not yet acknowledged, so a batch costs one pass, not one per wake.
+        let mut acked = 0;
         let _ = tokio::time::timeout_at(until, async {
             loop {
                 let notified = self.shared.acked.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if sent.iter().all(|s| s.acked()) {
+                while sent.get(acked).is_some_and(|s| s.acked()) {
+                    acked += 1;
+                }
+                if acked == sent.len() {
                     return;
                 }
                 notified.await;
@@ -180,11 +186,15 @@ impl LiveReceiver {
     }
 
     /// The cloud acknowledged `sent`; returns its outbox key if it was stored meanwhile (the
-    /// stored copy is then acknowledged too, and not sent again).
+    /// stored copy is then acknowledged too, and not sent again). The pipeline hears of it at
+    /// the next [`LiveReceiver::tell_acked`].
     pub(crate) fn acked(&self, sent: &Sent) -> Option<Key> {
-        let stored = sent.ack();
+        sent.ack()
+    }
+
+    /// Wakes the pipeline's wait for acknowledgements: once for every burst of them.
+    pub(crate) fn tell_acked(&self) {
         self.shared.acked.notify_waiters();
-        stored
     }
 
     /// The next message handed over for `session`; those handed over for an earlier connection
@@ -192,6 +202,16 @@ impl LiveReceiver {
     pub(crate) async fn recv(&mut self, session: u64) -> Option<LiveMessage> {
         loop {
             let message = self.rx.recv().await?;
+            if message.session == session {
+                return Some(message);
+            }
+        }
+    }
+
+    /// [`LiveReceiver::recv`] without waiting: `None` when nothing for `session` is waiting.
+    pub(crate) fn try_recv(&mut self, session: u64) -> Option<LiveMessage> {
+        loop {
+            let message = self.rx.try_recv().ok()?;
             if message.session == session {
                 return Some(message);
             }
@@ -224,8 +244,13 @@ mod tests {
         rx.open(2);
         rx.caught_up(5);
         assert!(live.send(message(2)));
+        assert!(live.send(message(1)));
+        assert!(live.send(message(2)));
         let got = rx.recv(2).await.unwrap();
         assert_eq!(got.session, 2, "the first session's message was dropped");
+        let got = rx.try_recv(2).expect("waiting for session 2");
+        assert_eq!(got.session, 2, "an earlier session's message was dropped");
+        assert!(rx.try_recv(2).is_none(), "nothing more is waiting");
     }
 
     #[tokio::test(start_paused = true)]
@@ -242,6 +267,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         rx.acked(&sent[0]);
         rx.acked(&sent[1]);
+        rx.tell_acked();
         waiting.await.unwrap();
         assert!(start.elapsed() < std::time::Duration::from_millis(100));
         let unacked = [Arc::new(Sent::default())];

@@ -310,43 +310,50 @@ impl Uplink {
                 _ = self.outbox.appended(), if has_room => {}
                 message = next_live(live.as_deref_mut(), session), if has_room => {
                     // The pipeline is gone (shutting down): nothing more comes.
-                    let Some(message) = message else {
+                    let Some(mut message) = message else {
                         live = None;
                         continue;
                     };
-                    {
-                        let sent = message.sent;
+                    // What is waiting already goes over in the same turn, up to the window.
+                    loop {
                         // A request the channel cannot take is not sent: the pipeline stores
                         // the message, unacknowledged, and the outbox sends it.
                         if client
                             .try_publish(message.topic, QoS::AtLeastOnce, false, message.payload)
                             .is_ok()
                         {
-                            inflight.request(Publish::Live(sent));
+                            inflight.request(Publish::Live(message.sent));
+                        }
+                        let next = match live.as_deref_mut() {
+                            Some(live) if inflight.has_room() => live.try_recv(session),
+                            _ => None,
+                        };
+                        match next {
+                            Some(next) => message = next,
+                            None => break,
                         }
                     }
                 }
                 _ = flush.tick() => self.ack(&mut acked).await,
-                event = events.poll() => match event {
-                    Err(e) => break Err(e),
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight.assigned(pkid),
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => match inflight.acked(ack.pkid) {
-                        Some(Publish::Stored(key)) => {
-                            crate::metrics::uplink_sent();
-                            acked.push(key);
-                            if acked.len() >= ACK_BATCH {
-                                self.ack(&mut acked).await;
-                            }
+                event = events.poll() => {
+                    let mut event = match event {
+                        Ok(event) => event,
+                        Err(e) => break Err(e),
+                    };
+                    // One read of the connection brings many PUBACKs: the events it left
+                    // buffered (what `poll` would return next, without I/O) are handled in the
+                    // same turn, and the pipeline is told of the acknowledgements once.
+                    let mut live_acked = false;
+                    loop {
+                        live_acked |= self.on_event(event, &mut inflight, &mut acked, live.as_deref()).await;
+                        match events.state.events.pop_front() {
+                            Some(next) => event = next,
+                            None => break,
                         }
-                        Some(Publish::Live(sent)) => {
-                            crate::metrics::uplink_sent();
-                            if let Some(key) = live.as_ref().and_then(|live| live.acked(&sent)) {
-                                acked.push(key);
-                            }
-                        }
-                        Some(Publish::Status) | None => {}
-                    },
-                    Ok(_) => {}
+                    }
+                    if let Some(live) = live.as_deref().filter(|_| live_acked) {
+                        live.tell_acked();
+                    }
                 },
             }
         };
@@ -391,9 +398,42 @@ impl Uplink {
         result
     }
 
+    /// Keeps the books on one event of the connection; `true` when it was the PUBACK of a
+    /// message sent before it was stored.
+    async fn on_event(
+        &self,
+        event: Event,
+        inflight: &mut Inflight,
+        acked: &mut Vec<Key>,
+        live: Option<&LiveReceiver>,
+    ) -> bool {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => inflight.assigned(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => match inflight.acked(ack.pkid) {
+                Some(Publish::Stored(key)) => {
+                    crate::metrics::uplink_sent();
+                    acked.push(key);
+                    if acked.len() >= ACK_BATCH {
+                        self.ack(acked).await;
+                    }
+                }
+                Some(Publish::Live(sent)) => {
+                    crate::metrics::uplink_sent();
+                    if let Some(key) = live.and_then(|live| live.acked(&sent)) {
+                        acked.push(key);
+                    }
+                    return true;
+                }
+                Some(Publish::Status) | None => {}
+            },
+            _ => {}
+        }
+        false
+    }
+
     /// Requests publishes for the next records, highest priority lane first, up to the window,
-    /// from one read of the outbox. Reads nothing when the window is full, or when the last read
-    /// found every lane exhausted and nothing was appended since.
+    /// from one read of the outbox. Reads nothing when less than an eighth of the window is
+    /// free, or when the last read found every lane exhausted and nothing was appended since.
     fn fill(
         &self,
         client: &AsyncClient,
@@ -403,7 +443,9 @@ impl Uplink {
     ) -> Result<()> {
         let room = inflight.room();
         let appends = self.outbox.appends();
-        if room == 0 || cursors.exhausted_at == Some(appends) {
+        // While publishes are in flight, a backlog is read in bites of an eighth of the window
+        // at least, not once for every PUBACK (room < window/8 means some are in flight).
+        if room == 0 || room < self.window / 8 || cursors.exhausted_at == Some(appends) {
             return Ok(());
         }
         let records = self.outbox.read_due(&cursors.lanes, room)?;
