@@ -830,13 +830,21 @@ impl Outbox {
                         }
                     };
                     let acked = acks.get(&key);
-                    for (index, message) in (0u16..).zip(messages.iter()) {
+                    // A record the cursor is in is read on from the cursor, not from its start:
+                    // a backlog read a few messages at a time costs its length once.
+                    let first = match after {
+                        Some((n, i)) if key.1 == n => usize::from(i) + 1,
+                        _ => 0,
+                    };
+                    for (offset, message) in
+                        messages.get(first..).unwrap_or_default().iter().enumerate()
+                    {
                         if out.len() >= limit {
                             break;
                         }
-                        if after.is_some_and(|(n, i)| key.1 == n && index <= i)
-                            || acked.is_some_and(|a| a.has(index))
-                        {
+                        // A record holds at most `RECORD_COUNT_MAX` (u16::MAX) messages.
+                        let index = u16::try_from(first + offset).unwrap_or(u16::MAX);
+                        if acked.is_some_and(|a| a.has(index)) {
                             continue;
                         }
                         out.push(Record {

@@ -322,6 +322,45 @@ fn read_due_takes_lanes_in_priority_order_after_each_cursor_up_to_the_limit() {
     );
 }
 
+#[test]
+fn read_due_reads_on_from_a_cursor_inside_a_record_skipping_what_the_cloud_acknowledged() {
+    let (_dir, outbox) = outbox(u64::MAX);
+    let appended = ok(outbox
+        .append(
+            (0..6)
+                .map(|i| record(Priority::Normal, "t", &format!("m{i}")))
+                .collect(),
+        )
+        .unwrap());
+    // One group commit in one lane: one record, its messages at indices 0..6.
+    assert!(appended.windows(2).all(|w| w[0].key.1 == w[1].key.1));
+    outbox.ack(&[appended[3].key]).unwrap();
+    let mut cursors = [None; LANES];
+    let lane = usize::from(appended[0].key.0);
+    cursors[lane] = Some((appended[1].key.1, appended[1].key.2));
+    let due = outbox.read_due(&cursors, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.key).collect::<Vec<_>>(),
+        [2, 4, 5].map(|i| appended[i].key)
+    );
+    let bodies: Vec<String> = due
+        .iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    assert!(
+        ["m2", "m4", "m5"]
+            .iter()
+            .zip(&bodies)
+            .all(|(m, b)| b.contains(&format!("\"b\":\"{m}\""))),
+        "{bodies:?}"
+    );
+    cursors[lane] = Some((appended[5].key.1, appended[5].key.2));
+    assert!(
+        outbox.read_due(&cursors, 10).unwrap().is_empty(),
+        "a cursor at the end"
+    );
+}
+
 const PRIORITIES: [Priority; LANES] = [
     Priority::Critical,
     Priority::High,
