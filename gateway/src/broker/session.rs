@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
@@ -347,6 +348,7 @@ pub(super) async fn serve(
         device: &mut device,
         broker: &mut broker,
         device_buf,
+        device_out: BytesMut::new(),
         changes: &mut changes,
     }
     .run(&shutdown)
@@ -435,6 +437,8 @@ struct Relay<'a> {
     device: &'a mut TlsStream<TcpStream>,
     broker: &'a mut TcpStream,
     device_buf: BytesMut,
+    /// Acknowledgements for the device, written together.
+    device_out: BytesMut,
     changes: &'a mut broadcast::Receiver<Change>,
 }
 
@@ -508,7 +512,19 @@ impl Relay<'_> {
                     Err(e) => return End::Error(format!("broker connection: {e}")),
                 },
                 Some(ack) = pending.next() => {
-                    if let Err(end) = self.acknowledge(ack, &mut local_qos2).await {
+                    // Acknowledgements ready together go to the device in one write.
+                    let mut ack = ack;
+                    let acknowledged = loop {
+                        if let Err(end) = self.acknowledge(ack, &mut local_qos2).await {
+                            break Err(end);
+                        }
+                        match pending.next().now_or_never() {
+                            Some(Some(next)) => ack = next,
+                            _ => break Ok(()),
+                        }
+                    };
+                    let flushed = self.flush_to_device().await;
+                    if let Err(end) = acknowledged.and(flushed) {
                         return end;
                     }
                 }
@@ -560,6 +576,22 @@ impl Relay<'_> {
             .write_all(&write_packet(packet))
             .await
             .map_err(|e| End::Error(format!("device connection: {e}")))
+    }
+
+    /// Adds `packet` to what [`Relay::flush_to_device`] writes next.
+    fn queue_to_device(&mut self, packet: &Packet) {
+        // Our own packets are small and well-formed: a write error cannot happen at this size.
+        let _ = packet.write(&mut self.device_out, MAX_PACKET * 2);
+    }
+
+    /// Writes what was queued for the device, in one TLS record when it fits.
+    async fn flush_to_device(&mut self) -> Result<(), End> {
+        if self.device_out.is_empty() {
+            return Ok(());
+        }
+        let written = self.device.write_all(&self.device_out).await;
+        self.device_out.clear();
+        written.map_err(|e| End::Error(format!("device connection: {e}")))
     }
 
     /// Handles one packet from the device.
@@ -772,13 +804,13 @@ impl Relay<'_> {
         match qos {
             QoS::AtMostOnce => Ok(()),
             QoS::AtLeastOnce => {
-                self.send_to_device(&Packet::PubAck(PubAck::new(pkid)))
-                    .await
+                self.queue_to_device(&Packet::PubAck(PubAck::new(pkid)));
+                Ok(())
             }
             QoS::ExactlyOnce => {
                 local_qos2.insert(pkid);
-                self.send_to_device(&Packet::PubRec(PubRec::new(pkid)))
-                    .await
+                self.queue_to_device(&Packet::PubRec(PubRec::new(pkid)));
+                Ok(())
             }
         }
     }
