@@ -350,6 +350,13 @@ impl Policy {
         evaluate(self, event, ctx)
     }
 
+    /// Whether no rule selects this device, kind and stream and the default allows: evaluating
+    /// such an event changes nothing but what [`Decision::telemetry_points`] normalises.
+    pub(crate) fn allows_untouched(&self, device: &str, kind: &str, stream: Stream) -> bool {
+        self.default.verdict().is_allow()
+            && !self.rules.iter().any(|r| r.selects(device, kind, stream))
+    }
+
     fn is_protected(&self, field: &str) -> bool {
         field == "patient_id" || self.protected.contains(field)
     }

@@ -219,49 +219,12 @@ impl PolicyStage {
         };
         match intake {
             Intake::Status { .. } => Shaped::forward(intake),
-            Intake::Telemetry(reading) => {
-                let body = policy::telemetry_body(&reading.points);
-                let event = Event {
-                    device: &reading.device,
-                    kind: &reading.kind,
-                    stream: Stream::Telemetry,
-                    body: &body,
-                };
-                let decision = policy.evaluate(&event, &ctx);
-                let transformed = decision.telemetry_points(&reading.points);
-                // A rule that drops or redacts every point leaves nothing for the cloud, so
-                // the message is dropped (counted), never sent as it came. A redacted point
-                // carries nothing; one that came without a value still carries its quality.
-                // The cold chain still sees the reading: a privacy rule must not blind a
-                // fridge's alarms.
-                let all_dropped = transformed.iter().all(|(name, point)| {
-                    point.value.is_none()
-                        && reading.points.get(name).is_none_or(|p| p.value.is_some())
-                });
-                let mut shaped = self.common(&decision, &reading.device, now);
-                shaped.observed = Some(if decision.verdict.is_allow() && !all_dropped {
-                    Reading {
-                        points: transformed.clone(),
-                        ..reading.clone()
-                    }
-                } else {
-                    reading.clone()
-                });
-                if shaped.refused.is_none() && decision.route_cloud && all_dropped {
-                    crate::metrics::dropped("all_points_dropped");
-                }
-                if shaped.refused.is_none()
-                    && decision.route_cloud
-                    && !all_dropped
-                    && self.passes_deadband(&decision, &reading.device, &transformed, now)
-                {
-                    shaped.intake = Some(Intake::Telemetry(Reading {
-                        points: transformed,
-                        ..reading
-                    }));
-                }
-                shaped
+            Intake::Telemetry(reading)
+                if policy.allows_untouched(&reading.device, &reading.kind, Stream::Telemetry) =>
+            {
+                untouched(reading)
             }
+            Intake::Telemetry(reading) => self.telemetry(&policy, reading, now),
             Intake::Event {
                 device,
                 kind,
@@ -306,6 +269,59 @@ impl PolicyStage {
                 shaped
             }
         }
+    }
+
+    /// A reading through the full evaluation.
+    fn telemetry(
+        &mut self,
+        policy: &policy::Policy,
+        reading: Reading,
+        now: OffsetDateTime,
+    ) -> Shaped {
+        let ctx = &Context {
+            now,
+            pseudonym_key: &self.key,
+        };
+        let body = policy::telemetry_body(&reading.points);
+        let event = Event {
+            device: &reading.device,
+            kind: &reading.kind,
+            stream: Stream::Telemetry,
+            body: &body,
+        };
+        let decision = policy.evaluate(&event, ctx);
+        let transformed = decision.telemetry_points(&reading.points);
+        // A rule that drops or redacts every point leaves nothing for the cloud, so
+        // the message is dropped (counted), never sent as it came. A redacted point
+        // carries nothing; one that came without a value still carries its quality.
+        // The cold chain still sees the reading: a privacy rule must not blind a
+        // fridge's alarms.
+        let all_dropped = transformed.iter().all(|(name, point)| {
+            point.value.is_none() && reading.points.get(name).is_none_or(|p| p.value.is_some())
+        });
+        let mut shaped = self.common(&decision, &reading.device, now);
+        shaped.observed = Some(if decision.verdict.is_allow() && !all_dropped {
+            Reading {
+                points: transformed.clone(),
+                ..reading.clone()
+            }
+        } else {
+            reading.clone()
+        });
+        if shaped.refused.is_none() && decision.route_cloud && all_dropped {
+            crate::metrics::dropped("all_points_dropped");
+        }
+        if shaped.refused.is_none()
+            && decision.route_cloud
+            && !all_dropped
+            && self.passes_deadband(&decision, &reading.device, &transformed, now)
+        {
+            shaped.intake = Some(Intake::Telemetry(Reading {
+                points: transformed,
+                ..reading
+            }));
+        }
+        shaped
     }
 
     /// Verdict, rate limit, priority, routing and flags: the same for every stream.
@@ -410,6 +426,28 @@ impl PolicyStage {
         }
         forward
     }
+}
+
+/// What the full evaluation makes of a reading no rule selects under a default of allow,
+/// without building its body: a value that is not a finite number becomes absent (a JSON body
+/// cannot carry it), and a reading left with no value it had goes nowhere but the cold chain.
+fn untouched(reading: Reading) -> Shaped {
+    let lost = |p: &Point| matches!(p.value, Some(Value::Number(n)) if !n.is_finite());
+    let mut shaped = Shaped::forward_nothing();
+    if reading.points.values().all(lost) {
+        crate::metrics::dropped("all_points_dropped");
+        shaped.observed = Some(reading);
+        return shaped;
+    }
+    let mut reading = reading;
+    for point in reading.points.values_mut() {
+        if lost(point) {
+            point.value = None;
+        }
+    }
+    shaped.observed = Some(reading.clone());
+    shaped.intake = Some(Intake::Telemetry(reading));
+    shaped
 }
 
 impl Shaped {

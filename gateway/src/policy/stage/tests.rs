@@ -275,3 +275,78 @@ fn an_event_over_its_rate_limit_is_left_with_the_device_to_resend_not_dropped() 
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_reading_no_rule_selects_is_shaped_as_the_full_evaluation_shapes_it() {
+    // The rule selects events only: telemetry takes the short way in `apply`.
+    let (_dir, mut stage) = stage(
+        "default = \"allow\"\n[[rules]]\nname = \"events\"\nstream = \"events\"\npriority = \"high\"\n",
+    );
+    let policy = stage.handle.current();
+    assert!(policy.allows_untouched("fridge-01", "fridge", Stream::Telemetry));
+    assert!(!policy.allows_untouched("fridge-01", "fridge", Stream::Events));
+    let point = |value, unit: Option<&str>, quality| Point {
+        value,
+        unit: unit.map(str::to_owned),
+        quality,
+    };
+    let readings = [
+        vec![
+            (
+                "temperature_c",
+                point(Some(Value::Number(4.5)), Some("°C"), Quality::Good),
+            ),
+            ("door", point(Some(Value::Bool(true)), None, Quality::Good)),
+        ],
+        vec![
+            (
+                "t",
+                point(Some(Value::Number(f64::NAN)), Some("°C"), Quality::Good),
+            ),
+            (
+                "h",
+                point(Some(Value::Number(40.0)), Some("%"), Quality::Stale),
+            ),
+            (
+                "x",
+                point(Some(Value::Number(f64::INFINITY)), None, Quality::Good),
+            ),
+        ],
+        vec![(
+            "t",
+            point(Some(Value::Number(f64::NAN)), Some("°C"), Quality::Good),
+        )],
+        vec![("t", point(None, Some("°C"), Quality::CommError))],
+        vec![],
+    ];
+    for points in readings {
+        let reading = Reading {
+            device: "fridge-01".to_owned(),
+            kind: "fridge".to_owned(),
+            device_ts: None,
+            points: points
+                .into_iter()
+                .map(|(name, p)| (name.to_owned(), p))
+                .collect(),
+        };
+        let full = stage.telemetry(&policy, reading.clone(), T0);
+        let short = untouched(reading.clone());
+        // Debug, not ==: a NaN the cold chain sees is never equal to itself.
+        assert_eq!(
+            format!("{:?}", short.observed),
+            format!("{:?}", full.observed),
+            "{reading:?}"
+        );
+        assert_eq!(short.intake, full.intake, "{reading:?}");
+        assert!(full.refused.is_none() && short.refused.is_none());
+        assert_eq!(short.priority, full.priority);
+        assert_eq!(short.topic_suffix, full.topic_suffix);
+        assert!(full.flags.is_empty() && short.flags.is_empty());
+    }
+    // Through `apply`, the same.
+    let shaped = stage.apply(reading(&[("temperature_c", 4.5)]), T0);
+    assert_eq!(
+        forwarded_points(&shaped).map(|p| p["temperature_c"].value),
+        Some(Some(Value::Number(4.5)))
+    );
+}
