@@ -10,8 +10,9 @@
 //! outbox's bytes-per-message goal is stated for. A backend subscribed at the cloud broker measures when each one
 //! arrives. Printed for each pass: messages/s (accepted: first send to the last PUBACK;
 //! delivered: first send to the last arrival), latency percentiles (device publish → cloud
-//! delivery), the edge process's RSS (before, peak, after) and the bytes it wrote to disk per
-//! message (`/proc/<pid>/io` write_bytes); then the ratios rxgate / bridge.
+//! delivery), the edge process's RSS (before, peak, after), the bytes it wrote to disk per
+//! message (`/proc/<pid>/io` write_bytes) and the CPU time it used per message (user + system,
+//! `/proc/<pid>/stat`); then the ratios rxgate / bridge.
 //!
 //! The two do not promise the same thing: rxgate acknowledges a message only once the cloud
 //! broker has acknowledged it (telemetry is sent on as it arrives) or it is durable in its outbox
@@ -93,14 +94,45 @@ struct Pass {
     rss_peak_kib: u64,
     rss_after_kib: u64,
     written_bytes: u64,
+    /// CPU time (user + system) the edge process used from the first publish until the
+    /// backend had every message.
+    cpu: Duration,
+    /// The same for the cloud broker: it carries what the edge sends on, in its form.
+    cloud_cpu: Duration,
+}
+
+/// CPU time (user + system) process `pid` used so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ, the unit of these fields, is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
 }
 
 /// Every device in `devices` publishes `per_device` QoS 1 telemetry messages on
 /// `devices/<id>/telemetry` through `broker_pid`'s listener, as fast as its acknowledgements
 /// allow; a backend subscribed at the cloud waits for all of them on `filter`.
+/// The processes a pass measures: the edge (rxgate, or the bridge's mosquitto) and the cloud
+/// broker.
+#[derive(Clone, Copy)]
+struct Processes {
+    edge: u32,
+    cloud: u32,
+}
+
 fn run_pass(
     runtime: &tokio::runtime::Runtime,
-    broker_pid: u32,
+    processes: Processes,
     devices: Vec<(String, MqttOptions)>,
     backend: MqttOptions,
     filter: &'static str,
@@ -108,116 +140,129 @@ fn run_pass(
     period: Option<Duration>,
 ) -> Pass {
     let total = devices.len() * per_device;
+    let Processes {
+        edge: broker_pid,
+        cloud: cloud_pid,
+    } = processes;
     let rss_before_kib = proc_field(broker_pid, "status", "VmRSS:");
-    let (accepted, delivered, latencies, write_before) = runtime.block_on(async move {
-        let (backend, mut backend_events) = AsyncClient::new(backend, 1024);
-        backend
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
-        loop {
-            if let Ok(Event::Incoming(Packet::SubAck(_))) = backend_events.poll().await {
-                break;
-            }
-        }
-        let receiver = tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(total);
-            let mut seen = HashSet::new();
-            let mut last = Instant::now();
-            while seen.len() < total {
-                match tokio::time::timeout(Duration::from_secs(60), backend_events.poll()).await {
-                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                        let arrived = now_us();
-                        let Ok(m) = serde_json::from_slice::<serde_json::Value>(&p.payload) else {
-                            continue;
-                        };
-                        let n = point(&m, "n").unwrap_or(-1.0) as i64;
-                        if seen.insert((p.topic.clone(), n)) {
-                            let sent = point(&m, "sent_us").unwrap_or(0.0) as u64;
-                            latencies.push(arrived.saturating_sub(sent));
-                            last = Instant::now();
-                        }
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => panic!("backend connection: {e}"),
-                    Err(_) => panic!("no message for 60 s; got {} of {total}", seen.len()),
+    let (accepted, delivered, latencies, write_before, cpu, cloud_cpu) =
+        runtime.block_on(async move {
+            let (backend, mut backend_events) = AsyncClient::new(backend, 1024);
+            backend
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            loop {
+                if let Ok(Event::Incoming(Packet::SubAck(_))) = backend_events.poll().await {
+                    break;
                 }
             }
-            (latencies, last)
-        });
+            let receiver = tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(total);
+                let mut seen = HashSet::new();
+                let mut last = Instant::now();
+                while seen.len() < total {
+                    match tokio::time::timeout(Duration::from_secs(60), backend_events.poll()).await
+                    {
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            let arrived = now_us();
+                            let Ok(m) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                            else {
+                                continue;
+                            };
+                            let n = point(&m, "n").unwrap_or(-1.0) as i64;
+                            if seen.insert((p.topic.clone(), n)) {
+                                let sent = point(&m, "sent_us").unwrap_or(0.0) as u64;
+                                latencies.push(arrived.saturating_sub(sent));
+                                last = Instant::now();
+                            }
+                        }
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => panic!("backend connection: {e}"),
+                        Err(_) => panic!("no message for 60 s; got {} of {total}", seen.len()),
+                    }
+                }
+                (latencies, last)
+            });
 
-        // Every device connects first: the store writes of a connection (status, audit) are not
-        // telemetry, and are left out of the bytes written per message.
-        let connected = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
-        let go = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
-        let mut senders = Vec::new();
-        let count = devices.len() as u32;
-        for (i, (device, mut options)) in devices.into_iter().enumerate() {
-            // Devices at a fixed rate start a fraction of a period apart, as real ones do.
-            let pace = period.map(|p| (p * i as u32 / count.max(1), p));
-            let (connected, go) = (connected.clone(), go.clone());
-            senders.push(tokio::spawn(async move {
-                options.set_inflight(32);
-                let (client, mut events) = AsyncClient::new(options, 64);
-                loop {
-                    match events.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                        Ok(_) => {}
-                        Err(e) => panic!("{device}: {e}"),
-                    }
-                }
-                connected.wait().await;
-                go.wait().await;
-                let topic = format!("devices/{device}/telemetry");
-                let publisher = tokio::spawn(async move {
-                    let mut ticks = pace.map(|(offset, period)| {
-                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
-                    });
-                    for n in 0..per_device {
-                        if let Some(ticks) = ticks.as_mut() {
-                            ticks.tick().await;
+            // Every device connects first: the store writes of a connection (status, audit) are not
+            // telemetry, and are left out of the bytes written per message.
+            let connected = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
+            let go = Arc::new(tokio::sync::Barrier::new(devices.len() + 1));
+            let mut senders = Vec::new();
+            let count = devices.len() as u32;
+            for (i, (device, mut options)) in devices.into_iter().enumerate() {
+                // Devices at a fixed rate start a fraction of a period apart, as real ones do.
+                let pace = period.map(|p| (p * i as u32 / count.max(1), p));
+                let (connected, go) = (connected.clone(), go.clone());
+                senders.push(tokio::spawn(async move {
+                    options.set_inflight(32);
+                    let (client, mut events) = AsyncClient::new(options, 64);
+                    loop {
+                        match events.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                            Ok(_) => {}
+                            Err(e) => panic!("{device}: {e}"),
                         }
-                        let payload = format!(
-                            r#"{{"points":{{"temperature_c":4.5,"n":{n},"sent_us":{}}}}}"#,
-                            now_us()
-                        );
+                    }
+                    connected.wait().await;
+                    go.wait().await;
+                    let topic = format!("devices/{device}/telemetry");
+                    let publisher = tokio::spawn(async move {
+                        let mut ticks = pace.map(|(offset, period)| {
+                            tokio::time::interval_at(tokio::time::Instant::now() + offset, period)
+                        });
+                        for n in 0..per_device {
+                            if let Some(ticks) = ticks.as_mut() {
+                                ticks.tick().await;
+                            }
+                            let payload = format!(
+                                r#"{{"points":{{"temperature_c":4.5,"n":{n},"sent_us":{}}}}}"#,
+                                now_us()
+                            );
+                            client
+                                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                                .await
+                                .expect("publish");
+                        }
                         client
-                            .publish(&topic, QoS::AtLeastOnce, false, payload)
-                            .await
-                            .expect("publish");
+                    });
+                    let mut acked = 0;
+                    while acked < per_device {
+                        match events.poll().await {
+                            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                            Ok(_) => {}
+                            Err(e) => panic!("{device}: {e}"),
+                        }
                     }
-                    client
-                });
-                let mut acked = 0;
-                while acked < per_device {
-                    match events.poll().await {
-                        Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                        Ok(_) => {}
-                        Err(e) => panic!("{device}: {e}"),
-                    }
-                }
-                let _ = publisher.await;
-            }));
-        }
-        connected.wait().await;
-        // Their online statuses are committed within a batch delay; then the pass starts.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let write_before = proc_field(broker_pid, "io", "write_bytes:");
-        let started = Instant::now();
-        go.wait().await;
-        for sender in senders {
-            sender.await.expect("device task");
-        }
-        let accepted = started.elapsed();
-        let (mut latencies, last) = receiver.await.expect("backend task");
-        latencies.sort_unstable();
-        (
-            accepted,
-            last.duration_since(started),
-            latencies,
-            write_before,
-        )
-    });
+                    let _ = publisher.await;
+                }));
+            }
+            connected.wait().await;
+            // Their online statuses are committed within a batch delay; then the pass starts.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let write_before = proc_field(broker_pid, "io", "write_bytes:");
+            let cpu_before = cpu_time(broker_pid);
+            let cloud_cpu_before = cpu_time(cloud_pid);
+            let started = Instant::now();
+            go.wait().await;
+            for sender in senders {
+                sender.await.expect("device task");
+            }
+            let accepted = started.elapsed();
+            let (mut latencies, last) = receiver.await.expect("backend task");
+            let cpu = cpu_time(broker_pid).saturating_sub(cpu_before);
+            let cloud_cpu = cpu_time(cloud_pid).saturating_sub(cloud_cpu_before);
+            latencies.sort_unstable();
+            (
+                accepted,
+                last.duration_since(started),
+                latencies,
+                write_before,
+                cpu,
+                cloud_cpu,
+            )
+        });
     Pass {
         accepted,
         delivered,
@@ -226,6 +271,8 @@ fn run_pass(
         rss_peak_kib: proc_field(broker_pid, "status", "VmHWM:"),
         rss_after_kib: proc_field(broker_pid, "status", "VmRSS:"),
         written_bytes: proc_field(broker_pid, "io", "write_bytes:").saturating_sub(write_before),
+        cpu,
+        cloud_cpu,
     }
 }
 
@@ -311,12 +358,19 @@ fn report(name: &str, pass: &Pass, total: usize) -> serde_json::Value {
         pass.written_bytes,
         pass.written_bytes as f64 / total as f64
     );
+    let cpu_us = pass.cpu.as_secs_f64() * 1e6 / total as f64;
+    println!(
+        "  CPU (user + system):               {:.2} s, {cpu_us:.1} us/message (cloud broker: {:.1} us/message)",
+        pass.cpu.as_secs_f64(),
+        pass.cloud_cpu.as_secs_f64() * 1e6 / total as f64
+    );
     serde_json::json!({
         "accepted_per_s": accepted,
         "delivered_per_s": delivered,
         "p50_ms": percentile(l, 0.5), "p99_ms": percentile(l, 0.99),
         "rss_peak_kib": pass.rss_peak_kib,
         "disk_bytes_per_message": pass.written_bytes as f64 / total as f64,
+        "cpu_us_per_message": cpu_us,
     })
 }
 
@@ -386,9 +440,13 @@ fn main() {
             (credentials.device, options)
         })
         .collect();
+    let cloud_pid = cloud.pid().expect("cloud broker running");
     let rxgate = run_pass(
         &runtime,
-        gateway_pid,
+        Processes {
+            edge: gateway_pid,
+            cloud: cloud_pid,
+        },
         gateway_devices,
         cloud_client_options(&cloud.pki, cloud.port, "bench-backend-rxgate"),
         "rxgate/v1/store-0042/devices/+/telemetry",
@@ -408,7 +466,10 @@ fn main() {
         .collect();
     let bridge = run_pass(
         &runtime,
-        edge.child.id(),
+        Processes {
+            edge: edge.child.id(),
+            cloud: cloud_pid,
+        },
         bridge_devices,
         cloud_client_options(&cloud.pki, cloud.port, "bench-backend-bridge"),
         "rxgate/v1/bridge/devices/+/telemetry",
@@ -441,11 +502,12 @@ fn main() {
     );
     let ratio = |key: &str| rx[key].as_f64().unwrap_or(0.0) / br[key].as_f64().unwrap_or(1.0);
     println!(
-        "rxgate / bridge: delivered msg/s x{:.2}, p50 x{:.2}, p99 x{:.2}, peak RSS x{:.2}",
+        "rxgate / bridge: delivered msg/s x{:.2}, p50 x{:.2}, p99 x{:.2}, peak RSS x{:.2}, CPU/message x{:.2}",
         ratio("delivered_per_s"),
         ratio("p50_ms"),
         ratio("p99_ms"),
-        ratio("rss_peak_kib")
+        ratio("rss_peak_kib"),
+        ratio("cpu_us_per_message")
     );
     println!(
         "{}",

@@ -194,6 +194,11 @@ impl Cloud {
         self.signal(libc::SIGCONT);
     }
 
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn signal(&self, signal: libc::c_int) {
         if let Some(child) = &self.child {
             // SAFETY: kill(2) on our own child's pid.
