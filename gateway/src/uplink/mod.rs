@@ -7,6 +7,10 @@
 //! deletes a stored record once all its messages are acknowledged). A reconnect therefore
 //! resends whatever was in flight (at-least-once; consumers de-duplicate on `id`).
 //!
+//! The connection's loop never waits for a write: acknowledgements go to the outbox in batches
+//! from a blocking task of their own (a group commit may hold the outbox's writer while it
+//! syncs), and a stored copy whose acknowledgement is on its way is not sent again meanwhile.
+//!
 //! While connected and caught up with the outbox, the uplink also publishes telemetry the
 //! pipeline hands it before storing it ([`live`]); the pipeline stores only what the cloud has
 //! not acknowledged by the time the batch is due.
@@ -287,12 +291,14 @@ impl Uplink {
         }
         let mut cursors = Cursors::default();
         let mut acked: Vec<Key> = Vec::new();
+        let mut acking: Option<Acking> = None;
         let mut flush = tokio::time::interval(ACK_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         let result = loop {
             let work = self.progress.working();
-            match self.fill(&client, &mut inflight, &mut cursors, &acked) {
+            let handing = acking.as_ref().map_or(&[][..], |a| a.keys.as_slice());
+            match self.fill(&client, &mut inflight, &mut cursors, &acked, handing) {
                 Ok(()) => {
                     if let Some(live) = &live {
                         match cursors.exhausted_at {
@@ -334,7 +340,7 @@ impl Uplink {
                         }
                     }
                 }
-                _ = flush.tick() => self.ack(&mut acked).await,
+                _ = flush.tick() => self.ack_soon(&mut acked, &mut acking),
                 event = events.poll() => {
                     let mut event = match event {
                         Ok(event) => event,
@@ -345,7 +351,7 @@ impl Uplink {
                     // same turn, and the pipeline is told of the acknowledgements once.
                     let mut live_acked = false;
                     loop {
-                        live_acked |= self.on_event(event, &mut inflight, &mut acked, live.as_deref()).await;
+                        live_acked |= self.on_event(event, &mut inflight, &mut acked, &mut acking, live.as_deref());
                         match events.state.events.pop_front() {
                             Some(next) => event = next,
                             None => break,
@@ -357,6 +363,9 @@ impl Uplink {
                 },
             }
         };
+        if let Some(acking) = acking.take() {
+            let _ = acking.task.await;
+        }
         self.ack(&mut acked).await;
         if result.is_ok() {
             // Say goodbye so subscribers see `offline` now rather than after the keep-alive.
@@ -400,11 +409,12 @@ impl Uplink {
 
     /// Keeps the books on one event of the connection; `true` when it was the PUBACK of a
     /// message sent before it was stored.
-    async fn on_event(
+    fn on_event(
         &self,
         event: Event,
         inflight: &mut Inflight,
         acked: &mut Vec<Key>,
+        acking: &mut Option<Acking>,
         live: Option<&LiveReceiver>,
     ) -> bool {
         match event {
@@ -414,7 +424,7 @@ impl Uplink {
                     crate::metrics::uplink_sent();
                     acked.push(key);
                     if acked.len() >= ACK_BATCH {
-                        self.ack(acked).await;
+                        self.ack_soon(acked, acking);
                     }
                 }
                 Some(Publish::Live(sent)) => {
@@ -440,6 +450,7 @@ impl Uplink {
         inflight: &mut Inflight,
         cursors: &mut Cursors,
         acked: &[Key],
+        handing: &[Key],
     ) -> Result<()> {
         let room = inflight.room();
         let appends = self.outbox.appends();
@@ -453,7 +464,7 @@ impl Uplink {
         // Stored copies of messages whose live copy is in flight, or acknowledged and not yet
         // handed to the outbox: sending them again would only make duplicates.
         let mut covered = inflight.live_stored();
-        covered.extend(acked.iter().copied());
+        covered.extend(acked.iter().chain(handing).copied());
         for record in records {
             let key = record.key;
             if covered.contains(&key) {
@@ -482,6 +493,26 @@ impl Uplink {
         Ok(())
     }
 
+    /// Hands `acked` to the outbox in the background, unless the last hand-over still runs
+    /// (then they go with the next). The connection's loop never waits for the outbox's writer,
+    /// which a group commit holds while it syncs.
+    fn ack_soon(&self, acked: &mut Vec<Key>, acking: &mut Option<Acking>) {
+        if acked.is_empty() || acking.as_ref().is_some_and(|a| !a.task.is_finished()) {
+            return;
+        }
+        let keys = Arc::new(std::mem::take(acked));
+        let work = self.progress.working();
+        let outbox = self.outbox.clone();
+        let handed = keys.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let _work = work;
+            if let Err(e) = outbox.ack(&handed) {
+                tracing::error!(error = %e, "Cannot delete acknowledged records; they will be sent again.");
+            }
+        });
+        *acking = Some(Acking { keys, task });
+    }
+
     async fn ack(&self, acked: &mut Vec<Key>) {
         if acked.is_empty() {
             return;
@@ -497,6 +528,13 @@ impl Uplink {
             Err(e) => tracing::error!(error = %e, "Outbox acknowledgement task failed."),
         }
     }
+}
+
+/// Acknowledgements on their way to the outbox: until they are there, their stored copies are
+/// not sent again.
+struct Acking {
+    keys: Arc<Vec<Key>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// How far a connection has sent each lane.
