@@ -363,10 +363,10 @@ impl Uplink {
                 },
             }
         };
-        if let Some(acking) = acking.take() {
-            let _ = acking.task.await;
-        }
-        self.ack(&mut acked).await;
+        // The hand-over in progress, then the rest, each waited for.
+        settle(acking.take()).await;
+        self.ack_soon(&mut acked, &mut acking);
+        settle(acking.take()).await;
         if result.is_ok() {
             // Say goodbye so subscribers see `offline` now rather than after the keep-alive.
             let _ = client.try_publish(
@@ -512,22 +512,6 @@ impl Uplink {
         });
         *acking = Some(Acking { keys, task });
     }
-
-    async fn ack(&self, acked: &mut Vec<Key>) {
-        if acked.is_empty() {
-            return;
-        }
-        let keys = std::mem::take(acked);
-        let _work = self.progress.working();
-        let outbox = self.outbox.clone();
-        match tokio::task::spawn_blocking(move || outbox.ack(&keys)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "Cannot delete acknowledged records; they will be sent again.")
-            }
-            Err(e) => tracing::error!(error = %e, "Outbox acknowledgement task failed."),
-        }
-    }
 }
 
 /// Acknowledgements on their way to the outbox: until they are there, their stored copies are
@@ -535,6 +519,16 @@ impl Uplink {
 struct Acking {
     keys: Arc<Vec<Key>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Waits for a hand-over of acknowledgements to end.
+async fn settle(acking: Option<Acking>) {
+    let Some(acking) = acking else {
+        return;
+    };
+    if let Err(e) = acking.task.await {
+        tracing::error!(error = %e, "Outbox acknowledgement task failed.");
+    }
 }
 
 /// How far a connection has sent each lane.
