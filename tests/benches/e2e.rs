@@ -27,7 +27,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use rxgate_e2e::cloud::{Cloud, CloudPki};
-use rxgate_e2e::{Gateway, bench_arg, proc_field};
+use rxgate_e2e::{Gateway, bench_arg, cpu_seconds, proc_field};
 use rxgate_sim::cabinet::{Credentials, mqtt_options};
 
 fn now_us() -> u64 {
@@ -99,24 +99,6 @@ struct Pass {
     cpu: Duration,
     /// The same for the cloud broker: it carries what the edge sends on, in its form.
     cloud_cpu: Duration,
-}
-
-/// CPU time (user + system) process `pid` used so far, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-        .sum();
-    // USER_HZ, the unit of these fields, is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
 }
 
 /// Every device in `devices` publishes `per_device` QoS 1 telemetry messages on
@@ -242,8 +224,8 @@ fn run_pass(
             // Their online statuses are committed within a batch delay; then the pass starts.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let write_before = proc_field(broker_pid, "io", "write_bytes:");
-            let cpu_before = cpu_time(broker_pid);
-            let cloud_cpu_before = cpu_time(cloud_pid);
+            let cpu_before = Duration::from_secs_f64(cpu_seconds(broker_pid));
+            let cloud_cpu_before = Duration::from_secs_f64(cpu_seconds(cloud_pid));
             let started = Instant::now();
             go.wait().await;
             for sender in senders {
@@ -251,8 +233,9 @@ fn run_pass(
             }
             let accepted = started.elapsed();
             let (mut latencies, last) = receiver.await.expect("backend task");
-            let cpu = cpu_time(broker_pid).saturating_sub(cpu_before);
-            let cloud_cpu = cpu_time(cloud_pid).saturating_sub(cloud_cpu_before);
+            let cpu = Duration::from_secs_f64(cpu_seconds(broker_pid)).saturating_sub(cpu_before);
+            let cloud_cpu =
+                Duration::from_secs_f64(cpu_seconds(cloud_pid)).saturating_sub(cloud_cpu_before);
             latencies.sort_unstable();
             (
                 accepted,

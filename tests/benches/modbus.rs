@@ -17,23 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rxgate_e2e::cloud::Cloud;
-use rxgate_e2e::{Gateway, Proc, bench_arg, proc_field, python, workspace};
-
-/// User plus system CPU time of `pid`, in seconds (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces; count from after its closing parenthesis.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // rest starts at field 3 (state), so utime (14) and stime (15) are at 11 and 12.
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    ticks as f64 / per_second
-}
+use rxgate_e2e::{Gateway, Proc, bench_arg, cpu_seconds, proc_field, python, workspace};
 
 fn main() {
     let devices = bench_arg("--devices", 100);
